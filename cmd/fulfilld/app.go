@@ -1,0 +1,189 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.etcd.io/bbolt"
+
+	"github.com/fulfilld/fulfilld/config"
+	"github.com/fulfilld/fulfilld/cursor"
+	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/logging"
+	"github.com/fulfilld/fulfilld/internal/stripeapi"
+	"github.com/fulfilld/fulfilld/poller"
+)
+
+// app holds what every command shares: flags, configuration and logger.
+type app struct {
+	stdout, stderr io.Writer
+	lookupEnv      func(string) (string, bool)
+	now            func() time.Time
+
+	configFile string
+	logFormat  string
+	logLevel   string
+
+	cfg    *config.Config
+	log    *slog.Logger
+	redact func(string) string
+}
+
+func (a *app) rootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:           "fulfilld",
+		Short:         "Fulfill every paid Stripe Checkout Session exactly once",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.PersistentFlags().StringVar(&a.configFile, "config", "", "config file (YAML, TOML or JSON)")
+	root.PersistentFlags().StringVar(&a.logFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, JSON otherwise)")
+	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.AddCommand(a.runCommand(), a.statusCommand(), a.fulfillCommand(), a.retryCommand(), a.versionCommand())
+	return root
+}
+
+func (a *app) clock() time.Time {
+	if a.now != nil {
+		return a.now()
+	}
+	return time.Now()
+}
+
+// setup loads the configuration and builds the logger. Flags that map to
+// configuration keys are passed as overrides.
+func (a *app) setup(overrides map[string]any) error {
+	if err := logging.CheckFormat(a.logFormat); err != nil {
+		return &usageError{err}
+	}
+	level, err := logging.ParseLevel(a.logLevel)
+	if err != nil {
+		return &usageError{err}
+	}
+	cfg, err := config.Load(config.Source{File: a.configFile, LookupEnv: a.lookupEnv, Overrides: overrides})
+	if err != nil {
+		return err
+	}
+	a.cfg = cfg
+	a.log = logging.New(a.stderr, a.logFormat, level, cfg.Secrets())
+	if r, ok := logging.NewRedactor(slog.DiscardHandler, cfg.Secrets()).(*logging.Redactor); ok {
+		a.redact = r.Redact
+	}
+	return nil
+}
+
+// errStoreHeld means another process has the store open.
+var errStoreHeld = errors.New("held by another process")
+
+// openStore opens the bbolt file, failing fast when another process holds it.
+func (a *app) openStore(readOnly bool) (*bbolt.DB, error) {
+	path := a.cfg.Store.Path
+	if readOnly {
+		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+			return nil, &usageError{fmt.Errorf("store.path: %s does not exist yet; it is created by `fulfilld run`", path)}
+		}
+	}
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second, ReadOnly: readOnly})
+	if errors.Is(err, bbolt.ErrTimeout) {
+		return nil, &usageError{fmt.Errorf("store.path: %s is %w (is `fulfilld run` running? stop it, or wait for it to finish)", path, errStoreHeld)}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", path, err)
+	}
+	if readOnly {
+		return db, nil
+	}
+	err = db.Update(func(tx *bbolt.Tx) error {
+		return errors.Join(cursor.Init(tx), fulfill.Init(tx), stripeapi.InitUsage(tx))
+	})
+	if err != nil {
+		db.Close()
+		return nil, fmt.Errorf("prepare store %s: %w", path, err)
+	}
+	return db, nil
+}
+
+func (a *app) stripeClient() *stripeapi.Client {
+	c := a.cfg.Stripe
+	return stripeapi.New(stripeapi.Config{
+		APIKey:  c.APIKey,
+		APIBase: c.APIBase,
+		Account: c.Account,
+		Limits:  stripeapi.AutoLimits(c.RateLimit, a.cfg.LiveMode()),
+		Logger:  a.log.With("component", "stripe"),
+	})
+}
+
+func (a *app) action() fulfill.Action {
+	f := a.cfg.Fulfill
+	if f.URL != "" {
+		return &fulfill.URL{URL: f.URL, Secret: f.Secret, Timeout: f.Timeout}
+	}
+	return &fulfill.Command{Argv: f.Command, Timeout: f.Timeout, BaseEnv: actionEnv(os.Environ())}
+}
+
+// actionEnv is the environment the operator's action inherits: ours, minus
+// the Stripe key, which the action has no need for.
+func actionEnv(env []string) []string {
+	out := env[:0:0]
+	for _, kv := range env {
+		name, _, _ := strings.Cut(kv, "=")
+		if name == "STRIPE_API_KEY" || name == "FULFILLD_STRIPE_API_KEY" {
+			continue
+		}
+		out = append(out, kv)
+	}
+	return out
+}
+
+func (a *app) fulfiller(db *bbolt.DB, client *stripeapi.Client) *fulfill.Fulfiller {
+	return &fulfill.Fulfiller{
+		DB:          db,
+		Sessions:    client,
+		Action:      a.action(),
+		MaxAttempts: a.cfg.Fulfill.MaxAttempts,
+		Concurrency: a.cfg.Fulfill.Concurrency,
+		Now:         a.now,
+		Logger:      a.log.With("component", "fulfill"),
+	}
+}
+
+func (a *app) poller(db *bbolt.DB, client *stripeapi.Client) *poller.Poller {
+	return &poller.Poller{
+		DB:       db,
+		Events:   client,
+		Types:    a.cfg.Events.Types,
+		Lookback: a.cfg.Events.Lookback,
+		Now:      a.now,
+		Logger:   a.log.With("component", "poller"),
+	}
+}
+
+// saveUsage moves the client's request counts into the store.
+func (a *app) saveUsage(db *bbolt.DB, client *stripeapi.Client) {
+	u := client.Transport.TakeUsage()
+	err := db.Update(func(tx *bbolt.Tx) error { return stripeapi.SaveUsage(tx, a.clock(), u) })
+	if err != nil {
+		a.log.Warn("could not record API usage", "err", err)
+	}
+}
+
+// authHint turns a rejected key into the one line an operator needs.
+func authHint(err error) error {
+	if errors.Is(err, stripeapi.ErrAuth) {
+		return &exitError{code: exitFailure, err: err}
+	}
+	return err
+}
+
+// isCanceled reports a shutdown, which is not an error.
+func isCanceled(ctx context.Context, err error) bool {
+	return ctx.Err() != nil && errors.Is(err, context.Canceled)
+}

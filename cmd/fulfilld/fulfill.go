@@ -1,0 +1,109 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/spf13/cobra"
+	"go.etcd.io/bbolt"
+
+	"github.com/fulfilld/fulfilld/fulfill"
+)
+
+func (a *app) fulfillCommand() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "fulfill cs_…",
+		Short: "Fulfill one session now (idempotent: a fulfilled session is not run again)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			id := args[0]
+			if !strings.HasPrefix(id, "cs_") {
+				return usagef("fulfill: %q is not a Checkout Session id (they start with cs_)", id)
+			}
+			if err := a.setup(nil); err != nil {
+				return err
+			}
+			if err := a.cfg.RequireAPIKey(); err != nil {
+				return err
+			}
+			if err := a.cfg.RequireAction(); err != nil {
+				return err
+			}
+			db, err := a.openStore(false)
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			client := a.stripeClient()
+			defer a.saveUsage(db, client)
+			rec, ferr := a.fulfiller(db, client).Fulfill(cmd.Context(), id, fulfill.TriggerManual, "")
+			if ferr != nil && rec.SessionID == "" {
+				return authHint(ferr)
+			}
+			if asJSON {
+				enc := json.NewEncoder(a.stdout)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(rec); err != nil {
+					return err
+				}
+			} else {
+				fmt.Fprintf(a.stdout, "%s: %s (attempts %d)\n", rec.SessionID, rec.State, rec.Attempts)
+				if rec.LastError != "" {
+					fmt.Fprintf(a.stdout, "last error: %s\n", rec.LastError)
+				}
+			}
+			if ferr != nil {
+				return authHint(ferr)
+			}
+			if rec.State == fulfill.StateFailed {
+				return &exitError{code: exitFailure, err: fmt.Errorf("%s is dead-lettered: %s", id, rec.LastError)}
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the session's record as JSON")
+	return cmd
+}
+
+func (a *app) retryCommand() *cobra.Command {
+	var all bool
+	cmd := &cobra.Command{
+		Use:   "retry [cs_… | --failed]",
+		Short: "Put dead-lettered fulfillments back in the queue",
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if all == (len(args) > 0) {
+				return usagef("retry: give either session ids (cs_…) or --failed")
+			}
+			for _, id := range args {
+				if !strings.HasPrefix(id, "cs_") {
+					return usagef("retry: %q is not a Checkout Session id (they start with cs_)", id)
+				}
+			}
+			if err := a.setup(nil); err != nil {
+				return err
+			}
+			db, err := a.openStore(false)
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			var ids []string
+			err = db.Update(func(tx *bbolt.Tx) error {
+				ids, err = fulfill.Retry(tx, a.clock(), args...)
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			for _, id := range ids {
+				fmt.Fprintln(a.stdout, id)
+			}
+			fmt.Fprintf(a.stdout, "requeued %d session(s) with fresh attempts; `fulfilld run` attempts them on its next pass\n", len(ids))
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&all, "failed", false, "requeue every dead-lettered session")
+	return cmd
+}

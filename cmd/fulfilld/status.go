@@ -1,0 +1,249 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"go.etcd.io/bbolt"
+
+	"github.com/fulfilld/fulfilld/cursor"
+	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/stripeapi"
+	"github.com/fulfilld/fulfilld/poller"
+)
+
+func (a *app) statusCommand() *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status [--json]",
+		Short: "Show the cursor, the last poll, fulfillments by state, failures and API usage",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := a.setup(nil); err != nil {
+				return err
+			}
+			db, err := a.openStore(true)
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			st, err := readStatus(db, a.clock())
+			if err != nil {
+				return err
+			}
+			st.Store = a.cfg.Store.Path
+			if asJSON {
+				enc := json.NewEncoder(a.stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(st)
+			}
+			st.writeText(a.stdout)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
+	return cmd
+}
+
+// status is what `fulfilld status` shows.
+type status struct {
+	Store          string                `json:"store"`
+	Cursor         cursorStatus          `json:"cursor"`
+	LastPoll       *pollStatus           `json:"last_poll"`
+	Fulfillments   map[string]int        `json:"fulfillments"`
+	Recovered      int                   `json:"recovered"`
+	InFlight       int                   `json:"in_flight"`
+	Queued         int                   `json:"queued"`
+	PaymentIntents map[string]int        `json:"payment_intents"`
+	Events         []cursor.EventCount   `json:"events"`
+	BadEvents      badEventsStatus       `json:"bad_events"`
+	Failures       []failureStatus       `json:"failures"`
+	API            stripeapi.UsageReport `json:"api"`
+}
+
+type cursorStatus struct {
+	Started       bool    `json:"started"`
+	CompleteUntil string  `json:"complete_until,omitempty"`
+	Tip           string  `json:"tip,omitempty"`
+	LagSeconds    float64 `json:"lag_seconds"`
+	// HorizonSeconds is how long until complete_until falls out of Stripe's
+	// 30-day event retention.
+	HorizonSeconds float64       `json:"horizon_seconds"`
+	Rescan         *cursor.Slice `json:"rescan,omitempty"`
+	SeenEvents     int           `json:"seen_events"`
+}
+
+type pollStatus struct {
+	Time         string  `json:"time"`
+	Outcome      string  `json:"outcome"`
+	Error        string  `json:"error,omitempty"`
+	DurationSecs float64 `json:"duration_seconds"`
+	Listed       int     `json:"events_listed"`
+	New          int     `json:"events_new"`
+}
+
+type badEventsStatus struct {
+	Count  int               `json:"count"`
+	Recent []cursor.BadEvent `json:"recent"`
+}
+
+type failureStatus struct {
+	SessionID string `json:"session_id"`
+	Attempts  int    `json:"attempts"`
+	LastError string `json:"last_error"`
+	Updated   string `json:"updated"`
+}
+
+func readStatus(db *bbolt.DB, now time.Time) (*status, error) {
+	st := &status{Fulfillments: map[string]int{}, PaymentIntents: map[string]int{}}
+	err := db.View(func(tx *bbolt.Tx) error {
+		pos, err := cursor.Load(tx)
+		if err != nil {
+			return err
+		}
+		if !pos.IsZero() {
+			st.Cursor = cursorStatus{
+				Started:        true,
+				CompleteUntil:  pos.Settled.UTC().Format(time.RFC3339),
+				LagSeconds:     now.Sub(pos.Settled).Seconds(),
+				HorizonSeconds: pos.Settled.Add(poller.Retention).Sub(now).Seconds(),
+				Rescan:         pos.Scan,
+			}
+			if !pos.Tip.IsZero() {
+				st.Cursor.Tip = pos.Tip.UTC().Format(time.RFC3339)
+			}
+		}
+		st.Cursor.SeenEvents = cursor.SeenCount(tx)
+		if poll, err := cursor.LoadPoll(tx); err != nil {
+			return err
+		} else if !poll.At.IsZero() {
+			st.LastPoll = &pollStatus{Time: poll.At.UTC().Format(time.RFC3339), Outcome: poll.Outcome, Error: poll.Error,
+				DurationSecs: poll.Duration.Seconds(), Listed: poll.Listed, New: poll.New}
+		}
+		sum, err := fulfill.Summarize(tx)
+		if err != nil {
+			return err
+		}
+		for s, n := range sum.Sessions {
+			st.Fulfillments[string(s)] = n
+		}
+		st.Recovered, st.InFlight, st.PaymentIntents = sum.Recovered, sum.InFlight, sum.PaymentIntents
+		st.Queued = fulfill.QueueLen(tx)
+		st.Events = cursor.Counts(tx)
+		if st.BadEvents.Recent, st.BadEvents.Count, err = cursor.BadEvents(tx, 10); err != nil {
+			return err
+		}
+		failed, err := fulfill.List(tx, fulfill.StateFailed, 20)
+		if err != nil {
+			return err
+		}
+		for _, r := range failed {
+			st.Failures = append(st.Failures, failureStatus{SessionID: r.SessionID, Attempts: r.Attempts,
+				LastError: r.LastError, Updated: r.Updated.UTC().Format(time.RFC3339)})
+		}
+		st.API, err = stripeapi.LoadUsage(tx, now)
+		return err
+	})
+	if st.Events == nil {
+		st.Events = []cursor.EventCount{}
+	}
+	if st.BadEvents.Recent == nil {
+		st.BadEvents.Recent = []cursor.BadEvent{}
+	}
+	if st.Failures == nil {
+		st.Failures = []failureStatus{}
+	}
+	return st, err
+}
+
+func (st *status) writeText(w io.Writer) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	defer tw.Flush()
+	fmt.Fprintf(tw, "store\t%s\n", st.Store)
+	if st.Cursor.Started {
+		fmt.Fprintf(tw, "complete until\t%s\t(lag %s; falls out of Stripe's retention in %s)\n", st.Cursor.CompleteUntil,
+			roundDur(st.Cursor.LagSeconds), roundDur(st.Cursor.HorizonSeconds))
+		if st.Cursor.Rescan != nil {
+			fmt.Fprintf(tw, "re-scan in progress\t%s → %s\t(%d pages done)\n", st.Cursor.Rescan.From.UTC().Format(time.RFC3339),
+				st.Cursor.Rescan.To.UTC().Format(time.RFC3339), st.Cursor.Rescan.Pages)
+		}
+	} else {
+		fmt.Fprintf(tw, "cursor\tnot started (run `fulfilld run`)\n")
+	}
+	if p := st.LastPoll; p != nil {
+		line := fmt.Sprintf("%s\t%s, %d events listed, %d new, took %.1fs", p.Time, p.Outcome, p.Listed, p.New, p.DurationSecs)
+		if p.Error != "" {
+			line += ": " + p.Error
+		}
+		fmt.Fprintf(tw, "last poll\t%s\n", line)
+	}
+	fmt.Fprintln(tw, "\t")
+	fmt.Fprintln(tw, "fulfillments\t")
+	for _, s := range fulfill.States {
+		fmt.Fprintf(tw, "  %s\t%d\n", s, st.Fulfillments[string(s)])
+	}
+	fmt.Fprintf(tw, "  (queued\t%d, in flight %d, recovered %d)\n", st.Queued, st.InFlight, st.Recovered)
+	if len(st.PaymentIntents) > 0 {
+		fmt.Fprintln(tw, "payment intents\t")
+		for _, k := range sortedKeys(st.PaymentIntents) {
+			fmt.Fprintf(tw, "  %s\t%d\n", k, st.PaymentIntents[k])
+		}
+	}
+	if len(st.Events) > 0 {
+		fmt.Fprintln(tw, "events\t")
+		for _, e := range st.Events {
+			fmt.Fprintf(tw, "  %s\t%s\t%d\n", e.Type, e.Outcome, e.Count)
+		}
+	}
+	if st.BadEvents.Count > 0 {
+		fmt.Fprintf(tw, "malformed events\t%d\n", st.BadEvents.Count)
+		for _, e := range st.BadEvents.Recent {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\n", e.ID, e.Type, e.Error)
+		}
+	}
+	if len(st.Failures) > 0 {
+		fmt.Fprintf(tw, "failed (dead letter)\t%d — `fulfilld retry --failed` requeues them\n", st.Fulfillments[string(fulfill.StateFailed)])
+		for _, f := range st.Failures {
+			fmt.Fprintf(tw, "  %s\t%d attempts\t%s\n", f.SessionID, f.Attempts, oneLine(f.LastError, 120))
+		}
+	}
+	fmt.Fprintf(tw, "api requests\t%d in all, %d in the last 30 days, %d answered 429\n",
+		st.API.Total.Total(), st.API.Last30Days.Total(), st.API.Total.RateLimited)
+	for _, k := range sortedKeys(st.API.Total.Requests) {
+		fmt.Fprintf(tw, "  %s\t%d\n", k, st.API.Total.Requests[k])
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+func roundDur(secs float64) string {
+	d := time.Duration(secs * float64(time.Second))
+	switch {
+	case d < 0:
+		return "-" + (-d).Round(time.Second).String()
+	case d < time.Minute:
+		return d.Round(time.Second).String()
+	}
+	return d.Round(time.Minute).String()
+}
+
+func oneLine(s string, n int) string {
+	s = strings.Join(strings.Fields(s), " ")
+	if len(s) > n {
+		return s[:n] + "…"
+	}
+	return s
+}

@@ -1,0 +1,152 @@
+// Package config loads fulfilld's settings from a file, the environment and
+// command-line flags, fills in defaults and refuses bad values with a message
+// that names the key and says what is accepted.
+//
+// It is a leaf: it imports no other package of fulfilld, and no viper type
+// leaves it. A viper instance lives only for the duration of one Load call.
+package config
+
+import (
+	"time"
+)
+
+// DefaultEventTypes are the event types fulfilld asks Stripe for when
+// events.types is not set: the Checkout Session events that drive fulfillment
+// and the PaymentIntent events whose status it records.
+var DefaultEventTypes = []string{
+	"checkout.session.completed",
+	"checkout.session.async_payment_succeeded",
+	"checkout.session.async_payment_failed",
+	"checkout.session.expired",
+	"payment_intent.succeeded",
+	"payment_intent.payment_failed",
+	"payment_intent.processing",
+	"payment_intent.amount_capturable_updated",
+	"payment_intent.canceled",
+}
+
+// DefaultAPIBase is Stripe's API, used when stripe.api_base is not set.
+const DefaultAPIBase = "https://api.stripe.com"
+
+// Retention is how long Stripe keeps events listable. A poll window older than
+// this cannot be served from the event stream.
+const Retention = 30 * 24 * time.Hour
+
+// Config is fulfilld's complete, validated configuration.
+//
+// Printing a Config with fmt or logging it with log/slog never shows the API
+// key or the signing secrets.
+type Config struct {
+	Stripe    Stripe
+	Events    Events
+	Schedule  string // robfig/cron spec for polls
+	Store     Store
+	Fulfill   Fulfill
+	Notify    Notify
+	Reconcile Reconcile
+	HTTP      HTTP
+}
+
+// Stripe holds how fulfilld reaches the Stripe API.
+type Stripe struct {
+	// APIKey is the secret (sk_…) or restricted (rk_…) key. After Load it
+	// also holds a key read from APIKeyFile.
+	APIKey string
+	// APIKeyFile is where the key was read from when APIKey was not set,
+	// resolved against $CREDENTIALS_DIRECTORY when relative.
+	APIKeyFile string
+	// APIBase is the API's base URL without a trailing slash.
+	APIBase string
+	// Account is an optional Connect account id (Stripe-Account header).
+	Account string
+	// RateLimit is the requests/second budget for all calls; 0 = automatic.
+	RateLimit float64
+}
+
+// Events selects what the poller lists.
+type Events struct {
+	Types    []string
+	Lookback time.Duration // how late an event may appear in the list and still be caught
+}
+
+// Store is the bbolt file.
+type Store struct {
+	Path string
+}
+
+// Fulfill is the operator's action for a paid session: a command or a URL.
+type Fulfill struct {
+	Command     []string // argv, no shell
+	URL         string
+	Secret      string // signs URL deliveries
+	Timeout     time.Duration
+	Concurrency int
+	MaxAttempts int
+}
+
+// Notify is the optional action for payment failures and expiries.
+type Notify struct {
+	Command []string
+	URL     string
+	Secret  string
+}
+
+// Reconcile is the periodic sweep over recent Checkout Sessions.
+type Reconcile struct {
+	Schedule string
+	Window   time.Duration
+}
+
+// HTTP is the optional metrics/health/fulfill endpoint.
+type HTTP struct {
+	// Listen is "" (off) or host:port; a bare port is bound to 127.0.0.1.
+	Listen string
+}
+
+// Source says where Load reads settings from. Later sources win: the file,
+// then the environment, then Overrides.
+type Source struct {
+	// File is the --config path; "" means no file.
+	File string
+	// LookupEnv reads the environment; nil means os.LookupEnv.
+	LookupEnv func(string) (string, bool)
+	// Overrides come from command-line flags, keyed by key path such as
+	// "store.path". A nil value is skipped.
+	Overrides map[string]any
+}
+
+// Error is a bad setting. Its message is one line that names the key (or
+// flag) and says what is accepted; it never contains a secret.
+type Error struct {
+	Key string // config key path ("fulfill.url"), or a flag ("--config", "--since")
+	Msg string
+}
+
+func (e *Error) Error() string { return e.Key + ": " + e.Msg }
+
+// RequireAPIKey refuses a configuration without a Stripe API key. Commands
+// that talk to Stripe call it; `demo` does not.
+func (c *Config) RequireAPIKey() error {
+	if c.Stripe.APIKey != "" {
+		return nil
+	}
+	return &Error{Key: "stripe.api_key", Msg: "no Stripe API key; set stripe.api_key in the config file, " +
+		"STRIPE_API_KEY or FULFILLD_STRIPE_API_KEY in the environment, " +
+		"or stripe.api_key_file to a file holding the key (e.g. a systemd credential)"}
+}
+
+// RequireAction refuses a configuration with nothing to run for a paid
+// session. `run` calls it unless --dry-run is given.
+func (c *Config) RequireAction() error {
+	if len(c.Fulfill.Command) > 0 || c.Fulfill.URL != "" {
+		return nil
+	}
+	return &Error{Key: "fulfill", Msg: "no fulfillment action; set fulfill.command (an argv list) " +
+		"or fulfill.url, or use --dry-run to only record what would be fulfilled"}
+}
+
+// LiveMode reports whether the API key is a live-mode key.
+func (c *Config) LiveMode() bool {
+	k := c.Stripe.APIKey
+	return len(k) > 8 && (k[:8] == "sk_live_" || k[:8] == "rk_live_")
+}

@@ -1,0 +1,165 @@
+package config
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/url"
+	"strings"
+)
+
+// redacted stands in for a secret that is set; an unset secret stays "" so
+// output still shows whether it is configured.
+const redacted = "[redacted]"
+
+// Secrets returns the secret values in c, for a log redactor: the API key,
+// fulfill.secret, notify.secret and any password embedded in a URL.
+func (c *Config) Secrets() []string {
+	var out []string
+	add := func(s string) {
+		if s == "" {
+			return
+		}
+		for _, o := range out {
+			if o == s {
+				return
+			}
+		}
+		out = append(out, s)
+	}
+	add(c.Stripe.APIKey)
+	add(c.Fulfill.Secret)
+	add(c.Notify.Secret)
+	for _, raw := range []string{c.Stripe.APIBase, c.Fulfill.URL, c.Notify.URL} {
+		if u, err := url.Parse(raw); err == nil && u.User != nil {
+			if p, ok := u.User.Password(); ok {
+				add(p)
+			}
+		}
+	}
+	return out
+}
+
+func hide(s string) string {
+	if s == "" {
+		return ""
+	}
+	return redacted
+}
+
+// hideURL removes a password from a URL ("https://user:xxxxx@host/").
+func hideURL(s string) string {
+	u, err := url.Parse(s)
+	if err != nil {
+		if strings.Contains(s, "@") {
+			return redacted // unparsable and may hold credentials
+		}
+		return s
+	}
+	return u.Redacted()
+}
+
+// The plain* types have the fields of their namesakes and none of their
+// methods, so printing them does not recurse into Format.
+type (
+	plainStripe  Stripe
+	plainFulfill Fulfill
+	plainNotify  Notify
+)
+
+func (s Stripe) redact() plainStripe {
+	s.APIKey = hide(s.APIKey)
+	s.APIBase = hideURL(s.APIBase)
+	return plainStripe(s)
+}
+
+func (f Fulfill) redact() plainFulfill {
+	f.Secret = hide(f.Secret)
+	f.URL = hideURL(f.URL)
+	return plainFulfill(f)
+}
+
+func (n Notify) redact() plainNotify {
+	n.Secret = hide(n.Secret)
+	n.URL = hideURL(n.URL)
+	return plainNotify(n)
+}
+
+// Format prints s with the API key redacted, for every verb, so that
+// fmt.Printf("%+v", cfg) is safe.
+func (s Stripe) Format(f fmt.State, verb rune) { format(f, verb, "Stripe", s.redact()) }
+
+// Format prints f with the signing secret redacted.
+func (f Fulfill) Format(st fmt.State, verb rune) { format(st, verb, "Fulfill", f.redact()) }
+
+// Format prints n with the signing secret redacted.
+func (n Notify) Format(f fmt.State, verb rune) { format(f, verb, "Notify", n.redact()) }
+
+func format(f fmt.State, verb rune, name string, v any) {
+	out := fmt.Sprintf(fmt.FormatString(f, verb), v)
+	if verb == 'v' && f.Flag('#') {
+		out = strings.Replace(out, "config.plain"+name, "config."+name, 1)
+	}
+	io.WriteString(f, out)
+}
+
+// MarshalJSON encodes s with the API key redacted, so a Config dumped as
+// JSON (or logged by a JSON handler that skips LogValue) is safe.
+func (s Stripe) MarshalJSON() ([]byte, error) { return json.Marshal(s.redact()) }
+
+// MarshalJSON encodes f with the signing secret redacted.
+func (f Fulfill) MarshalJSON() ([]byte, error) { return json.Marshal(f.redact()) }
+
+// MarshalJSON encodes n with the signing secret redacted.
+func (n Notify) MarshalJSON() ([]byte, error) { return json.Marshal(n.redact()) }
+
+// LogValue logs s by its config key names, with the API key redacted.
+func (s Stripe) LogValue() slog.Value {
+	r := s.redact()
+	return slog.GroupValue(
+		slog.String("api_key", r.APIKey),
+		slog.String("api_key_file", r.APIKeyFile),
+		slog.String("api_base", r.APIBase),
+		slog.String("account", r.Account),
+		slog.Float64("rate_limit", r.RateLimit),
+	)
+}
+
+// LogValue logs f by its config key names, with the signing secret redacted.
+func (f Fulfill) LogValue() slog.Value {
+	r := f.redact()
+	return slog.GroupValue(
+		slog.Any("command", r.Command),
+		slog.String("url", r.URL),
+		slog.String("secret", r.Secret),
+		slog.Duration("timeout", r.Timeout),
+		slog.Int("concurrency", r.Concurrency),
+		slog.Int("max_attempts", r.MaxAttempts),
+	)
+}
+
+// LogValue logs n by its config key names, with the signing secret redacted.
+func (n Notify) LogValue() slog.Value {
+	r := n.redact()
+	return slog.GroupValue(
+		slog.Any("command", r.Command),
+		slog.String("url", r.URL),
+		slog.String("secret", r.Secret),
+	)
+}
+
+// LogValue logs the whole configuration by its config key names, secrets
+// redacted: logger.Info("config", "config", cfg).
+func (c Config) LogValue() slog.Value {
+	return slog.GroupValue(
+		slog.Any("stripe", c.Stripe),
+		slog.Group("events", slog.Any("types", c.Events.Types), slog.Duration("lookback", c.Events.Lookback)),
+		slog.String("schedule", c.Schedule),
+		slog.Group("store", slog.String("path", c.Store.Path)),
+		slog.Any("fulfill", c.Fulfill),
+		slog.Any("notify", c.Notify),
+		slog.Group("reconcile", slog.String("schedule", c.Reconcile.Schedule), slog.Duration("window", c.Reconcile.Window)),
+		slog.Group("http", slog.String("listen", c.HTTP.Listen)),
+	)
+}

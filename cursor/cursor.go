@@ -1,0 +1,250 @@
+// Package cursor keeps fulfilld's position in Stripe's event stream.
+//
+// Stripe's events list is only eventually consistent: an event can become
+// visible after newer ones, many share one created second, and ids carry no
+// order. So the position is not "the last id seen" but two times:
+//
+//   - Settled (reported as complete_until): every event created before it has
+//     been listed after it could no longer be late, and is durably queued.
+//   - Tip: the newest listing covered events up to here.
+//
+// Events between Settled and the tip are listed once at the tip and once more
+// when Settled passes them (the re-scan), and a seen-set of event ids makes
+// the second listing a no-op. Every function here works inside the caller's
+// bbolt transaction, so events are queued and the position moves in one
+// commit.
+package cursor
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"go.etcd.io/bbolt"
+)
+
+var (
+	bucketCursor     = []byte("cursor")
+	bucketSeen       = []byte("seen")         // event id → created (unix, 8 bytes)
+	bucketSeenByTime = []byte("seen_by_time") // created (8 bytes) + event id → nothing
+	bucketStats      = []byte("event_stats")  // "type\x00outcome" → count
+	bucketBad        = []byte("bad_events")   // event id → BadEvent JSON
+
+	keyPosition = []byte("position")
+	keyPoll     = []byte("last_poll")
+)
+
+// Position is where the stream stands.
+type Position struct {
+	Settled time.Time `json:"complete_until"`
+	Tip     time.Time `json:"tip"`
+	// Scan is the slice of the re-scan in progress, so that a restart resumes
+	// it after the last committed page instead of listing it again.
+	Scan *Slice `json:"scan,omitempty"`
+}
+
+// IsZero reports whether the stream was never started.
+func (p Position) IsZero() bool { return p.Settled.IsZero() }
+
+// Slice is one time range of the re-scan being listed newest-first.
+type Slice struct {
+	From          time.Time `json:"from"`
+	To            time.Time `json:"to"`
+	StartingAfter string    `json:"starting_after,omitempty"`
+	Pages         int       `json:"pages"`
+}
+
+// Poll describes the most recent poll.
+type Poll struct {
+	At       time.Time     `json:"time"`
+	Outcome  string        `json:"outcome"` // "ok" or "error"
+	Error    string        `json:"error,omitempty"`
+	Duration time.Duration `json:"duration_ns"`
+	Listed   int           `json:"events_listed"`
+	New      int           `json:"events_new"`
+}
+
+// BadEvent is an event that could not be handled as its type promised.
+type BadEvent struct {
+	ID      string    `json:"id"`
+	Type    string    `json:"type"`
+	Created time.Time `json:"created"`
+	Error   string    `json:"error"`
+	SeenAt  time.Time `json:"seen_at"`
+}
+
+// Init creates the buckets this package owns.
+func Init(tx *bbolt.Tx) error {
+	for _, b := range [][]byte{bucketCursor, bucketSeen, bucketSeenByTime, bucketStats, bucketBad} {
+		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+			return fmt.Errorf("create bucket %s: %w", b, err)
+		}
+	}
+	return nil
+}
+
+// Load reads the position; a zero Position means the stream never started.
+func Load(tx *bbolt.Tx) (Position, error) {
+	var p Position
+	err := getJSON(tx, bucketCursor, keyPosition, &p)
+	return p, err
+}
+
+// Save records the position.
+func Save(tx *bbolt.Tx, p Position) error {
+	return putJSON(tx, bucketCursor, keyPosition, p)
+}
+
+// LoadPoll reads the last poll's description.
+func LoadPoll(tx *bbolt.Tx) (Poll, error) {
+	var p Poll
+	err := getJSON(tx, bucketCursor, keyPoll, &p)
+	return p, err
+}
+
+// SavePoll records the last poll's description.
+func SavePoll(tx *bbolt.Tx, p Poll) error {
+	return putJSON(tx, bucketCursor, keyPoll, p)
+}
+
+// Seen reports whether the event was already handled.
+func Seen(tx *bbolt.Tx, id string) bool {
+	b := tx.Bucket(bucketSeen)
+	return b != nil && b.Get([]byte(id)) != nil
+}
+
+// MarkSeen records that the event was handled.
+func MarkSeen(tx *bbolt.Tx, id string, created time.Time) error {
+	var ts [8]byte
+	binary.BigEndian.PutUint64(ts[:], uint64(created.Unix()))
+	if err := tx.Bucket(bucketSeen).Put([]byte(id), ts[:]); err != nil {
+		return fmt.Errorf("mark event %s seen: %w", id, err)
+	}
+	return tx.Bucket(bucketSeenByTime).Put(append(ts[:], id...), nil)
+}
+
+// Prune forgets seen events created before the given time; no listing
+// reaches back that far any more. It returns how many were forgotten.
+func Prune(tx *bbolt.Tx, before time.Time) (int, error) {
+	var limit [8]byte
+	binary.BigEndian.PutUint64(limit[:], uint64(max(before.Unix(), 0)))
+	seen, byTime := tx.Bucket(bucketSeen), tx.Bucket(bucketSeenByTime)
+	c := byTime.Cursor()
+	n := 0
+	for k, _ := c.First(); k != nil && bytes.Compare(k[:8], limit[:]) < 0; k, _ = c.First() {
+		if err := seen.Delete(k[8:]); err != nil {
+			return n, err
+		}
+		if err := c.Delete(); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// SeenCount is the size of the seen-set.
+func SeenCount(tx *bbolt.Tx) int {
+	return tx.Bucket(bucketSeen).Stats().KeyN
+}
+
+// Count adds to the per-type, per-outcome event counters.
+func Count(tx *bbolt.Tx, counts map[[2]string]int) error {
+	b := tx.Bucket(bucketStats)
+	for k, n := range counts {
+		key := []byte(k[0] + "\x00" + k[1])
+		var cur uint64
+		if v := b.Get(key); len(v) == 8 {
+			cur = binary.BigEndian.Uint64(v)
+		}
+		var buf [8]byte
+		binary.BigEndian.PutUint64(buf[:], cur+uint64(n))
+		if err := b.Put(key, buf[:]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// EventCount is one row of the event counters.
+type EventCount struct {
+	Type    string `json:"type"`
+	Outcome string `json:"outcome"`
+	Count   uint64 `json:"count"`
+}
+
+// Counts reads the event counters, sorted by type then outcome.
+func Counts(tx *bbolt.Tx) []EventCount {
+	var out []EventCount
+	_ = tx.Bucket(bucketStats).ForEach(func(k, v []byte) error {
+		typ, outcome, _ := strings.Cut(string(k), "\x00")
+		out = append(out, EventCount{Type: typ, Outcome: outcome, Count: binary.BigEndian.Uint64(v)})
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Type != out[j].Type {
+			return out[i].Type < out[j].Type
+		}
+		return out[i].Outcome < out[j].Outcome
+	})
+	return out
+}
+
+// RecordBad keeps an event that could not be handled, for the operator.
+func RecordBad(tx *bbolt.Tx, ev BadEvent) error {
+	key := ev.ID
+	if key == "" {
+		key = fmt.Sprintf("unknown-%d", ev.SeenAt.UnixNano())
+	}
+	return putJSON(tx, bucketBad, []byte(key), ev)
+}
+
+// BadEvents lists the recorded bad events, newest first, at most limit.
+func BadEvents(tx *bbolt.Tx, limit int) ([]BadEvent, int, error) {
+	b := tx.Bucket(bucketBad)
+	var all []BadEvent
+	err := b.ForEach(func(_, v []byte) error {
+		var ev BadEvent
+		if err := json.Unmarshal(v, &ev); err != nil {
+			return err
+		}
+		all = append(all, ev)
+		return nil
+	})
+	sort.Slice(all, func(i, j int) bool { return all[i].SeenAt.After(all[j].SeenAt) })
+	total := len(all)
+	if len(all) > limit {
+		all = all[:limit]
+	}
+	return all, total, err
+}
+
+func getJSON(tx *bbolt.Tx, bucket, key []byte, v any) error {
+	b := tx.Bucket(bucket)
+	if b == nil {
+		return nil
+	}
+	raw := b.Get(key)
+	if raw == nil {
+		return nil
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return fmt.Errorf("read %s/%s: %w", bucket, key, err)
+	}
+	return nil
+}
+
+func putJSON(tx *bbolt.Tx, bucket, key []byte, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucket).Put(key, raw); err != nil {
+		return fmt.Errorf("write %s/%s: %w", bucket, key, err)
+	}
+	return nil
+}

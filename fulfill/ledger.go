@@ -1,0 +1,377 @@
+package fulfill
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"time"
+
+	"go.etcd.io/bbolt"
+)
+
+// State is where a session stands. See SPEC.md.
+type State string
+
+const (
+	StatePending         State = "pending"          // queued: an attempt is due now or after a backoff
+	StateAwaitingPayment State = "awaiting_payment" // complete but unpaid; waits for its async event
+	StateFulfilled       State = "fulfilled"        // the action succeeded; never runs again
+	StateFailed          State = "failed"           // dead letter: out of attempts, or the session is gone
+	StatePaymentFailed   State = "payment_failed"   // async payment failed; never fulfilled
+	StateExpired         State = "expired"          // expired unpaid; never fulfilled
+)
+
+// States lists every state, in the order status reports them.
+var States = []State{StatePending, StateAwaitingPayment, StateFulfilled, StateFailed, StatePaymentFailed, StateExpired}
+
+// Triggers: what asked for a fulfillment (FULFILLD_TRIGGER).
+const (
+	TriggerEvent     = "event"
+	TriggerManual    = "manual"
+	TriggerReconcile = "reconcile"
+	TriggerHTTP      = "http"
+)
+
+var (
+	bucketSessions       = []byte("sessions")        // session id → Record JSON
+	bucketQueue          = []byte("queue")           // due (8 bytes, unix nanos) + session id → nothing
+	bucketQueueIndex     = []byte("queue_index")     // session id → its queue key
+	bucketPaymentIntents = []byte("payment_intents") // pi id → PaymentIntent JSON
+)
+
+// Record is the ledger entry of one Checkout Session.
+type Record struct {
+	SessionID     string `json:"session_id"`
+	State         State  `json:"state"`
+	Trigger       string `json:"trigger"`
+	EventID       string `json:"event_id,omitempty"`
+	PaymentStatus string `json:"payment_status,omitempty"`
+	LineItems     int    `json:"line_items,omitempty"`
+	Attempts      int    `json:"attempts"`
+	// InFlight is set, durably, before the action runs and cleared with its
+	// result: found set after a restart, it means an attempt was cut off and
+	// the action may have run.
+	InFlight    bool      `json:"in_flight,omitempty"`
+	NextAttempt time.Time `json:"next_attempt,omitzero"`
+	LastError   string    `json:"last_error,omitempty"`
+	Output      string    `json:"output,omitempty"`
+	Recovered   bool      `json:"recovered,omitempty"`
+	Created     time.Time `json:"created"`
+	Updated     time.Time `json:"updated"`
+	FulfilledAt time.Time `json:"fulfilled_at,omitzero"`
+}
+
+// IdempotencyKey is the same for a session across attempts, restarts and
+// even a lost store, so the operator's action can recognise a repeat.
+func (r Record) IdempotencyKey() string { return IdempotencyKey(r.SessionID) }
+
+// IdempotencyKey derives a session's idempotency key.
+func IdempotencyKey(sessionID string) string { return "fulfilld-" + sessionID }
+
+// Ended reports whether the session will never be fulfilled by the queue.
+func (r Record) Ended() bool {
+	switch r.State {
+	case StateFulfilled, StateFailed, StatePaymentFailed, StateExpired:
+		return true
+	}
+	return false
+}
+
+// PaymentIntent is the latest known status of a PaymentIntent.
+type PaymentIntent struct {
+	ID        string    `json:"id"`
+	Status    string    `json:"status"`
+	LastError string    `json:"last_payment_error,omitempty"`
+	EventID   string    `json:"event_id"`
+	EventType string    `json:"event_type"`
+	At        time.Time `json:"at"` // created time of the event that set it
+}
+
+// Init creates the buckets this package owns.
+func Init(tx *bbolt.Tx) error {
+	for _, b := range [][]byte{bucketSessions, bucketQueue, bucketQueueIndex, bucketPaymentIntents} {
+		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+			return fmt.Errorf("create bucket %s: %w", b, err)
+		}
+	}
+	return nil
+}
+
+// Get reads a session's record; ok is false when there is none.
+func Get(tx *bbolt.Tx, sessionID string) (rec Record, ok bool, err error) {
+	raw := tx.Bucket(bucketSessions).Get([]byte(sessionID))
+	if raw == nil {
+		return Record{}, false, nil
+	}
+	if err := json.Unmarshal(raw, &rec); err != nil {
+		return Record{}, false, fmt.Errorf("read record of %s: %w", sessionID, err)
+	}
+	return rec, true, nil
+}
+
+func put(tx *bbolt.Tx, rec Record) error {
+	raw, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketSessions).Put([]byte(rec.SessionID), raw); err != nil {
+		return fmt.Errorf("write record of %s: %w", rec.SessionID, err)
+	}
+	return nil
+}
+
+// schedule puts the session in the queue, due at the given time, replacing
+// any earlier place it had.
+func schedule(tx *bbolt.Tx, sessionID string, due time.Time) error {
+	if err := dequeue(tx, sessionID); err != nil {
+		return err
+	}
+	key := make([]byte, 8, 8+len(sessionID))
+	binary.BigEndian.PutUint64(key, uint64(max(due.UnixNano(), 0)))
+	key = append(key, sessionID...)
+	if err := tx.Bucket(bucketQueue).Put(key, nil); err != nil {
+		return err
+	}
+	return tx.Bucket(bucketQueueIndex).Put([]byte(sessionID), key)
+}
+
+func dequeue(tx *bbolt.Tx, sessionID string) error {
+	idx := tx.Bucket(bucketQueueIndex)
+	old := idx.Get([]byte(sessionID))
+	if old == nil {
+		return nil
+	}
+	if err := tx.Bucket(bucketQueue).Delete(bytes.Clone(old)); err != nil {
+		return err
+	}
+	return idx.Delete([]byte(sessionID))
+}
+
+// Request asks for a session to be fulfilled.
+type Request struct {
+	SessionID string
+	EventID   string
+	Trigger   string
+	At        time.Time // now
+	Recovered bool      // found by reconciliation, not by the stream
+}
+
+// Enqueue durably queues a session for fulfillment, inside the caller's
+// transaction (the poller's, so the cursor moves with it). A session already
+// queued, fulfilled or dead-lettered is left as it is. It reports whether
+// the session was newly queued.
+func Enqueue(tx *bbolt.Tx, req Request) (bool, error) {
+	rec, ok, err := Get(tx, req.SessionID)
+	if err != nil {
+		return false, err
+	}
+	if ok {
+		switch rec.State {
+		case StateFulfilled, StateFailed:
+			return false, nil
+		case StatePending:
+			if tx.Bucket(bucketQueueIndex).Get([]byte(req.SessionID)) != nil {
+				return false, nil
+			}
+		}
+	} else {
+		rec = Record{SessionID: req.SessionID, Created: req.At}
+	}
+	// awaiting_payment, payment_failed and expired are queued too: the
+	// attempt re-reads the session, and Stripe's answer decides. Events are
+	// listed out of order, so the completed event may come after the one
+	// that ended the session; the attempt keeps the ended state then.
+	if rec.State != StatePaymentFailed && rec.State != StateExpired {
+		rec.State = StatePending
+	}
+	rec.Trigger, rec.EventID = req.Trigger, req.EventID
+	rec.Recovered = rec.Recovered || req.Recovered
+	rec.Updated = req.At
+	rec.NextAttempt = req.At
+	if err := put(tx, rec); err != nil {
+		return false, err
+	}
+	return true, schedule(tx, req.SessionID, req.At)
+}
+
+// End records that a session's payment failed or it expired. A session that
+// was already attempted (it was paid) is not touched.
+func End(tx *bbolt.Tx, sessionID string, state State, eventID string, at time.Time) (bool, error) {
+	rec, ok, err := Get(tx, sessionID)
+	if err != nil {
+		return false, err
+	}
+	if ok && (rec.State == StateFulfilled || rec.State == StateFailed || rec.Attempts > 0 || rec.InFlight) {
+		return false, nil
+	}
+	if !ok {
+		rec = Record{SessionID: sessionID, Created: at, Trigger: TriggerEvent}
+	}
+	rec.State, rec.EventID, rec.Updated = state, eventID, at
+	rec.NextAttempt = time.Time{}
+	if err := put(tx, rec); err != nil {
+		return false, err
+	}
+	return true, dequeue(tx, sessionID)
+}
+
+// RecordPaymentIntent keeps the newest known status of a PaymentIntent;
+// an older event listed late does not overwrite a newer one.
+func RecordPaymentIntent(tx *bbolt.Tx, pi PaymentIntent) error {
+	b := tx.Bucket(bucketPaymentIntents)
+	if raw := b.Get([]byte(pi.ID)); raw != nil {
+		var cur PaymentIntent
+		if json.Unmarshal(raw, &cur) == nil && cur.At.After(pi.At) {
+			return nil
+		}
+	}
+	raw, err := json.Marshal(pi)
+	if err != nil {
+		return err
+	}
+	return b.Put([]byte(pi.ID), raw)
+}
+
+// GetPaymentIntent reads a PaymentIntent's record.
+func GetPaymentIntent(tx *bbolt.Tx, id string) (PaymentIntent, bool) {
+	raw := tx.Bucket(bucketPaymentIntents).Get([]byte(id))
+	if raw == nil {
+		return PaymentIntent{}, false
+	}
+	var pi PaymentIntent
+	return pi, json.Unmarshal(raw, &pi) == nil
+}
+
+// due lists up to limit queued sessions due at or before now, skipping those
+// in skip, earliest first.
+func due(tx *bbolt.Tx, now time.Time, limit int, skip func(string) bool) []string {
+	var ids []string
+	c := tx.Bucket(bucketQueue).Cursor()
+	for k, _ := c.First(); k != nil && len(ids) < limit; k, _ = c.Next() {
+		if int64(binary.BigEndian.Uint64(k[:8])) > now.UnixNano() {
+			break
+		}
+		id := string(k[8:])
+		if skip(id) {
+			continue
+		}
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// nextDue is when the earliest queued session is due; zero if none is.
+func nextDue(tx *bbolt.Tx) time.Time {
+	k, _ := tx.Bucket(bucketQueue).Cursor().First()
+	if k == nil {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(k[:8])))
+}
+
+// QueueLen is how many sessions are queued (due or backing off).
+func QueueLen(tx *bbolt.Tx) int {
+	return tx.Bucket(bucketQueueIndex).Stats().KeyN
+}
+
+// Summary counts sessions by state and PaymentIntents by status.
+type Summary struct {
+	Sessions       map[State]int  `json:"fulfillments"`
+	Recovered      int            `json:"recovered"`
+	InFlight       int            `json:"in_flight"`
+	PaymentIntents map[string]int `json:"payment_intents"`
+}
+
+// Summarize reads the counts status shows.
+func Summarize(tx *bbolt.Tx) (Summary, error) {
+	s := Summary{Sessions: map[State]int{}, PaymentIntents: map[string]int{}}
+	for _, st := range States {
+		s.Sessions[st] = 0
+	}
+	err := tx.Bucket(bucketSessions).ForEach(func(_, v []byte) error {
+		var rec Record
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return err
+		}
+		s.Sessions[rec.State]++
+		if rec.Recovered {
+			s.Recovered++
+		}
+		if rec.InFlight {
+			s.InFlight++
+		}
+		return nil
+	})
+	if err != nil {
+		return s, fmt.Errorf("count sessions: %w", err)
+	}
+	err = tx.Bucket(bucketPaymentIntents).ForEach(func(_, v []byte) error {
+		var pi PaymentIntent
+		if err := json.Unmarshal(v, &pi); err != nil {
+			return err
+		}
+		s.PaymentIntents[pi.Status]++
+		return nil
+	})
+	return s, err
+}
+
+// List returns the records in the given state, most recently updated first,
+// at most limit (0 = all).
+func List(tx *bbolt.Tx, state State, limit int) ([]Record, error) {
+	var out []Record
+	err := tx.Bucket(bucketSessions).ForEach(func(_, v []byte) error {
+		var rec Record
+		if err := json.Unmarshal(v, &rec); err != nil {
+			return err
+		}
+		if rec.State == state {
+			out = append(out, rec)
+		}
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Updated.After(out[j].Updated) })
+	if limit > 0 && len(out) > limit {
+		out = out[:limit]
+	}
+	return out, err
+}
+
+// Retry puts dead-lettered sessions back in the queue with a fresh set of
+// attempts. With no ids it retries every failed session. It returns the ids
+// requeued; an id that is not failed is an error naming its state.
+func Retry(tx *bbolt.Tx, now time.Time, ids ...string) ([]string, error) {
+	if len(ids) == 0 {
+		failed, err := List(tx, StateFailed, 0)
+		if err != nil {
+			return nil, err
+		}
+		for _, rec := range failed {
+			ids = append(ids, rec.SessionID)
+		}
+	}
+	var done []string
+	for _, id := range ids {
+		rec, ok, err := Get(tx, id)
+		if err != nil {
+			return done, err
+		}
+		if !ok {
+			return done, fmt.Errorf("retry %s: %w", id, ErrUnknownSession)
+		}
+		if rec.State != StateFailed {
+			return done, fmt.Errorf("retry %s: it is %s, not failed", id, rec.State)
+		}
+		rec.State, rec.Attempts, rec.NextAttempt, rec.Updated = StatePending, 0, now, now
+		if err := put(tx, rec); err != nil {
+			return done, err
+		}
+		if err := schedule(tx, id, now); err != nil {
+			return done, err
+		}
+		done = append(done, id)
+	}
+	return done, nil
+}

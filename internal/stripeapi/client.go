@@ -1,0 +1,441 @@
+// Package stripeapi is fulfilld's one door to Stripe: stripe-go v76 with an
+// explicit backend (never the global key) over a Transport that paces,
+// retries and counts every request. Lists are read as raw JSON through
+// stripe-go's backend so that one malformed object is reported on its own
+// instead of failing the whole page.
+package stripeapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/stripe/stripe-go/v76"
+	"github.com/stripe/stripe-go/v76/client"
+)
+
+// APIVersion is the Stripe API version stripe-go v76 pins for every request.
+const APIVersion = stripe.APIVersion
+
+// Sentinel errors callers branch on.
+var (
+	ErrNotFound = errors.New("no such object in stripe")
+	ErrAuth     = errors.New("stripe rejected the api key")
+	ErrAgedOut  = errors.New("past stripe's 30-day event retention")
+)
+
+// Config builds a Client.
+type Config struct {
+	APIKey     string
+	APIBase    string
+	Account    string
+	Limits     Limits
+	MaxRetries int // per request, on 429/5xx/connection failures; default 8
+	Logger     *slog.Logger
+}
+
+// Client calls Stripe through stripe-go with an explicit backend.
+type Client struct {
+	api       *client.API
+	backend   stripe.Backend
+	key       string
+	Transport *Transport
+}
+
+// New builds a client. It makes no request.
+func New(cfg Config) *Client {
+	if cfg.MaxRetries == 0 {
+		cfg.MaxRetries = 8
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	tr := &Transport{
+		Base: &http.Transport{
+			Proxy:                 http.ProxyFromEnvironment,
+			DialContext:           (&net.Dialer{Timeout: 10 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+			TLSHandshakeTimeout:   10 * time.Second,
+			ResponseHeaderTimeout: 60 * time.Second,
+			MaxIdleConnsPerHost:   32,
+			IdleConnTimeout:       90 * time.Second,
+			ForceAttemptHTTP2:     true,
+		},
+		Limits:     cfg.Limits,
+		Account:    cfg.Account,
+		MaxRetries: cfg.MaxRetries,
+		Logger:     logger,
+	}
+	base := strings.TrimRight(cfg.APIBase, "/")
+	if base == "" {
+		base = stripe.APIURL
+	}
+	backend := stripe.GetBackendWithConfig(stripe.APIBackend, &stripe.BackendConfig{
+		URL:               stripe.String(base),
+		HTTPClient:        &http.Client{Transport: tr},
+		MaxNetworkRetries: stripe.Int64(0), // Transport retries, watching the context
+		EnableTelemetry:   stripe.Bool(false),
+		LeveledLogger:     &stripe.LeveledLogger{Level: stripe.LevelNull},
+	})
+	api := client.New(cfg.APIKey, &stripe.Backends{API: backend, Connect: backend, Uploads: backend})
+	return &Client{api: api, backend: backend, key: cfg.APIKey, Transport: tr}
+}
+
+// rawList is a Stripe list whose items stay undecoded.
+type rawList struct {
+	stripe.APIResource
+	stripe.ListMeta
+	Data []json.RawMessage `json:"data"`
+}
+
+// Event is a listed event, decoded only as far as routing it needs.
+type Event struct {
+	ID      string
+	Type    string
+	Created time.Time
+	Object  json.RawMessage // data.object as sent
+	Raw     json.RawMessage // the whole event
+	// Err is set when the event could not be read; ID and Type are filled
+	// in as far as they could be.
+	Err error
+}
+
+// EventQuery selects one page of events.
+type EventQuery struct {
+	Types           []string
+	CreatedGTE      time.Time // zero: no bound
+	CreatedLT       time.Time // zero: no bound
+	StartingAfter   string
+	DeliverySuccess *bool
+	Limit           int // default 100
+}
+
+// EventPage is one page of events, newest first as Stripe lists them.
+type EventPage struct {
+	Events  []Event
+	HasMore bool
+}
+
+// ListEvents fetches one page of GET /v1/events.
+func (c *Client) ListEvents(ctx context.Context, q EventQuery) (EventPage, error) {
+	params := &stripe.EventListParams{DeliverySuccess: q.DeliverySuccess}
+	params.Context = ctx
+	params.Limit = stripe.Int64(int64(cmp(q.Limit, 100)))
+	params.Single = true
+	if q.StartingAfter != "" {
+		params.StartingAfter = stripe.String(q.StartingAfter)
+	}
+	if len(q.Types) == 1 {
+		params.Type = stripe.String(q.Types[0])
+	} else {
+		params.Types = stripe.StringSlice(q.Types)
+	}
+	if !q.CreatedGTE.IsZero() || !q.CreatedLT.IsZero() {
+		r := &stripe.RangeQueryParams{}
+		if !q.CreatedGTE.IsZero() {
+			r.GreaterThanOrEqual = q.CreatedGTE.Unix()
+		}
+		if !q.CreatedLT.IsZero() {
+			r.LesserThan = q.CreatedLT.Unix()
+		}
+		params.CreatedRange = r
+	}
+	var list rawList
+	if err := c.backend.Call(http.MethodGet, "/v1/events", c.key, params, &list); err != nil {
+		return EventPage{}, wrap("list events", err)
+	}
+	page := EventPage{HasMore: list.HasMore, Events: make([]Event, 0, len(list.Data))}
+	for _, raw := range list.Data {
+		page.Events = append(page.Events, decodeEvent(raw))
+	}
+	return page, nil
+}
+
+func cmp(v, def int) int {
+	if v <= 0 {
+		return def
+	}
+	return v
+}
+
+// decodeEvent reads the fields routing needs. It never fails: a bad event
+// carries Err, so the stream can record it and move on.
+func decodeEvent(raw json.RawMessage) Event {
+	ev := Event{Raw: raw}
+	var head struct {
+		ID      any `json:"id"`
+		Type    any `json:"type"`
+		Created any `json:"created"`
+		Data    *struct {
+			Object json.RawMessage `json:"object"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(raw, &head); err != nil {
+		ev.Err = fmt.Errorf("event is not a JSON object: %w", err)
+		return ev
+	}
+	ev.ID, _ = head.ID.(string)
+	ev.Type, _ = head.Type.(string)
+	created, _ := head.Created.(float64)
+	switch {
+	case ev.ID == "":
+		ev.Err = errors.New("event has no id")
+	case ev.Type == "":
+		ev.Err = errors.New("event has no type")
+	case created <= 0:
+		ev.Err = errors.New("event has no created time")
+	case head.Data == nil || len(head.Data.Object) == 0:
+		ev.Err = errors.New("event has no data.object")
+	}
+	ev.Created = time.Unix(int64(created), 0).UTC()
+	if head.Data != nil {
+		ev.Object = head.Data.Object
+	}
+	return ev
+}
+
+// Session is a Checkout Session as retrieved, with every line item.
+type Session struct {
+	ID            string
+	Status        string
+	PaymentStatus string
+	PaymentIntent string
+	Created       time.Time
+	LineItems     int
+	// JSON is the session as Stripe sent it, line_items expanded and
+	// completed across pages: what the operator's action receives.
+	JSON []byte
+}
+
+// GetSession retrieves a Checkout Session with line_items expanded, then
+// pages through the rest of the line items when Stripe says there are more.
+func (c *Client) GetSession(ctx context.Context, id string) (*Session, error) {
+	params := &stripe.CheckoutSessionParams{}
+	params.Context = ctx
+	params.AddExpand("line_items")
+	cs, err := c.api.CheckoutSessions.Get(id, params)
+	if err != nil {
+		return nil, wrap("retrieve checkout session "+id, err)
+	}
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal(cs.LastResponse.RawJSON, &fields); err != nil {
+		return nil, fmt.Errorf("retrieve checkout session %s: decode: %w", id, err)
+	}
+	var expanded rawList
+	if li, ok := fields["line_items"]; ok {
+		if err := json.Unmarshal(li, &expanded); err != nil {
+			return nil, fmt.Errorf("retrieve checkout session %s: decode line_items: %w", id, err)
+		}
+	}
+	items := expanded.Data
+	for more := expanded.HasMore; more; {
+		last, err := itemID(items[len(items)-1])
+		if err != nil {
+			return nil, fmt.Errorf("list line items of %s: %w", id, err)
+		}
+		lp := &stripe.CheckoutSessionListLineItemsParams{Session: stripe.String(id)}
+		lp.Context = ctx
+		lp.Limit = stripe.Int64(100)
+		lp.StartingAfter = stripe.String(last)
+		var page rawList
+		path := "/v1/checkout/sessions/" + id + "/line_items"
+		if err := c.backend.Call(http.MethodGet, path, c.key, lp, &page); err != nil {
+			return nil, wrap("list line items of "+id, err)
+		}
+		if len(page.Data) == 0 {
+			break
+		}
+		items = append(items, page.Data...)
+		more = page.HasMore
+	}
+	complete, err := json.Marshal(struct {
+		Object  string            `json:"object"`
+		Data    []json.RawMessage `json:"data"`
+		HasMore bool              `json:"has_more"`
+		URL     string            `json:"url"`
+	}{"list", nonNil(items), false, "/v1/checkout/sessions/" + id + "/line_items"})
+	if err != nil {
+		return nil, err
+	}
+	fields["line_items"] = complete
+	body, err := json.Marshal(fields)
+	if err != nil {
+		return nil, err
+	}
+	s := &Session{
+		ID:            cs.ID,
+		Status:        string(cs.Status),
+		PaymentStatus: string(cs.PaymentStatus),
+		Created:       time.Unix(cs.Created, 0).UTC(),
+		LineItems:     len(items),
+		JSON:          body,
+	}
+	if cs.PaymentIntent != nil {
+		s.PaymentIntent = cs.PaymentIntent.ID
+	}
+	return s, nil
+}
+
+func nonNil(items []json.RawMessage) []json.RawMessage {
+	if items == nil {
+		return []json.RawMessage{}
+	}
+	return items
+}
+
+func itemID(raw json.RawMessage) (string, error) {
+	var v struct {
+		ID string `json:"id"`
+	}
+	if err := json.Unmarshal(raw, &v); err != nil || v.ID == "" {
+		return "", errors.New("line item without an id")
+	}
+	return v.ID, nil
+}
+
+// SessionQuery selects one page of Checkout Sessions.
+type SessionQuery struct {
+	Status        string
+	CreatedGTE    time.Time
+	CreatedLT     time.Time
+	StartingAfter string
+	Limit         int
+}
+
+// SessionSummary is a listed Checkout Session.
+type SessionSummary struct {
+	ID            string `json:"id"`
+	Status        string `json:"status"`
+	PaymentStatus string `json:"payment_status"`
+	Created       int64  `json:"created"`
+}
+
+// SessionPage is one page of Checkout Sessions, newest first.
+type SessionPage struct {
+	Sessions []SessionSummary
+	HasMore  bool
+}
+
+// ListSessions fetches one page of GET /v1/checkout/sessions.
+func (c *Client) ListSessions(ctx context.Context, q SessionQuery) (SessionPage, error) {
+	params := &stripe.CheckoutSessionListParams{}
+	params.Context = ctx
+	params.Single = true
+	params.Limit = stripe.Int64(int64(cmp(q.Limit, 100)))
+	if q.Status != "" {
+		params.Status = stripe.String(q.Status)
+	}
+	if q.StartingAfter != "" {
+		params.StartingAfter = stripe.String(q.StartingAfter)
+	}
+	if !q.CreatedGTE.IsZero() || !q.CreatedLT.IsZero() {
+		r := &stripe.RangeQueryParams{}
+		if !q.CreatedGTE.IsZero() {
+			r.GreaterThanOrEqual = q.CreatedGTE.Unix()
+		}
+		if !q.CreatedLT.IsZero() {
+			r.LesserThan = q.CreatedLT.Unix()
+		}
+		params.CreatedRange = r
+	}
+	var list rawList
+	if err := c.backend.Call(http.MethodGet, "/v1/checkout/sessions", c.key, params, &list); err != nil {
+		return SessionPage{}, wrap("list checkout sessions", err)
+	}
+	page := SessionPage{HasMore: list.HasMore}
+	for _, raw := range list.Data {
+		var s SessionSummary
+		if err := json.Unmarshal(raw, &s); err != nil || s.ID == "" {
+			continue // not a session we can act on; its events (if any) are reported by the poller
+		}
+		page.Sessions = append(page.Sessions, s)
+	}
+	return page, nil
+}
+
+// Error is a failed Stripe call in words that are safe to log: Stripe's own
+// message is dropped for authentication failures, because it echoes part of
+// the key.
+type Error struct {
+	Op        string
+	Status    int
+	Code      string
+	Msg       string
+	RequestID string
+	kind      error
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	b.WriteString(e.Op)
+	b.WriteString(": ")
+	if e.Status > 0 {
+		fmt.Fprintf(&b, "stripe answered %d", e.Status)
+		if e.Code != "" {
+			b.WriteString(" " + e.Code)
+		}
+		if e.Msg != "" {
+			b.WriteString(": " + e.Msg)
+		}
+	} else {
+		b.WriteString(e.Msg)
+	}
+	if e.RequestID != "" {
+		b.WriteString(" (request " + e.RequestID + ")")
+	}
+	return b.String()
+}
+
+// Unwrap lets errors.Is find ErrNotFound, ErrAuth and ErrAgedOut.
+func (e *Error) Unwrap() error { return e.kind }
+
+// Retryable reports whether trying again later may succeed.
+func (e *Error) Retryable() bool {
+	return e.kind == nil && (e.Status == 0 || e.Status == 409 || e.Status == 429 || e.Status >= 500)
+}
+
+func wrap(op string, err error) error {
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	var se *stripe.Error
+	if !errors.As(err, &se) {
+		return &Error{Op: op, Msg: redactURL(err.Error())}
+	}
+	e := &Error{Op: op, Status: se.HTTPStatusCode, Code: string(se.Code), Msg: se.Msg, RequestID: se.RequestID}
+	switch {
+	case se.HTTPStatusCode == http.StatusUnauthorized:
+		e.kind = ErrAuth
+		e.Msg = "the API key was not accepted; check stripe.api_key, STRIPE_API_KEY or stripe.api_key_file"
+	case se.HTTPStatusCode == http.StatusForbidden:
+		e.kind = ErrAuth
+		e.Msg = "the API key lacks a permission fulfilld needs (restricted keys need read access to Events and Checkout Sessions)"
+	case se.HTTPStatusCode == http.StatusNotFound || se.Code == stripe.ErrorCodeResourceMissing && se.HTTPStatusCode < 500:
+		e.kind = ErrNotFound
+	case se.HTTPStatusCode == http.StatusBadRequest && isAgedOut(se.Msg):
+		e.kind = ErrAgedOut
+	}
+	return e
+}
+
+func isAgedOut(msg string) bool {
+	m := strings.ToLower(msg)
+	return strings.Contains(m, "aged out") || strings.Contains(m, "retention") || strings.Contains(m, "30 days")
+}
+
+// redactURL keeps transport errors short and free of query strings.
+func redactURL(s string) string {
+	if i := strings.Index(s, "?"); i >= 0 {
+		if j := strings.IndexAny(s[i:], "\": "); j >= 0 {
+			return s[:i] + s[i+j:]
+		}
+		return s[:i]
+	}
+	return s
+}
