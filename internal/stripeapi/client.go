@@ -18,6 +18,7 @@ import (
 
 	"github.com/stripe/stripe-go/v76"
 	"github.com/stripe/stripe-go/v76/client"
+	"github.com/stripe/stripe-go/v76/form"
 )
 
 // APIVersion is the Stripe API version stripe-go v76 pins for every request.
@@ -87,6 +88,16 @@ func New(cfg Config) *Client {
 	return &Client{api: api, backend: backend, key: cfg.APIKey, Transport: tr}
 }
 
+// list fetches one page the way stripe-go's own list clients do (form
+// values through CallRaw), into a raw container.
+func (c *Client) list(ctx context.Context, path string, params stripe.ListParamsContainer, into *rawList) error {
+	values := &form.Values{}
+	form.AppendTo(values, params)
+	p := params.GetListParams().GetParams()
+	p.Context = ctx
+	return c.backend.CallRaw(http.MethodGet, path, c.key, values, p, into)
+}
+
 // rawList is a Stripe list whose items stay undecoded.
 type rawList struct {
 	stripe.APIResource
@@ -147,7 +158,7 @@ func (c *Client) ListEvents(ctx context.Context, q EventQuery) (EventPage, error
 		params.CreatedRange = r
 	}
 	var list rawList
-	if err := c.backend.Call(http.MethodGet, "/v1/events", c.key, params, &list); err != nil {
+	if err := c.list(ctx, "/v1/events", params, &list); err != nil {
 		return EventPage{}, wrap("list events", err)
 	}
 	page := EventPage{HasMore: list.HasMore, Events: make([]Event, 0, len(list.Data))}
@@ -245,7 +256,7 @@ func (c *Client) GetSession(ctx context.Context, id string) (*Session, error) {
 		lp.StartingAfter = stripe.String(last)
 		var page rawList
 		path := "/v1/checkout/sessions/" + id + "/line_items"
-		if err := c.backend.Call(http.MethodGet, path, c.key, lp, &page); err != nil {
+		if err := c.list(ctx, path, lp, &page); err != nil {
 			return nil, wrap("list line items of "+id, err)
 		}
 		if len(page.Data) == 0 {
@@ -345,7 +356,7 @@ func (c *Client) ListSessions(ctx context.Context, q SessionQuery) (SessionPage,
 		params.CreatedRange = r
 	}
 	var list rawList
-	if err := c.backend.Call(http.MethodGet, "/v1/checkout/sessions", c.key, params, &list); err != nil {
+	if err := c.list(ctx, "/v1/checkout/sessions", params, &list); err != nil {
 		return SessionPage{}, wrap("list checkout sessions", err)
 	}
 	page := SessionPage{HasMore: list.HasMore}

@@ -1,0 +1,260 @@
+package poller_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/fulfilld/fulfilld/cursor"
+	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/stripeapi"
+	"github.com/fulfilld/fulfilld/internal/stripesim"
+	"github.com/fulfilld/fulfilld/poller"
+)
+
+// t0 is the simulated "now" every test starts at.
+var t0 = time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+
+const testKey = "sk_test_4eC39HqLyjWDarjtT1zdp7dc"
+
+// harness is one fulfilld (poller + fulfiller + store) wired through
+// stripe-go to a simulated Stripe, with the clock in the test's hands.
+type harness struct {
+	t      *testing.T
+	clock  *stripesim.Clock
+	sim    *stripesim.Server
+	db     *bbolt.DB
+	client *stripeapi.Client
+	poller *poller.Poller
+	ful    *fulfill.Fulfiller
+	action *recorder
+}
+
+type harnessOpt func(*stripesim.Options, *harness)
+
+func newHarness(t *testing.T, opts ...harnessOpt) *harness {
+	t.Helper()
+	h := &harness{t: t, clock: stripesim.NewClock(t0), action: newRecorder()}
+	simOpts := stripesim.Options{APIKey: testKey, Now: h.clock.Now}
+	for _, o := range opts {
+		o(&simOpts, h)
+	}
+	h.sim = stripesim.New(simOpts)
+	t.Cleanup(h.sim.Close)
+	h.client = stripeapi.New(stripeapi.Config{
+		APIKey: testKey, APIBase: h.sim.URL(), Limits: stripeapi.Limits{Global: 1000, Endpoint: 1000},
+	})
+	h.client.Transport.MinBackoff = time.Millisecond
+	h.client.Transport.MaxBackoff = 5 * time.Millisecond
+	h.open(filepath.Join(t.TempDir(), "fulfilld.db"))
+	return h
+}
+
+// open (re)opens the store and builds the poller and fulfiller on it, as a
+// process start does.
+func (h *harness) open(path string) {
+	h.t.Helper()
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { db.Close() })
+	if err := db.Update(func(tx *bbolt.Tx) error {
+		if err := cursor.Init(tx); err != nil {
+			return err
+		}
+		return fulfill.Init(tx)
+	}); err != nil {
+		h.t.Fatal(err)
+	}
+	h.db = db
+	h.poller = &poller.Poller{
+		DB: db, Events: h.client, Types: defaultTypes, Lookback: 10 * time.Minute, Now: h.clock.Now,
+	}
+	h.ful = &fulfill.Fulfiller{
+		DB: db, Sessions: h.client, Action: h.action, MaxAttempts: 3, Concurrency: 4, Now: h.clock.Now,
+		Backoff: func(int) time.Duration { return time.Minute },
+	}
+}
+
+// restart closes the store and opens it again, dropping all in-memory state.
+func (h *harness) restart() {
+	h.t.Helper()
+	path := h.db.Path()
+	if err := h.db.Close(); err != nil {
+		h.t.Fatal(err)
+	}
+	h.open(path)
+}
+
+var defaultTypes = []string{
+	"checkout.session.completed", "checkout.session.async_payment_succeeded",
+	"checkout.session.async_payment_failed", "checkout.session.expired",
+	"payment_intent.succeeded", "payment_intent.payment_failed", "payment_intent.processing",
+	"payment_intent.amount_capturable_updated", "payment_intent.canceled",
+}
+
+// pass is what `run --once` does: poll and work the queue side by side
+// until nothing is due.
+func (h *harness) pass(since time.Time) (poller.Result, fulfill.PassResult) {
+	h.t.Helper()
+	if _, err := h.poller.Start(since); err != nil {
+		h.t.Fatal(err)
+	}
+	if _, err := h.ful.Recover(); err != nil {
+		h.t.Fatal(err)
+	}
+	ctx := context.Background()
+	wake := make(chan struct{}, 1)
+	h.poller.Wake = func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
+	type out struct {
+		res fulfill.PassResult
+		err error
+	}
+	done := make(chan out, 1)
+	go func() {
+		res, err := h.ful.Run(ctx, fulfill.RunOptions{Wake: wake, UntilIdle: true})
+		done <- out{res, err}
+	}()
+	pres, err := h.poller.Poll(ctx, true)
+	h.poller.Wake = nil
+	close(wake)
+	w := <-done
+	if err != nil {
+		h.t.Fatalf("poll: %v", err)
+	}
+	if w.err != nil {
+		h.t.Fatalf("fulfill: %v", w.err)
+	}
+	return pres, w.res
+}
+
+func (h *harness) record(id string) fulfill.Record {
+	h.t.Helper()
+	var rec fulfill.Record
+	err := h.db.View(func(tx *bbolt.Tx) (err error) {
+		rec, _, err = fulfill.Get(tx, id)
+		return err
+	})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return rec
+}
+
+func (h *harness) position() cursor.Position {
+	h.t.Helper()
+	var pos cursor.Position
+	if err := h.db.View(func(tx *bbolt.Tx) (err error) { pos, err = cursor.Load(tx); return err }); err != nil {
+		h.t.Fatal(err)
+	}
+	return pos
+}
+
+// paid creates a session completed as paid at the given time.
+func (h *harness) paid(at time.Time, items int, opts ...stripesim.EventOpt) string {
+	id := h.sim.CreateSession(stripesim.SessionParams{Created: at.Add(-time.Minute), LineItems: items})
+	h.sim.CompleteSession(id, "paid", at, opts...)
+	return id
+}
+
+// run is one call of the operator's action.
+type run struct {
+	Attempt        string
+	IdempotencyKey string
+	Trigger        string
+	EventID        string
+	LineItems      int
+	HasMore        bool
+}
+
+// recorder is the operator's action, in process: it records every call and
+// notices two calls for one session running at once.
+type recorder struct {
+	mu        sync.Mutex
+	runs      map[string][]run
+	active    map[string]int
+	overlaps  int
+	fail      func(session string) error
+	block     chan struct{} // when set, every call waits on it
+}
+
+func newRecorder() *recorder {
+	return &recorder{runs: map[string][]run{}, active: map[string]int{}}
+}
+
+func (r *recorder) Deliver(ctx context.Context, d fulfill.Delivery) (fulfill.Outcome, error) {
+	env := map[string]string{}
+	for _, kv := range d.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	var body struct {
+		LineItems struct {
+			Data    []json.RawMessage `json:"data"`
+			HasMore bool              `json:"has_more"`
+		} `json:"line_items"`
+	}
+	if err := json.Unmarshal(d.Body, &body); err != nil {
+		return fulfill.Outcome{}, fmt.Errorf("body is not JSON: %w", err)
+	}
+	id := env["FULFILLD_SESSION_ID"]
+	r.mu.Lock()
+	r.active[id]++
+	if r.active[id] > 1 {
+		r.overlaps++
+	}
+	r.runs[id] = append(r.runs[id], run{
+		Attempt: env["FULFILLD_ATTEMPT"], IdempotencyKey: env["FULFILLD_IDEMPOTENCY_KEY"],
+		Trigger: env["FULFILLD_TRIGGER"], EventID: env["FULFILLD_EVENT_ID"],
+		LineItems: len(body.LineItems.Data), HasMore: body.LineItems.HasMore,
+	})
+	fail, block := r.fail, r.block
+	r.mu.Unlock()
+	defer func() {
+		r.mu.Lock()
+		r.active[id]--
+		r.mu.Unlock()
+	}()
+	if block != nil {
+		select {
+		case <-block:
+		case <-ctx.Done():
+			return fulfill.Outcome{}, ctx.Err()
+		}
+	}
+	if fail != nil {
+		if err := fail(id); err != nil {
+			return fulfill.Outcome{Output: "boom"}, err
+		}
+	}
+	return fulfill.Outcome{Output: "ok"}, nil
+}
+
+func (r *recorder) calls(id string) []run {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]run(nil), r.runs[id]...)
+}
+
+func (r *recorder) total() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, runs := range r.runs {
+		n += len(runs)
+	}
+	return n
+}
