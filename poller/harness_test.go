@@ -183,12 +183,12 @@ type run struct {
 // recorder is the operator's action, in process: it records every call and
 // notices two calls for one session running at once.
 type recorder struct {
-	mu        sync.Mutex
-	runs      map[string][]run
-	active    map[string]int
-	overlaps  int
-	fail      func(session string) error
-	block     chan struct{} // when set, every call waits on it
+	mu       sync.Mutex
+	runs     map[string][]run
+	active   map[string]int
+	overlaps int
+	fail     func(session string) error
+	block    chan struct{} // when set, every call waits on it
 }
 
 func newRecorder() *recorder {
