@@ -168,16 +168,7 @@ func (f *Fulfiller) attempt(ctx context.Context, rec Record) (Record, error) {
 	switch sess.PaymentStatus {
 	case "paid", "no_payment_required":
 	default:
-		switch {
-		case rec.State == StatePaymentFailed || rec.State == StateExpired:
-		case sess.Status == "expired":
-			rec.State = StateExpired
-		default:
-			rec.State = StateAwaitingPayment
-		}
-		rec.LastError, rec.InFlight = "", false
-		log.Info("checkout session is not paid; waiting for its payment", "payment_status", sess.PaymentStatus, "state", rec.State)
-		return rec, f.save(rec, time.Time{})
+		return f.settleUnpaid(rec, sess)
 	}
 
 	rec.Attempts++
@@ -230,6 +221,51 @@ func (f *Fulfiller) attempt(ctx context.Context, rec Record) (Record, error) {
 	return rec, nil
 }
 
+// settleUnpaid records a session Stripe says is not paid. Events recorded
+// while Stripe was being asked win: a session that meanwhile ended stays
+// ended, and one that was asked for again is looked at again.
+func (f *Fulfiller) settleUnpaid(rec Record, sess *stripeapi.Session) (Record, error) {
+	log := f.logger().With("session", rec.SessionID)
+	now := f.now()
+	out := rec
+	err := f.DB.Update(func(tx *bbolt.Tx) error {
+		cur, ok, err := Get(tx, rec.SessionID)
+		if err != nil {
+			return err
+		}
+		if ok && cur.Seq != rec.Seq {
+			out = cur
+			out.PaymentStatus, out.Updated = sess.PaymentStatus, now
+			if cur.State == StatePaymentFailed || cur.State == StateExpired {
+				if err := put(tx, out); err != nil {
+					return err
+				}
+				return sessionQueue.remove(tx, rec.SessionID)
+			}
+			out.State, out.NextAttempt = StatePending, now
+			log.Info("new events arrived while the session was being read; reading it again")
+			if err := put(tx, out); err != nil {
+				return err
+			}
+			return sessionQueue.schedule(tx, rec.SessionID, now)
+		}
+		switch {
+		case rec.State == StatePaymentFailed || rec.State == StateExpired:
+		case sess.Status == "expired":
+			out.State = StateExpired
+		default:
+			out.State = StateAwaitingPayment
+		}
+		out.LastError, out.InFlight, out.NextAttempt, out.Updated = "", false, time.Time{}, now
+		log.Info("checkout session is not paid; waiting for its payment", "payment_status", sess.PaymentStatus, "state", out.State)
+		if err := put(tx, out); err != nil {
+			return err
+		}
+		return sessionQueue.remove(tx, rec.SessionID)
+	})
+	return out, err
+}
+
 // inFlightLease parks a running attempt's queue entry.
 const inFlightLease = 24 * time.Hour
 
@@ -238,20 +274,12 @@ const inFlightLease = 24 * time.Hour
 func (f *Fulfiller) Recover() (int, error) {
 	n := 0
 	err := f.DB.Update(func(tx *bbolt.Tx) error {
-		var ids []string
-		err := tx.Bucket(bucketQueueIndex).ForEach(func(k, _ []byte) error {
-			ids = append(ids, string(k))
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		for _, id := range ids {
+		for _, id := range sessionQueue.ids(tx) {
 			rec, ok, err := Get(tx, id)
 			if err != nil || !ok || !rec.InFlight {
 				continue
 			}
-			if err := schedule(tx, id, f.now()); err != nil {
+			if err := sessionQueue.schedule(tx, id, f.now()); err != nil {
 				return err
 			}
 			n++
@@ -278,153 +306,34 @@ func (f *Fulfiller) save(rec Record, next time.Time) error {
 			return err
 		}
 		if next.IsZero() {
-			return dequeue(tx, rec.SessionID)
+			return sessionQueue.remove(tx, rec.SessionID)
 		}
-		return schedule(tx, rec.SessionID, next)
+		return sessionQueue.schedule(tx, rec.SessionID, next)
 	})
 }
 
-// PassResult counts what one run of the queue did.
-type PassResult struct {
-	Attempted int
-	Fulfilled int
-	Failed    int // ended failed (dead letter) in this pass
-	Waiting   int // will be retried later
-}
-
-// RunOptions shape one run of the queue.
-type RunOptions struct {
-	// Wake is signalled when the poller queued new work.
-	Wake <-chan struct{}
-	// UntilIdle makes Run return once Wake is closed and nothing is due or
-	// running — a `--once` pass. Each session is attempted at most once.
-	UntilIdle bool
-	// Grace is how long running actions may go on after ctx ends before
-	// they are cancelled (0: cancelled at once).
-	Grace time.Duration
-}
-
-// Run works the queue: it keeps up to Concurrency sessions in progress and
-// wakes when new work is queued or a retry comes due. When ctx ends it stops
-// starting attempts, gives running ones opts.Grace to finish and record
-// their results, and returns.
+// Run works the session queue: it keeps up to Concurrency sessions in
+// progress and wakes when new work is queued or a retry comes due. When ctx
+// ends it stops starting attempts, gives running ones opts.Grace to finish
+// and record their results, and returns.
 func (f *Fulfiller) Run(ctx context.Context, opts RunOptions) (PassResult, error) {
-	var (
-		res       PassResult
-		resMu     sync.Mutex
-		wg        sync.WaitGroup
-		running   = map[string]bool{}
-		attempts  = map[string]bool{}
-		done      = make(chan string, max(f.Concurrency, 1))
-		fatal     error
-		polling   = true
-		wake      = opts.Wake
-		untilIdle = opts.UntilIdle
-	)
-	attemptCtx, cancelAttempts := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelAttempts()
-	stopGrace := context.AfterFunc(ctx, func() {
-		if opts.Grace <= 0 {
-			cancelAttempts()
-			return
-		}
-		t := time.AfterFunc(opts.Grace, cancelAttempts)
-		context.AfterFunc(attemptCtx, func() { t.Stop() })
-	})
-	defer stopGrace()
-	defer wg.Wait()
-	slots := max(f.Concurrency, 1)
-	for {
-		if ctx.Err() == nil && len(running) < slots {
-			var ids []string
-			err := f.DB.View(func(tx *bbolt.Tx) error {
-				ids = due(tx, f.now(), slots-len(running), func(id string) bool {
-					return running[id] || untilIdle && attempts[id]
-				})
-				return nil
-			})
-			if err != nil {
-				return res, err
+	w := &worker{
+		db: f.DB, q: sessionQueue, concurrency: f.Concurrency, now: f.now,
+		fatal: func(err error) bool { return errors.Is(err, stripeapi.ErrAuth) },
+		process: func(ctx context.Context, id string) (outcome, error) {
+			rec, err := f.runQueued(ctx, id)
+			switch rec.State {
+			case StateFulfilled:
+				return outcomeDone, err
+			case StateFailed:
+				return outcomeFailed, err
+			case StatePending:
+				return outcomeWaiting, err
 			}
-			for _, id := range ids {
-				running[id], attempts[id] = true, true
-				wg.Add(1)
-				go func() {
-					defer wg.Done()
-					rec, err := f.runQueued(attemptCtx, id)
-					resMu.Lock()
-					res.Attempted++
-					switch {
-					case rec.State == StateFulfilled:
-						res.Fulfilled++
-					case rec.State == StateFailed:
-						res.Failed++
-					case rec.State == StatePending:
-						res.Waiting++
-					}
-					if errors.Is(err, stripeapi.ErrAuth) && fatal == nil {
-						fatal = err
-					}
-					resMu.Unlock()
-					done <- id
-				}()
-			}
-		}
-		if untilIdle && !polling && len(running) == 0 {
-			if ctx.Err() != nil {
-				return res, ctx.Err()
-			}
-			var more bool
-			_ = f.DB.View(func(tx *bbolt.Tx) error {
-				more = len(due(tx, f.now(), 1, func(id string) bool { return attempts[id] })) > 0
-				return nil
-			})
-			if !more {
-				return res, nil
-			}
-			continue
-		}
-		if ctx.Err() != nil && len(running) == 0 {
-			return res, ctx.Err()
-		}
-		var timer *time.Timer
-		var timerC <-chan time.Time
-		if len(running) < slots && ctx.Err() == nil && !untilIdle {
-			var next time.Time
-			_ = f.DB.View(func(tx *bbolt.Tx) error { next = nextDue(tx); return nil })
-			if !next.IsZero() {
-				timer = time.NewTimer(max(next.Sub(f.now()), 10*time.Millisecond))
-				timerC = timer.C
-			}
-		}
-		select {
-		case id := <-done:
-			delete(running, id)
-		case _, ok := <-wake:
-			if !ok {
-				polling, wake = false, nil
-			}
-		case <-timerC:
-		case <-ctx.Done():
-			// Let running attempts record their results.
-			for len(running) > 0 {
-				delete(running, <-done)
-			}
-			return res, ctx.Err()
-		}
-		if timer != nil {
-			timer.Stop()
-		}
-		resMu.Lock()
-		err := fatal
-		resMu.Unlock()
-		if err != nil {
-			for len(running) > 0 {
-				delete(running, <-done)
-			}
-			return res, err
-		}
+			return outcomeOther, err
+		},
 	}
+	return w.run(ctx, opts)
 }
 
 // runQueued attempts one queued session.

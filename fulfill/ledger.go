@@ -1,8 +1,6 @@
 package fulfill
 
 import (
-	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"sort"
@@ -36,8 +34,6 @@ const (
 
 var (
 	bucketSessions       = []byte("sessions")        // session id → Record JSON
-	bucketQueue          = []byte("queue")           // due (8 bytes, unix nanos) + session id → nothing
-	bucketQueueIndex     = []byte("queue_index")     // session id → its queue key
 	bucketPaymentIntents = []byte("payment_intents") // pi id → PaymentIntent JSON
 )
 
@@ -58,6 +54,9 @@ type Record struct {
 	LastError   string    `json:"last_error,omitempty"`
 	Output      string    `json:"output,omitempty"`
 	Recovered   bool      `json:"recovered,omitempty"`
+	// Seq changes with every event or request recorded for the session, so
+	// an attempt can tell that something happened while it talked to Stripe.
+	Seq uint64 `json:"seq"`
 	Created     time.Time `json:"created"`
 	Updated     time.Time `json:"updated"`
 	FulfilledAt time.Time `json:"fulfilled_at,omitzero"`
@@ -91,7 +90,8 @@ type PaymentIntent struct {
 
 // Init creates the buckets this package owns.
 func Init(tx *bbolt.Tx) error {
-	for _, b := range [][]byte{bucketSessions, bucketQueue, bucketQueueIndex, bucketPaymentIntents} {
+	for _, b := range [][]byte{bucketSessions, bucketPaymentIntents, bucketNotifications,
+		sessionQueue.items, sessionQueue.index, notifyQueue.items, notifyQueue.index} {
 		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 			return fmt.Errorf("create bucket %s: %w", b, err)
 		}
@@ -122,33 +122,6 @@ func put(tx *bbolt.Tx, rec Record) error {
 	return nil
 }
 
-// schedule puts the session in the queue, due at the given time, replacing
-// any earlier place it had.
-func schedule(tx *bbolt.Tx, sessionID string, due time.Time) error {
-	if err := dequeue(tx, sessionID); err != nil {
-		return err
-	}
-	key := make([]byte, 8, 8+len(sessionID))
-	binary.BigEndian.PutUint64(key, uint64(max(due.UnixNano(), 0)))
-	key = append(key, sessionID...)
-	if err := tx.Bucket(bucketQueue).Put(key, nil); err != nil {
-		return err
-	}
-	return tx.Bucket(bucketQueueIndex).Put([]byte(sessionID), key)
-}
-
-func dequeue(tx *bbolt.Tx, sessionID string) error {
-	idx := tx.Bucket(bucketQueueIndex)
-	old := idx.Get([]byte(sessionID))
-	if old == nil {
-		return nil
-	}
-	if err := tx.Bucket(bucketQueue).Delete(bytes.Clone(old)); err != nil {
-		return err
-	}
-	return idx.Delete([]byte(sessionID))
-}
-
 // Request asks for a session to be fulfilled.
 type Request struct {
 	SessionID string
@@ -172,8 +145,11 @@ func Enqueue(tx *bbolt.Tx, req Request) (bool, error) {
 		case StateFulfilled, StateFailed:
 			return false, nil
 		case StatePending:
-			if tx.Bucket(bucketQueueIndex).Get([]byte(req.SessionID)) != nil {
-				return false, nil
+			if sessionQueue.has(tx, req.SessionID) {
+				// An attempt may be running on what it read before this
+				// request: let it see that something arrived.
+				rec.Seq++
+				return false, put(tx, rec)
 			}
 		}
 	} else {
@@ -188,12 +164,13 @@ func Enqueue(tx *bbolt.Tx, req Request) (bool, error) {
 	}
 	rec.Trigger, rec.EventID = req.Trigger, req.EventID
 	rec.Recovered = rec.Recovered || req.Recovered
+	rec.Seq++
 	rec.Updated = req.At
 	rec.NextAttempt = req.At
 	if err := put(tx, rec); err != nil {
 		return false, err
 	}
-	return true, schedule(tx, req.SessionID, req.At)
+	return true, sessionQueue.schedule(tx, req.SessionID, req.At)
 }
 
 // End records that a session's payment failed or it expired. A session that
@@ -211,10 +188,11 @@ func End(tx *bbolt.Tx, sessionID string, state State, eventID string, at time.Ti
 	}
 	rec.State, rec.EventID, rec.Updated = state, eventID, at
 	rec.NextAttempt = time.Time{}
+	rec.Seq++
 	if err := put(tx, rec); err != nil {
 		return false, err
 	}
-	return true, dequeue(tx, sessionID)
+	return true, sessionQueue.remove(tx, sessionID)
 }
 
 // RecordPaymentIntent keeps the newest known status of a PaymentIntent;
@@ -242,38 +220,6 @@ func GetPaymentIntent(tx *bbolt.Tx, id string) (PaymentIntent, bool) {
 	}
 	var pi PaymentIntent
 	return pi, json.Unmarshal(raw, &pi) == nil
-}
-
-// due lists up to limit queued sessions due at or before now, skipping those
-// in skip, earliest first.
-func due(tx *bbolt.Tx, now time.Time, limit int, skip func(string) bool) []string {
-	var ids []string
-	c := tx.Bucket(bucketQueue).Cursor()
-	for k, _ := c.First(); k != nil && len(ids) < limit; k, _ = c.Next() {
-		if int64(binary.BigEndian.Uint64(k[:8])) > now.UnixNano() {
-			break
-		}
-		id := string(k[8:])
-		if skip(id) {
-			continue
-		}
-		ids = append(ids, id)
-	}
-	return ids
-}
-
-// nextDue is when the earliest queued session is due; zero if none is.
-func nextDue(tx *bbolt.Tx) time.Time {
-	k, _ := tx.Bucket(bucketQueue).Cursor().First()
-	if k == nil {
-		return time.Time{}
-	}
-	return time.Unix(0, int64(binary.BigEndian.Uint64(k[:8])))
-}
-
-// QueueLen is how many sessions are queued (due or backing off).
-func QueueLen(tx *bbolt.Tx) int {
-	return tx.Bucket(bucketQueueIndex).Stats().KeyN
 }
 
 // Summary counts sessions by state and PaymentIntents by status.
@@ -368,10 +314,13 @@ func Retry(tx *bbolt.Tx, now time.Time, ids ...string) ([]string, error) {
 		if err := put(tx, rec); err != nil {
 			return done, err
 		}
-		if err := schedule(tx, id, now); err != nil {
+		if err := sessionQueue.schedule(tx, id, now); err != nil {
 			return done, err
 		}
 		done = append(done, id)
 	}
 	return done, nil
 }
+
+// QueueLen is how many sessions are queued (due or backing off).
+func QueueLen(tx *bbolt.Tx) int { return sessionQueue.len(tx) }

@@ -1,0 +1,263 @@
+package fulfill
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strconv"
+	"time"
+
+	"go.etcd.io/bbolt"
+)
+
+// bucketNotifications holds event id → Notification JSON. Entries are kept,
+// so an event listed again (a re-scan, a backfill) never notifies twice.
+var bucketNotifications = []byte("notifications")
+
+// NotifyTypes are the events that tell the customer their payment did not
+// go through (SPEC.md, notify).
+var NotifyTypes = map[string]bool{
+	"checkout.session.async_payment_failed": true,
+	"checkout.session.expired":              true,
+	"payment_intent.payment_failed":         true,
+}
+
+// Notification states.
+const (
+	NotifyPending = "pending"
+	NotifySent    = "sent"
+	NotifyFailed  = "failed"
+)
+
+// Notification is the ledger entry of one event's notify delivery.
+type Notification struct {
+	EventID     string          `json:"event_id"`
+	EventType   string          `json:"event_type"`
+	State       string          `json:"state"`
+	Attempts    int             `json:"attempts"`
+	InFlight    bool            `json:"in_flight,omitempty"`
+	NextAttempt time.Time       `json:"next_attempt,omitzero"`
+	LastError   string          `json:"last_error,omitempty"`
+	Output      string          `json:"output,omitempty"`
+	Created     time.Time       `json:"created"`
+	Updated     time.Time       `json:"updated"`
+	SentAt      time.Time       `json:"sent_at,omitzero"`
+	Event       json.RawMessage `json:"event"`
+}
+
+// IdempotencyKey is stable for the event across attempts and restarts.
+func (n Notification) IdempotencyKey() string { return "fulfilld-notify-" + n.EventID }
+
+// EnqueueNotification queues the event's notification, once per event id,
+// inside the caller's transaction.
+func EnqueueNotification(tx *bbolt.Tx, eventID, eventType string, event json.RawMessage, at time.Time) (bool, error) {
+	b := tx.Bucket(bucketNotifications)
+	if b.Get([]byte(eventID)) != nil {
+		return false, nil
+	}
+	n := Notification{EventID: eventID, EventType: eventType, State: NotifyPending, Created: at, Updated: at,
+		NextAttempt: at, Event: event}
+	if err := putNotification(tx, n); err != nil {
+		return false, err
+	}
+	return true, notifyQueue.schedule(tx, eventID, at)
+}
+
+func putNotification(tx *bbolt.Tx, n Notification) error {
+	raw, err := json.Marshal(n)
+	if err != nil {
+		return err
+	}
+	if err := tx.Bucket(bucketNotifications).Put([]byte(n.EventID), raw); err != nil {
+		return fmt.Errorf("write notification of %s: %w", n.EventID, err)
+	}
+	return nil
+}
+
+// GetNotification reads an event's notification record.
+func GetNotification(tx *bbolt.Tx, eventID string) (Notification, bool, error) {
+	raw := tx.Bucket(bucketNotifications).Get([]byte(eventID))
+	if raw == nil {
+		return Notification{}, false, nil
+	}
+	var n Notification
+	if err := json.Unmarshal(raw, &n); err != nil {
+		return n, false, fmt.Errorf("read notification of %s: %w", eventID, err)
+	}
+	return n, true, nil
+}
+
+// NotifySummary counts notifications by state and lists the failed ones.
+func NotifySummary(tx *bbolt.Tx, limit int) (map[string]int, []Notification, error) {
+	counts := map[string]int{NotifyPending: 0, NotifySent: 0, NotifyFailed: 0}
+	var failed []Notification
+	err := tx.Bucket(bucketNotifications).ForEach(func(_, v []byte) error {
+		var n Notification
+		if err := json.Unmarshal(v, &n); err != nil {
+			return err
+		}
+		counts[n.State]++
+		if n.State == NotifyFailed {
+			n.Event = nil
+			failed = append(failed, n)
+		}
+		return nil
+	})
+	sort.Slice(failed, func(i, j int) bool { return failed[i].Updated.After(failed[j].Updated) })
+	if len(failed) > limit {
+		failed = failed[:limit]
+	}
+	return counts, failed, err
+}
+
+// RetryNotifications puts dead-lettered notifications back in the queue;
+// with no ids, every failed one.
+func RetryNotifications(tx *bbolt.Tx, now time.Time, ids ...string) ([]string, error) {
+	if len(ids) == 0 {
+		_ = tx.Bucket(bucketNotifications).ForEach(func(k, v []byte) error {
+			var n Notification
+			if json.Unmarshal(v, &n) == nil && n.State == NotifyFailed {
+				ids = append(ids, string(k))
+			}
+			return nil
+		})
+	}
+	var done []string
+	for _, id := range ids {
+		n, ok, err := GetNotification(tx, id)
+		if err != nil {
+			return done, err
+		}
+		if !ok {
+			return done, fmt.Errorf("retry %s: no notification for that event in the store", id)
+		}
+		if n.State != NotifyFailed {
+			return done, fmt.Errorf("retry %s: its notification is %s, not failed", id, n.State)
+		}
+		n.State, n.Attempts, n.NextAttempt, n.Updated = NotifyPending, 0, now, now
+		if err := putNotification(tx, n); err != nil {
+			return done, err
+		}
+		if err := notifyQueue.schedule(tx, id, now); err != nil {
+			return done, err
+		}
+		done = append(done, id)
+	}
+	return done, nil
+}
+
+// Notifier delivers queued notifications through the operator's notify
+// action, with the same attempts, backoff and dead letter as fulfillment.
+type Notifier struct {
+	DB          *bbolt.DB
+	Action      Action
+	MaxAttempts int
+	Concurrency int
+	Backoff     func(attempt int) time.Duration
+	Now         func() time.Time
+	Logger      *slog.Logger
+}
+
+func (n *Notifier) now() time.Time {
+	if n.Now != nil {
+		return n.Now()
+	}
+	return time.Now()
+}
+
+// Recover makes deliveries that a crash cut off due now.
+func (n *Notifier) Recover() (int, error) {
+	count := 0
+	err := n.DB.Update(func(tx *bbolt.Tx) error {
+		for _, id := range notifyQueue.ids(tx) {
+			rec, ok, err := GetNotification(tx, id)
+			if err != nil || !ok || !rec.InFlight {
+				continue
+			}
+			if err := notifyQueue.schedule(tx, id, n.now()); err != nil {
+				return err
+			}
+			count++
+		}
+		return nil
+	})
+	return count, err
+}
+
+// Run works the notify queue; see Fulfiller.Run.
+func (n *Notifier) Run(ctx context.Context, opts RunOptions) (PassResult, error) {
+	w := &worker{db: n.DB, q: notifyQueue, concurrency: n.Concurrency, now: n.now, process: n.attempt}
+	return w.run(ctx, opts)
+}
+
+// attempt delivers one notification once. The worker never runs two
+// attempts for one event at once.
+func (n *Notifier) attempt(ctx context.Context, id string) (outcome, error) {
+	log := n.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	log = log.With("event", id)
+	var rec Notification
+	var ok bool
+	err := n.DB.View(func(tx *bbolt.Tx) (err error) {
+		rec, ok, err = GetNotification(tx, id)
+		return err
+	})
+	if err != nil || !ok || rec.State != NotifyPending {
+		return outcomeOther, errors.Join(err, n.DB.Update(func(tx *bbolt.Tx) error { return notifyQueue.remove(tx, id) }))
+	}
+	rec.Attempts++
+	rec.InFlight = true
+	if err := n.save(rec, n.now().Add(inFlightLease)); err != nil {
+		return outcomeOther, err
+	}
+	env := []string{
+		"FULFILLD_EVENT_ID=" + rec.EventID,
+		"FULFILLD_EVENT_TYPE=" + rec.EventType,
+		"FULFILLD_IDEMPOTENCY_KEY=" + rec.IdempotencyKey(),
+		"FULFILLD_ATTEMPT=" + strconv.Itoa(rec.Attempts),
+	}
+	out, actErr := n.Action.Deliver(ctx, Delivery{Body: rec.Event, Env: env, IdempotencyKey: rec.IdempotencyKey()})
+	rec.InFlight, rec.Output = false, out.Output
+	var next time.Time
+	result := outcomeWaiting
+	switch {
+	case actErr == nil:
+		rec.State, rec.LastError, rec.SentAt = NotifySent, "", n.now()
+		result = outcomeDone
+		log.Info("notified", "type", rec.EventType, "attempt", rec.Attempts)
+	case ctx.Err() != nil:
+		rec.LastError, next = "attempt interrupted by shutdown", n.now()
+	case rec.Attempts >= n.MaxAttempts:
+		rec.State, rec.LastError = NotifyFailed, actErr.Error()
+		result = outcomeFailed
+		log.Error("notify failed for the last time; dead-lettered until `fulfilld retry`", "attempt", rec.Attempts, "err", actErr)
+	default:
+		backoff := DefaultBackoff
+		if n.Backoff != nil {
+			backoff = n.Backoff
+		}
+		next = n.now().Add(backoff(rec.Attempts))
+		rec.LastError = actErr.Error()
+		log.Warn("notify attempt failed; will retry", "attempt", rec.Attempts, "err", actErr, "next_attempt", next)
+	}
+	rec.NextAttempt = next
+	return result, n.save(rec, next)
+}
+
+func (n *Notifier) save(rec Notification, next time.Time) error {
+	rec.Updated = n.now()
+	return n.DB.Update(func(tx *bbolt.Tx) error {
+		if err := putNotification(tx, rec); err != nil {
+			return err
+		}
+		if next.IsZero() {
+			return notifyQueue.remove(tx, rec.EventID)
+		}
+		return notifyQueue.schedule(tx, rec.EventID, next)
+	})
+}

@@ -1,0 +1,255 @@
+package fulfill
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"sync"
+	"time"
+
+	"go.etcd.io/bbolt"
+)
+
+// queue is a durable queue ordered by due time: items holds
+// due (8 bytes, unix nanos) + id → nothing, index holds id → its items key.
+type queue struct{ items, index []byte }
+
+var (
+	sessionQueue = queue{items: []byte("queue"), index: []byte("queue_index")}
+	notifyQueue  = queue{items: []byte("notify_queue"), index: []byte("notify_queue_index")}
+)
+
+// schedule puts id in the queue, due at the given time, replacing any
+// earlier place it had.
+func (q queue) schedule(tx *bbolt.Tx, id string, due time.Time) error {
+	if err := q.remove(tx, id); err != nil {
+		return err
+	}
+	key := make([]byte, 8, 8+len(id))
+	binary.BigEndian.PutUint64(key, uint64(max(due.UnixNano(), 0)))
+	key = append(key, id...)
+	if err := tx.Bucket(q.items).Put(key, nil); err != nil {
+		return err
+	}
+	return tx.Bucket(q.index).Put([]byte(id), key)
+}
+
+func (q queue) remove(tx *bbolt.Tx, id string) error {
+	idx := tx.Bucket(q.index)
+	old := idx.Get([]byte(id))
+	if old == nil {
+		return nil
+	}
+	if err := tx.Bucket(q.items).Delete(bytes.Clone(old)); err != nil {
+		return err
+	}
+	return idx.Delete([]byte(id))
+}
+
+func (q queue) has(tx *bbolt.Tx, id string) bool {
+	return tx.Bucket(q.index).Get([]byte(id)) != nil
+}
+
+// due lists up to limit ids due at or before now, skipping those skip
+// names, earliest first.
+func (q queue) due(tx *bbolt.Tx, now time.Time, limit int, skip func(string) bool) []string {
+	var ids []string
+	c := tx.Bucket(q.items).Cursor()
+	for k, _ := c.First(); k != nil && len(ids) < limit; k, _ = c.Next() {
+		if int64(binary.BigEndian.Uint64(k[:8])) > now.UnixNano() {
+			break
+		}
+		id := string(k[8:])
+		if skip(id) {
+			continue
+		}
+		ids = append(ids, id)
+	}
+	return ids
+}
+
+// next is when the earliest item is due; zero if the queue is empty.
+func (q queue) next(tx *bbolt.Tx) time.Time {
+	k, _ := tx.Bucket(q.items).Cursor().First()
+	if k == nil {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(k[:8])))
+}
+
+func (q queue) len(tx *bbolt.Tx) int { return tx.Bucket(q.index).Stats().KeyN }
+
+func (q queue) ids(tx *bbolt.Tx) []string {
+	var ids []string
+	_ = tx.Bucket(q.index).ForEach(func(k, _ []byte) error {
+		ids = append(ids, string(k))
+		return nil
+	})
+	return ids
+}
+
+// RunOptions shape one run of a queue.
+type RunOptions struct {
+	// Wake is signalled when new work was queued.
+	Wake <-chan struct{}
+	// UntilIdle makes Run return once Wake is closed and nothing is due or
+	// running — a `--once` pass.
+	UntilIdle bool
+	// Grace is how long running actions may go on after ctx ends before
+	// they are cancelled (0: cancelled at once).
+	Grace time.Duration
+}
+
+// PassResult counts what one run of a queue did.
+type PassResult struct {
+	Attempted int
+	Fulfilled int // fulfilled or sent
+	Failed    int // ended failed (dead letter) in this pass
+	Waiting   int // will be retried later
+}
+
+func (r *PassResult) add(o PassResult) {
+	r.Attempted += o.Attempted
+	r.Fulfilled += o.Fulfilled
+	r.Failed += o.Failed
+	r.Waiting += o.Waiting
+}
+
+// outcome is how one attempt ended, for PassResult.
+type outcome int
+
+const (
+	outcomeOther outcome = iota
+	outcomeDone
+	outcomeFailed
+	outcomeWaiting
+)
+
+// maxAttemptsPerPass bounds how often one item is attempted in a pass.
+const maxAttemptsPerPass = 3
+
+// worker keeps up to concurrency items of a queue in progress.
+type worker struct {
+	db          *bbolt.DB
+	q           queue
+	concurrency int
+	now         func() time.Time
+	// process attempts one item; a fatal error stops the run.
+	process func(ctx context.Context, id string) (outcome, error)
+	fatal   func(error) bool
+}
+
+// run works the queue: it wakes when new work is queued or a retry comes
+// due. When ctx ends it stops starting attempts, gives running ones
+// opts.Grace to finish and record their results, and returns.
+func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
+	var (
+		res      PassResult
+		mu       sync.Mutex // guards res and fatal
+		fatal    error
+		wg       sync.WaitGroup
+		running  = map[string]bool{}
+		attempts = map[string]int{}
+		slots    = max(w.concurrency, 1)
+		done     = make(chan string, slots)
+		wake     = opts.Wake
+		polling  = true
+	)
+	attemptCtx, cancelAttempts := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelAttempts()
+	stopGrace := context.AfterFunc(ctx, func() {
+		if opts.Grace <= 0 {
+			cancelAttempts()
+			return
+		}
+		t := time.AfterFunc(opts.Grace, cancelAttempts)
+		context.AfterFunc(attemptCtx, func() { t.Stop() })
+	})
+	defer stopGrace()
+	defer wg.Wait()
+	drain := func() {
+		for len(running) > 0 {
+			delete(running, <-done)
+		}
+	}
+	// In a pass an item is attempted again only when it is due again at
+	// once (new events arrived while it was looked at); the bound stops a
+	// loop.
+	skip := func(id string) bool { return running[id] || opts.UntilIdle && attempts[id] >= maxAttemptsPerPass }
+	for {
+		if ctx.Err() == nil && len(running) < slots {
+			var ids []string
+			_ = w.db.View(func(tx *bbolt.Tx) error {
+				ids = w.q.due(tx, w.now(), slots-len(running), skip)
+				return nil
+			})
+			for _, id := range ids {
+				running[id] = true
+				attempts[id]++
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					o, err := w.process(attemptCtx, id)
+					mu.Lock()
+					res.Attempted++
+					switch o {
+					case outcomeDone:
+						res.Fulfilled++
+					case outcomeFailed:
+						res.Failed++
+					case outcomeWaiting:
+						res.Waiting++
+					}
+					if err != nil && fatal == nil && w.fatal != nil && w.fatal(err) {
+						fatal = err
+					}
+					mu.Unlock()
+					done <- id
+				}()
+			}
+		}
+		if opts.UntilIdle && !polling && len(running) == 0 {
+			var more bool
+			_ = w.db.View(func(tx *bbolt.Tx) error {
+				more = len(w.q.due(tx, w.now(), 1, skip)) > 0
+				return nil
+			})
+			if !more || ctx.Err() != nil {
+				return res, ctx.Err()
+			}
+			continue
+		}
+		var timer *time.Timer
+		var timerC <-chan time.Time
+		if !opts.UntilIdle && len(running) < slots && ctx.Err() == nil {
+			var next time.Time
+			_ = w.db.View(func(tx *bbolt.Tx) error { next = w.q.next(tx); return nil })
+			if !next.IsZero() {
+				timer = time.NewTimer(max(next.Sub(w.now()), 10*time.Millisecond))
+				timerC = timer.C
+			}
+		}
+		select {
+		case id := <-done:
+			delete(running, id)
+		case _, ok := <-wake:
+			if !ok {
+				polling, wake = false, nil
+			}
+		case <-timerC:
+		case <-ctx.Done():
+			drain()
+			return res, ctx.Err()
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+		mu.Lock()
+		err := fatal
+		mu.Unlock()
+		if err != nil {
+			drain()
+			return res, err
+		}
+	}
+}
