@@ -56,7 +56,7 @@ type Record struct {
 	Recovered   bool      `json:"recovered,omitempty"`
 	// Seq changes with every event or request recorded for the session, so
 	// an attempt can tell that something happened while it talked to Stripe.
-	Seq uint64 `json:"seq"`
+	Seq         uint64    `json:"seq"`
 	Created     time.Time `json:"created"`
 	Updated     time.Time `json:"updated"`
 	FulfilledAt time.Time `json:"fulfilled_at,omitzero"`
