@@ -45,6 +45,15 @@ type Position struct {
 	// Scan is the slice of the re-scan in progress, so that a restart resumes
 	// it after the last committed page instead of listing it again.
 	Scan *Slice `json:"scan,omitempty"`
+	// AgedOut is a time the stream could not list because the cursor fell
+	// past Stripe's 30-day retention; a reconciliation sweep covers it.
+	AgedOut *Range `json:"aged_out,omitempty"`
+}
+
+// Range is a span of time.
+type Range struct {
+	From time.Time `json:"from"`
+	To   time.Time `json:"to"`
 }
 
 // IsZero reports whether the stream was never started.

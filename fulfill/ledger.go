@@ -195,6 +195,16 @@ func End(tx *bbolt.Tx, sessionID string, state State, eventID string, at time.Ti
 	return true, sessionQueue.remove(tx, sessionID)
 }
 
+// Await records a session found complete but unpaid, when the store has no
+// record of it yet; its async event (or a later sweep) decides.
+func Await(tx *bbolt.Tx, sessionID string, at time.Time) error {
+	if _, ok, err := Get(tx, sessionID); err != nil || ok {
+		return err
+	}
+	return put(tx, Record{SessionID: sessionID, State: StateAwaitingPayment, Trigger: TriggerReconcile,
+		PaymentStatus: "unpaid", Created: at, Updated: at, Seq: 1})
+}
+
 // RecordPaymentIntent keeps the newest known status of a PaymentIntent;
 // an older event listed late does not overwrite a newer one.
 func RecordPaymentIntent(tx *bbolt.Tx, pi PaymentIntent) error {

@@ -70,6 +70,9 @@ func (h *harness) open(path string) {
 		if err := cursor.Init(tx); err != nil {
 			return err
 		}
+		if err := poller.InitReconcile(tx); err != nil {
+			return err
+		}
 		return fulfill.Init(tx)
 	}); err != nil {
 		h.t.Fatal(err)

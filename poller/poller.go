@@ -78,9 +78,9 @@ type Poller struct {
 	Logger    *slog.Logger
 	// Wake is called after a commit that queued work.
 	Wake func()
-	// Handle, when set, is called inside the commit transaction for every
-	// event after the built-in routing (notify uses it).
-	Handle func(tx *bbolt.Tx, ev stripeapi.Event, outcome string) error
+	// Notify queues a notification for each payment-failure event
+	// (fulfill.NotifyTypes), once per event id.
+	Notify bool
 	// Progress, when set, is told about each committed page.
 	Progress func(Progress)
 	// DryRun lists and reports without writing anything.
@@ -156,10 +156,14 @@ func (p *Poller) clampRetention(pos *cursor.Position, now time.Time) bool {
 	if !pos.Settled.Before(edge) {
 		return false
 	}
-	p.log().Error("the cursor is past Stripe's 30-day event retention; events in between cannot be listed. "+
-		"Run `fulfilld reconcile --since "+pos.Settled.UTC().Format(time.RFC3339)+"` to sweep the sessions of that time",
+	p.log().Error("the cursor is past Stripe's 30-day event retention: events in between cannot be listed; "+
+		"moving the cursor to the horizon and sweeping the sessions of that time instead",
 		"complete_until", pos.Settled.Format(time.RFC3339), "moved_to", edge.Format(time.RFC3339))
-	pos.Settled, pos.Scan = edge, nil
+	gap := cursor.Range{From: pos.Settled, To: edge}
+	if pos.AgedOut != nil && pos.AgedOut.From.Before(gap.From) {
+		gap.From = pos.AgedOut.From
+	}
+	pos.Settled, pos.Scan, pos.AgedOut = edge, nil, &gap
 	if pos.Tip.Before(edge) {
 		pos.Tip = time.Time{}
 	}
@@ -274,7 +278,7 @@ func (p *Poller) commit(res *Result, page stripeapi.EventPage, pos cursor.Positi
 	res.Pages++
 	res.Listed += len(page.Events)
 	now := p.now()
-	queued, fresh := 0, 0
+	queued, fresh, notified := 0, 0, 0
 	counts := map[[2]string]int{}
 	apply := func(tx *bbolt.Tx) error {
 		for _, ev := range page.Events {
@@ -294,10 +298,11 @@ func (p *Poller) commit(res *Result, page stripeapi.EventPage, pos cursor.Positi
 				p.log().Info("dry run: would handle event", "event", ev.ID, "type", ev.Type, "outcome", outcome)
 				continue
 			}
-			if p.Handle != nil {
-				if err := p.Handle(tx, ev, outcome); err != nil {
+			if p.Notify && fulfill.NotifyTypes[ev.Type] && outcome != OutcomeMalformed {
+				if _, err := fulfill.EnqueueNotification(tx, ev.ID, ev.Type, ev.Raw, now); err != nil {
 					return fmt.Errorf("event %s: %w", ev.ID, err)
 				}
+				notified++
 			}
 			if ev.ID != "" {
 				if err := cursor.MarkSeen(tx, ev.ID, ev.Created); err != nil {
@@ -329,7 +334,7 @@ func (p *Poller) commit(res *Result, page stripeapi.EventPage, pos cursor.Positi
 	}
 	res.New += fresh
 	res.Queued += queued
-	if queued > 0 && p.Wake != nil {
+	if queued+notified > 0 && p.Wake != nil {
 		p.Wake()
 	}
 	if p.Progress != nil {

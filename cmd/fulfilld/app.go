@@ -46,7 +46,7 @@ func (a *app) rootCommand() *cobra.Command {
 	root.PersistentFlags().StringVar(&a.configFile, "config", "", "config file (YAML, TOML or JSON)")
 	root.PersistentFlags().StringVar(&a.logFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, JSON otherwise)")
 	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	root.AddCommand(a.runCommand(), a.statusCommand(), a.fulfillCommand(), a.retryCommand(), a.versionCommand())
+	root.AddCommand(a.runCommand(), a.statusCommand(), a.fulfillCommand(), a.retryCommand(), a.reconcileCommand(), a.versionCommand())
 	return root
 }
 
@@ -101,7 +101,7 @@ func (a *app) openStore(readOnly bool) (*bbolt.DB, error) {
 		return db, nil
 	}
 	err = db.Update(func(tx *bbolt.Tx) error {
-		return errors.Join(cursor.Init(tx), fulfill.Init(tx), stripeapi.InitUsage(tx))
+		return errors.Join(cursor.Init(tx), fulfill.Init(tx), stripeapi.InitUsage(tx), poller.InitReconcile(tx))
 	})
 	if err != nil {
 		db.Close()
@@ -121,12 +121,13 @@ func (a *app) stripeClient() *stripeapi.Client {
 	})
 }
 
-func (a *app) action() fulfill.Action {
-	f := a.cfg.Fulfill
-	if f.URL != "" {
-		return &fulfill.URL{URL: f.URL, Secret: f.Secret, Timeout: f.Timeout}
+// action builds the operator's action: an argv to run, or a URL to POST to.
+func (a *app) action(command []string, url, secret string) fulfill.Action {
+	timeout := a.cfg.Fulfill.Timeout
+	if url != "" {
+		return &fulfill.URL{URL: url, Secret: secret, Timeout: timeout}
 	}
-	return &fulfill.Command{Argv: f.Command, Timeout: f.Timeout, BaseEnv: actionEnv(os.Environ())}
+	return &fulfill.Command{Argv: command, Timeout: timeout, BaseEnv: actionEnv(os.Environ())}
 }
 
 // actionEnv is the environment the operator's action inherits: ours, minus
@@ -147,11 +148,38 @@ func (a *app) fulfiller(db *bbolt.DB, client *stripeapi.Client) *fulfill.Fulfill
 	return &fulfill.Fulfiller{
 		DB:          db,
 		Sessions:    client,
-		Action:      a.action(),
+		Action:      a.action(a.cfg.Fulfill.Command, a.cfg.Fulfill.URL, a.cfg.Fulfill.Secret),
 		MaxAttempts: a.cfg.Fulfill.MaxAttempts,
 		Concurrency: a.cfg.Fulfill.Concurrency,
 		Now:         a.now,
 		Logger:      a.log.With("component", "fulfill"),
+	}
+}
+
+// notifier is nil when notify is not configured.
+func (a *app) notifier(db *bbolt.DB) *fulfill.Notifier {
+	n := a.cfg.Notify
+	if len(n.Command) == 0 && n.URL == "" {
+		return nil
+	}
+	return &fulfill.Notifier{
+		DB:          db,
+		Action:      a.action(n.Command, n.URL, n.Secret),
+		MaxAttempts: a.cfg.Fulfill.MaxAttempts,
+		Concurrency: a.cfg.Fulfill.Concurrency,
+		Now:         a.now,
+		Logger:      a.log.With("component", "notify"),
+	}
+}
+
+func (a *app) reconciler(db *bbolt.DB, client *stripeapi.Client) *poller.Reconciler {
+	return &poller.Reconciler{
+		DB:       db,
+		Sessions: client,
+		Events:   client,
+		Types:    a.cfg.Events.Types,
+		Now:      a.now,
+		Logger:   a.log.With("component", "reconcile"),
 	}
 }
 

@@ -70,15 +70,21 @@ func (a *app) fulfillCommand() *cobra.Command {
 func (a *app) retryCommand() *cobra.Command {
 	var all bool
 	cmd := &cobra.Command{
-		Use:   "retry [cs_… | --failed]",
-		Short: "Put dead-lettered fulfillments back in the queue",
+		Use:   "retry [cs_… | evt_… | --failed]",
+		Short: "Put dead-lettered fulfillments (cs_…) or notifications (evt_…) back in the queue",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if all == (len(args) > 0) {
-				return usagef("retry: give either session ids (cs_…) or --failed")
+				return usagef("retry: give either ids (cs_… sessions, evt_… notifications) or --failed")
 			}
+			var sessions, events []string
 			for _, id := range args {
-				if !strings.HasPrefix(id, "cs_") {
-					return usagef("retry: %q is not a Checkout Session id (they start with cs_)", id)
+				switch {
+				case strings.HasPrefix(id, "cs_"):
+					sessions = append(sessions, id)
+				case strings.HasPrefix(id, "evt_"):
+					events = append(events, id)
+				default:
+					return usagef("retry: %q is neither a Checkout Session id (cs_…) nor an event id (evt_…)", id)
 				}
 			}
 			if err := a.setup(nil); err != nil {
@@ -91,8 +97,19 @@ func (a *app) retryCommand() *cobra.Command {
 			defer db.Close()
 			var ids []string
 			err = db.Update(func(tx *bbolt.Tx) error {
-				ids, err = fulfill.Retry(tx, a.clock(), args...)
-				return err
+				if all || len(sessions) > 0 {
+					done, err := fulfill.Retry(tx, a.clock(), sessions...)
+					ids = append(ids, done...)
+					if err != nil {
+						return err
+					}
+				}
+				if all || len(events) > 0 {
+					done, err := fulfill.RetryNotifications(tx, a.clock(), events...)
+					ids = append(ids, done...)
+					return err
+				}
+				return nil
 			})
 			if err != nil {
 				return err
@@ -100,7 +117,7 @@ func (a *app) retryCommand() *cobra.Command {
 			for _, id := range ids {
 				fmt.Fprintln(a.stdout, id)
 			}
-			fmt.Fprintf(a.stdout, "requeued %d session(s) with fresh attempts; `fulfilld run` attempts them on its next pass\n", len(ids))
+			fmt.Fprintf(a.stdout, "requeued %d with fresh attempts; `fulfilld run` attempts them on its next pass\n", len(ids))
 			return nil
 		},
 	}

@@ -40,13 +40,25 @@ func (a *app) runCommand() *cobra.Command {
 	return cmd
 }
 
-// daemon is one `run`: its store, client and the two loops.
+// daemon is one process's store, client and loops.
 type daemon struct {
 	*app
-	db     *bbolt.DB
-	client *stripeapi.Client
-	poller *poller.Poller
-	ful    *fulfill.Fulfiller
+	db       *bbolt.DB
+	client   *stripeapi.Client
+	poller   *poller.Poller
+	ful      *fulfill.Fulfiller
+	notifier *fulfill.Notifier // nil without notify
+	rec      *poller.Reconciler
+}
+
+func (a *app) newDaemon(db *bbolt.DB) *daemon {
+	d := &daemon{app: a, db: db, client: a.stripeClient()}
+	d.poller = a.poller(db, d.client)
+	d.ful = a.fulfiller(db, d.client)
+	d.notifier = a.notifier(db)
+	d.poller.Notify = d.notifier != nil
+	d.rec = a.reconciler(db, d.client)
+	return d
 }
 
 func (a *app) run(ctx context.Context, f runFlags) error {
@@ -79,29 +91,28 @@ func (a *app) run(ctx context.Context, f runFlags) error {
 		return err
 	}
 	defer db.Close()
-	d := &daemon{app: a, db: db, client: a.stripeClient()}
-	d.poller = a.poller(db, d.client)
-	d.poller.DryRun = f.dryRun
-	d.ful = a.fulfiller(db, d.client)
-	defer a.saveUsage(db, d.client)
-
+	d := a.newDaemon(db)
+	defer d.saveUsage(db, d.client)
+	if _, err := d.poller.Start(since); err != nil {
+		return err
+	}
 	if f.dryRun {
-		if _, err := d.poller.Start(since); err != nil {
-			return err
-		}
+		d.poller.DryRun = true
 		_, err := d.poller.Poll(ctx, true)
 		if isCanceled(ctx, err) {
 			return nil
 		}
 		return authHint(err)
 	}
-	if _, err := d.poller.Start(since); err != nil {
-		return err
-	}
 	if n, err := d.ful.Recover(); err != nil {
 		return err
 	} else if n > 0 {
 		a.log.Warn("attempts were cut off by the last stop; repeating them with the same idempotency keys", "sessions", n)
+	}
+	if d.notifier != nil {
+		if _, err := d.notifier.Recover(); err != nil {
+			return err
+		}
 	}
 	if f.once {
 		return d.once(ctx)
@@ -109,93 +120,148 @@ func (a *app) run(ctx context.Context, f runFlags) error {
 	return d.serve(ctx)
 }
 
-// once is one complete pass: the poll and the queue run side by side, the
-// queue until nothing is due.
-func (d *daemon) once(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	wake := make(chan struct{}, 1)
-	d.poller.Wake = func() { notify(wake) }
+// wakers fans one "work was queued" signal out to every worker.
+type wakers []chan struct{}
+
+func (w wakers) wake() {
+	for _, c := range w {
+		select {
+		case c <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (w wakers) close() {
+	for _, c := range w {
+		close(c)
+	}
+}
+
+// workers starts the fulfillment queue and, when configured, the notify
+// queue. wait returns their combined result once both returned.
+func (d *daemon) workers(ctx context.Context, untilIdle bool) (w wakers, wait func() (fulfill.PassResult, error)) {
 	type result struct {
 		res fulfill.PassResult
 		err error
 	}
-	worker := make(chan result, 1)
-	go func() {
-		res, err := d.ful.Run(ctx, fulfill.RunOptions{Wake: wake, UntilIdle: true, Grace: d.cfg.Fulfill.Timeout})
-		worker <- result{res, err}
-	}()
+	runs := []func(context.Context, fulfill.RunOptions) (fulfill.PassResult, error){d.ful.Run}
+	if d.notifier != nil {
+		runs = append(runs, d.notifier.Run)
+	}
+	results := make(chan result, len(runs))
+	for _, run := range runs {
+		c := make(chan struct{}, 1)
+		w = append(w, c)
+		go func() {
+			res, err := run(ctx, fulfill.RunOptions{Wake: c, UntilIdle: untilIdle, Grace: d.cfg.Fulfill.Timeout})
+			results <- result{res, err}
+		}()
+	}
+	return w, func() (fulfill.PassResult, error) {
+		var total fulfill.PassResult
+		var errs []error
+		for range runs {
+			r := <-results
+			total.Attempted += r.res.Attempted
+			total.Fulfilled += r.res.Fulfilled
+			total.Failed += r.res.Failed
+			total.Waiting += r.res.Waiting
+			if r.err != nil && !errors.Is(r.err, context.Canceled) {
+				errs = append(errs, r.err)
+			}
+		}
+		return total, errors.Join(errs...)
+	}
+}
+
+// once is one complete pass: the poll and the queues run side by side, the
+// queues until nothing is due.
+func (d *daemon) once(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, wait := d.workers(ctx, true)
+	d.poller.Wake, d.rec.Wake = w.wake, w.wake
 	pres, perr := d.poller.Poll(ctx, true)
+	if perr == nil {
+		_, perr = d.rec.SweepAgedOut(ctx)
+	}
 	if errors.Is(perr, stripeapi.ErrAuth) {
 		cancel()
 	}
-	close(wake)
-	w := <-worker
-	if isCanceled(ctx, perr) || isCanceled(ctx, w.err) {
+	w.close()
+	res, werr := wait()
+	if ctx.Err() != nil {
 		d.log.Info("stopped before the pass completed; the next run resumes where this one stopped")
 		return nil
 	}
 	d.log.Info("pass complete",
 		"events_listed", pres.Listed, "events_new", pres.New, "sessions_queued", pres.Queued,
-		"attempted", w.res.Attempted, "fulfilled", w.res.Fulfilled, "failed", w.res.Failed, "waiting_retry", w.res.Waiting,
+		"attempted", res.Attempted, "fulfilled", res.Fulfilled, "failed", res.Failed, "waiting_retry", res.Waiting,
 		"complete_until", pres.Position.Settled.UTC().Format(time.RFC3339))
 	switch {
 	case perr != nil:
 		return authHint(perr)
-	case w.err != nil:
-		return authHint(w.err)
-	case w.res.Failed > 0:
-		return &exitError{code: exitFailure, err: fmt.Errorf("%d fulfillment(s) failed in this pass and are dead-lettered; see `fulfilld status`, then `fulfilld retry --failed`", w.res.Failed)}
+	case werr != nil:
+		return authHint(werr)
+	case res.Failed > 0:
+		return &exitError{code: exitFailure, err: fmt.Errorf("%d delivery(ies) failed in this pass and are dead-lettered; see `fulfilld status`, then `fulfilld retry --failed`", res.Failed)}
 	}
 	return nil
 }
 
-// serve is the daemon: polls on the schedule, the queue always running.
+// serve is the daemon: polls and sweeps on their schedules, the queues
+// always running. The first signal stops scheduling and lets running actions
+// finish (up to fulfill.timeout); a second one kills the process.
 func (d *daemon) serve(ctx context.Context) error {
-	sched, err := cron.ParseStandard(d.cfg.Schedule)
+	pollSched, err := cron.ParseStandard(d.cfg.Schedule)
 	if err != nil {
 		return &config.Error{Key: "schedule", Msg: err.Error()}
 	}
+	sweepSched, err := cron.ParseStandard(d.cfg.Reconcile.Schedule)
+	if err != nil {
+		return &config.Error{Key: "reconcile.schedule", Msg: err.Error()}
+	}
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	wake := make(chan struct{}, 1)
-	d.poller.Wake = func() { notify(wake) }
-
+	w, wait := d.workers(ctx, false)
+	d.poller.Wake, d.rec.Wake = w.wake, w.wake
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		_, err := d.ful.Run(ctx, fulfill.RunOptions{Wake: wake, Grace: d.cfg.Fulfill.Timeout})
-		if err != nil && !errors.Is(err, context.Canceled) {
+		if _, err := wait(); err != nil {
 			cancel(err)
 		}
 	}()
 
 	clog := cronLogger{d.log.With("component", "schedule")}
-	poll := cron.NewChain(cron.Recover(clog), cron.SkipIfStillRunning(clog)).Then(cron.FuncJob(func() {
-		if ctx.Err() != nil {
-			return
-		}
+	chain := cron.NewChain(cron.Recover(clog), cron.SkipIfStillRunning(clog))
+	poll := chain.Then(cron.FuncJob(func() {
 		res, err := d.poller.Poll(ctx, false)
-		d.saveUsage(d.db, d.client)
-		switch {
-		case err == nil:
-			d.log.Debug("poll complete", "events_listed", res.Listed, "events_new", res.New, "sessions_queued", res.Queued)
-		case isCanceled(ctx, err):
-		case errors.Is(err, stripeapi.ErrAuth):
-			cancel(err)
-		default:
-			d.log.Error("poll failed; the next poll retries from the same position", "err", err)
+		if err == nil {
+			_, err = d.rec.SweepAgedOut(ctx)
 		}
+		d.saveUsage(d.db, d.client)
+		d.jobDone(ctx, cancel, "poll", err, "events_listed", res.Listed, "events_new", res.New, "sessions_queued", res.Queued)
+	}))
+	sweep := chain.Then(cron.FuncJob(func() {
+		_, err := d.rec.Sweep(ctx, d.clock().Add(-d.cfg.Reconcile.Window))
+		d.saveUsage(d.db, d.client)
+		d.jobDone(ctx, cancel, "reconciliation sweep", err)
 	}))
 	c := cron.New(cron.WithLogger(clog))
-	c.Schedule(sched, poll)
+	c.Schedule(pollSched, poll)
+	c.Schedule(sweepSched, sweep)
 	c.Start()
-	d.log.Info("fulfilld running", "schedule", d.cfg.Schedule, "store", d.cfg.Store.Path, "api_version", stripeapi.APIVersion)
+	d.log.Info("fulfilld running", "schedule", d.cfg.Schedule, "reconcile_schedule", d.cfg.Reconcile.Schedule,
+		"store", d.cfg.Store.Path, "api_version", stripeapi.APIVersion)
 	go poll.Run() // the first poll now, not at the first tick
 
 	<-ctx.Done()
-	d.log.Info("stopping: no new polls; running actions get their timeout to finish", "grace", d.cfg.Fulfill.Timeout)
+	if context.Cause(ctx) == context.Canceled {
+		d.log.Info("stopping: no new polls; running actions get fulfill.timeout to finish", "grace", d.cfg.Fulfill.Timeout)
+	}
 	<-c.Stop().Done()
 	wg.Wait()
 	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
@@ -205,10 +271,17 @@ func (d *daemon) serve(ctx context.Context) error {
 	return nil
 }
 
-func notify(c chan<- struct{}) {
-	select {
-	case c <- struct{}{}:
+// jobDone logs a scheduled job's outcome; a rejected key stops the daemon,
+// anything else waits for the next tick.
+func (d *daemon) jobDone(ctx context.Context, cancel context.CancelCauseFunc, job string, err error, kv ...any) {
+	switch {
+	case err == nil:
+		d.log.Debug(job+" complete", kv...)
+	case isCanceled(ctx, err):
+	case errors.Is(err, stripeapi.ErrAuth):
+		cancel(err)
 	default:
+		d.log.Error(job+" failed; the next one retries from the same position", "err", err)
 	}
 }
 

@@ -53,18 +53,22 @@ func (a *app) statusCommand() *cobra.Command {
 
 // status is what `fulfilld status` shows.
 type status struct {
-	Store          string                `json:"store"`
-	Cursor         cursorStatus          `json:"cursor"`
-	LastPoll       *pollStatus           `json:"last_poll"`
-	Fulfillments   map[string]int        `json:"fulfillments"`
-	Recovered      int                   `json:"recovered"`
-	InFlight       int                   `json:"in_flight"`
-	Queued         int                   `json:"queued"`
-	PaymentIntents map[string]int        `json:"payment_intents"`
-	Events         []cursor.EventCount   `json:"events"`
-	BadEvents      badEventsStatus       `json:"bad_events"`
-	Failures       []failureStatus       `json:"failures"`
-	API            stripeapi.UsageReport `json:"api"`
+	Store          string                 `json:"store"`
+	Cursor         cursorStatus           `json:"cursor"`
+	LastPoll       *pollStatus            `json:"last_poll"`
+	Fulfillments   map[string]int         `json:"fulfillments"`
+	Recovered      int                    `json:"recovered"`
+	InFlight       int                    `json:"in_flight"`
+	Queued         int                    `json:"queued"`
+	PaymentIntents map[string]int         `json:"payment_intents"`
+	Events         []cursor.EventCount    `json:"events"`
+	BadEvents      badEventsStatus        `json:"bad_events"`
+	Failures       []failureStatus        `json:"failures"`
+	API            stripeapi.UsageReport  `json:"api"`
+	Notifications  map[string]int         `json:"notifications"`
+	NotifyFailures []fulfill.Notification `json:"notify_failures"`
+	LastSweep      *poller.Sweep          `json:"last_reconcile"`
+	WebhookMisses  *poller.WebhookMisses  `json:"webhook_misses"`
 }
 
 type cursorStatus struct {
@@ -147,6 +151,15 @@ func readStatus(db *bbolt.DB, now time.Time) (*status, error) {
 			st.Failures = append(st.Failures, failureStatus{SessionID: r.SessionID, Attempts: r.Attempts,
 				LastError: r.LastError, Updated: r.Updated.UTC().Format(time.RFC3339)})
 		}
+		if st.Notifications, st.NotifyFailures, err = fulfill.NotifySummary(tx, 20); err != nil {
+			return err
+		}
+		if st.LastSweep, st.WebhookMisses, err = poller.LastSweep(tx); err != nil {
+			return err
+		}
+		if st.LastSweep != nil {
+			st.LastSweep.Misses = nil // shown once, as webhook_misses
+		}
 		st.API, err = stripeapi.LoadUsage(tx, now)
 		return err
 	})
@@ -158,6 +171,9 @@ func readStatus(db *bbolt.DB, now time.Time) (*status, error) {
 	}
 	if st.Failures == nil {
 		st.Failures = []failureStatus{}
+	}
+	if st.NotifyFailures == nil {
+		st.NotifyFailures = []fulfill.Notification{}
 	}
 	return st, err
 }
@@ -211,6 +227,27 @@ func (st *status) writeText(w io.Writer) {
 		fmt.Fprintf(tw, "failed (dead letter)\t%d — `fulfilld retry --failed` requeues them\n", st.Fulfillments[string(fulfill.StateFailed)])
 		for _, f := range st.Failures {
 			fmt.Fprintf(tw, "  %s\t%d attempts\t%s\n", f.SessionID, f.Attempts, oneLine(f.LastError, 120))
+		}
+	}
+	if n := st.Notifications; n[fulfill.NotifyPending]+n[fulfill.NotifySent]+n[fulfill.NotifyFailed] > 0 {
+		fmt.Fprintf(tw, "notifications\t%d sent, %d pending, %d failed\n", n[fulfill.NotifySent], n[fulfill.NotifyPending], n[fulfill.NotifyFailed])
+		for _, f := range st.NotifyFailures {
+			fmt.Fprintf(tw, "  %s\t%s\t%s\n", f.EventID, f.EventType, oneLine(f.LastError, 120))
+		}
+	}
+	fmt.Fprintf(tw, "recovered by reconciliation\t%d\n", st.Recovered)
+	if sw := st.LastSweep; sw != nil {
+		fmt.Fprintf(tw, "last reconcile\t%s, %s, %d sessions swept since %s, recovered %d never seen + %d not fulfilled\n",
+			sw.At.UTC().Format(time.RFC3339), sw.Outcome, sw.Listed, sw.Since.UTC().Format(time.RFC3339),
+			sw.Recovered["never_seen"], sw.Recovered["not_fulfilled"])
+	}
+	if m := st.WebhookMisses; m != nil && m.Count > 0 {
+		fmt.Fprintf(tw, "webhook misses\t%d events Stripe could not deliver to a webhook endpoint, %d not handled by fulfilld\n", m.Count, m.Unhandled)
+		for i, e := range m.Recent {
+			if i == 10 {
+				break
+			}
+			fmt.Fprintf(tw, "  %s\t%s\t%s\thandled=%v\n", e.EventID, e.Type, e.Object, e.Handled)
 		}
 	}
 	fmt.Fprintf(tw, "api requests\t%d in all, %d in the last 30 days, %d answered 429\n",

@@ -1,0 +1,84 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/fulfilld/fulfilld/config"
+)
+
+func (a *app) reconcileCommand() *cobra.Command {
+	var since string
+	cmd := &cobra.Command{
+		Use:   "reconcile [--since D]",
+		Short: "Sweep Checkout Sessions now and fulfill any paid one the store does not show fulfilled",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return a.reconcile(cmd.Context(), since)
+		},
+	}
+	cmd.Flags().StringVar(&since, "since", "", "sweep sessions created since then (default: reconcile.window); may reach past Stripe's 30 days of events")
+	return cmd
+}
+
+func (a *app) reconcile(ctx context.Context, since string) error {
+	if err := a.setup(nil); err != nil {
+		return err
+	}
+	if err := a.cfg.RequireAPIKey(); err != nil {
+		return err
+	}
+	if err := a.cfg.RequireAction(); err != nil {
+		return err
+	}
+	from := a.clock().Add(-a.cfg.Reconcile.Window)
+	if since != "" {
+		t, err := config.ParseSince("since", since, a.clock())
+		if err != nil {
+			return err
+		}
+		from = t
+	}
+	db, err := a.openStore(false)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	d := a.newDaemon(db)
+	defer d.saveUsage(db, d.client)
+	if _, err := d.ful.Recover(); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, wait := d.workers(ctx, true)
+	d.rec.Wake = w.wake
+	sw, serr := d.rec.Sweep(ctx, from)
+	if serr != nil {
+		cancel()
+	}
+	w.close()
+	res, werr := wait()
+	if ctx.Err() != nil && serr == nil {
+		return nil
+	}
+	if serr != nil {
+		return authHint(serr)
+	}
+	fmt.Fprintf(a.stdout, "swept %d complete sessions created since %s\n", sw.Listed, from.UTC().Format(time.RFC3339))
+	fmt.Fprintf(a.stdout, "recovered %d never seen in the event stream, %d seen but not fulfilled; %d fulfilled now, %d failed, %d waiting for a retry\n",
+		sw.Recovered["never_seen"], sw.Recovered["not_fulfilled"], res.Fulfilled, res.Failed, res.Waiting)
+	if m := sw.Misses; m != nil {
+		fmt.Fprintf(a.stdout, "webhook deliveries that failed: %d events, %d of them not handled by fulfilld (see `fulfilld status`)\n", m.Count, m.Unhandled)
+	}
+	if werr != nil {
+		return authHint(werr)
+	}
+	if res.Failed > 0 {
+		return &exitError{code: exitFailure, err: fmt.Errorf("%d fulfillment(s) failed and are dead-lettered; see `fulfilld status`", res.Failed)}
+	}
+	return nil
+}

@@ -1,0 +1,317 @@
+package poller
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"sort"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/fulfilld/fulfilld/cursor"
+	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/stripeapi"
+)
+
+// Reconciliation looks at the objects, not the stream: Stripe documents that
+// events can fail to be generated, the list is eventually consistent, events
+// are kept 30 days and webhook deliveries fail. A sweep lists Checkout
+// Sessions created in a window and queues every paid one the store does not
+// show fulfilled.
+
+// Why a session was recovered.
+const (
+	ReasonNeverSeen    = "never_seen"    // no event for it ever reached the store
+	ReasonNotFulfilled = "not_fulfilled" // seen, but not fulfilled (e.g. its paying event was missed)
+)
+
+var (
+	bucketReconcile = []byte("reconcile")
+	keyLastSweep    = []byte("last_sweep")
+	keyMisses       = []byte("webhook_misses")
+)
+
+// SessionLister lists Checkout Sessions.
+type SessionLister interface {
+	ListSessions(ctx context.Context, q stripeapi.SessionQuery) (stripeapi.SessionPage, error)
+}
+
+// Reconciler runs sweeps.
+type Reconciler struct {
+	DB       *bbolt.DB
+	Sessions SessionLister
+	Events   EventSource // for the webhook-miss report; nil skips it
+	Types    []string
+	Now      func() time.Time
+	Logger   *slog.Logger
+	// Wake is called after a page that queued work.
+	Wake func()
+}
+
+// Sweep describes one sweep.
+type Sweep struct {
+	At           time.Time      `json:"time"`
+	Since        time.Time      `json:"since"`
+	Until        time.Time      `json:"until"`
+	Listed       int            `json:"sessions_listed"`
+	Recovered    map[string]int `json:"recovered"` // by reason
+	AwaitingSeen int            `json:"awaiting_payment"`
+	Outcome      string         `json:"outcome"`
+	Error        string         `json:"error,omitempty"`
+	Misses       *WebhookMisses `json:"webhook_misses,omitempty"`
+	Duration     time.Duration  `json:"duration_ns"`
+}
+
+// WebhookMisses are events Stripe could not deliver to a webhook endpoint
+// (delivery_success=false), and whether fulfilld handled each.
+type WebhookMisses struct {
+	Count     int           `json:"count"`
+	Unhandled int           `json:"unhandled"`
+	Recent    []WebhookMiss `json:"recent"`
+}
+
+// WebhookMiss is one event a webhook endpoint missed.
+type WebhookMiss struct {
+	EventID string    `json:"event_id"`
+	Type    string    `json:"type"`
+	Created time.Time `json:"created"`
+	Object  string    `json:"object_id,omitempty"`
+	Handled bool      `json:"handled_by_fulfilld"`
+	State   string    `json:"state,omitempty"` // fulfilld's state of the session, if it is one
+}
+
+const maxMissesKept = 100
+
+func (r *Reconciler) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+func (r *Reconciler) log() *slog.Logger {
+	if r.Logger == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return r.Logger
+}
+
+// InitReconcile creates the bucket sweeps are recorded in.
+func InitReconcile(tx *bbolt.Tx) error {
+	_, err := tx.CreateBucketIfNotExists(bucketReconcile)
+	return err
+}
+
+// Sweep lists complete Checkout Sessions created since the given time and
+// queues each paid one the store does not show fulfilled. It may reach past
+// the 30-day event horizon: sessions are listed, not events.
+func (r *Reconciler) Sweep(ctx context.Context, since time.Time) (Sweep, error) {
+	start := r.now()
+	sw := Sweep{At: start, Since: since, Until: start, Recovered: map[string]int{}, Outcome: "ok"}
+	err := r.sweep(ctx, &sw)
+	if err == nil && r.Events != nil {
+		err = r.reportMisses(ctx, &sw)
+	}
+	sw.Duration = r.now().Sub(start)
+	if err != nil {
+		sw.Outcome, sw.Error = "error", err.Error()
+	}
+	if ctx.Err() == nil {
+		if serr := r.DB.Update(func(tx *bbolt.Tx) error { return putJSON(tx, keyLastSweep, sw) }); serr != nil && err == nil {
+			err = serr
+		}
+	}
+	total := 0
+	for _, n := range sw.Recovered {
+		total += n
+	}
+	r.log().Info("reconciliation sweep done", "since", since.UTC().Format(time.RFC3339), "sessions_listed", sw.Listed,
+		"recovered", total, "recovered_never_seen", sw.Recovered[ReasonNeverSeen],
+		"recovered_not_fulfilled", sw.Recovered[ReasonNotFulfilled], "err", err)
+	return sw, err
+}
+
+func (r *Reconciler) sweep(ctx context.Context, sw *Sweep) error {
+	q := stripeapi.SessionQuery{Status: "complete", CreatedGTE: sw.Since}
+	for {
+		page, err := r.Sessions.ListSessions(ctx, q)
+		if err != nil {
+			return fmt.Errorf("list checkout sessions since %s: %w", sw.Since.UTC().Format(time.RFC3339), err)
+		}
+		sw.Listed += len(page.Sessions)
+		queued := 0
+		now := r.now()
+		err = r.DB.Update(func(tx *bbolt.Tx) error {
+			for _, s := range page.Sessions {
+				n, err := r.reconcileOne(tx, s, now, sw)
+				if err != nil {
+					return err
+				}
+				queued += n
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("record sweep page: %w", err)
+		}
+		if queued > 0 && r.Wake != nil {
+			r.Wake()
+		}
+		if !page.HasMore || len(page.Sessions) == 0 {
+			return nil
+		}
+		q.StartingAfter = page.Sessions[len(page.Sessions)-1].ID
+	}
+}
+
+// reconcileOne decides about one listed session inside the page's
+// transaction. It returns 1 when it queued the session.
+func (r *Reconciler) reconcileOne(tx *bbolt.Tx, s stripeapi.SessionSummary, now time.Time, sw *Sweep) (int, error) {
+	rec, seen, err := fulfill.Get(tx, s.ID)
+	if err != nil {
+		return 0, err
+	}
+	paid := s.PaymentStatus == "paid" || s.PaymentStatus == "no_payment_required"
+	if !paid {
+		if seen {
+			return 0, nil
+		}
+		// Unpaid and never seen: record it, so its async event (or the next
+		// sweep) finds it waiting.
+		sw.AwaitingSeen++
+		return 0, fulfill.Await(tx, s.ID, now)
+	}
+	if seen && (rec.State == fulfill.StateFulfilled || rec.State == fulfill.StateFailed ||
+		rec.State == fulfill.StatePending) {
+		// Fulfilled, dead-lettered (the operator decides), or already queued.
+		return 0, nil
+	}
+	reason := ReasonNeverSeen
+	if seen {
+		reason = ReasonNotFulfilled
+	}
+	if _, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: s.ID, Trigger: fulfill.TriggerReconcile, At: now, Recovered: true}); err != nil {
+		return 0, err
+	}
+	sw.Recovered[reason]++
+	r.log().Warn("reconciliation found a paid session the event stream did not fulfill; queued it",
+		"session", s.ID, "reason", reason, "state_before", rec.State)
+	return 1, nil
+}
+
+// reportMisses lists events whose webhook delivery failed in the window (at
+// most the 30 days Stripe keeps events) and notes whether fulfilld handled
+// each.
+func (r *Reconciler) reportMisses(ctx context.Context, sw *Sweep) error {
+	since := sw.Since
+	if edge := r.now().Add(-Retention + retentionMargin); since.Before(edge) {
+		since = edge
+	}
+	failed := false
+	q := stripeapi.EventQuery{Types: r.Types, CreatedGTE: since, DeliverySuccess: &failed}
+	misses := &WebhookMisses{Recent: []WebhookMiss{}}
+	for {
+		page, err := r.Events.ListEvents(ctx, q)
+		if err != nil {
+			return fmt.Errorf("list events with failed webhook deliveries: %w", err)
+		}
+		err = r.DB.View(func(tx *bbolt.Tx) error {
+			for _, ev := range page.Events {
+				m := WebhookMiss{EventID: ev.ID, Type: ev.Type, Created: ev.Created}
+				var obj struct {
+					ID string `json:"id"`
+				}
+				_ = json.Unmarshal(ev.Object, &obj)
+				m.Object = obj.ID
+				// Handled: the event went through the stream, or the session
+				// is in the ledger (queued, fulfilled or otherwise decided).
+				m.Handled = cursor.Seen(tx, ev.ID)
+				if rec, ok, _ := fulfill.Get(tx, obj.ID); ok {
+					m.Handled, m.State = true, string(rec.State)
+				}
+				misses.Count++
+				if !m.Handled {
+					misses.Unhandled++
+				}
+				if len(misses.Recent) < maxMissesKept {
+					misses.Recent = append(misses.Recent, m)
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if !page.HasMore || len(page.Events) == 0 {
+			break
+		}
+		q.StartingAfter = page.Events[len(page.Events)-1].ID
+	}
+	sort.Slice(misses.Recent, func(i, j int) bool { return misses.Recent[i].Created.After(misses.Recent[j].Created) })
+	sw.Misses = misses
+	if misses.Count > 0 {
+		r.log().Warn("Stripe could not deliver some events to a webhook endpoint", "events", misses.Count,
+			"not_handled_by_fulfilld", misses.Unhandled)
+	}
+	return r.DB.Update(func(tx *bbolt.Tx) error { return putJSON(tx, keyMisses, misses) })
+}
+
+// LastSweep reads the most recent sweep and the webhook-miss report.
+func LastSweep(tx *bbolt.Tx) (*Sweep, *WebhookMisses, error) {
+	b := tx.Bucket(bucketReconcile)
+	if b == nil {
+		return nil, nil, nil
+	}
+	var sw *Sweep
+	if raw := b.Get(keyLastSweep); raw != nil {
+		sw = &Sweep{}
+		if err := json.Unmarshal(raw, sw); err != nil {
+			return nil, nil, err
+		}
+	}
+	var m *WebhookMisses
+	if raw := b.Get(keyMisses); raw != nil {
+		m = &WebhookMisses{}
+		if err := json.Unmarshal(raw, m); err != nil {
+			return nil, nil, err
+		}
+	}
+	return sw, m, nil
+}
+
+func putJSON(tx *bbolt.Tx, key []byte, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketReconcile).Put(key, raw)
+}
+
+// SweepAgedOut sweeps the sessions of a time the event stream could not
+// list any more (the cursor fell past Stripe's retention), then forgets
+// the gap. It does nothing when there is no gap.
+func (r *Reconciler) SweepAgedOut(ctx context.Context) (bool, error) {
+	var gap *cursor.Range
+	if err := r.DB.View(func(tx *bbolt.Tx) error {
+		pos, err := cursor.Load(tx)
+		gap = pos.AgedOut
+		return err
+	}); err != nil || gap == nil {
+		return false, err
+	}
+	r.log().Warn("sweeping the sessions of the time the event stream aged out",
+		"from", gap.From.UTC().Format(time.RFC3339), "to", gap.To.UTC().Format(time.RFC3339))
+	if _, err := r.Sweep(ctx, gap.From); err != nil {
+		return true, err
+	}
+	return true, r.DB.Update(func(tx *bbolt.Tx) error {
+		pos, err := cursor.Load(tx)
+		if err != nil {
+			return err
+		}
+		pos.AgedOut = nil
+		return cursor.Save(tx, pos)
+	})
+}
