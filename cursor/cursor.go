@@ -75,6 +75,8 @@ type Poll struct {
 	Duration time.Duration `json:"duration_ns"`
 	Listed   int           `json:"events_listed"`
 	New      int           `json:"events_new"`
+	// LastSuccess is when the most recent successful poll started.
+	LastSuccess time.Time `json:"last_success,omitzero"`
 }
 
 // BadEvent is an event that could not be handled as its type promised.

@@ -182,7 +182,17 @@ func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
 	if err != nil {
 		info.Outcome, info.Error = "error", err.Error()
 	}
-	if serr := p.update(func(tx *bbolt.Tx) error { return cursor.SavePoll(tx, info) }); serr != nil && err == nil {
+	if serr := p.update(func(tx *bbolt.Tx) error {
+		prev, err := cursor.LoadPoll(tx)
+		if err != nil {
+			return err
+		}
+		info.LastSuccess = prev.LastSuccess
+		if info.Outcome == "ok" {
+			info.LastSuccess = start
+		}
+		return cursor.SavePoll(tx, info)
+	}); serr != nil && err == nil {
 		err = serr
 	}
 	return res, err

@@ -1,0 +1,186 @@
+// Package metrics exposes fulfilld's state to Prometheus. Most series are
+// read from the store when scraped, so /metrics and `fulfilld status` never
+// disagree; the rest (polls, action durations) are counted as they happen.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"go.etcd.io/bbolt"
+
+	"github.com/fulfilld/fulfilld/cursor"
+	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/stripeapi"
+	"github.com/fulfilld/fulfilld/poller"
+)
+
+// Metrics is fulfilld's registry and the series counted as things happen.
+type Metrics struct {
+	Registry       *prometheus.Registry
+	polls          *prometheus.CounterVec
+	actionDuration *prometheus.HistogramVec
+}
+
+// New registers fulfilld's series, the store-backed ones reading db.
+func New(db *bbolt.DB, now func() time.Time) *Metrics {
+	m := &Metrics{
+		Registry: prometheus.NewRegistry(),
+		polls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "fulfilld_polls_total",
+			Help: "Polls of the Stripe events list, by outcome (ok, error).",
+		}, []string{"outcome"}),
+		actionDuration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "fulfilld_action_duration_seconds",
+			Help:    "Duration of the operator's action per attempt, by action (fulfill, notify) and outcome (ok, error).",
+			Buckets: []float64{0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120},
+		}, []string{"action", "outcome"}),
+	}
+	if now == nil {
+		now = time.Now
+	}
+	m.Registry.MustRegister(m.polls, m.actionDuration, &storeCollector{db: db, now: now},
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Poll counts one poll.
+func (m *Metrics) Poll(err error) {
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	m.polls.WithLabelValues(outcome).Inc()
+}
+
+// Instrument times every attempt of an action.
+func (m *Metrics) Instrument(name string, a fulfill.Action) fulfill.Action {
+	return &timedAction{next: a, hist: m.actionDuration, name: name}
+}
+
+type timedAction struct {
+	next fulfill.Action
+	hist *prometheus.HistogramVec
+	name string
+}
+
+func (t *timedAction) Deliver(ctx context.Context, d fulfill.Delivery) (fulfill.Outcome, error) {
+	start := time.Now()
+	out, err := t.next.Deliver(ctx, d)
+	outcome := "ok"
+	if err != nil {
+		outcome = "error"
+	}
+	t.hist.WithLabelValues(t.name, outcome).Observe(time.Since(start).Seconds())
+	return out, err
+}
+
+var (
+	descFulfillments = prometheus.NewDesc("fulfilld_fulfillments",
+		"Checkout Sessions in the ledger, by state.", []string{"state"}, nil)
+	descRecovered = prometheus.NewDesc("fulfilld_recovered_sessions",
+		"Sessions found by reconciliation that the event stream had not fulfilled.", nil, nil)
+	descQueue = prometheus.NewDesc("fulfilld_queue_depth",
+		"Sessions queued for an attempt, due now or backing off.", nil, nil)
+	descDeadLetters = prometheus.NewDesc("fulfilld_dead_letters",
+		"Dead-lettered deliveries waiting for `fulfilld retry`, by kind (fulfill, notify).", []string{"kind"}, nil)
+	descEvents = prometheus.NewDesc("fulfilld_events_total",
+		"Events taken from the stream, by type and outcome.", []string{"type", "outcome"}, nil)
+	descMalformed = prometheus.NewDesc("fulfilld_malformed_events",
+		"Events recorded as malformed.", nil, nil)
+	descLag = prometheus.NewDesc("fulfilld_cursor_lag_seconds",
+		"How far behind now the stream is known complete (complete_until).", nil, nil)
+	descHorizon = prometheus.NewDesc("fulfilld_cursor_horizon_seconds",
+		"Time until complete_until falls out of Stripe's 30-day event retention.", nil, nil)
+	descLastSuccess = prometheus.NewDesc("fulfilld_last_successful_poll_timestamp_seconds",
+		"When the most recent successful poll started.", nil, nil)
+	descRequests = prometheus.NewDesc("fulfilld_stripe_requests_total",
+		"Requests sent to Stripe, by endpoint (recorded after each poll).", []string{"endpoint"}, nil)
+	descResponses = prometheus.NewDesc("fulfilld_stripe_responses_total",
+		"Stripe responses by HTTP status (\"error\": no response).", []string{"status"}, nil)
+	descRateLimited = prometheus.NewDesc("fulfilld_stripe_rate_limited_total",
+		"Requests Stripe answered with 429.", nil, nil)
+	descReads30d = prometheus.NewDesc("fulfilld_stripe_reads_30d",
+		"Requests sent to Stripe over the last 30 days.", nil, nil)
+	descScrapeError = prometheus.NewDesc("fulfilld_store_scrape_error",
+		"1 if the store could not be read for this scrape.", nil, nil)
+)
+
+// storeCollector reads the store on every scrape.
+type storeCollector struct {
+	db  *bbolt.DB
+	now func() time.Time
+}
+
+func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descFulfillments, descRecovered, descQueue, descDeadLetters, descEvents,
+		descMalformed, descLag, descHorizon, descLastSuccess, descRequests, descResponses, descRateLimited,
+		descReads30d, descScrapeError} {
+		ch <- d
+	}
+}
+
+func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
+	now := c.now()
+	err := c.db.View(func(tx *bbolt.Tx) error {
+		sum, err := fulfill.Summarize(tx)
+		if err != nil {
+			return err
+		}
+		for _, st := range fulfill.States {
+			ch <- prometheus.MustNewConstMetric(descFulfillments, prometheus.GaugeValue, float64(sum.Sessions[st]), string(st))
+		}
+		ch <- prometheus.MustNewConstMetric(descRecovered, prometheus.GaugeValue, float64(sum.Recovered))
+		ch <- prometheus.MustNewConstMetric(descQueue, prometheus.GaugeValue, float64(fulfill.QueueLen(tx)))
+		ch <- prometheus.MustNewConstMetric(descDeadLetters, prometheus.GaugeValue, float64(sum.Sessions[fulfill.StateFailed]), "fulfill")
+		notes, _, err := fulfill.NotifySummary(tx, 0)
+		if err != nil {
+			return err
+		}
+		ch <- prometheus.MustNewConstMetric(descDeadLetters, prometheus.GaugeValue, float64(notes[fulfill.NotifyFailed]), "notify")
+		for _, e := range cursor.Counts(tx) {
+			ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(e.Count), e.Type, e.Outcome)
+		}
+		_, bad, err := cursor.BadEvents(tx, 0)
+		if err != nil {
+			return err
+		}
+		ch <- prometheus.MustNewConstMetric(descMalformed, prometheus.GaugeValue, float64(bad))
+		pos, err := cursor.Load(tx)
+		if err != nil {
+			return err
+		}
+		if !pos.IsZero() {
+			ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, now.Sub(pos.Settled).Seconds())
+			ch <- prometheus.MustNewConstMetric(descHorizon, prometheus.GaugeValue, pos.Settled.Add(poller.Retention).Sub(now).Seconds())
+		}
+		poll, err := cursor.LoadPoll(tx)
+		if err != nil {
+			return err
+		}
+		if !poll.LastSuccess.IsZero() {
+			ch <- prometheus.MustNewConstMetric(descLastSuccess, prometheus.GaugeValue, float64(poll.LastSuccess.UnixMilli())/1000)
+		}
+		usage, err := stripeapi.LoadUsage(tx, now)
+		if err != nil {
+			return err
+		}
+		for ep, n := range usage.Total.Requests {
+			ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(n), ep)
+		}
+		for st, n := range usage.Total.ByStatus {
+			ch <- prometheus.MustNewConstMetric(descResponses, prometheus.CounterValue, float64(n), st)
+		}
+		ch <- prometheus.MustNewConstMetric(descRateLimited, prometheus.CounterValue, float64(usage.Total.RateLimited))
+		ch <- prometheus.MustNewConstMetric(descReads30d, prometheus.GaugeValue, float64(usage.Last30Days.Total()))
+		return nil
+	})
+	failed := 0.0
+	if err != nil && !errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+		failed = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descScrapeError, prometheus.GaugeValue, failed)
+}
