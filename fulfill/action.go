@@ -89,7 +89,11 @@ func (c *Command) Deliver(ctx context.Context, d Delivery) (Outcome, error) {
 
 	buf := newHeadTail(maxOutput(c.MaxOutput))
 	cmd := exec.CommandContext(runCtx, name, c.Argv[1:]...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	// Its own process group, so a timeout kills everything it started; and
+	// killed with fulfilld, so that an attempt a crash cut off is not still
+	// running when the restarted daemon repeats it. (Pdeathsig reaches the
+	// action itself; what it started in the background is its own.)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	cmd.Cancel = func() error { return killGroup(cmd.Process.Pid) }
 	cmd.WaitDelay = waitDelay
 	cmd.Stdin = bytes.NewReader(d.Body)

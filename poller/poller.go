@@ -31,9 +31,14 @@ import (
 // Retention is how long Stripe lists events.
 const Retention = 30 * 24 * time.Hour
 
-// retentionMargin keeps the cursor clear of the retention edge, so a slice
-// does not age out while it is being listed.
-const retentionMargin = time.Hour
+// retentionTolerance is how far past Stripe's retention the cursor may be
+// before it counts as aged out: a listing from slightly past the edge just
+// returns what Stripe still keeps, and a page position that ages out while
+// being listed restarts its slice.
+const retentionTolerance = 10 * time.Minute
+
+// RetentionEdge is the oldest time whose events Stripe still lists.
+func RetentionEdge(now time.Time) time.Time { return now.Add(-Retention) }
 
 // pruneMargin is how far behind the settled time seen event ids are kept.
 const pruneMargin = time.Hour
@@ -68,7 +73,10 @@ type Poller struct {
 	Events   EventSource
 	Types    []string
 	Lookback time.Duration
-	// SliceLen is the length of one re-scan slice (default 1h).
+	// SliceLen is the length of the first re-scan slice of a pass (default
+	// 1h). Later slices adapt: twice as long after a slice that fit in one
+	// page, half as long after one that took many, so a quiet month costs a
+	// few requests and a busy hour keeps complete_until moving.
 	SliceLen time.Duration
 	// MinRescan lets the re-scan wait until this much is ready, to save
 	// requests on quiet accounts (default lookback/5). A complete pass
@@ -83,8 +91,10 @@ type Poller struct {
 	Notify bool
 	// Progress, when set, is told about each committed page.
 	Progress func(Progress)
-	// DryRun lists and reports without writing anything.
+	// DryRun lists and reports without writing anything: the position is
+	// kept in memory.
 	DryRun bool
+	dryPos cursor.Position
 }
 
 // Progress describes a pass as it goes.
@@ -125,7 +135,7 @@ func (p *Poller) log() *slog.Logger {
 func (p *Poller) Start(since time.Time) (cursor.Position, error) {
 	var pos cursor.Position
 	now := p.now()
-	err := p.update(func(tx *bbolt.Tx) error {
+	start := func(tx *bbolt.Tx) error {
 		var err error
 		if pos, err = cursor.Load(tx); err != nil {
 			return err
@@ -144,16 +154,23 @@ func (p *Poller) Start(since time.Time) (cursor.Position, error) {
 			pos.Settled, pos.Scan = since, nil
 		}
 		p.clampRetention(&pos, now)
+		if p.DryRun {
+			p.dryPos = pos
+			return nil
+		}
 		return cursor.Save(tx, pos)
-	})
-	return pos, err
+	}
+	if p.DryRun {
+		return pos, p.DB.View(start)
+	}
+	return pos, p.update(start)
 }
 
 // clampRetention moves a cursor that fell behind Stripe's retention to the
 // edge of it, and says so: those events can no longer be listed.
 func (p *Poller) clampRetention(pos *cursor.Position, now time.Time) bool {
-	edge := now.Add(-Retention + retentionMargin)
-	if !pos.Settled.Before(edge) {
+	edge := RetentionEdge(now)
+	if !pos.Settled.Before(edge.Add(-retentionTolerance)) {
 		return false
 	}
 	p.log().Error("the cursor is past Stripe's 30-day event retention: events in between cannot be listed; "+
@@ -200,9 +217,11 @@ func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
 
 func (p *Poller) poll(ctx context.Context, complete bool) (Result, error) {
 	var res Result
-	var pos cursor.Position
-	if err := p.DB.View(func(tx *bbolt.Tx) (err error) { pos, err = cursor.Load(tx); return err }); err != nil {
-		return res, err
+	pos := p.dryPos
+	if !p.DryRun {
+		if err := p.DB.View(func(tx *bbolt.Tx) (err error) { pos, err = cursor.Load(tx); return err }); err != nil {
+			return res, err
+		}
 	}
 	if pos.IsZero() {
 		return res, errors.New("poll: the cursor was not started")
@@ -244,6 +263,9 @@ func (p *Poller) poll(ctx context.Context, complete bool) (Result, error) {
 	if sliceLen == 0 {
 		sliceLen = time.Hour
 	}
+	if pos.Scan != nil {
+		sliceLen = pos.Scan.To.Sub(pos.Scan.From)
+	}
 	for {
 		if pos.Scan == nil {
 			if !pos.Settled.Before(horizon) || horizon.Sub(pos.Settled) < minRescan {
@@ -274,6 +296,7 @@ func (p *Poller) poll(ctx context.Context, complete bool) (Result, error) {
 			pos.Scan = &next
 		} else {
 			pos.Settled, pos.Scan = scan.To, nil
+			sliceLen = adaptSlice(sliceLen, next.Pages)
 		}
 		if err := p.commit(&res, page, pos, "rescan", horizon); err != nil {
 			return res, err
@@ -281,6 +304,24 @@ func (p *Poller) poll(ctx context.Context, complete bool) (Result, error) {
 	}
 	res.Position = pos
 	return res, nil
+}
+
+// Bounds of an adapted re-scan slice.
+const (
+	minSlice = 5 * time.Minute
+	maxSlice = 7 * 24 * time.Hour
+	// manyPages is when a slice counts as busy enough to halve.
+	manyPages = 20
+)
+
+func adaptSlice(cur time.Duration, pages int) time.Duration {
+	switch {
+	case pages <= 1:
+		return min(cur*2, maxSlice)
+	case pages >= manyPages:
+		return max(cur/2, minSlice)
+	}
+	return cur
 }
 
 // commit records one page and the position after it in one transaction.
@@ -336,6 +377,7 @@ func (p *Poller) commit(res *Result, page stripeapi.EventPage, pos cursor.Positi
 	var err error
 	if p.DryRun {
 		err = p.DB.View(apply)
+		p.dryPos = pos
 	} else {
 		err = p.update(apply)
 	}

@@ -206,7 +206,7 @@ func (r *Reconciler) reconcileOne(tx *bbolt.Tx, s stripeapi.SessionSummary, now 
 // each.
 func (r *Reconciler) reportMisses(ctx context.Context, sw *Sweep) error {
 	since := sw.Since
-	if edge := r.now().Add(-Retention + retentionMargin); since.Before(edge) {
+	if edge := RetentionEdge(r.now()); since.Before(edge) {
 		since = edge
 	}
 	failed := false

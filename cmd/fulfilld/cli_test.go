@@ -2,12 +2,14 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strings"
 	"sync"
@@ -126,10 +128,6 @@ func TestSinceAtRetentionEdge(t *testing.T) {
 		t.Fatalf("want exit 2 advising --since 720h:\n%s", refused)
 	}
 	r := h.fulfilld("run", "--once", "--since", "720h")
-	if r.code == 2 && strings.Contains(r.stderr, "retention") {
-		t.Skip("bug: cmd/fulfilld/run.go:78-82 reads the clock twice, so --since 720h, which the refusal advises, " +
-			"is itself refused as past retention:\n" + r.String())
-	}
 	if r.code != 0 {
 		t.Errorf("--since 720h, as the refusal advises:\n%s", r)
 	}
@@ -167,9 +165,7 @@ func TestDryRunWithoutAction(t *testing.T) {
 			t.Fatalf("status --json: %v\n%s", err, st)
 		}
 		if report.Cursor.Started {
-			t.Skip("bug: --dry-run (\"write nothing\") saves the cursor: cmd/fulfilld/run.go:96 calls poller.Start, which " +
-				"writes it whatever DryRun says (poller/poller.go:128-153), and the deferred saveUsage writes API usage; a " +
-				"later `run` without --since then starts from where the dry run put the cursor instead of \"now\":\n" + st.stdout)
+			t.Fatalf("--dry-run (\"write nothing\") saved the cursor:\n%s", st.stdout)
 		}
 	})
 	// The action can also come from the environment.
@@ -218,11 +214,11 @@ func TestStoreHeldByRunningDaemon(t *testing.T) {
 		t.Errorf("want one line, got:\n%s", line)
 	}
 
+	var running statusReport
 	t.Run("status while run is up", func(t *testing.T) {
 		st := h.fulfilld("status", "--json")
-		if st.code == 2 && strings.Contains(st.stderr, "held") {
-			t.Skip("bug (not implemented): SPEC says status reaches a running `run` through the unix socket " +
-				"(store path + .sock); cmd/fulfilld/status.go opens the bbolt file itself and is refused while run holds it:\n" + st.String())
+		if fi, err := os.Stat(h.path("f.db") + ".sock"); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("admin socket beside the store: %v, mode %v; want mode 0600", err, fi.Mode().Perm())
 		}
 		var report statusReport
 		if err := json.Unmarshal([]byte(st.stdout), &report); err != nil || st.code != 0 {
@@ -231,6 +227,7 @@ func TestStoreHeldByRunningDaemon(t *testing.T) {
 		if report.Fulfillments["fulfilled"] != 2 {
 			t.Errorf("status --json while run is up: %v; want 2 fulfilled", report.Fulfillments)
 		}
+		running = report
 	})
 
 	if err := daemon.cmd.Process.Signal(syscall.SIGTERM); err != nil {
@@ -243,6 +240,18 @@ func TestStoreHeldByRunningDaemon(t *testing.T) {
 	}
 	if r := daemon.result(); r.code != 0 {
 		t.Errorf("the daemon stopped by SIGTERM exited %d, want 0:\n%s", r.code, r)
+	}
+	// The same answer from the stopped store as from the running daemon.
+	var stopped statusReport
+	st := h.fulfilld("status", "--json")
+	if err := json.Unmarshal([]byte(st.stdout), &stopped); err != nil || st.code != 0 {
+		t.Fatalf("status --json after the daemon stopped: %v\n%s", err, st)
+	}
+	if !reflect.DeepEqual(stopped.Fulfillments, running.Fulfillments) {
+		t.Errorf("status differs: %v while running, %v stopped", running.Fulfillments, stopped.Fulfillments)
+	}
+	if _, err := os.Stat(h.path("f.db") + ".sock"); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("the admin socket outlived the daemon: %v", err)
 	}
 	if n := len(h.actionRuns()); n != 2 {
 		t.Errorf("the action ran %d times for two sessions", n)
@@ -273,11 +282,6 @@ func TestRejectedAPIKey(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			r := h.fulfilld(tc.args...)
 			mustNotContain(t, "output of fulfilld "+strings.Join(tc.args, " "), r.stdout+r.stderr, wrongKey)
-			if r.code == 0 && strings.Contains(r.stderr, "stopped before the pass completed") {
-				t.Skip("bug: cmd/fulfilld/run.go once() (lines 189-196): on a rejected key it cancels its own ctx, then its " +
-					"ctx.Err() check takes that for a shutdown: `run --once` exits 0 saying it was stopped, " +
-					"and the rejected key is never reported:\n" + r.String())
-			}
 			if r.code != 1 {
 				t.Errorf("exit %d with a rejected key, want 1:\n%s", r.code, r)
 			}

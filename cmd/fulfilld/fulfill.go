@@ -1,12 +1,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net/http"
 	"strings"
 
 	"github.com/spf13/cobra"
-	"go.etcd.io/bbolt"
 
 	"github.com/fulfilld/fulfilld/fulfill"
 )
@@ -25,22 +27,9 @@ func (a *app) fulfillCommand() *cobra.Command {
 			if err := a.setup(nil); err != nil {
 				return err
 			}
-			if err := a.cfg.RequireAPIKey(); err != nil {
-				return err
-			}
-			if err := a.cfg.RequireAction(); err != nil {
-				return err
-			}
-			db, err := a.openStore(false)
+			rec, ferr, err := a.fulfillOne(cmd.Context(), id)
 			if err != nil {
 				return err
-			}
-			defer db.Close()
-			client := a.stripeClient()
-			defer a.saveUsage(db, client)
-			rec, ferr := a.fulfiller(db, client).Fulfill(cmd.Context(), id, fulfill.TriggerManual, "")
-			if ferr != nil && rec.SessionID == "" {
-				return authHint(ferr)
 			}
 			if asJSON {
 				enc := json.NewEncoder(a.stdout)
@@ -67,6 +56,43 @@ func (a *app) fulfillCommand() *cobra.Command {
 	return cmd
 }
 
+// fulfillOne fulfills one session through the running daemon, or with this
+// process holding the store. ferr is the attempt's error (the record says
+// how it ended); err means there is no record to show.
+func (a *app) fulfillOne(ctx context.Context, id string) (rec fulfill.Record, ferr, err error) {
+	if adm := a.dialAdmin(); adm != nil {
+		var ans fulfillAnswer
+		if err := adm.call(ctx, http.MethodPost, "/fulfill/"+id, nil, &ans); err != nil {
+			return rec, nil, err
+		}
+		if ans.Error != "" {
+			ferr = errors.New(ans.Error)
+			if ans.Fatal {
+				return rec, nil, &exitError{code: exitFailure, err: ferr}
+			}
+		}
+		return ans.Record, ferr, nil
+	}
+	if err := a.cfg.RequireAPIKey(); err != nil {
+		return rec, nil, err
+	}
+	if err := a.cfg.RequireAction(); err != nil {
+		return rec, nil, err
+	}
+	db, err := a.openStore(false)
+	if err != nil {
+		return rec, nil, err
+	}
+	defer db.Close()
+	client := a.stripeClient()
+	defer a.saveUsage(db, client)
+	rec, ferr = a.fulfiller(db, client).Fulfill(ctx, id, fulfill.TriggerManual, "")
+	if ferr != nil && rec.SessionID == "" {
+		return rec, nil, authHint(ferr)
+	}
+	return rec, ferr, nil
+}
+
 func (a *app) retryCommand() *cobra.Command {
 	var all bool
 	cmd := &cobra.Command{
@@ -90,29 +116,21 @@ func (a *app) retryCommand() *cobra.Command {
 			if err := a.setup(nil); err != nil {
 				return err
 			}
-			db, err := a.openStore(false)
-			if err != nil {
-				return err
-			}
-			defer db.Close()
+			req := retryRequest{Sessions: sessions, Events: events, All: all}
 			var ids []string
-			err = db.Update(func(tx *bbolt.Tx) error {
-				if all || len(sessions) > 0 {
-					done, err := fulfill.Retry(tx, a.clock(), sessions...)
-					ids = append(ids, done...)
-					if err != nil {
-						return err
-					}
-				}
-				if all || len(events) > 0 {
-					done, err := fulfill.RetryNotifications(tx, a.clock(), events...)
-					ids = append(ids, done...)
+			if adm := a.dialAdmin(); adm != nil {
+				if err := adm.call(cmd.Context(), http.MethodPost, "/retry", req, &ids); err != nil {
 					return err
 				}
-				return nil
-			})
-			if err != nil {
-				return err
+			} else {
+				db, err := a.openStore(false)
+				if err != nil {
+					return err
+				}
+				defer db.Close()
+				if ids, err = retryIn(db, a.clock(), req); err != nil {
+					return err
+				}
 			}
 			for _, id := range ids {
 				fmt.Fprintln(a.stdout, id)

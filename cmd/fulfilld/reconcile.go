@@ -3,11 +3,13 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/fulfilld/fulfilld/config"
+	"github.com/fulfilld/fulfilld/poller"
 )
 
 func (a *app) reconcileCommand() *cobra.Command {
@@ -28,12 +30,6 @@ func (a *app) reconcile(ctx context.Context, since string) error {
 	if err := a.setup(nil); err != nil {
 		return err
 	}
-	if err := a.cfg.RequireAPIKey(); err != nil {
-		return err
-	}
-	if err := a.cfg.RequireAction(); err != nil {
-		return err
-	}
 	from := a.clock().Add(-a.cfg.Reconcile.Window)
 	if since != "" {
 		t, err := config.ParseSince("since", since, a.clock())
@@ -41,6 +37,21 @@ func (a *app) reconcile(ctx context.Context, since string) error {
 			return err
 		}
 		from = t
+	}
+	if adm := a.dialAdmin(); adm != nil {
+		var sw poller.Sweep
+		if err := adm.call(ctx, http.MethodPost, "/reconcile", from, &sw); err != nil {
+			return err
+		}
+		a.printSweep(sw, from)
+		fmt.Fprintln(a.stdout, "the running daemon is fulfilling what was recovered; see `fulfilld status`")
+		return nil
+	}
+	if err := a.cfg.RequireAPIKey(); err != nil {
+		return err
+	}
+	if err := a.cfg.RequireAction(); err != nil {
+		return err
 	}
 	db, err := a.openStore(false)
 	if err != nil {
@@ -68,12 +79,8 @@ func (a *app) reconcile(ctx context.Context, since string) error {
 	if serr != nil {
 		return authHint(serr)
 	}
-	fmt.Fprintf(a.stdout, "swept %d complete sessions created since %s\n", sw.Listed, from.UTC().Format(time.RFC3339))
-	fmt.Fprintf(a.stdout, "recovered %d never seen in the event stream, %d seen but not fulfilled; %d fulfilled now, %d failed, %d waiting for a retry\n",
-		sw.Recovered["never_seen"], sw.Recovered["not_fulfilled"], res.Fulfilled, res.Failed, res.Waiting)
-	if m := sw.Misses; m != nil {
-		fmt.Fprintf(a.stdout, "webhook deliveries that failed: %d events, %d of them not handled by fulfilld (see `fulfilld status`)\n", m.Count, m.Unhandled)
-	}
+	a.printSweep(sw, from)
+	fmt.Fprintf(a.stdout, "%d fulfilled now, %d failed, %d waiting for a retry\n", res.Fulfilled, res.Failed, res.Waiting)
 	if werr != nil {
 		return authHint(werr)
 	}
@@ -81,4 +88,13 @@ func (a *app) reconcile(ctx context.Context, since string) error {
 		return &exitError{code: exitFailure, err: fmt.Errorf("%d fulfillment(s) failed and are dead-lettered; see `fulfilld status`", res.Failed)}
 	}
 	return nil
+}
+
+func (a *app) printSweep(sw poller.Sweep, from time.Time) {
+	fmt.Fprintf(a.stdout, "swept %d complete sessions created since %s\n", sw.Listed, from.UTC().Format(time.RFC3339))
+	fmt.Fprintf(a.stdout, "recovered %d never seen in the event stream, %d seen but not fulfilled\n",
+		sw.Recovered[poller.ReasonNeverSeen], sw.Recovered[poller.ReasonNotFulfilled])
+	if m := sw.Misses; m != nil {
+		fmt.Fprintf(a.stdout, "webhook deliveries that failed: %d events, %d of them not handled by fulfilld (see `fulfilld status`)\n", m.Count, m.Unhandled)
+	}
 }

@@ -5,15 +5,18 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
+	"os"
+	"path/filepath"
+	"sync/atomic"
 	"time"
 
-	"github.com/robfig/cron/v3"
 	"github.com/spf13/cobra"
 	"go.etcd.io/bbolt"
 
 	"github.com/fulfilld/fulfilld/config"
+	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/metrics"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/poller"
 )
@@ -49,15 +52,32 @@ type daemon struct {
 	ful      *fulfill.Fulfiller
 	notifier *fulfill.Notifier // nil without notify
 	rec      *poller.Reconciler
+	metrics  *metrics.Metrics
+	// wake tells the running queues that work was queued.
+	wake func()
+	// heartbeat is when the poll last showed progress (unix nanos), and
+	// polling whether one is running: the systemd watchdog reads them.
+	heartbeat atomic.Int64
+	polling   atomic.Bool
 }
 
 func (a *app) newDaemon(db *bbolt.DB) *daemon {
-	d := &daemon{app: a, db: db, client: a.stripeClient()}
+	d := &daemon{app: a, db: db, client: a.stripeClient(), wake: func() {}}
+	d.metrics = metrics.New(db, a.now)
 	d.poller = a.poller(db, d.client)
 	d.ful = a.fulfiller(db, d.client)
+	d.ful.Action = d.metrics.Instrument("fulfill", d.ful.Action)
 	d.notifier = a.notifier(db)
+	if d.notifier != nil {
+		d.notifier.Action = d.metrics.Instrument("notify", d.notifier.Action)
+	}
 	d.poller.Notify = d.notifier != nil
 	d.rec = a.reconciler(db, d.client)
+	bar := newProgressBar(a.stderr, a.clock)
+	d.poller.Progress = func(p poller.Progress) {
+		d.heartbeat.Store(a.clock().UnixNano())
+		bar.update(p)
+	}
 	return d
 }
 
@@ -75,16 +95,20 @@ func (a *app) run(ctx context.Context, f runFlags) error {
 	}
 	var since time.Time
 	if f.since != "" {
-		t, err := config.ParseSince("since", f.since, a.clock())
+		now := a.clock()
+		t, err := config.ParseSince("since", f.since, now)
 		if err != nil {
 			return err
 		}
-		if t.Before(a.clock().Add(-poller.Retention)) {
+		if t.Before(poller.RetentionEdge(now)) {
 			return usagef("--since: %s is past Stripe's 30-day event retention, so its events cannot be listed; "+
 				"use at most --since 720h here, and `fulfilld reconcile --since %s` to sweep older sessions",
 				t.UTC().Format(time.RFC3339), f.since)
 		}
 		since = t
+	}
+	if f.dryRun {
+		return a.dryRun(ctx, since)
 	}
 	db, err := a.openStore(false)
 	if err != nil {
@@ -95,14 +119,6 @@ func (a *app) run(ctx context.Context, f runFlags) error {
 	defer d.saveUsage(db, d.client)
 	if _, err := d.poller.Start(since); err != nil {
 		return err
-	}
-	if f.dryRun {
-		d.poller.DryRun = true
-		_, err := d.poller.Poll(ctx, true)
-		if isCanceled(ctx, err) {
-			return nil
-		}
-		return authHint(err)
 	}
 	if n, err := d.ful.Recover(); err != nil {
 		return err
@@ -118,6 +134,45 @@ func (a *app) run(ctx context.Context, f runFlags) error {
 		return d.once(ctx)
 	}
 	return d.serve(ctx)
+}
+
+// dryRun lists what one pass would handle, reading the store (if there is
+// one) and writing nothing.
+func (a *app) dryRun(ctx context.Context, since time.Time) error {
+	var db *bbolt.DB
+	var err error
+	if _, serr := os.Stat(a.cfg.Store.Path); serr == nil {
+		db, err = a.openStore(true)
+	} else {
+		// No store yet: judge against an empty one that is thrown away.
+		dir, derr := os.MkdirTemp("", "fulfilld-dry-run-")
+		if derr != nil {
+			return derr
+		}
+		defer os.RemoveAll(dir)
+		db, err = bbolt.Open(filepath.Join(dir, "dry-run.db"), 0o600, nil)
+		if err == nil {
+			err = db.Update(func(tx *bbolt.Tx) error { return errors.Join(cursor.Init(tx), fulfill.Init(tx)) })
+		}
+	}
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	p := a.poller(db, a.stripeClient())
+	p.DryRun = true
+	if _, err := p.Start(since); err != nil {
+		return err
+	}
+	res, err := p.Poll(ctx, true)
+	if isCanceled(ctx, err) {
+		return nil
+	}
+	if err == nil {
+		a.log.Info("dry run complete: nothing was written and no action ran",
+			"events_listed", res.Listed, "events_new", res.New, "sessions_to_fulfill", res.Queued)
+	}
+	return authHint(err)
 }
 
 // wakers fans one "work was queued" signal out to every worker.
@@ -177,12 +232,15 @@ func (d *daemon) workers(ctx context.Context, untilIdle bool) (w wakers, wait fu
 
 // once is one complete pass: the poll and the queues run side by side, the
 // queues until nothing is due.
-func (d *daemon) once(ctx context.Context) error {
-	ctx, cancel := context.WithCancel(ctx)
+func (d *daemon) once(parent context.Context) error {
+	// ctx is also cancelled when the key is rejected; only parent ending is
+	// a shutdown.
+	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
 	w, wait := d.workers(ctx, true)
 	d.poller.Wake, d.rec.Wake = w.wake, w.wake
 	pres, perr := d.poller.Poll(ctx, true)
+	d.metrics.Poll(perr)
 	if perr == nil {
 		_, perr = d.rec.SweepAgedOut(ctx)
 	}
@@ -191,7 +249,7 @@ func (d *daemon) once(ctx context.Context) error {
 	}
 	w.close()
 	res, werr := wait()
-	if ctx.Err() != nil {
+	if parent.Err() != nil {
 		d.log.Info("stopped before the pass completed; the next run resumes where this one stopped")
 		return nil
 	}
@@ -208,81 +266,6 @@ func (d *daemon) once(ctx context.Context) error {
 		return &exitError{code: exitFailure, err: fmt.Errorf("%d delivery(ies) failed in this pass and are dead-lettered; see `fulfilld status`, then `fulfilld retry --failed`", res.Failed)}
 	}
 	return nil
-}
-
-// serve is the daemon: polls and sweeps on their schedules, the queues
-// always running. The first signal stops scheduling and lets running actions
-// finish (up to fulfill.timeout); a second one kills the process.
-func (d *daemon) serve(ctx context.Context) error {
-	pollSched, err := cron.ParseStandard(d.cfg.Schedule)
-	if err != nil {
-		return &config.Error{Key: "schedule", Msg: err.Error()}
-	}
-	sweepSched, err := cron.ParseStandard(d.cfg.Reconcile.Schedule)
-	if err != nil {
-		return &config.Error{Key: "reconcile.schedule", Msg: err.Error()}
-	}
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	w, wait := d.workers(ctx, false)
-	d.poller.Wake, d.rec.Wake = w.wake, w.wake
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		if _, err := wait(); err != nil {
-			cancel(err)
-		}
-	}()
-
-	clog := cronLogger{d.log.With("component", "schedule")}
-	chain := cron.NewChain(cron.Recover(clog), cron.SkipIfStillRunning(clog))
-	poll := chain.Then(cron.FuncJob(func() {
-		res, err := d.poller.Poll(ctx, false)
-		if err == nil {
-			_, err = d.rec.SweepAgedOut(ctx)
-		}
-		d.saveUsage(d.db, d.client)
-		d.jobDone(ctx, cancel, "poll", err, "events_listed", res.Listed, "events_new", res.New, "sessions_queued", res.Queued)
-	}))
-	sweep := chain.Then(cron.FuncJob(func() {
-		_, err := d.rec.Sweep(ctx, d.clock().Add(-d.cfg.Reconcile.Window))
-		d.saveUsage(d.db, d.client)
-		d.jobDone(ctx, cancel, "reconciliation sweep", err)
-	}))
-	c := cron.New(cron.WithLogger(clog))
-	c.Schedule(pollSched, poll)
-	c.Schedule(sweepSched, sweep)
-	c.Start()
-	d.log.Info("fulfilld running", "schedule", d.cfg.Schedule, "reconcile_schedule", d.cfg.Reconcile.Schedule,
-		"store", d.cfg.Store.Path, "api_version", stripeapi.APIVersion)
-	go poll.Run() // the first poll now, not at the first tick
-
-	<-ctx.Done()
-	if context.Cause(ctx) == context.Canceled {
-		d.log.Info("stopping: no new polls; running actions get fulfill.timeout to finish", "grace", d.cfg.Fulfill.Timeout)
-	}
-	<-c.Stop().Done()
-	wg.Wait()
-	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
-		return authHint(err)
-	}
-	d.log.Info("stopped")
-	return nil
-}
-
-// jobDone logs a scheduled job's outcome; a rejected key stops the daemon,
-// anything else waits for the next tick.
-func (d *daemon) jobDone(ctx context.Context, cancel context.CancelCauseFunc, job string, err error, kv ...any) {
-	switch {
-	case err == nil:
-		d.log.Debug(job+" complete", kv...)
-	case isCanceled(ctx, err):
-	case errors.Is(err, stripeapi.ErrAuth):
-		cancel(err)
-	default:
-		d.log.Error(job+" failed; the next one retries from the same position", "err", err)
-	}
 }
 
 // cronLogger adapts slog to cron's logger interface.

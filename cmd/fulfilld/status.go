@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -28,16 +30,10 @@ func (a *app) statusCommand() *cobra.Command {
 			if err := a.setup(nil); err != nil {
 				return err
 			}
-			db, err := a.openStore(true)
+			st, err := a.status(cmd.Context())
 			if err != nil {
 				return err
 			}
-			defer db.Close()
-			st, err := readStatus(db, a.clock())
-			if err != nil {
-				return err
-			}
-			st.Store = a.cfg.Store.Path
 			if asJSON {
 				enc := json.NewEncoder(a.stdout)
 				enc.SetIndent("", "  ")
@@ -49,6 +45,26 @@ func (a *app) statusCommand() *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
 	return cmd
+}
+
+// status reads the status from the running daemon, or from the store when
+// none runs.
+func (a *app) status(ctx context.Context) (*status, error) {
+	if adm := a.dialAdmin(); adm != nil {
+		var st status
+		return &st, adm.call(ctx, http.MethodGet, "/status", nil, &st)
+	}
+	db, err := a.openStore(true)
+	if err != nil {
+		return nil, err
+	}
+	defer db.Close()
+	st, err := readStatus(db, a.clock())
+	if err != nil {
+		return nil, err
+	}
+	st.Store = a.cfg.Store.Path
+	return st, nil
 }
 
 // status is what `fulfilld status` shows.

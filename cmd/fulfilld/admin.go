@@ -1,0 +1,204 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"syscall"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/fulfilld/fulfilld/fulfill"
+)
+
+// While `run` holds the store (bbolt lets one process open it), the other
+// commands reach it through a unix socket beside the store: HTTP with JSON
+// bodies, answered by the same code that answers against a stopped store.
+
+func (a *app) socketPath() string { return a.cfg.Store.Path + ".sock" }
+
+// listenAdmin opens the socket, mode 0600. Only the process holding the
+// store's lock calls it, so a socket file already there is a stale one.
+func listenAdmin(path string) (net.Listener, error) {
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale admin socket %s: %w", path, err)
+	}
+	old := syscall.Umask(0o177)
+	l, err := net.Listen("unix", path)
+	syscall.Umask(old)
+	if err != nil {
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	return l, nil
+}
+
+// adminError is an answer that failed; code is the CLI exit code.
+type adminError struct {
+	Error string `json:"error"`
+	Code  int    `json:"code"`
+}
+
+// adminHandler serves the socket for a running daemon.
+func (d *daemon) adminHandler(work context.Context) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
+		st, err := readStatus(d.db, d.clock())
+		if err != nil {
+			adminFail(w, err)
+			return
+		}
+		st.Store = d.cfg.Store.Path
+		writeAdmin(w, st)
+	})
+	mux.HandleFunc("POST /fulfill/{id}", func(w http.ResponseWriter, r *http.Request) {
+		// On the daemon's context: the operator's Ctrl-C does not cut the
+		// action off half-way.
+		rec, err := d.ful.Fulfill(work, r.PathValue("id"), fulfill.TriggerManual, "")
+		writeAdmin(w, fulfillAnswer{Record: rec, Error: errString(err), Fatal: rec.SessionID == "" && err != nil})
+	})
+	mux.HandleFunc("POST /retry", func(w http.ResponseWriter, r *http.Request) {
+		var req retryRequest
+		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
+			adminFail(w, &usageError{err})
+			return
+		}
+		ids, err := retryIn(d.db, d.clock(), req)
+		if err != nil {
+			adminFail(w, err)
+			return
+		}
+		d.wake()
+		writeAdmin(w, ids)
+	})
+	mux.HandleFunc("POST /reconcile", func(w http.ResponseWriter, r *http.Request) {
+		var since time.Time
+		if err := json.NewDecoder(r.Body).Decode(&since); err != nil {
+			adminFail(w, &usageError{err})
+			return
+		}
+		sw, err := d.rec.Sweep(work, since)
+		if err != nil {
+			adminFail(w, err)
+			return
+		}
+		writeAdmin(w, sw)
+	})
+	return mux
+}
+
+type fulfillAnswer struct {
+	Record fulfill.Record `json:"record"`
+	Error  string         `json:"error,omitempty"`
+	Fatal  bool           `json:"fatal,omitempty"`
+}
+
+type retryRequest struct {
+	Sessions []string `json:"sessions"`
+	Events   []string `json:"events"`
+	All      bool     `json:"all"`
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+func writeAdmin(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func adminFail(w http.ResponseWriter, err error) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusUnprocessableEntity)
+	_ = json.NewEncoder(w).Encode(adminError{Error: err.Error(), Code: exitCode(err)})
+}
+
+// admin is a client of a running daemon's socket.
+type admin struct {
+	client *http.Client
+}
+
+// dialAdmin returns a client when a daemon answers on the socket, nil when
+// none runs (no socket, or a stale one left by a crash).
+func (a *app) dialAdmin() *admin {
+	path := a.socketPath()
+	if _, err := os.Stat(path); err != nil {
+		return nil
+	}
+	conn, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		return nil
+	}
+	conn.Close()
+	return &admin{client: &http.Client{Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", path)
+		},
+	}}}
+}
+
+// call sends one request and decodes the answer into out.
+func (c *admin) call(ctx context.Context, method, path string, body, out any) error {
+	var rd io.Reader
+	if body != nil {
+		raw, err := json.Marshal(body)
+		if err != nil {
+			return err
+		}
+		rd = bytes.NewReader(raw)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, "http://fulfilld"+path, rd)
+	if err != nil {
+		return err
+	}
+	resp, err := c.client.Do(req)
+	if err != nil {
+		return fmt.Errorf("ask the running daemon: %w", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		var ae adminError
+		if err := json.NewDecoder(resp.Body).Decode(&ae); err != nil {
+			return fmt.Errorf("the running daemon answered %s", resp.Status)
+		}
+		return &exitError{code: max(ae.Code, exitFailure), err: errors.New(ae.Error)}
+	}
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+// retryIn requeues dead letters in the store: the same for the CLI against
+// a stopped store and for the socket.
+func retryIn(db *bbolt.DB, now time.Time, req retryRequest) ([]string, error) {
+	var ids []string
+	err := db.Update(func(tx *bbolt.Tx) error {
+		if req.All || len(req.Sessions) > 0 {
+			done, err := fulfill.Retry(tx, now, req.Sessions...)
+			ids = append(ids, done...)
+			if err != nil {
+				return err
+			}
+		}
+		if req.All || len(req.Events) > 0 {
+			done, err := fulfill.RetryNotifications(tx, now, req.Events...)
+			ids = append(ids, done...)
+			return err
+		}
+		return nil
+	})
+	if err != nil {
+		// A wrong id, or one that is not dead-lettered: usage.
+		return nil, &usageError{err}
+	}
+	return ids, nil
+}

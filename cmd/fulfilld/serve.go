@@ -1,0 +1,211 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/http"
+	"os"
+	"sync"
+	"time"
+
+	sddaemon "github.com/coreos/go-systemd/v22/daemon"
+	"github.com/robfig/cron/v3"
+	"go.etcd.io/bbolt"
+
+	"github.com/fulfilld/fulfilld/config"
+	"github.com/fulfilld/fulfilld/internal/httpapi"
+	"github.com/fulfilld/fulfilld/internal/stripeapi"
+)
+
+// stuckAfter is how long a running poll may show no progress (no page
+// committed) before the systemd watchdog stops being fed.
+const stuckAfter = 10 * time.Minute
+
+// serve is the daemon: polls and sweeps on their schedules, the queues
+// always running, the admin socket and http.listen open. The first signal
+// stops scheduling and lets running actions finish (up to fulfill.timeout);
+// a second one kills the process.
+func (d *daemon) serve(parent context.Context) error {
+	pollSched, err := cron.ParseStandard(d.cfg.Schedule)
+	if err != nil {
+		return &config.Error{Key: "schedule", Msg: err.Error()}
+	}
+	sweepSched, err := cron.ParseStandard(d.cfg.Reconcile.Schedule)
+	if err != nil {
+		return &config.Error{Key: "reconcile.schedule", Msg: err.Error()}
+	}
+	ctx, cancel := context.WithCancelCause(parent)
+	defer cancel(nil)
+	// work outlives ctx by the grace period: what a socket or landing-page
+	// request started may finish and record its result.
+	work, stopWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopWork()
+
+	w, wait := d.workers(ctx, false)
+	d.poller.Wake, d.rec.Wake, d.wake = w.wake, w.wake, w.wake
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		if _, err := wait(); err != nil {
+			cancel(err)
+		}
+	}()
+
+	var servers []*http.Server
+	adminL, err := listenAdmin(d.socketPath())
+	if err != nil {
+		return err
+	}
+	defer os.Remove(d.socketPath())
+	servers = append(servers, d.startServer(adminL, d.adminHandler(work), "admin socket"))
+	var api *httpapi.Server
+	if addr := d.cfg.HTTP.Listen; addr != "" {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return &config.Error{Key: "http.listen", Msg: err.Error()}
+		}
+		api = &httpapi.Server{
+			DB: d.db, Registry: d.metrics.Registry, Fulfill: d.ful, Work: work,
+			MaxPollAge: 3*interval(pollSched, d.clock()) + time.Minute, MinHorizon: 48 * time.Hour,
+			Wait: 10 * time.Second, Now: d.now, Logger: d.log.With("component", "http"),
+		}
+		servers = append(servers, d.startServer(l, api.Handler(), "http"))
+		d.log.Info("serving /metrics, /healthz, /readyz and POST /fulfill/{session_id}", "listen", l.Addr().String())
+	}
+
+	clog := cronLogger{d.log.With("component", "schedule")}
+	chain := cron.NewChain(cron.Recover(clog), cron.SkipIfStillRunning(clog))
+	poll := chain.Then(cron.FuncJob(func() {
+		d.polling.Store(true)
+		d.heartbeat.Store(d.clock().UnixNano())
+		defer d.polling.Store(false)
+		res, err := d.poller.Poll(ctx, false)
+		if err == nil {
+			_, err = d.rec.SweepAgedOut(ctx)
+		}
+		d.metrics.Poll(err)
+		d.saveUsage(d.db, d.client)
+		if err == nil && api != nil {
+			api.Ready.Store(true)
+		}
+		d.jobDone(ctx, cancel, "poll", err, "events_listed", res.Listed, "events_new", res.New, "sessions_queued", res.Queued)
+	}))
+	sweep := chain.Then(cron.FuncJob(func() {
+		_, err := d.rec.Sweep(ctx, d.clock().Add(-d.cfg.Reconcile.Window))
+		d.saveUsage(d.db, d.client)
+		d.jobDone(ctx, cancel, "reconciliation sweep", err)
+	}))
+	c := cron.New(cron.WithLogger(clog))
+	c.Schedule(pollSched, poll)
+	c.Schedule(sweepSched, sweep)
+	c.Start()
+	wg.Add(1)
+	go func() { // the first poll now, not at the first tick
+		defer wg.Done()
+		poll.Run()
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		d.watchdog(ctx)
+	}()
+	if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyReady); err != nil {
+		d.log.Warn("could not tell systemd the service is ready", "err", err)
+	}
+	d.log.Info("fulfilld running", "schedule", d.cfg.Schedule, "reconcile_schedule", d.cfg.Reconcile.Schedule,
+		"store", d.cfg.Store.Path, "admin_socket", d.socketPath(), "api_version", stripeapi.APIVersion)
+
+	<-ctx.Done()
+	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
+	if !errors.Is(context.Cause(ctx), stripeapi.ErrAuth) {
+		d.log.Info("stopping: no new polls; running actions get fulfill.timeout to finish", "grace", d.cfg.Fulfill.Timeout)
+	}
+	<-c.Stop().Done()
+	wg.Wait()
+	shutdownCtx, done := context.WithTimeout(context.Background(), d.cfg.Fulfill.Timeout)
+	defer done()
+	for _, srv := range servers {
+		_ = srv.Shutdown(shutdownCtx)
+	}
+	stopWork()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return authHint(err)
+	}
+	d.log.Info("stopped")
+	return nil
+}
+
+func (d *daemon) startServer(l net.Listener, h http.Handler, name string) *http.Server {
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error(name+" stopped serving", "err", err)
+		}
+	}()
+	return srv
+}
+
+// interval estimates a cron schedule's period.
+func interval(s cron.Schedule, now time.Time) time.Duration {
+	next := s.Next(now)
+	return s.Next(next).Sub(next)
+}
+
+// watchdog feeds systemd's watchdog (WatchdogSec) while the daemon's loops
+// are alive: a poll that shows no progress for stuckAfter, or a store that
+// cannot be read, stops the pings, and systemd restarts the service.
+func (d *daemon) watchdog(ctx context.Context) {
+	every, err := sddaemon.SdWatchdogEnabled(false)
+	if err != nil || every <= 0 {
+		return
+	}
+	t := time.NewTicker(every / 2)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := d.alive(); err != nil {
+			d.log.Error("not feeding the systemd watchdog", "err", err)
+			continue
+		}
+		_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyWatchdog)
+	}
+}
+
+// alive reports why the daemon's loops look stuck, if they do.
+func (d *daemon) alive() error {
+	if d.polling.Load() {
+		if since := d.clock().Sub(time.Unix(0, d.heartbeat.Load())); since > stuckAfter {
+			return errors.New("the running poll has shown no progress for " + since.Round(time.Second).String())
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	done := make(chan error, 1)
+	go func() { done <- d.db.View(func(*bbolt.Tx) error { return nil }) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return errors.New("the store did not answer within 5s")
+	}
+}
+
+// jobDone logs a scheduled job's outcome; a rejected key stops the daemon,
+// anything else waits for the next tick.
+func (d *daemon) jobDone(ctx context.Context, cancel context.CancelCauseFunc, job string, err error, kv ...any) {
+	switch {
+	case err == nil:
+		d.log.Debug(job+" complete", kv...)
+	case isCanceled(ctx, err):
+	case errors.Is(err, stripeapi.ErrAuth):
+		cancel(err)
+	default:
+		d.log.Error(job+" failed; the next one retries from the same position", "err", err)
+	}
+}

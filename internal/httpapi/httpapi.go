@@ -1,0 +1,177 @@
+// Package httpapi serves http.listen: /metrics for Prometheus, /healthz and
+// /readyz for supervisors, and POST /fulfill/{session_id} for a landing
+// page that wants its order fulfilled now rather than at the next poll.
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"go.etcd.io/bbolt"
+
+	"github.com/fulfilld/fulfilld/cursor"
+	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/stripeapi"
+	"github.com/fulfilld/fulfilld/poller"
+)
+
+// Fulfiller is the one idempotent fulfillment path.
+type Fulfiller interface {
+	Fulfill(ctx context.Context, sessionID, trigger, eventID string) (fulfill.Record, error)
+}
+
+// Server answers the endpoints. Ready is set by the daemon once its first
+// poll completed.
+type Server struct {
+	DB       *bbolt.DB
+	Registry *prometheus.Registry
+	Fulfill  Fulfiller
+	// Work is the daemon's context: a fulfillment started by a request
+	// goes on when the request ends, until the daemon stops.
+	Work context.Context
+	// MaxPollAge: /healthz fails when the last successful poll is older.
+	MaxPollAge time.Duration
+	// MinHorizon: /healthz fails when complete_until is closer than this to
+	// Stripe's 30-day retention.
+	MinHorizon time.Duration
+	// Wait bounds how long POST /fulfill waits for the result before it
+	// answers 202 with the record as it stands.
+	Wait   time.Duration
+	Now    func() time.Time
+	Logger *slog.Logger
+	Ready  atomic.Bool
+}
+
+// Handler routes the endpoints.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.Registry, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /healthz", s.healthz)
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.HandleFunc("POST /fulfill/{session_id}", s.fulfill)
+	return mux
+}
+
+func (s *Server) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// Health is what /healthz answers.
+type Health struct {
+	Status   string   `json:"status"` // "ok" or "unhealthy"
+	Problems []string `json:"problems,omitempty"`
+}
+
+// Check judges the daemon's health from the store.
+func (s *Server) Check() Health {
+	now := s.now()
+	var problems []string
+	err := s.DB.View(func(tx *bbolt.Tx) error {
+		poll, err := cursor.LoadPoll(tx)
+		if err != nil {
+			return err
+		}
+		switch {
+		case poll.LastSuccess.IsZero():
+			problems = append(problems, "no successful poll yet")
+		case now.Sub(poll.LastSuccess) > s.MaxPollAge:
+			problems = append(problems, fmt.Sprintf("last successful poll %s ago (limit %s); last error: %s",
+				now.Sub(poll.LastSuccess).Round(time.Second), s.MaxPollAge, poll.Error))
+		}
+		pos, err := cursor.Load(tx)
+		if err != nil {
+			return err
+		}
+		if !pos.IsZero() {
+			if left := pos.Settled.Add(poller.Retention).Sub(now); left < s.MinHorizon {
+				problems = append(problems, fmt.Sprintf("complete_until falls out of Stripe's 30-day retention in %s", left.Round(time.Minute)))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		problems = append(problems, "store: "+err.Error())
+	}
+	if len(problems) > 0 {
+		return Health{Status: "unhealthy", Problems: problems}
+	}
+	return Health{Status: "ok"}
+}
+
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	h := s.Check()
+	code := http.StatusOK
+	if h.Status != "ok" {
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, h)
+}
+
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	if !s.Ready.Load() {
+		writeJSON(w, http.StatusServiceUnavailable, Health{Status: "starting", Problems: []string{"first poll not complete"}})
+		return
+	}
+	writeJSON(w, http.StatusOK, Health{Status: "ok"})
+}
+
+// fulfill runs the landing-page trigger. The fulfillment runs on the
+// daemon's context, so a client that gives up does not cut the action off;
+// the answer comes when it ends or after Wait, whichever is first.
+func (s *Server) fulfill(w http.ResponseWriter, r *http.Request) {
+	id := r.PathValue("session_id")
+	if !strings.HasPrefix(id, "cs_") || len(id) > 255 {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "not a Checkout Session id (they start with cs_)"})
+		return
+	}
+	type result struct {
+		rec fulfill.Record
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		rec, err := s.Fulfill.Fulfill(s.Work, id, fulfill.TriggerHTTP, "")
+		done <- result{rec, err}
+	}()
+	timer := time.NewTimer(s.Wait)
+	defer timer.Stop()
+	select {
+	case res := <-done:
+		switch {
+		case res.err == nil || res.rec.SessionID != "" && !errors.Is(res.err, context.Canceled):
+			writeJSON(w, http.StatusOK, res.rec)
+		case errors.Is(res.err, stripeapi.ErrNotFound):
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": res.err.Error()})
+		default:
+			if s.Logger != nil {
+				s.Logger.Warn("landing-page fulfillment did not complete", "session", id, "err", res.err)
+			}
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": res.err.Error()})
+		}
+	case <-timer.C:
+		var rec fulfill.Record
+		_ = s.DB.View(func(tx *bbolt.Tx) (err error) { rec, _, err = fulfill.Get(tx, id); return err })
+		if rec.SessionID == "" {
+			rec = fulfill.Record{SessionID: id, State: fulfill.StatePending}
+		}
+		writeJSON(w, http.StatusAccepted, rec)
+	}
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	_ = json.NewEncoder(w).Encode(v)
+}
