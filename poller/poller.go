@@ -95,6 +95,9 @@ type Poller struct {
 	// kept in memory.
 	DryRun bool
 	dryPos cursor.Position
+	// tipCovered is where this process's first tip listing began: an event
+	// created after it that only the re-scan finds was listed late.
+	tipCovered time.Time
 }
 
 // Progress describes a pass as it goes.
@@ -231,6 +234,9 @@ func (p *Poller) poll(ctx context.Context, complete bool) (Result, error) {
 
 	// The tip: everything since the previous pass, at most lookback back.
 	tipFrom := maxTime(pos.Tip, pos.Settled, now.Add(-p.Lookback))
+	if p.tipCovered.IsZero() {
+		defer func() { p.tipCovered = tipFrom }() // once this first tip listing is done
+	}
 	q := stripeapi.EventQuery{Types: p.Types, CreatedGTE: tipFrom}
 	for {
 		page, err := p.Events.ListEvents(ctx, q)
@@ -329,7 +335,7 @@ func (p *Poller) commit(res *Result, page stripeapi.EventPage, pos cursor.Positi
 	res.Pages++
 	res.Listed += len(page.Events)
 	now := p.now()
-	queued, fresh, notified := 0, 0, 0
+	queued, fresh, notified, late := 0, 0, 0, 0
 	counts := map[[2]string]int{}
 	apply := func(tx *bbolt.Tx) error {
 		for _, ev := range page.Events {
@@ -337,6 +343,9 @@ func (p *Poller) commit(res *Result, page stripeapi.EventPage, pos cursor.Positi
 				continue
 			}
 			fresh++
+			if phase == "rescan" && !p.tipCovered.IsZero() && !ev.Created.Before(p.tipCovered) {
+				late++
+			}
 			outcome, err := p.route(tx, ev, now)
 			if err != nil {
 				return fmt.Errorf("event %s: %w", ev.ID, err)
@@ -386,6 +395,9 @@ func (p *Poller) commit(res *Result, page stripeapi.EventPage, pos cursor.Positi
 	}
 	res.New += fresh
 	res.Queued += queued
+	if late > 0 {
+		p.log().Info("the re-scan found events Stripe listed late (after the tip had passed them); handled now", "events", late)
+	}
 	if queued+notified > 0 && p.Wake != nil {
 		p.Wake()
 	}

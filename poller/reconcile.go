@@ -62,6 +62,11 @@ type Sweep struct {
 	Error        string         `json:"error,omitempty"`
 	Misses       *WebhookMisses `json:"webhook_misses,omitempty"`
 	Duration     time.Duration  `json:"duration_ns"`
+	// Early counts paid sessions fulfilled ahead of the stream: they may
+	// have been paid after complete_until, so they are not counted as
+	// recovered.
+	Early   int `json:"fulfilled_ahead_of_stream"`
+	settled time.Time
 }
 
 // WebhookMisses are events Stripe could not deliver to a webhook endpoint
@@ -134,7 +139,23 @@ func (r *Reconciler) Sweep(ctx context.Context, since time.Time) (Sweep, error) 
 }
 
 func (r *Reconciler) sweep(ctx context.Context, sw *Sweep) error {
+	// Sessions created after complete_until may still arrive through the
+	// stream; they are the next sweep's, so "recovered" counts only what
+	// the stream really missed.
+	var settled time.Time
+	if err := r.DB.View(func(tx *bbolt.Tx) error {
+		pos, err := cursor.Load(tx)
+		settled = pos.Settled
+		return err
+	}); err != nil {
+		return err
+	}
 	q := stripeapi.SessionQuery{Status: "complete", CreatedGTE: sw.Since}
+	if !settled.IsZero() && settled.After(sw.Since) {
+		q.CreatedLT = settled
+		sw.Until = settled
+	}
+	sw.settled = settled
 	for {
 		page, err := r.Sessions.ListSessions(ctx, q)
 		if err != nil {
@@ -188,15 +209,27 @@ func (r *Reconciler) reconcileOne(tx *bbolt.Tx, s stripeapi.SessionSummary, now 
 		// Fulfilled, dead-lettered (the operator decides), or already queued.
 		return 0, nil
 	}
+	// A session cannot be completed after it expires: one that expired
+	// before complete_until was surely paid before it too, so the stream
+	// really missed it. A younger one may just not be streamed yet; it is
+	// fulfilled now all the same (the ledger keeps that to once).
+	// With no cursor at all (reconcile on its own), nothing else would
+	// deliver it.
+	missed := sw.settled.IsZero() || s.ExpiresAt > 0 && time.Unix(s.ExpiresAt, 0).Before(sw.settled)
 	reason := ReasonNeverSeen
 	if seen {
 		reason = ReasonNotFulfilled
 	}
-	if _, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: s.ID, Trigger: fulfill.TriggerReconcile, At: now, Recovered: true}); err != nil {
+	if _, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: s.ID, Trigger: fulfill.TriggerReconcile, At: now, Recovered: missed}); err != nil {
 		return 0, err
 	}
+	if !missed {
+		sw.Early++
+		r.log().Info("reconciliation is fulfilling a paid session the stream has not delivered yet", "session", s.ID, "state_before", rec.State)
+		return 1, nil
+	}
 	sw.Recovered[reason]++
-	r.log().Warn("reconciliation found a paid session the event stream did not fulfill; queued it",
+	r.log().Warn("reconciliation found a paid session the event stream missed; queued it",
 		"session", s.ID, "reason", reason, "state_before", rec.State)
 	return 1, nil
 }

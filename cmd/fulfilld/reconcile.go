@@ -92,8 +92,8 @@ func (a *app) reconcile(ctx context.Context, since string) error {
 
 func (a *app) printSweep(sw poller.Sweep, from time.Time) {
 	fmt.Fprintf(a.stdout, "swept %d complete sessions created since %s\n", sw.Listed, from.UTC().Format(time.RFC3339))
-	fmt.Fprintf(a.stdout, "recovered %d never seen in the event stream, %d seen but not fulfilled\n",
-		sw.Recovered[poller.ReasonNeverSeen], sw.Recovered[poller.ReasonNotFulfilled])
+	fmt.Fprintf(a.stdout, "recovered %d never seen in the event stream, %d seen but not fulfilled; %d fulfilled ahead of the stream\n",
+		sw.Recovered[poller.ReasonNeverSeen], sw.Recovered[poller.ReasonNotFulfilled], sw.Early)
 	if m := sw.Misses; m != nil {
 		fmt.Fprintf(a.stdout, "webhook deliveries that failed: %d events, %d of them not handled by fulfilld (see `fulfilld status`)\n", m.Count, m.Unhandled)
 	}

@@ -222,7 +222,7 @@ func (d *daemon) workers(ctx context.Context, untilIdle bool) (w wakers, wait fu
 			total.Fulfilled += r.res.Fulfilled
 			total.Failed += r.res.Failed
 			total.Waiting += r.res.Waiting
-			if r.err != nil && !errors.Is(r.err, context.Canceled) {
+			if r.err != nil && !errors.Is(r.err, context.Canceled) && !errors.Is(r.err, context.DeadlineExceeded) {
 				errs = append(errs, r.err)
 			}
 		}

@@ -130,7 +130,9 @@ func (d *daemon) serve(parent context.Context) error {
 		_ = srv.Shutdown(shutdownCtx)
 	}
 	stopWork()
-	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+	// The parent ending is a shutdown (a signal, the demo's time); any
+	// other cause is why the daemon stopped itself.
+	if err := context.Cause(ctx); parent.Err() == nil && err != nil {
 		return authHint(err)
 	}
 	d.log.Info("stopped")

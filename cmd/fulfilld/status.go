@@ -253,9 +253,9 @@ func (st *status) writeText(w io.Writer) {
 	}
 	fmt.Fprintf(tw, "recovered by reconciliation\t%d\n", st.Recovered)
 	if sw := st.LastSweep; sw != nil {
-		fmt.Fprintf(tw, "last reconcile\t%s, %s, %d sessions swept since %s, recovered %d never seen + %d not fulfilled\n",
+		fmt.Fprintf(tw, "last reconcile\t%s, %s, %d sessions swept since %s, recovered %d never seen + %d not fulfilled, %d fulfilled ahead of the stream\n",
 			sw.At.UTC().Format(time.RFC3339), sw.Outcome, sw.Listed, sw.Since.UTC().Format(time.RFC3339),
-			sw.Recovered["never_seen"], sw.Recovered["not_fulfilled"])
+			sw.Recovered[poller.ReasonNeverSeen], sw.Recovered[poller.ReasonNotFulfilled], sw.Early)
 	}
 	if m := st.WebhookMisses; m != nil && m.Count > 0 {
 		fmt.Fprintf(tw, "webhook misses\t%d events Stripe could not deliver to a webhook endpoint, %d not handled by fulfilld\n", m.Count, m.Unhandled)

@@ -325,6 +325,7 @@ type SessionSummary struct {
 	Status        string `json:"status"`
 	PaymentStatus string `json:"payment_status"`
 	Created       int64  `json:"created"`
+	ExpiresAt     int64  `json:"expires_at"`
 }
 
 // SessionPage is one page of Checkout Sessions, newest first.
