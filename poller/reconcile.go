@@ -132,9 +132,14 @@ func (r *Reconciler) Sweep(ctx context.Context, since time.Time) (Sweep, error) 
 	for _, n := range sw.Recovered {
 		total += n
 	}
-	r.log().Info("reconciliation sweep done", "since", since.UTC().Format(time.RFC3339), "sessions_listed", sw.Listed,
+	attrs := []any{"since", since.UTC().Format(time.RFC3339), "sessions_listed", sw.Listed,
 		"recovered", total, "recovered_never_seen", sw.Recovered[ReasonNeverSeen],
-		"recovered_not_fulfilled", sw.Recovered[ReasonNotFulfilled], "err", err)
+		"recovered_not_fulfilled", sw.Recovered[ReasonNotFulfilled], "fulfilled_ahead_of_stream", sw.Early}
+	if err != nil {
+		r.log().Warn("reconciliation sweep stopped", append(attrs, "err", err)...)
+	} else {
+		r.log().Info("reconciliation sweep done", attrs...)
+	}
 	return sw, err
 }
 

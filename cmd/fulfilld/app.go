@@ -131,13 +131,14 @@ func (a *app) action(command []string, url, secret string) fulfill.Action {
 }
 
 // actionEnv is the environment the operator's action inherits: ours, minus
-// the Stripe key and fulfilld's own settings (which may hold the signing
-// secrets). The action protocol's FULFILLD_* variables are added per attempt.
+// the Stripe key, fulfilld's own settings (which may hold the signing
+// secrets) and systemd's credentials directory (which holds the key file).
+// The action protocol's FULFILLD_* variables are added per attempt.
 func actionEnv(env []string) []string {
 	out := env[:0:0]
 	for _, kv := range env {
 		name, _, _ := strings.Cut(kv, "=")
-		if name == "STRIPE_API_KEY" || strings.HasPrefix(name, "FULFILLD_") {
+		if name == "STRIPE_API_KEY" || name == "CREDENTIALS_DIRECTORY" || strings.HasPrefix(name, "FULFILLD_") {
 			continue
 		}
 		out = append(out, kv)

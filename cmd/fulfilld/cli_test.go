@@ -514,7 +514,7 @@ func TestManualFulfillAndRetry(t *testing.T) {
 // are each recorded and reported, and the rest is fulfilled.
 func TestBadInputDoesNotStopThePass(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, harnessOptions{config: func(c *configFile) { c.Timeout, c.MaxAttempts = "1s", 1 }})
+	h := newHarness(t, harnessOptions{config: func(c *configFile) { c.Timeout, c.MaxAttempts = "4s", 1 }})
 	now := time.Now()
 	var good []string
 	for i := range 6 {

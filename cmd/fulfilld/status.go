@@ -195,32 +195,33 @@ func readStatus(db *bbolt.DB, now time.Time) (*status, error) {
 }
 
 func (st *status) writeText(w io.Writer) {
+	// The summary is a table; the lists of ids come after it, so a
+	// 66-character session id does not widen every row.
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	defer tw.Flush()
 	fmt.Fprintf(tw, "store\t%s\n", st.Store)
 	if st.Cursor.Started {
-		fmt.Fprintf(tw, "complete until\t%s\t(lag %s; falls out of Stripe's retention in %s)\n", st.Cursor.CompleteUntil,
+		fmt.Fprintf(tw, "complete until\t%s (lag %s; falls out of Stripe's retention in %s)\n", st.Cursor.CompleteUntil,
 			roundDur(st.Cursor.LagSeconds), roundDur(st.Cursor.HorizonSeconds))
-		if st.Cursor.Rescan != nil {
-			fmt.Fprintf(tw, "re-scan in progress\t%s → %s\t(%d pages done)\n", st.Cursor.Rescan.From.UTC().Format(time.RFC3339),
-				st.Cursor.Rescan.To.UTC().Format(time.RFC3339), st.Cursor.Rescan.Pages)
+		if r := st.Cursor.Rescan; r != nil {
+			fmt.Fprintf(tw, "re-scan in progress\t%s → %s (%d pages done)\n", r.From.UTC().Format(time.RFC3339),
+				r.To.UTC().Format(time.RFC3339), r.Pages)
 		}
 	} else {
 		fmt.Fprintf(tw, "cursor\tnot started (run `fulfilld run`)\n")
 	}
 	if p := st.LastPoll; p != nil {
-		line := fmt.Sprintf("%s\t%s, %d events listed, %d new, took %.1fs", p.Time, p.Outcome, p.Listed, p.New, p.DurationSecs)
+		line := fmt.Sprintf("%s %s, %d events listed, %d new, took %.1fs", p.Time, p.Outcome, p.Listed, p.New, p.DurationSecs)
 		if p.Error != "" {
-			line += ": " + p.Error
+			line += ": " + oneLine(p.Error, 200)
 		}
 		fmt.Fprintf(tw, "last poll\t%s\n", line)
 	}
-	fmt.Fprintln(tw, "\t")
 	fmt.Fprintln(tw, "fulfillments\t")
 	for _, s := range fulfill.States {
 		fmt.Fprintf(tw, "  %s\t%d\n", s, st.Fulfillments[string(s)])
 	}
-	fmt.Fprintf(tw, "  (queued\t%d, in flight %d, recovered %d)\n", st.Queued, st.InFlight, st.Recovered)
+	fmt.Fprintf(tw, "  queued\t%d (in flight %d)\n", st.Queued, st.InFlight)
+	fmt.Fprintf(tw, "  recovered by reconciliation\t%d\n", st.Recovered)
 	if len(st.PaymentIntents) > 0 {
 		fmt.Fprintln(tw, "payment intents\t")
 		for _, k := range sortedKeys(st.PaymentIntents) {
@@ -230,46 +231,54 @@ func (st *status) writeText(w io.Writer) {
 	if len(st.Events) > 0 {
 		fmt.Fprintln(tw, "events\t")
 		for _, e := range st.Events {
-			fmt.Fprintf(tw, "  %s\t%s\t%d\n", e.Type, e.Outcome, e.Count)
-		}
-	}
-	if st.BadEvents.Count > 0 {
-		fmt.Fprintf(tw, "malformed events\t%d\n", st.BadEvents.Count)
-		for _, e := range st.BadEvents.Recent {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\n", e.ID, e.Type, e.Error)
-		}
-	}
-	if len(st.Failures) > 0 {
-		fmt.Fprintf(tw, "failed (dead letter)\t%d — `fulfilld retry --failed` requeues them\n", st.Fulfillments[string(fulfill.StateFailed)])
-		for _, f := range st.Failures {
-			fmt.Fprintf(tw, "  %s\t%d attempts\t%s\n", f.SessionID, f.Attempts, oneLine(f.LastError, 120))
+			fmt.Fprintf(tw, "  %s %s\t%d\n", e.Type, e.Outcome, e.Count)
 		}
 	}
 	if n := st.Notifications; n[fulfill.NotifyPending]+n[fulfill.NotifySent]+n[fulfill.NotifyFailed] > 0 {
 		fmt.Fprintf(tw, "notifications\t%d sent, %d pending, %d failed\n", n[fulfill.NotifySent], n[fulfill.NotifyPending], n[fulfill.NotifyFailed])
-		for _, f := range st.NotifyFailures {
-			fmt.Fprintf(tw, "  %s\t%s\t%s\n", f.EventID, f.EventType, oneLine(f.LastError, 120))
-		}
 	}
-	fmt.Fprintf(tw, "recovered by reconciliation\t%d\n", st.Recovered)
 	if sw := st.LastSweep; sw != nil {
-		fmt.Fprintf(tw, "last reconcile\t%s, %s, %d sessions swept since %s, recovered %d never seen + %d not fulfilled, %d fulfilled ahead of the stream\n",
+		fmt.Fprintf(tw, "last reconcile\t%s %s, %d sessions swept since %s, recovered %d never seen + %d not fulfilled, %d fulfilled ahead of the stream\n",
 			sw.At.UTC().Format(time.RFC3339), sw.Outcome, sw.Listed, sw.Since.UTC().Format(time.RFC3339),
 			sw.Recovered[poller.ReasonNeverSeen], sw.Recovered[poller.ReasonNotFulfilled], sw.Early)
-	}
-	if m := st.WebhookMisses; m != nil && m.Count > 0 {
-		fmt.Fprintf(tw, "webhook misses\t%d events Stripe could not deliver to a webhook endpoint, %d not handled by fulfilld\n", m.Count, m.Unhandled)
-		for i, e := range m.Recent {
-			if i == 10 {
-				break
-			}
-			fmt.Fprintf(tw, "  %s\t%s\t%s\thandled=%v\n", e.EventID, e.Type, e.Object, e.Handled)
-		}
 	}
 	fmt.Fprintf(tw, "api requests\t%d in all, %d in the last 30 days, %d answered 429\n",
 		st.API.Total.Total(), st.API.Last30Days.Total(), st.API.Total.RateLimited)
 	for _, k := range sortedKeys(st.API.Total.Requests) {
 		fmt.Fprintf(tw, "  %s\t%d\n", k, st.API.Total.Requests[k])
+	}
+	tw.Flush()
+
+	if len(st.Failures) > 0 {
+		fmt.Fprintf(w, "\nfailed (dead letter): %d; `fulfilld retry --failed` requeues them\n", st.Fulfillments[string(fulfill.StateFailed)])
+		for _, f := range st.Failures {
+			fmt.Fprintf(w, "  %s  %d attempts  %s\n", f.SessionID, f.Attempts, oneLine(f.LastError, 160))
+		}
+	}
+	if len(st.NotifyFailures) > 0 {
+		fmt.Fprintf(w, "\nnotifications failed (dead letter); `fulfilld retry evt_…` or --failed requeues them\n")
+		for _, f := range st.NotifyFailures {
+			fmt.Fprintf(w, "  %s  %s  %s\n", f.EventID, f.EventType, oneLine(f.LastError, 160))
+		}
+	}
+	if st.BadEvents.Count > 0 {
+		fmt.Fprintf(w, "\nmalformed events: %d (recorded and skipped)\n", st.BadEvents.Count)
+		for _, e := range st.BadEvents.Recent {
+			fmt.Fprintf(w, "  %s  %s  %s\n", e.ID, e.Type, oneLine(e.Error, 160))
+		}
+	}
+	if m := st.WebhookMisses; m != nil && m.Count > 0 {
+		fmt.Fprintf(w, "\nwebhook misses: %d events Stripe could not deliver to a webhook endpoint, %d not handled by fulfilld\n", m.Count, m.Unhandled)
+		for i, e := range m.Recent {
+			if i == 10 {
+				break
+			}
+			state := e.State
+			if state == "" {
+				state = "not handled"
+			}
+			fmt.Fprintf(w, "  %s  %s  %s  %s\n", e.EventID, e.Type, e.Object, state)
+		}
 	}
 }
 

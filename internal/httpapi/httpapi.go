@@ -151,14 +151,14 @@ func (s *Server) fulfill(w http.ResponseWriter, r *http.Request) {
 	case res := <-done:
 		switch {
 		case res.err == nil || res.rec.SessionID != "" && !errors.Is(res.err, context.Canceled):
-			writeJSON(w, http.StatusOK, res.rec)
+			writeJSON(w, http.StatusOK, answer(res.rec))
 		case errors.Is(res.err, stripeapi.ErrNotFound):
-			writeJSON(w, http.StatusNotFound, map[string]string{"error": res.err.Error()})
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such checkout session"})
 		default:
 			if s.Logger != nil {
 				s.Logger.Warn("landing-page fulfillment did not complete", "session", id, "err", res.err)
 			}
-			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": res.err.Error()})
+			writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "fulfillment could not be attempted now; it will be retried"})
 		}
 	case <-timer.C:
 		var rec fulfill.Record
@@ -166,8 +166,22 @@ func (s *Server) fulfill(w http.ResponseWriter, r *http.Request) {
 		if rec.SessionID == "" {
 			rec = fulfill.Record{SessionID: id, State: fulfill.StatePending}
 		}
-		writeJSON(w, http.StatusAccepted, rec)
+		writeJSON(w, http.StatusAccepted, answer(rec))
 	}
+}
+
+// Answer is what POST /fulfill tells a landing page: the outcome, not the
+// action's output or errors (the endpoint has no authentication; operators
+// read those with `fulfilld status`).
+type Answer struct {
+	SessionID   string    `json:"session_id"`
+	State       string    `json:"state"`
+	Attempts    int       `json:"attempts"`
+	FulfilledAt time.Time `json:"fulfilled_at,omitzero"`
+}
+
+func answer(rec fulfill.Record) Answer {
+	return Answer{SessionID: rec.SessionID, State: string(rec.State), Attempts: rec.Attempts, FulfilledAt: rec.FulfilledAt}
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
