@@ -57,6 +57,14 @@ func (d *daemon) adminHandler(work context.Context) http.Handler {
 		st.Store = d.cfg.Store.Path
 		writeAdmin(w, st)
 	})
+	mux.HandleFunc("GET /session/{id}", func(w http.ResponseWriter, r *http.Request) {
+		rec, err := readRecord(d.db, r.PathValue("id"))
+		if err != nil {
+			adminFail(w, err)
+			return
+		}
+		writeAdmin(w, rec)
+	})
 	mux.HandleFunc("POST /fulfill/{id}", func(w http.ResponseWriter, r *http.Request) {
 		// On the daemon's context: the operator's Ctrl-C does not cut the
 		// action off half-way.

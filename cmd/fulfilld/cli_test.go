@@ -588,6 +588,20 @@ func TestBadInputDoesNotStopThePass(t *testing.T) {
 	if fi, err := os.Stat(filepath.Join(h.dir, "f.db")); err == nil && fi.Size() > 8<<20 {
 		t.Errorf("the store grew to %d bytes", fi.Size())
 	}
+
+	// `status cs_…` shows a dead letter's record and kept output without
+	// attempting it again (`fulfill` would).
+	before := len(h.actionRuns())
+	one := h.fulfilld("status", hang)
+	if one.code != 0 || !strings.Contains(one.stdout, "failed") || !strings.Contains(one.stdout, "timed out") {
+		t.Errorf("status %s: want its failed state and the timeout:\n%s", hang, one)
+	}
+	if after := len(h.actionRuns()); after != before {
+		t.Errorf("status %s ran the action %d times", hang, after-before)
+	}
+	if unknown := h.fulfilld("status", "cs_test_nosuchsession"); unknown.code != 2 {
+		t.Errorf("status of an unknown session: exit %d, want 2:\n%s", unknown.code, unknown)
+	}
 }
 
 // TestVersion: `version` names what an operator needs for a bug report.

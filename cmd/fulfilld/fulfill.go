@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -31,17 +30,8 @@ func (a *app) fulfillCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if asJSON {
-				enc := json.NewEncoder(a.stdout)
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(rec); err != nil {
-					return err
-				}
-			} else {
-				fmt.Fprintf(a.stdout, "%s: %s (attempts %d)\n", rec.SessionID, rec.State, rec.Attempts)
-				if rec.LastError != "" {
-					fmt.Fprintf(a.stdout, "last error: %s\n", rec.LastError)
-				}
+			if err := printRecord(a.stdout, rec, asJSON); err != nil {
+				return err
 			}
 			if ferr != nil {
 				return authHint(ferr)

@@ -23,12 +23,22 @@ import (
 func (a *app) statusCommand() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "status [--json]",
-		Short: "Show the cursor, the last poll, fulfillments by state, failures and API usage",
-		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
+		Use:   "status [cs_…] [--json]",
+		Short: "Show the cursor, the last poll, fulfillments by state, failures and API usage; or one session's record",
+		Args:  cobra.MaximumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if len(args) == 1 && !strings.HasPrefix(args[0], "cs_") {
+				return usagef("status: %q is not a Checkout Session id (they start with cs_)", args[0])
+			}
 			if err := a.setup(nil); err != nil {
 				return err
+			}
+			if len(args) == 1 {
+				rec, err := a.record(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				return printRecord(a.stdout, rec, asJSON)
 			}
 			st, err := a.status(cmd.Context())
 			if err != nil {
@@ -65,6 +75,58 @@ func (a *app) status(ctx context.Context) (*status, error) {
 	}
 	st.Store = a.cfg.Store.Path
 	return st, nil
+}
+
+// record reads one session's record, read-only, from the running daemon or
+// the store.
+func (a *app) record(ctx context.Context, id string) (fulfill.Record, error) {
+	var rec fulfill.Record
+	if adm := a.dialAdmin(); adm != nil {
+		return rec, adm.call(ctx, http.MethodGet, "/session/"+id, nil, &rec)
+	}
+	db, err := a.openStore(true)
+	if err != nil {
+		return rec, err
+	}
+	defer db.Close()
+	return readRecord(db, id)
+}
+
+func readRecord(db *bbolt.DB, id string) (fulfill.Record, error) {
+	var rec fulfill.Record
+	var ok bool
+	err := db.View(func(tx *bbolt.Tx) (err error) { rec, ok, err = fulfill.Get(tx, id); return err })
+	if err == nil && !ok {
+		err = &usageError{fmt.Errorf("status: %s: %w", id, fulfill.ErrUnknownSession)}
+	}
+	return rec, err
+}
+
+// printRecord shows one session's record, the kept output included.
+func printRecord(w io.Writer, rec fulfill.Record, asJSON bool) error {
+	if asJSON {
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rec)
+	}
+	fmt.Fprintf(w, "%s: %s (attempts %d, trigger %s", rec.SessionID, rec.State, rec.Attempts, rec.Trigger)
+	if rec.EventID != "" {
+		fmt.Fprintf(w, ", event %s", rec.EventID)
+	}
+	fmt.Fprintln(w, ")")
+	if !rec.FulfilledAt.IsZero() {
+		fmt.Fprintf(w, "fulfilled at %s\n", rec.FulfilledAt.UTC().Format(time.RFC3339))
+	}
+	if !rec.NextAttempt.IsZero() && rec.State == fulfill.StatePending {
+		fmt.Fprintf(w, "next attempt %s\n", rec.NextAttempt.UTC().Format(time.RFC3339))
+	}
+	if rec.LastError != "" {
+		fmt.Fprintf(w, "last error: %s\n", rec.LastError)
+	}
+	if rec.Output != "" {
+		fmt.Fprintf(w, "output of the last attempt:\n%s\n", rec.Output)
+	}
+	return nil
 }
 
 // status is what `fulfilld status` shows.
