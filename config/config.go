@@ -61,6 +61,9 @@ type Stripe struct {
 	Account string
 	// RateLimit is the requests/second budget for all calls; 0 = automatic.
 	RateLimit float64
+	// MonthlyReadBudget caps the API reads of a rolling 30 days; polls are
+	// spread out to stay inside it. 0 = no cap.
+	MonthlyReadBudget int
 }
 
 // Events selects what the poller lists.

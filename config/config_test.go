@@ -347,6 +347,9 @@ func TestOverrides(t *testing.T) {
 	if c.Events.Lookback != time.Hour || c.Fulfill.Timeout != 2*time.Minute || c.Stripe.RateLimit != 7 || c.HTTP.Listen != "127.0.0.1:8080" {
 		t.Errorf("overrides not applied: %+v", c)
 	}
+	if c.Stripe.MonthlyReadBudget != 0 {
+		t.Errorf("stripe.monthly_read_budget defaults to %d, want 0 (no cap)", c.Stripe.MonthlyReadBudget)
+	}
 	ce := loadErr(t, Source{LookupEnv: noEnv, Overrides: map[string]any{"store.pth": "x"}}, "store.pth")
 	if !strings.Contains(ce.Msg, "store.path") {
 		t.Errorf("error does not list the known keys: %v", ce)
@@ -448,4 +451,26 @@ func writeDir(t *testing.T, parent, name string) string {
 		t.Fatal(err)
 	}
 	return p
+}
+
+// TestMonthlyReadBudget: the read cap is read from the file, the environment
+// and flags, later sources winning.
+func TestMonthlyReadBudget(t *testing.T) {
+	file := writeFile(t, "fulfilld.yaml", "stripe:\n  monthly_read_budget: 1000000\n")
+	tests := []struct {
+		name string
+		src  Source
+		want int
+	}{
+		{"file", Source{File: file, LookupEnv: noEnv}, 1_000_000},
+		{"environment", Source{File: file, LookupEnv: env(map[string]string{"FULFILLD_STRIPE_MONTHLY_READ_BUDGET": "250000"})}, 250_000},
+		{"flag", Source{File: file, LookupEnv: noEnv, Overrides: map[string]any{"stripe.monthly_read_budget": 42}}, 42},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := mustLoad(t, tt.src).Stripe.MonthlyReadBudget; got != tt.want {
+				t.Errorf("monthly_read_budget %d, want %d", got, tt.want)
+			}
+		})
+	}
 }

@@ -32,6 +32,7 @@ var keys = []key{
 	{path: "stripe.api_base", kind: kindString},
 	{path: "stripe.account", kind: kindString},
 	{path: "stripe.rate_limit", kind: kindFloat, def: 0.0},
+	{path: "stripe.monthly_read_budget", kind: kindInt, def: 0},
 	{path: "events.types", kind: kindList}, // default applied in decode: an empty list means the default too
 	{path: "events.lookback", kind: kindDuration, def: 10 * time.Minute},
 	{path: "schedule", kind: kindString, def: "@every 30s"},

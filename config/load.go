@@ -228,6 +228,8 @@ func (d *decoder) decode() *Config {
 			APIBase:    d.str("stripe.api_base"),
 			Account:    d.str("stripe.account"),
 			RateLimit:  d.float("stripe.rate_limit"),
+
+			MonthlyReadBudget: d.int("stripe.monthly_read_budget"),
 		},
 		Events: Events{
 			Types:    d.list("events.types"),

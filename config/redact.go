@@ -123,6 +123,7 @@ func (s Stripe) LogValue() slog.Value {
 		slog.String("api_base", r.APIBase),
 		slog.String("account", r.Account),
 		slog.Float64("rate_limit", r.RateLimit),
+		slog.Int("monthly_read_budget", r.MonthlyReadBudget),
 	)
 }
 

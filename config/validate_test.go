@@ -34,6 +34,8 @@ func TestValidation(t *testing.T) {
 		{name: "account", over: map[string]any{"stripe.account": "1234"}, key: "stripe.account"},
 		{name: "negative rate limit", env: map[string]string{"FULFILLD_STRIPE_RATE_LIMIT": "-1"}, key: "stripe.rate_limit"},
 		{name: "rate limit word", env: map[string]string{"FULFILLD_STRIPE_RATE_LIMIT": "fast"}, key: "stripe.rate_limit"},
+		{name: "negative read budget", env: map[string]string{"FULFILLD_STRIPE_MONTHLY_READ_BUDGET": "-5"}, key: "stripe.monthly_read_budget"},
+		{name: "fractional read budget", over: map[string]any{"stripe.monthly_read_budget": "1.5"}, key: "stripe.monthly_read_budget"},
 		{name: "too many types", over: map[string]any{"events.types": tooMany}, key: "events.types"},
 		{name: "empty type", over: map[string]any{"events.types": []string{"checkout.session.completed", ""}}, key: "events.types"},
 		{name: "type with space", over: map[string]any{"events.types": []string{"checkout.session.completed payment_intent.succeeded"}}, key: "events.types"},

@@ -34,12 +34,22 @@ type SessionSource interface {
 	GetSession(ctx context.Context, id string) (*stripeapi.Session, error)
 }
 
+// retrieveSizer is a SessionSource that knows how many retrieves are worth
+// having in flight — the Stripe client, from its request budget and the
+// latency it observes. Without it, Run retrieves Concurrency at a time.
+type retrieveSizer interface {
+	RetrieveConcurrency() int
+}
+
 // Fulfiller runs fulfillments.
 type Fulfiller struct {
 	DB          *bbolt.DB
 	Sessions    SessionSource
 	Action      Action
 	MaxAttempts int
+	// Concurrency bounds how many actions Run keeps running at once. The
+	// session retrieves before them are prefetched with a concurrency of
+	// their own, sized by the Stripe request budget (see Run).
 	Concurrency int
 	// Backoff is the wait before attempt n+1 after attempt n failed.
 	Backoff func(attempt int) time.Duration
@@ -107,7 +117,13 @@ func (f *Fulfiller) claim(ctx context.Context, id string) (release func(), err e
 // is returned as it is; a dead-lettered one is attempted again only on a
 // manual trigger.
 func (f *Fulfiller) Fulfill(ctx context.Context, sessionID, trigger, eventID string) (Record, error) {
-	release, err := f.claim(ctx, sessionID)
+	return f.fulfill(ctx, sessionID, trigger, eventID, nil)
+}
+
+// fulfill is Fulfill, with the queue's stages when Run asks (nil for a
+// direct call, which waits for no slot).
+func (f *Fulfiller) fulfill(ctx context.Context, sessionID, trigger, eventID string, st *stages) (Record, error) {
+	release, err := f.claim(st.stopCtx(ctx), sessionID)
 	if err != nil {
 		return Record{}, err
 	}
@@ -138,18 +154,25 @@ func (f *Fulfiller) Fulfill(ctx context.Context, sessionID, trigger, eventID str
 			rec.EventID = eventID
 		}
 	}
-	return f.attempt(ctx, rec)
+	return f.attempt(ctx, rec, st)
 }
 
 // attempt retrieves the session and, when it is paid, runs the action once.
-// The caller holds the claim.
-func (f *Fulfiller) attempt(ctx context.Context, rec Record) (Record, error) {
+// The caller holds the claim. With stages, the retrieve waits for a fetch
+// slot and the action for an action slot; both waits, and the retrieve,
+// end at once when the run stops — only a running action gets the grace.
+func (f *Fulfiller) attempt(ctx context.Context, rec Record, st *stages) (Record, error) {
 	log := f.logger().With("session", rec.SessionID)
-	sess, err := f.Sessions.GetSession(ctx, rec.SessionID)
+	stop := st.stopCtx(ctx)
+	if err := st.gate(false).acquire(stop); err != nil {
+		return rec, err
+	}
+	sess, err := f.Sessions.GetSession(stop, rec.SessionID)
+	st.gate(false).release()
 	switch {
 	case err == nil:
-	case ctx.Err() != nil:
-		return rec, ctx.Err()
+	case stop.Err() != nil:
+		return rec, stop.Err()
 	case errors.Is(err, stripeapi.ErrAuth):
 		return rec, err
 	case errors.Is(err, stripeapi.ErrNotFound):
@@ -171,11 +194,17 @@ func (f *Fulfiller) attempt(ctx context.Context, rec Record) (Record, error) {
 		return f.settleUnpaid(rec, sess)
 	}
 
+	// Paid is final, so a session read while actions were busy is still
+	// good when a slot frees.
+	if err := st.gate(true).acquire(stop); err != nil {
+		return rec, err
+	}
+	defer st.gate(true).release()
 	rec.Attempts++
 	rec.State, rec.InFlight = StatePending, true
 	// While the attempt runs its queue entry is parked far ahead, so the
 	// queue does not offer it again; Recover brings it back after a crash.
-	if err := f.save(rec, f.now().Add(inFlightLease)); err != nil {
+	if err := f.startAttempt(&rec, f.now().Add(inFlightLease)); err != nil {
 		return rec, err
 	}
 	env := []string{
@@ -312,16 +341,77 @@ func (f *Fulfiller) save(rec Record, next time.Time) error {
 	})
 }
 
-// Run works the session queue: it keeps up to Concurrency sessions in
-// progress and wakes when new work is queued or a retry comes due. When ctx
-// ends it stops starting attempts, gives running ones opts.Grace to finish
+// startAttempt records, before the action runs, that it is about to: the
+// record with InFlight set, its queue entry parked until lease. The
+// sequence number is the store's when newer, so events recorded while the
+// session was read or waited for a slot still count as news.
+func (f *Fulfiller) startAttempt(rec *Record, lease time.Time) error {
+	rec.Updated = f.now()
+	return f.DB.Update(func(tx *bbolt.Tx) error {
+		if cur, ok, err := Get(tx, rec.SessionID); err != nil {
+			return err
+		} else if ok && cur.Seq > rec.Seq {
+			rec.Seq = cur.Seq
+		}
+		if err := put(tx, *rec); err != nil {
+			return err
+		}
+		return sessionQueue.schedule(tx, rec.SessionID, lease)
+	})
+}
+
+// stages bound the two halves of a queued attempt: the retrieve from
+// Stripe and the operator's action. stop is the run's context, so waits
+// and retrieves end at once on shutdown.
+type stages struct {
+	stop  context.Context
+	fetch *gate
+	act   *gate
+}
+
+// stopCtx is what waits and retrieves run under: the run's context for a
+// queued attempt, the caller's for a direct one.
+func (st *stages) stopCtx(ctx context.Context) context.Context {
+	if st == nil {
+		return ctx
+	}
+	return st.stop
+}
+
+// gate is the action gate or the fetch gate; nil (admit all) without stages.
+func (st *stages) gate(action bool) *gate {
+	switch {
+	case st == nil:
+		return nil
+	case action:
+		return st.act
+	}
+	return st.fetch
+}
+
+// Run works the session queue in two stages. Session retrieves are
+// prefetched with as many in flight as the Stripe request budget can use
+// (the budget times observed latency, from Sessions' RetrieveConcurrency;
+// Concurrency when Sessions cannot say), and actions run at most
+// Concurrency at once. Each session still holds its claim from before its
+// retrieve until its result is recorded. Run wakes when new work is queued
+// or a retry comes due. When ctx ends it stops starting attempts and ends
+// retrieves and waits at once, gives running actions opts.Grace to finish
 // and record their results, and returns.
 func (f *Fulfiller) Run(ctx context.Context, opts RunOptions) (PassResult, error) {
+	st := &stages{
+		stop:  ctx,
+		fetch: &gate{limit: f.fetchSlots},
+		act:   &gate{limit: func() int { return max(f.Concurrency, 1) }},
+	}
 	w := &worker{
-		db: f.DB, q: sessionQueue, concurrency: f.Concurrency, now: f.now,
+		db: f.DB, q: sessionQueue, now: f.now,
+		// Enough sessions in progress to keep both stages busy: a
+		// prefetch at most one fetch stage deep ahead of the actions.
+		slots: func() int { return st.fetch.size() + st.act.size() },
 		fatal: func(err error) bool { return errors.Is(err, stripeapi.ErrAuth) },
 		process: func(ctx context.Context, id string) (outcome, error) {
-			rec, err := f.runQueued(ctx, id)
+			rec, err := f.runQueued(ctx, id, st)
 			switch rec.State {
 			case StateFulfilled:
 				return outcomeDone, err
@@ -336,8 +426,16 @@ func (f *Fulfiller) Run(ctx context.Context, opts RunOptions) (PassResult, error
 	return w.run(ctx, opts)
 }
 
+// fetchSlots is how many retrieves Run keeps in flight.
+func (f *Fulfiller) fetchSlots() int {
+	if s, ok := f.Sessions.(retrieveSizer); ok {
+		return s.RetrieveConcurrency()
+	}
+	return f.Concurrency
+}
+
 // runQueued attempts one queued session.
-func (f *Fulfiller) runQueued(ctx context.Context, id string) (Record, error) {
+func (f *Fulfiller) runQueued(ctx context.Context, id string, st *stages) (Record, error) {
 	var rec Record
 	var ok bool
 	err := f.DB.View(func(tx *bbolt.Tx) (err error) {
@@ -351,7 +449,7 @@ func (f *Fulfiller) runQueued(ctx context.Context, id string) (Record, error) {
 	if ok && rec.Trigger != "" {
 		trigger = rec.Trigger
 	}
-	rec, err = f.Fulfill(ctx, id, trigger, rec.EventID)
+	rec, err = f.fulfill(ctx, id, trigger, rec.EventID, st)
 	if err != nil && !errors.Is(err, context.Canceled) {
 		f.logger().Debug("queued fulfillment did not complete", "session", id, "err", err)
 	}

@@ -133,10 +133,21 @@ type worker struct {
 	db          *bbolt.DB
 	q           queue
 	concurrency int
-	now         func() time.Time
+	// slots, when set, replaces concurrency and is asked again each time
+	// the worker looks for work, so the number in progress can follow a
+	// budget that changes.
+	slots func() int
+	now   func() time.Time
 	// process attempts one item; a fatal error stops the run.
 	process func(ctx context.Context, id string) (outcome, error)
 	fatal   func(error) bool
+}
+
+func (w *worker) slotCount() int {
+	if w.slots != nil {
+		return max(w.slots(), 1)
+	}
+	return max(w.concurrency, 1)
 }
 
 // run works the queue: it wakes when new work is queued or a retry comes
@@ -150,8 +161,7 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 		wg       sync.WaitGroup
 		running  = map[string]bool{}
 		attempts = map[string]int{}
-		slots    = max(w.concurrency, 1)
-		done     = make(chan string, slots)
+		done     = make(chan string)
 		wake     = opts.Wake
 		polling  = true
 	)
@@ -177,6 +187,7 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 	// loop.
 	skip := func(id string) bool { return running[id] || opts.UntilIdle && attempts[id] >= maxAttemptsPerPass }
 	for {
+		slots := w.slotCount()
 		if ctx.Err() == nil && len(running) < slots {
 			var ids []string
 			_ = w.db.View(func(tx *bbolt.Tx) error {
@@ -251,5 +262,55 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 			drain()
 			return res, err
 		}
+	}
+}
+
+// gate admits up to limit() holders at once; the limit is asked again at
+// every acquire, so it can follow a budget. A nil gate admits everyone.
+type gate struct {
+	limit func() int
+
+	mu   sync.Mutex
+	n    int
+	free chan struct{} // closed when a holder leaves
+}
+
+func (g *gate) size() int { return max(g.limit(), 1) }
+
+// acquire waits for a place, or until ctx ends.
+func (g *gate) acquire(ctx context.Context) error {
+	if g == nil {
+		return ctx.Err()
+	}
+	for {
+		g.mu.Lock()
+		if g.n < g.size() {
+			g.n++
+			g.mu.Unlock()
+			return nil
+		}
+		if g.free == nil {
+			g.free = make(chan struct{})
+		}
+		free := g.free
+		g.mu.Unlock()
+		select {
+		case <-free:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+func (g *gate) release() {
+	if g == nil {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.n--
+	if g.free != nil {
+		close(g.free)
+		g.free = nil
 	}
 }

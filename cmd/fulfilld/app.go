@@ -46,7 +46,7 @@ func (a *app) rootCommand() *cobra.Command {
 	root.PersistentFlags().StringVar(&a.configFile, "config", "", "config file (YAML, TOML or JSON)")
 	root.PersistentFlags().StringVar(&a.logFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, JSON otherwise)")
 	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn, error")
-	root.AddCommand(a.runCommand(), a.statusCommand(), a.fulfillCommand(), a.retryCommand(), a.reconcileCommand(), a.demoCommand(), a.versionCommand())
+	root.AddCommand(a.runCommand(), a.statusCommand(), a.fulfillCommand(), a.retryCommand(), a.reconcileCommand(), a.demoCommand(), a.benchCommand(), a.versionCommand())
 	return root
 }
 

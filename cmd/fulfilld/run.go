@@ -59,6 +59,8 @@ type daemon struct {
 	// polling whether one is running: the systemd watchdog reads them.
 	heartbeat atomic.Int64
 	polling   atomic.Bool
+	// reads paces polls under stripe.monthly_read_budget; see pollWithinReadBudget.
+	reads *stripeapi.ReadPacer
 }
 
 func (a *app) newDaemon(db *bbolt.DB) *daemon {
@@ -274,4 +276,39 @@ type cronLogger struct{ l *slog.Logger }
 func (c cronLogger) Info(msg string, kv ...any) { c.l.Debug(msg, kv...) }
 func (c cronLogger) Error(err error, msg string, kv ...any) {
 	c.l.Error(msg, append(kv, "err", err)...)
+}
+
+// pollWithinReadBudget is asked before each scheduled poll. With
+// stripe.monthly_read_budget set it skips the poll while the reads of a
+// rolling 30 days would exceed the budget, which stretches the poll
+// interval; queued work goes on. It logs once when skipping starts and once
+// when polls resume.
+func (d *daemon) pollWithinReadBudget() bool {
+	budget := d.cfg.Stripe.MonthlyReadBudget
+	if budget <= 0 {
+		return true
+	}
+	if d.reads == nil {
+		d.reads = &stripeapi.ReadPacer{Budget: int64(budget)}
+	}
+	var used int64
+	err := d.db.View(func(tx *bbolt.Tx) error {
+		r, err := stripeapi.LoadUsage(tx, d.clock())
+		used = r.Last30Days.Total()
+		return err
+	})
+	if err != nil {
+		d.log.Warn("could not read API usage for stripe.monthly_read_budget; polling anyway", "err", err)
+		return true
+	}
+	dec := d.reads.Allow(d.clock(), d.client.Transport.Sent(), used)
+	switch {
+	case dec.Changed && !dec.Poll:
+		d.log.Warn("skipping scheduled polls to stay inside stripe.monthly_read_budget: "+dec.Reason,
+			"reads_last_30_days", used, "monthly_read_budget", budget, "projected_30_days", dec.Projected)
+	case dec.Changed:
+		d.log.Info("polling on schedule again: back inside stripe.monthly_read_budget",
+			"reads_last_30_days", used, "monthly_read_budget", budget)
+	}
+	return dec.Poll
 }

@@ -78,6 +78,9 @@ func (d *daemon) serve(parent context.Context) error {
 	clog := cronLogger{d.log.With("component", "schedule")}
 	chain := cron.NewChain(cron.Recover(clog), cron.SkipIfStillRunning(clog))
 	poll := chain.Then(cron.FuncJob(func() {
+		if !d.pollWithinReadBudget() {
+			return
+		}
 		d.polling.Store(true)
 		d.heartbeat.Store(d.clock().UnixNano())
 		defer d.polling.Store(false)

@@ -310,6 +310,17 @@ func itemID(raw json.RawMessage) (string, error) {
 	return v.ID, nil
 }
 
+// retrieveEndpoint is the endpoint GetSession paces on.
+const retrieveEndpoint = "GET /v1/checkout/sessions/:id"
+
+// RetrieveConcurrency is how many GetSession calls are worth having in
+// flight: what the request budget allows per second times the latency
+// observed (see Transport.SuggestedInFlight). The fulfiller sizes its
+// prefetch by it.
+func (c *Client) RetrieveConcurrency() int {
+	return c.Transport.SuggestedInFlight(retrieveEndpoint)
+}
+
 // SessionQuery selects one page of Checkout Sessions.
 type SessionQuery struct {
 	Status        string

@@ -5,14 +5,13 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"math"
 	"math/rand/v2"
 	"net/http"
 	"strconv"
 	"strings"
 	"sync"
 	"time"
-
-	"golang.org/x/time/rate"
 )
 
 // Stripe's published limits. A sandbox allows 25 requests/s in all, live mode 100;
@@ -49,6 +48,11 @@ func AutoLimits(rateLimit float64, live bool) Limits {
 // requests, retries what Stripe says is safe to retry, and counts usage:
 // stripe-go itself is configured with no retries because it neither retries
 // a 429 rate_limit nor watches the context while it sleeps.
+//
+// Pacing is a global budget and one budget per endpoint; a request is sent
+// once both allow it. A 429 slows the budget it names
+// (Stripe-Rate-Limited-Reason): global-* the global one, endpoint-* that
+// endpoint's, and both when Stripe names none. See budget for the AIMD rule.
 type Transport struct {
 	Base       http.RoundTripper
 	Limits     Limits
@@ -59,10 +63,13 @@ type Transport struct {
 	Logger                 *slog.Logger
 
 	once      sync.Once
-	global    *rate.Limiter
+	global    *budget
 	mu        sync.Mutex
-	endpoints map[string]*rate.Limiter
+	endpoints map[string]*budget
+	latency   map[string]time.Duration // moving average per endpoint
+	anyLat    time.Duration            // moving average over all endpoints
 	usage     Usage
+	sent      int64 // every request ever sent, never reset
 }
 
 // Usage counts requests by endpoint ("GET /v1/events") and HTTP status.
@@ -102,8 +109,9 @@ func (u *Usage) Add(other Usage) {
 
 func (t *Transport) init() {
 	t.once.Do(func() {
-		t.global = rate.NewLimiter(rate.Limit(t.Limits.Global), burst(t.Limits.Global))
-		t.endpoints = map[string]*rate.Limiter{}
+		t.global = newBudget(t.Limits.Global)
+		t.endpoints = map[string]*budget{}
+		t.latency = map[string]time.Duration{}
 		if t.Base == nil {
 			t.Base = http.DefaultTransport
 		}
@@ -119,21 +127,15 @@ func (t *Transport) init() {
 	})
 }
 
-// burst keeps bursts small: Stripe counts requests per second, so a burst
-// larger than one second's worth earns a 429.
-func burst(limit float64) int {
-	return max(1, int(limit/5))
-}
-
-func (t *Transport) endpointLimiter(endpoint string) *rate.Limiter {
+func (t *Transport) endpointBudget(endpoint string) *budget {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	l, ok := t.endpoints[endpoint]
+	b, ok := t.endpoints[endpoint]
 	if !ok {
-		l = rate.NewLimiter(rate.Limit(t.Limits.Endpoint), burst(t.Limits.Endpoint))
-		t.endpoints[endpoint] = l
+		b = newBudget(t.Limits.Endpoint)
+		t.endpoints[endpoint] = b
 	}
-	return l
+	return b
 }
 
 // TakeUsage returns the usage counted since the last call and resets it.
@@ -146,7 +148,66 @@ func (t *Transport) TakeUsage() Usage {
 	return u
 }
 
-func (t *Transport) count(endpoint string, status int, retry bool) {
+// Sent is the number of requests sent since the transport was made. Unlike
+// TakeUsage it never resets, so callers can take differences.
+func (t *Transport) Sent() int64 {
+	t.init()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.sent
+}
+
+// Budgets reports the global budget (key "global") and each endpoint's as
+// they stand: a rate below the limit means Stripe throttled us recently.
+func (t *Transport) Budgets() map[string]BudgetState {
+	t.init()
+	now := time.Now()
+	t.mu.Lock()
+	eps := make(map[string]*budget, len(t.endpoints))
+	for k, b := range t.endpoints {
+		eps[k] = b
+	}
+	t.mu.Unlock()
+	out := map[string]BudgetState{"global": t.global.state(now)}
+	for k, b := range eps {
+		out[k] = b.state(now)
+	}
+	return out
+}
+
+// Latency defaults: assumed before anything was measured, and the bounds of
+// what SuggestedInFlight offers.
+const (
+	assumedLatency = 300 * time.Millisecond
+	maxInFlight    = 32
+)
+
+// SuggestedInFlight is how many requests to endpoint are worth having in
+// flight at once: the rate its budgets allow now times the latency observed
+// for it (Little's law), with a quarter more and one extra so that the pacer
+// always has a request ready when a token comes. More would only queue at
+// the pacer; fewer would leave budget unused while requests are on the wire.
+func (t *Transport) SuggestedInFlight(endpoint string) int {
+	t.init()
+	now := time.Now()
+	r := min(t.global.current(now), t.endpointBudget(endpoint).current(now))
+	t.mu.Lock()
+	lat, ok := t.latency[endpoint]
+	if !ok {
+		lat = t.anyLat
+	}
+	t.mu.Unlock()
+	if lat <= 0 {
+		lat = assumedLatency
+	}
+	n := r*lat.Seconds()*1.25 + 1
+	if math.IsInf(n, 1) || n > maxInFlight {
+		return maxInFlight
+	}
+	return max(1, int(math.Ceil(n)))
+}
+
+func (t *Transport) count(endpoint string, status int, retry bool, took time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.usage.Requests == nil {
@@ -154,6 +215,7 @@ func (t *Transport) count(endpoint string, status int, retry bool) {
 		t.usage.ByStatus = map[string]int64{}
 	}
 	t.usage.Requests[endpoint]++
+	t.sent++
 	key := "error"
 	if status > 0 {
 		key = strconv.Itoa(status)
@@ -165,6 +227,18 @@ func (t *Transport) count(endpoint string, status int, retry bool) {
 	if retry {
 		t.usage.Retries++
 	}
+	if status > 0 && took > 0 {
+		t.latency[endpoint] = average(t.latency[endpoint], took)
+		t.anyLat = average(t.anyLat, took)
+	}
+}
+
+// average is an exponentially weighted moving average, weight 1/8.
+func average(avg, sample time.Duration) time.Duration {
+	if avg == 0 {
+		return sample
+	}
+	return avg + (sample-avg)/8
 }
 
 // RoundTrip paces, sends and, when safe, retries one request.
@@ -172,32 +246,35 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	t.init()
 	ctx := req.Context()
 	endpoint := Endpoint(req.Method, req.URL.Path)
+	ep := t.endpointBudget(endpoint)
 	if t.Account != "" {
 		req = req.Clone(ctx)
 		req.Header.Set("Stripe-Account", t.Account)
 	}
 	for attempt := 0; ; attempt++ {
-		if err := t.global.Wait(ctx); err != nil {
-			return nil, waitError(ctx, err)
-		}
-		if err := t.endpointLimiter(endpoint).Wait(ctx); err != nil {
-			return nil, waitError(ctx, err)
+		sentAt, err := t.pace(ctx, ep)
+		if err != nil {
+			return nil, err
 		}
 		try, err := rewind(req)
 		if err != nil {
 			return nil, err
 		}
 		resp, err := t.Base.RoundTrip(try)
+		now := time.Now()
 		status := 0
 		if resp != nil {
 			status = resp.StatusCode
 		}
-		t.count(endpoint, status, attempt > 0)
+		t.count(endpoint, status, attempt > 0, now.Sub(sentAt))
 		if ctx.Err() != nil {
 			if resp != nil {
 				resp.Body.Close()
 			}
 			return nil, ctx.Err()
+		}
+		if status == http.StatusTooManyRequests {
+			t.throttled(endpoint, ep, resp, sentAt, now)
 		}
 		wait, retry := t.shouldRetry(req, resp, err, attempt)
 		if !retry {
@@ -216,12 +293,87 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 }
 
-func waitError(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return ctx.Err()
+// pace waits until the global budget and the endpoint's both allow a
+// request, or ctx ends, and returns when the request may go.
+func (t *Transport) pace(ctx context.Context, ep *budget) (time.Time, error) {
+	select {
+	case ep.turn <- struct{}{}:
+	case <-ctx.Done():
+		return time.Now(), ctx.Err()
 	}
-	return err
+	defer func() { <-ep.turn }()
+	for {
+		now := time.Now()
+		if until := later(t.global.paused(now), ep.paused(now)); !until.IsZero() {
+			if err := sleep(ctx, until.Sub(now)); err != nil {
+				return now, err
+			}
+			continue
+		}
+		g, e := t.global.reserve(now), ep.reserve(now)
+		if !g.OK() || !e.OK() {
+			g.CancelAt(now)
+			e.CancelAt(now)
+			return now, errors.New("stripe request budget cannot admit a request")
+		}
+		if d := max(g.DelayFrom(now), e.DelayFrom(now)); d > 0 {
+			if err := sleep(ctx, d); err != nil {
+				// Give the tokens back: the request was never sent.
+				g.Cancel()
+				e.Cancel()
+				return now, err
+			}
+			now = time.Now()
+		}
+		t.global.note(now)
+		ep.note(now)
+		return now, nil
+	}
 }
+
+func later(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// throttled slows the budget a 429 names. A Retry-After holds that budget
+// as a whole, not only this request.
+func (t *Transport) throttled(endpoint string, ep *budget, resp *http.Response, sentAt, now time.Time) {
+	reason := resp.Header.Get("Stripe-Rate-Limited-Reason")
+	after := retryAfter(resp)
+	var cut []string
+	switch {
+	case strings.HasPrefix(reason, "global"):
+		if t.global.throttled(sentAt, now, after) {
+			cut = append(cut, "global")
+		}
+	case strings.HasPrefix(reason, "endpoint"):
+		if ep.throttled(sentAt, now, after) {
+			cut = append(cut, endpoint)
+		}
+	case reason == "":
+		// Stripe named no budget: slow both.
+		if t.global.throttled(sentAt, now, after) {
+			cut = append(cut, "global")
+		}
+		if ep.throttled(sentAt, now, after) {
+			cut = append(cut, endpoint)
+		}
+	default:
+		// resource-specific and the like concern one object, not our
+		// pace: the request's own backoff is enough.
+	}
+	if len(cut) > 0 {
+		now := time.Now()
+		t.Logger.Info("stripe throttled us; slowing down", "endpoint", endpoint, "reason", reason,
+			"budget", strings.Join(cut, ","), "global_rate", round(t.global.current(now)),
+			"endpoint_rate", round(ep.current(now)))
+	}
+}
+
+func round(f float64) float64 { return math.Round(f*100) / 100 }
 
 // rewind gives each attempt a fresh body. stripe-go sets GetBody for the
 // requests it builds; GETs have none.

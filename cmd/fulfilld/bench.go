@@ -1,0 +1,92 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/fulfilld/fulfilld/internal/bench"
+)
+
+// benchCommand is `fulfilld bench`: a backfill against the simulated Stripe
+// with real latency and limits, timed against the floor those limits set
+// and against the docs-literal loop. It needs no key and no config.
+func (a *app) benchCommand() *cobra.Command {
+	cfg := bench.Config{Docs: true, Ceiling: true}
+	cmd := &cobra.Command{
+		Use:   "bench [--events N] [--sessions N] [--latency D] [--global-limit R] ...",
+		Short: "Time a backfill against simulated Stripe: wall vs the rate-limit floor, 429s, memory, the docs loop",
+		Long: "bench generates a backfill in a simulated Stripe (run in a child process, on loopback), runs the real\n" +
+			"daemon path against it — poller and fulfiller with an in-process no-op action, through stripe-go and the\n" +
+			"pacing transport — and prints the wall time, the floor Stripe's limits allow, requests by endpoint, 429s\n" +
+			"and peak RSS. On the same data it also times the docs-literal loop and the local ceiling.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("find own executable for the simulator process: %w", err)
+			}
+			cfg.SimCommand = func(ctx context.Context, args []string) *exec.Cmd {
+				c := exec.CommandContext(ctx, exe, append([]string{"bench", "sim"}, args...)...)
+				c.Stderr = a.stderr
+				return c
+			}
+			cfg.Progress = a.stderr
+			cfg.Logger = slog.New(slog.NewTextHandler(a.stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
+			rep, err := bench.Run(cmd.Context(), cfg)
+			if errors.Is(err, context.Canceled) {
+				return nil
+			}
+			if err != nil {
+				return fmt.Errorf("bench: %w", err)
+			}
+			bench.Print(a.stdout, rep)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&cfg.Events, "events", 20000, "events in the backfill (of the types fulfilld lists)")
+	f.IntVar(&cfg.Sessions, "sessions", 2000, "paid Checkout Sessions among them")
+	f.DurationVar(&cfg.Latency, "latency", 250*time.Millisecond, "mean latency of each simulated request")
+	f.DurationVar(&cfg.Jitter, "jitter", 100*time.Millisecond, "latency spreads uniformly over latency±jitter")
+	f.Float64Var(&cfg.GlobalLimit, "global-limit", 25, "the simulated Stripe's global limit, requests/s (0 = none)")
+	f.Float64Var(&cfg.EndpointLimit, "endpoint-limit", 25, "the simulated Stripe's per-endpoint limit, requests/s (0 = none)")
+	f.Float64Var(&cfg.RateLimit, "rate-limit", 0, "fulfilld's stripe.rate_limit (0 = the simulated global limit)")
+	f.IntVar(&cfg.Concurrency, "concurrency", 4, "fulfill.concurrency")
+	f.StringVar(&cfg.Store, "store", "", "directory for the bbolt files (default: a temporary one, removed after)")
+	f.BoolVar(&cfg.Docs, "docs-loop", true, "also time the docs-literal loop on the same data (in parallel, on its own simulator)")
+	f.BoolVar(&cfg.Ceiling, "ceiling", true, "also measure the local ceiling: a poll with no latency and no limits")
+	cmd.AddCommand(a.benchSimCommand())
+	return cmd
+}
+
+// benchSimCommand is the simulator child of `bench`; not for people.
+func (a *app) benchSimCommand() *cobra.Command {
+	var sc bench.SimConfig
+	var anchor int64
+	cmd := &cobra.Command{
+		Use:    "sim",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			sc.Anchor = time.Unix(anchor, 0)
+			return bench.ServeSim(cmd.Context(), sc, os.Stdin, a.stdout)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&sc.Events, "events", 0, "")
+	f.IntVar(&sc.Sessions, "sessions", 0, "")
+	f.Int64Var(&anchor, "anchor", 0, "")
+	f.DurationVar(&sc.Span, "span", 6*time.Hour, "")
+	f.DurationVar(&sc.Latency, "latency", 0, "")
+	f.DurationVar(&sc.Jitter, "jitter", 0, "")
+	f.Float64Var(&sc.GlobalLimit, "global-limit", 0, "")
+	f.Float64Var(&sc.EndpointLimit, "endpoint-limit", 0, "")
+	return cmd
+}

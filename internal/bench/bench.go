@@ -1,0 +1,497 @@
+// Package bench measures fulfilld's backfill against a simulated Stripe with
+// real latency and real limits, and compares it with the floor Stripe's
+// limits set and with the loop Stripe's docs show.
+//
+// The floor: a backfill of E events holding S paid sessions needs at least
+// E/100 list calls and S retrieves; with per-endpoint limit L and global
+// limit G it cannot take less than max(lists/L, retrieves/L,
+// (lists+retrieves)/G). The daemon path — poller and fulfiller over a
+// bbolt store, through stripe-go and the pacing Transport, as `run --once`
+// wires them — should run at that floor without being throttled.
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/stripe/stripe-go/v76"
+	"github.com/stripe/stripe-go/v76/client"
+	"go.etcd.io/bbolt"
+
+	"github.com/fulfilld/fulfilld/config"
+	"github.com/fulfilld/fulfilld/cursor"
+	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/stripeapi"
+	"github.com/fulfilld/fulfilld/internal/stripesim"
+	"github.com/fulfilld/fulfilld/poller"
+)
+
+// Config is one benchmark run.
+type Config struct {
+	Events, Sessions int
+	Latency, Jitter  time.Duration
+	// GlobalLimit and EndpointLimit are the simulated Stripe's limits.
+	GlobalLimit, EndpointLimit float64
+	// RateLimit is fulfilld's stripe.rate_limit; 0 means the simulator's
+	// global limit.
+	RateLimit float64
+	// Concurrency is fulfill.concurrency.
+	Concurrency int
+	// Store is the directory for the bbolt files; "" = a temporary one.
+	Store string
+	// Docs also times the docs-literal loop, on a second simulator with the
+	// same data and limits, while the daemon runs.
+	Docs bool
+	// Ceiling also measures the local ceiling: a poll with no latency and
+	// no limits.
+	Ceiling bool
+	// SimCommand starts a `bench sim` child with the given flags.
+	SimCommand func(ctx context.Context, args []string) *exec.Cmd
+	// Progress, when set, gets a line every few seconds.
+	Progress io.Writer
+	// Logger gets the daemon's warnings.
+	Logger *slog.Logger
+}
+
+// Report is what a run measured.
+type Report struct {
+	Config     Config
+	Lists      int // list calls the backfill needs at least
+	Retrieves  int
+	Floor      time.Duration
+	Daemon     Phase
+	Fulfilled  int // sessions fulfilled
+	Doubled    int // sessions whose action ran more than once
+	Docs       *Phase
+	Ceiling    *Phase
+	CeilingEPS float64 // events/s through dedupe + durable enqueue
+}
+
+// Phase is one timed run.
+type Phase struct {
+	Wall     time.Duration
+	Requests map[string]int64 // by endpoint, as the client counted
+	Total    int64
+	Status   map[string]int64
+	Limited  int64 // 429s received
+	Server   stripesim.Stats
+	Memory   Memory
+	Listed   int
+}
+
+const benchSpan = 6 * time.Hour
+
+// Run runs the benchmark.
+func Run(ctx context.Context, cfg Config) (*Report, error) {
+	if cfg.Events < 1 || cfg.Sessions < 0 || cfg.Sessions > cfg.Events {
+		return nil, errors.New("--events must be at least 1 and --sessions between 0 and --events")
+	}
+	if cfg.RateLimit == 0 {
+		cfg.RateLimit = cfg.GlobalLimit
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 4
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	dir := cfg.Store
+	if dir == "" {
+		tmp, err := os.MkdirTemp("", "fulfilld-bench-")
+		if err != nil {
+			return nil, err
+		}
+		defer os.RemoveAll(tmp)
+		dir = tmp
+	} else if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	rep := &Report{Config: cfg, Lists: (cfg.Events + 99) / 100, Retrieves: cfg.Sessions}
+	rep.Floor = floor(rep.Lists, rep.Retrieves, cfg.EndpointLimit, cfg.GlobalLimit)
+
+	anchor := time.Now()
+	sc := SimConfig{Events: cfg.Events, Sessions: cfg.Sessions, Anchor: anchor, Span: benchSpan,
+		Latency: cfg.Latency, Jitter: cfg.Jitter, GlobalLimit: cfg.GlobalLimit, EndpointLimit: cfg.EndpointLimit}
+	since := anchor.Add(-benchSpan - time.Minute)
+	cfg.progress("generating %d events with %d paid sessions in the simulator", cfg.Events, cfg.Sessions)
+	main, err := startSim(ctx, cfg.SimCommand, sc)
+	if err != nil {
+		return nil, err
+	}
+	defer main.stop()
+	var docs *simProcess
+	if cfg.Docs {
+		if docs, err = startSim(ctx, cfg.SimCommand, sc); err != nil {
+			return nil, err
+		}
+		defer docs.stop()
+	}
+
+	var wg sync.WaitGroup
+	var docsErr error
+	if docs != nil {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			p, err := docsLoop(ctx, docs.URL, since)
+			if err == nil {
+				p.Server, err = docs.stats(ctx)
+			}
+			rep.Docs, docsErr = &p, err
+		}()
+	}
+	// As stripeapi.AutoLimits does with Stripe's documented 25/s: the
+	// endpoint budget is the rate limit, capped at the per-endpoint limit.
+	limits := stripeapi.Limits{Global: cfg.RateLimit, Endpoint: cfg.RateLimit}
+	if cfg.EndpointLimit > 0 && (limits.Endpoint <= 0 || cfg.EndpointLimit < limits.Endpoint) {
+		limits.Endpoint = cfg.EndpointLimit
+	}
+	d, err := runDaemon(ctx, cfg, main.URL, filepath.Join(dir, "fulfilld.db"), since, limits, true)
+	if err != nil {
+		wg.Wait()
+		return nil, err
+	}
+	rep.Daemon, rep.Fulfilled, rep.Doubled = d.phase, d.fulfilled, d.doubled
+	if rep.Daemon.Server, err = main.stats(ctx); err != nil {
+		return nil, err
+	}
+	main.stop()
+	if docs != nil {
+		cfg.progress("daemon path done in %s; waiting for the docs-literal loop", rep.Daemon.Wall.Round(time.Millisecond))
+	}
+	wg.Wait()
+	if docsErr != nil {
+		return nil, fmt.Errorf("docs-literal loop: %w", docsErr)
+	}
+	if cfg.Ceiling {
+		sc.Latency, sc.Jitter, sc.GlobalLimit, sc.EndpointLimit = 0, 0, 0, 0
+		cfg.progress("local ceiling: generating the same data without latency or limits")
+		free, err := startSim(ctx, cfg.SimCommand, sc)
+		if err != nil {
+			return nil, err
+		}
+		defer free.stop()
+		c, err := runDaemon(ctx, cfg, free.URL, filepath.Join(dir, "ceiling.db"), since, stripeapi.Limits{}, false)
+		if err != nil {
+			return nil, err
+		}
+		rep.Ceiling = &c.phase
+		rep.CeilingEPS = float64(c.phase.Listed) / c.phase.Wall.Seconds()
+	}
+	return rep, ctx.Err()
+}
+
+func floor(lists, retrieves int, endpoint, global float64) time.Duration {
+	secs := 0.0
+	if endpoint > 0 {
+		secs = max(float64(lists)/endpoint, float64(retrieves)/endpoint)
+	}
+	if global > 0 {
+		secs = max(secs, float64(lists+retrieves)/global)
+	}
+	return time.Duration(secs * float64(time.Second))
+}
+
+func (c Config) progress(format string, args ...any) {
+	if c.Progress != nil {
+		fmt.Fprintf(c.Progress, "bench: "+format+"\n", args...)
+	}
+}
+
+// noop is the operator's action, in process: it counts runs per session.
+type noop struct {
+	mu   sync.Mutex
+	runs map[string]int
+	n    atomic.Int64
+}
+
+func (a *noop) Deliver(_ context.Context, d fulfill.Delivery) (fulfill.Outcome, error) {
+	a.mu.Lock()
+	a.runs[d.IdempotencyKey]++
+	a.mu.Unlock()
+	a.n.Add(1)
+	return fulfill.Outcome{}, nil
+}
+
+type daemonResult struct {
+	phase              Phase
+	fulfilled, doubled int
+}
+
+// runDaemon is `run --once` over a fresh store: the poll and the queue side
+// by side until the queue is idle. With fulfillment off it only polls: the
+// local ceiling of dedupe + durable enqueue.
+func runDaemon(ctx context.Context, cfg Config, url, path string, since time.Time, limits stripeapi.Limits, fulfillment bool) (daemonResult, error) {
+	var out daemonResult
+	for _, p := range []string{path, path + ".lock"} {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return out, err
+		}
+	}
+	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
+	if err != nil {
+		return out, fmt.Errorf("open store: %w", err)
+	}
+	defer db.Close()
+	if err := db.Update(func(tx *bbolt.Tx) error {
+		return errors.Join(cursor.Init(tx), fulfill.Init(tx), stripeapi.InitUsage(tx), poller.InitReconcile(tx))
+	}); err != nil {
+		return out, err
+	}
+	log := cfg.Logger
+	c := stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: url, Limits: limits,
+		Logger: log.With("component", "stripe")})
+	act := &noop{runs: map[string]int{}}
+	var listed atomic.Int64
+	p := &poller.Poller{DB: db, Events: c, Types: config.DefaultEventTypes, Lookback: 10 * time.Minute,
+		Logger:   log.With("component", "poller"),
+		Progress: func(pr poller.Progress) { listed.Store(int64(pr.Listed)) }}
+	f := &fulfill.Fulfiller{DB: db, Sessions: c, Action: act, MaxAttempts: 8, Concurrency: cfg.Concurrency,
+		Logger: log.With("component", "fulfill")}
+
+	mem := watchMemory()
+	start := time.Now()
+	stopProgress := make(chan struct{})
+	var progressDone sync.WaitGroup
+	progressDone.Add(1)
+	go func() {
+		defer progressDone.Done()
+		t := time.NewTicker(10 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-stopProgress:
+				return
+			case <-t.C:
+				cfg.progress("%6s  events listed %d/%d  sessions fulfilled %d/%d  requests %d",
+					time.Since(start).Round(time.Second), listed.Load(), cfg.Events, act.n.Load(), cfg.Sessions, c.Transport.Sent())
+			}
+		}
+	}()
+	defer func() {
+		close(stopProgress)
+		progressDone.Wait()
+	}()
+
+	if _, err := p.Start(since); err != nil {
+		return out, err
+	}
+	var res fulfill.PassResult
+	var werr error
+	if fulfillment {
+		wake := make(chan struct{}, 1)
+		p.Wake = func() {
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		}
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			res, werr = f.Run(ctx, fulfill.RunOptions{Wake: wake, UntilIdle: true})
+		}()
+		pres, perr := p.Poll(ctx, true)
+		close(wake)
+		<-done
+		out.phase.Listed = pres.Listed
+		if err := errors.Join(perr, werr); err != nil {
+			return out, err
+		}
+	} else {
+		pres, err := p.Poll(ctx, true)
+		if err != nil {
+			return out, err
+		}
+		out.phase.Listed = pres.Listed
+	}
+	out.phase.Wall = time.Since(start)
+	out.phase.Memory = mem.finish()
+	u := c.Transport.TakeUsage()
+	out.phase.Requests, out.phase.Total, out.phase.Status, out.phase.Limited = u.Requests, u.Total(), u.ByStatus, u.RateLimited
+	act.mu.Lock()
+	defer act.mu.Unlock()
+	for _, n := range act.runs {
+		out.fulfilled++
+		if n > 1 {
+			out.doubled++
+		}
+	}
+	if fulfillment && res.Failed > 0 {
+		return out, fmt.Errorf("%d sessions failed", res.Failed)
+	}
+	return out, nil
+}
+
+// docsLoop is the loop Stripe's "after the payment" polling example shows,
+// with stripe-go as it comes: list the events with auto-paging (100 a page,
+// the same types as the daemon), then retrieve each paid session with its
+// line items expanded, one after another.
+func docsLoop(ctx context.Context, url string, since time.Time) (Phase, error) {
+	var ph Phase
+	counter := &countingTransport{base: http.DefaultTransport, requests: map[string]int64{}, status: map[string]int64{}}
+	backend := stripe.GetBackendWithConfig(stripe.APIBackend, &stripe.BackendConfig{
+		URL:           stripe.String(url),
+		HTTPClient:    &http.Client{Transport: counter, Timeout: 80 * time.Second},
+		LeveledLogger: &stripe.LeveledLogger{Level: stripe.LevelNull},
+	})
+	sc := client.New(stripesim.DefaultAPIKey, &stripe.Backends{API: backend, Connect: backend, Uploads: backend})
+	start := time.Now()
+	params := &stripe.EventListParams{Types: stripe.StringSlice(config.DefaultEventTypes)}
+	params.Context = ctx
+	params.Limit = stripe.Int64(100)
+	params.CreatedRange = &stripe.RangeQueryParams{GreaterThanOrEqual: since.Unix()}
+	var ids []string
+	it := sc.Events.List(params)
+	for it.Next() {
+		ev := it.Event()
+		ph.Listed++
+		if ev.Type == "checkout.session.completed" {
+			if id, ok := ev.Data.Object["id"].(string); ok {
+				ids = append(ids, id)
+			}
+		}
+	}
+	if err := it.Err(); err != nil {
+		return ph, err
+	}
+	for _, id := range ids {
+		p := &stripe.CheckoutSessionParams{}
+		p.Context = ctx
+		p.AddExpand("line_items")
+		if _, err := sc.CheckoutSessions.Get(id, p); err != nil {
+			return ph, err
+		}
+	}
+	ph.Wall = time.Since(start)
+	counter.mu.Lock()
+	defer counter.mu.Unlock()
+	ph.Requests, ph.Status, ph.Limited = counter.requests, counter.status, counter.status["429"]
+	for _, n := range counter.requests {
+		ph.Total += n
+	}
+	return ph, nil
+}
+
+// Print writes the report for a person.
+func Print(w io.Writer, r *Report) {
+	c := r.Config
+	lat := "none"
+	if c.Latency > 0 {
+		lat = fmt.Sprintf("%s–%s", c.Latency-c.Jitter, c.Latency+c.Jitter)
+	}
+	fmt.Fprintf(w, "fulfilld bench: %d events holding %d paid sessions; latency %s; simulated Stripe limits %s global, %s per endpoint; fulfilld rate_limit %s (%d cores)\n",
+		c.Events, c.Sessions, lat, perSec(c.GlobalLimit), perSec(c.EndpointLimit), perSec(c.RateLimit), runtimeCPUs())
+	d := r.Daemon
+	fmt.Fprintf(w, "\ndaemon path (poller + fulfiller, stripe-go, pacing Transport, bbolt):\n")
+	fmt.Fprintf(w, "  wall time           %s\n", secs(d.Wall))
+	if r.Floor > 0 {
+		fmt.Fprintf(w, "  floor               %s  (%d list + %d retrieve calls at the limits above)\n", secs(r.Floor), r.Lists, r.Retrieves)
+		fmt.Fprintf(w, "  wall / floor        %.3f  (target ≤ 1.05)\n", d.Wall.Seconds()/r.Floor.Seconds())
+	}
+	if lists := d.Requests["GET /v1/events"]; c.Latency > 0 && lists > 0 {
+		chain := time.Duration(lists) * c.Latency
+		fmt.Fprintf(w, "  listing bound       %s  (%d list calls one after another × %s mean latency: the poller pages sequentially)\n",
+			secs(chain), lists, c.Latency)
+	}
+	fmt.Fprintf(w, "  requests            %s  (total %d)\n", byEndpoint(d.Requests), d.Total)
+	fmt.Fprintf(w, "  429s received       %d  (%.2f %% of requests; target ≤ 0.5 %%)\n", d.Limited, pct(d.Limited, d.Total))
+	fmt.Fprintf(w, "  server saw          %d requests, %d answered 429\n", d.Server.Total, d.Server.RateLimited)
+	fmt.Fprintf(w, "  fulfilled           %d of %d sessions, %d more than once\n", r.Fulfilled, c.Sessions, r.Doubled)
+	fmt.Fprintf(w, "  peak RSS            %s  (VmHWM%s; anonymous %s, the rest file-backed: the bbolt map)\n",
+		mib(d.Memory.Peak), resetNote(d.Memory), mib(d.Memory.PeakAnon))
+	if r.Docs != nil {
+		p := r.Docs
+		fmt.Fprintf(w, "\ndocs-literal loop (stripe-go list with auto-paging, then each session retrieved serially, line_items expanded):\n")
+		fmt.Fprintf(w, "  wall time           %s  (%d requests, %d answered 429)\n", secs(p.Wall), p.Total, p.Limited)
+		got := p.Wall.Seconds() / d.Wall.Seconds()
+		if r.Floor > 0 {
+			allowed := p.Wall.Seconds() / r.Floor.Seconds()
+			fmt.Fprintf(w, "  speed-up            %.2f×  (the floor allows %.2f×: %.1f %% of it; target ≥ 95 %%)\n", got, allowed, 100*got/allowed)
+		} else {
+			fmt.Fprintf(w, "  speed-up            %.2f×\n", got)
+		}
+	}
+	if r.Ceiling != nil {
+		p := r.Ceiling
+		fmt.Fprintf(w, "\nlocal ceiling (no latency, no limits; poll only: dedupe + durable enqueue):\n")
+		fmt.Fprintf(w, "  %d events in %s = %.0f events/s  (peak RSS %s, anonymous %s)\n",
+			p.Listed, secs(p.Wall), r.CeilingEPS, mib(p.Memory.Peak), mib(p.Memory.PeakAnon))
+	}
+}
+
+func perSec(v float64) string {
+	if v <= 0 {
+		return "unlimited"
+	}
+	return fmt.Sprintf("%g/s", v)
+}
+
+func secs(d time.Duration) string { return fmt.Sprintf("%.1fs", d.Seconds()) }
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+func pct(n, total int64) float64 {
+	if total == 0 {
+		return 0
+	}
+	return 100 * float64(n) / float64(total)
+}
+
+func resetNote(m Memory) string {
+	if m.Reset {
+		return " of this phase"
+	}
+	return " of the whole process"
+}
+
+func byEndpoint(m map[string]int64) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s %d", k, m[k])
+	}
+	return strings.Join(parts, ", ")
+}
+
+func runtimeCPUs() int { return runtime.NumCPU() }
+
+// countingTransport counts the docs loop's requests by endpoint and status,
+// the way the daemon's Transport does, without pacing or retrying them.
+type countingTransport struct {
+	base     http.RoundTripper
+	mu       sync.Mutex
+	requests map[string]int64
+	status   map[string]int64
+}
+
+func (t *countingTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	resp, err := t.base.RoundTrip(req)
+	key := "error"
+	if resp != nil {
+		key = strconv.Itoa(resp.StatusCode)
+	}
+	t.mu.Lock()
+	t.requests[stripeapi.Endpoint(req.Method, req.URL.Path)]++
+	t.status[key]++
+	t.mu.Unlock()
+	return resp, err
+}
