@@ -62,10 +62,12 @@ type Fulfiller struct {
 	claims map[string]chan struct{}
 }
 
-// DefaultBackoff doubles from 10 s to at most an hour, with jitter, so eight
-// attempts span about 40 minutes of an operator's endpoint being down.
+// DefaultBackoff doubles from 30 s to at most an hour, less up to a quarter
+// for jitter: with the default eight attempts the last comes 48-64 minutes
+// after the first, so an operator's endpoint may be down for most of an
+// hour before a session is dead-lettered.
 func DefaultBackoff(attempt int) time.Duration {
-	d := 10 * time.Second << min(max(attempt-1, 0), 12)
+	d := 30 * time.Second << min(max(attempt-1, 0), 12)
 	d = min(d, time.Hour)
 	return d - rand.N(d/4+1)
 }
@@ -209,7 +211,7 @@ func (f *Fulfiller) attempt(ctx context.Context, rec Record, st *stages) (Record
 	}
 	env := []string{
 		"FULFILLD_SESSION_ID=" + rec.SessionID,
-		"FULFILLD_EVENT_ID=" + rec.EventID,
+		"FULFILLD_EVENT_ID=" + rec.triggeringEvent(),
 		"FULFILLD_TRIGGER=" + rec.Trigger,
 		"FULFILLD_IDEMPOTENCY_KEY=" + rec.IdempotencyKey(),
 		"FULFILLD_ATTEMPT=" + strconv.Itoa(rec.Attempts),
@@ -408,8 +410,9 @@ func (f *Fulfiller) Run(ctx context.Context, opts RunOptions) (PassResult, error
 		db: f.DB, q: sessionQueue, now: f.now,
 		// Enough sessions in progress to keep both stages busy: a
 		// prefetch at most one fetch stage deep ahead of the actions.
-		slots: func() int { return st.fetch.size() + st.act.size() },
-		fatal: func(err error) bool { return errors.Is(err, stripeapi.ErrAuth) },
+		slots:  func() int { return st.fetch.size() + st.act.size() },
+		fatal:  func(err error) bool { return errors.Is(err, stripeapi.ErrAuth) },
+		logger: f.logger(),
 		process: func(ctx context.Context, id string) (outcome, error) {
 			rec, err := f.runQueued(ctx, id, st)
 			switch rec.State {

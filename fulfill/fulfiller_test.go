@@ -3,6 +3,7 @@ package fulfill
 import (
 	"context"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -112,5 +113,89 @@ func TestEventsDuringAnAttemptAreNotLost(t *testing.T) {
 				t.Fatalf("state %s after %d action runs, want %s after %d", rec.State, act.runs, tt.want, tt.runs)
 			}
 		})
+	}
+}
+
+// envAction records the FULFILLD_* environment of each attempt, and panics
+// when asked to.
+type envAction struct {
+	envs  []map[string]string
+	panic bool
+}
+
+func (a *envAction) Deliver(_ context.Context, d Delivery) (Outcome, error) {
+	if a.panic {
+		a.panic = false
+		panic("the action's code has a bug")
+	}
+	env := map[string]string{}
+	for _, kv := range d.Env {
+		k, v, _ := strings.Cut(kv, "=")
+		env[k] = v
+	}
+	a.envs = append(a.envs, env)
+	return Outcome{}, nil
+}
+
+// FULFILLD_EVENT_ID names the event that asked for the attempt, and is empty
+// when a person asked, even for a session an event queued first.
+func TestEventIDOnlyWhenAnEventAsked(t *testing.T) {
+	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+	for _, tt := range []struct {
+		trigger, wantEvent string
+	}{
+		{TriggerEvent, "evt_completed"},
+		{TriggerManual, ""},
+		{TriggerHTTP, ""},
+	} {
+		t.Run(tt.trigger, func(t *testing.T) {
+			db := openTestDB(t)
+			act := &envAction{}
+			f := &Fulfiller{DB: db, Sessions: &racingSource{answers: []string{"paid"}}, Action: act, MaxAttempts: 3,
+				Concurrency: 1, Now: func() time.Time { return now }}
+			if err := db.Update(func(tx *bbolt.Tx) error {
+				_, err := Enqueue(tx, Request{SessionID: "cs_1", EventID: "evt_completed", Trigger: TriggerEvent, At: now})
+				return err
+			}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := f.Fulfill(context.Background(), "cs_1", tt.trigger, ""); err != nil {
+				t.Fatal(err)
+			}
+			if len(act.envs) != 1 || act.envs[0]["FULFILLD_EVENT_ID"] != tt.wantEvent || act.envs[0]["FULFILLD_TRIGGER"] != tt.trigger {
+				t.Fatalf("environment %v, want FULFILLD_EVENT_ID=%q", act.envs, tt.wantEvent)
+			}
+		})
+	}
+}
+
+// A panic in one attempt does not stop the queue: the others are fulfilled
+// and the panicking one stays queued for another attempt.
+func TestPanicInOneAttemptDoesNotStopTheQueue(t *testing.T) {
+	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+	db := openTestDB(t)
+	act := &envAction{panic: true}
+	f := &Fulfiller{DB: db, Sessions: &racingSource{answers: []string{"paid"}}, Action: act, MaxAttempts: 3,
+		Concurrency: 1, Now: func() time.Time { return now }}
+	if err := db.Update(func(tx *bbolt.Tx) error {
+		for _, id := range []string{"cs_1", "cs_2", "cs_3"} {
+			if _, err := Enqueue(tx, Request{SessionID: id, EventID: "evt_" + id, Trigger: TriggerEvent, At: now}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	wake := make(chan struct{})
+	close(wake)
+	if _, err := f.Run(context.Background(), RunOptions{Wake: wake, UntilIdle: true}); err != nil {
+		t.Fatal(err)
+	}
+	if len(act.envs) != 2 {
+		t.Fatalf("%d sessions fulfilled after one attempt panicked, want the other 2", len(act.envs))
+	}
+	if n, err := f.Recover(); err != nil || n != 1 {
+		t.Fatalf("recover after the panic: %d in flight, %v; want the panicked one", n, err)
 	}
 }

@@ -69,6 +69,16 @@ func (r Record) IdempotencyKey() string { return IdempotencyKey(r.SessionID) }
 // IdempotencyKey derives a session's idempotency key.
 func IdempotencyKey(sessionID string) string { return "fulfilld-" + sessionID }
 
+// triggeringEvent is FULFILLD_EVENT_ID: the event that asked for this
+// attempt, empty when a person, the landing page or a sweep asked (the
+// record keeps the event that first queued the session either way).
+func (r Record) triggeringEvent() string {
+	if r.Trigger != TriggerEvent {
+		return ""
+	}
+	return r.EventID
+}
+
 // Ended reports whether the session will never be fulfilled by the queue.
 func (r Record) Ended() bool {
 	switch r.State {

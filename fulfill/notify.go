@@ -189,7 +189,7 @@ func (n *Notifier) Recover() (int, error) {
 
 // Run works the notify queue; see Fulfiller.Run.
 func (n *Notifier) Run(ctx context.Context, opts RunOptions) (PassResult, error) {
-	w := &worker{db: n.DB, q: notifyQueue, concurrency: n.Concurrency, now: n.now, process: n.attempt}
+	w := &worker{db: n.DB, q: notifyQueue, concurrency: n.Concurrency, now: n.now, process: n.attempt, logger: n.Logger}
 	return w.run(ctx, opts)
 }
 

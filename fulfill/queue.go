@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
 	"sync"
 	"time"
 
@@ -141,6 +144,23 @@ type worker struct {
 	// process attempts one item; a fatal error stops the run.
 	process func(ctx context.Context, id string) (outcome, error)
 	fatal   func(error) bool
+	logger  *slog.Logger
+}
+
+// safeProcess turns a panic in one attempt into that attempt's error: the
+// daemon goes on with the other items, and the item stays queued (an
+// attempt cut off while in flight is repeated, like after a crash).
+func (w *worker) safeProcess(ctx context.Context, id string) (o outcome, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("attempt for %s panicked: %v", id, r)
+			if w.logger != nil {
+				w.logger.Error("an attempt panicked; the item stays queued", "id", id, "panic", r, "stack", string(debug.Stack()))
+			}
+			o = outcomeOther
+		}
+	}()
+	return w.process(ctx, id)
 }
 
 func (w *worker) slotCount() int {
@@ -200,7 +220,7 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					o, err := w.process(attemptCtx, id)
+					o, err := w.safeProcess(attemptCtx, id)
 					mu.Lock()
 					res.Attempted++
 					switch o {
