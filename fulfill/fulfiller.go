@@ -177,6 +177,10 @@ func (f *Fulfiller) attempt(ctx context.Context, rec Record, st *stages) (Record
 		return rec, stop.Err()
 	case errors.Is(err, stripeapi.ErrAuth):
 		return rec, err
+	case errors.Is(err, stripeapi.ErrNotFound) && rec.Seq == 0 && rec.Attempts == 0:
+		// Asked for directly (a person, the landing page) and unknown to
+		// Stripe and to the ledger: a wrong id, not a dead letter.
+		return Record{}, err
 	case errors.Is(err, stripeapi.ErrNotFound):
 		log.Error("checkout session no longer exists in Stripe; marking it failed", "err", err)
 		rec.State, rec.LastError, rec.InFlight = StateFailed, err.Error(), false

@@ -68,8 +68,14 @@ func (d *daemon) adminHandler(work context.Context) http.Handler {
 	mux.HandleFunc("POST /fulfill/{id}", func(w http.ResponseWriter, r *http.Request) {
 		// On the daemon's context: the operator's Ctrl-C does not cut the
 		// action off half-way.
-		rec, err := d.ful.Fulfill(work, r.PathValue("id"), fulfill.TriggerManual, "")
-		writeAdmin(w, fulfillAnswer{Record: rec, Error: errString(err), Fatal: rec.SessionID == "" && err != nil})
+		id := r.PathValue("id")
+		rec, err := d.ful.Fulfill(work, id, fulfill.TriggerManual, "")
+		d.saveUsage(d.db, d.client)
+		if err != nil && rec.SessionID == "" {
+			adminFail(w, fulfillError(id, err))
+			return
+		}
+		writeAdmin(w, fulfillAnswer{Record: rec, Error: errString(err)})
 	})
 	mux.HandleFunc("POST /retry", func(w http.ResponseWriter, r *http.Request) {
 		var req retryRequest
@@ -92,6 +98,7 @@ func (d *daemon) adminHandler(work context.Context) http.Handler {
 			return
 		}
 		sw, err := d.rec.Sweep(work, since)
+		d.saveUsage(d.db, d.client)
 		if err != nil {
 			adminFail(w, err)
 			return
@@ -104,7 +111,6 @@ func (d *daemon) adminHandler(work context.Context) http.Handler {
 type fulfillAnswer struct {
 	Record fulfill.Record `json:"record"`
 	Error  string         `json:"error,omitempty"`
-	Fatal  bool           `json:"fatal,omitempty"`
 }
 
 type retryRequest struct {

@@ -602,6 +602,14 @@ func TestBadInputDoesNotStopThePass(t *testing.T) {
 	if unknown := h.fulfilld("status", "cs_test_nosuchsession"); unknown.code != 2 {
 		t.Errorf("status of an unknown session: exit %d, want 2:\n%s", unknown.code, unknown)
 	}
+	// A mistyped id given to fulfill is a usage error, not a dead letter.
+	failedBefore := h.fulfilld("status", "--json").stdout
+	if wrong := h.fulfilld("fulfill", "cs_test_nosuchsession"); wrong.code != 2 || !strings.Contains(wrong.stderr, "no checkout session") {
+		t.Errorf("fulfill of an id Stripe does not know: want exit 2 saying so:\n%s", wrong)
+	}
+	if st := h.fulfilld("status", "cs_test_nosuchsession"); st.code != 2 {
+		t.Errorf("fulfill of an unknown id left a record:\n%s\n(before: %s)", st, failedBefore)
+	}
 }
 
 // TestVersion: `version` names what an operator needs for a bug report.

@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/stripeapi"
 )
 
 func (a *app) fulfillCommand() *cobra.Command {
@@ -57,9 +58,6 @@ func (a *app) fulfillOne(ctx context.Context, id string) (rec fulfill.Record, fe
 		}
 		if ans.Error != "" {
 			ferr = errors.New(ans.Error)
-			if ans.Fatal {
-				return rec, nil, &exitError{code: exitFailure, err: ferr}
-			}
 		}
 		return ans.Record, ferr, nil
 	}
@@ -78,9 +76,18 @@ func (a *app) fulfillOne(ctx context.Context, id string) (rec fulfill.Record, fe
 	defer a.saveUsage(db, client)
 	rec, ferr = a.fulfiller(db, client).Fulfill(ctx, id, fulfill.TriggerManual, "")
 	if ferr != nil && rec.SessionID == "" {
-		return rec, nil, authHint(ferr)
+		return rec, nil, fulfillError(id, ferr)
 	}
 	return rec, ferr, nil
+}
+
+// fulfillError explains a fulfill that left no record: a wrong id is
+// usage; a rejected key or Stripe being down is a runtime failure.
+func fulfillError(id string, err error) error {
+	if errors.Is(err, stripeapi.ErrNotFound) {
+		return usagef("fulfill: Stripe has no checkout session %s (check the id and the key's account or mode)", id)
+	}
+	return authHint(err)
 }
 
 func (a *app) retryCommand() *cobra.Command {

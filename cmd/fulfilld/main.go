@@ -25,10 +25,19 @@ const (
 )
 
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	// After the first signal, restore the default handling so that a second
-	// one forces the process down.
-	context.AfterFunc(ctx, stop)
+	// The first SIGTERM or SIGINT stops scheduling and lets running actions
+	// finish; a second one exits at once (attempts cut off are repeated on
+	// the next start, with the same idempotency keys).
+	ctx, cancel := context.WithCancel(context.Background())
+	signals := make(chan os.Signal, 2)
+	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		<-signals
+		cancel()
+		<-signals
+		fmt.Fprintln(os.Stderr, "fulfilld: second signal: exiting now; attempts in flight are repeated on the next start")
+		os.Exit(exitFailure)
+	}()
 	os.Exit(Main(ctx, os.Args[1:], os.Stdout, os.Stderr))
 }
 

@@ -42,6 +42,9 @@ func New(db *bbolt.DB, now func() time.Time) *Metrics {
 	if now == nil {
 		now = time.Now
 	}
+	for _, outcome := range []string{"ok", "error"} {
+		m.polls.WithLabelValues(outcome) // present at 0 before the first poll
+	}
 	m.Registry.MustRegister(m.polls, m.actionDuration, &storeCollector{db: db, now: now},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
