@@ -304,24 +304,13 @@ func (f *Fulfiller) settleUnpaid(rec Record, sess *stripeapi.Session) (Record, e
 // inFlightLease parks a running attempt's queue entry.
 const inFlightLease = 24 * time.Hour
 
-// Recover makes attempts that a crash cut off due now. Call it once at
-// start, before Run; only this process could have been running them.
+// Recover puts attempts that a crash cut off first in the queue. Call it
+// once at start, before Run.
 func (f *Fulfiller) Recover() (int, error) {
-	n := 0
-	err := f.DB.Update(func(tx *bbolt.Tx) error {
-		for _, id := range sessionQueue.ids(tx) {
-			rec, ok, err := Get(tx, id)
-			if err != nil || !ok || !rec.InFlight {
-				continue
-			}
-			if err := sessionQueue.schedule(tx, id, f.now()); err != nil {
-				return err
-			}
-			n++
-		}
-		return nil
+	return sessionQueue.recoverCutOff(f.DB, func(tx *bbolt.Tx, id string) bool {
+		rec, ok, err := Get(tx, id)
+		return err == nil && ok && rec.InFlight
 	})
-	return n, err
 }
 
 func (f *Fulfiller) backoff(attempt int) time.Duration {
@@ -340,10 +329,7 @@ func (f *Fulfiller) save(rec Record, next time.Time) error {
 		if err := put(tx, rec); err != nil {
 			return err
 		}
-		if next.IsZero() {
-			return sessionQueue.remove(tx, rec.SessionID)
-		}
-		return sessionQueue.schedule(tx, rec.SessionID, next)
+		return sessionQueue.place(tx, rec.SessionID, next)
 	})
 }
 

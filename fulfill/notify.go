@@ -168,23 +168,12 @@ func (n *Notifier) now() time.Time {
 	return time.Now()
 }
 
-// Recover makes deliveries that a crash cut off due now.
+// Recover puts deliveries that a crash cut off first in the queue.
 func (n *Notifier) Recover() (int, error) {
-	count := 0
-	err := n.DB.Update(func(tx *bbolt.Tx) error {
-		for _, id := range notifyQueue.ids(tx) {
-			rec, ok, err := GetNotification(tx, id)
-			if err != nil || !ok || !rec.InFlight {
-				continue
-			}
-			if err := notifyQueue.schedule(tx, id, n.now()); err != nil {
-				return err
-			}
-			count++
-		}
-		return nil
+	return notifyQueue.recoverCutOff(n.DB, func(tx *bbolt.Tx, id string) bool {
+		rec, ok, err := GetNotification(tx, id)
+		return err == nil && ok && rec.InFlight
 	})
-	return count, err
 }
 
 // Run works the notify queue; see Fulfiller.Run.
@@ -255,9 +244,6 @@ func (n *Notifier) save(rec Notification, next time.Time) error {
 		if err := putNotification(tx, rec); err != nil {
 			return err
 		}
-		if next.IsZero() {
-			return notifyQueue.remove(tx, rec.EventID)
-		}
-		return notifyQueue.schedule(tx, rec.EventID, next)
+		return notifyQueue.place(tx, rec.EventID, next)
 	})
 }

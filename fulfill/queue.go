@@ -37,6 +37,36 @@ func (q queue) schedule(tx *bbolt.Tx, id string, due time.Time) error {
 	return tx.Bucket(q.index).Put([]byte(id), key)
 }
 
+// place puts id in the queue due at next, or takes it out when next is
+// zero.
+func (q queue) place(tx *bbolt.Tx, id string, next time.Time) error {
+	if next.IsZero() {
+		return q.remove(tx, id)
+	}
+	return q.schedule(tx, id, next)
+}
+
+// recoverCutOff moves the items whose attempt a crash cut off (inFlight
+// says which) to the front of the queue: they were already being worked
+// on, so they go before the backlog. Only the process holding the store can
+// have been running them, so call it once at start.
+func (q queue) recoverCutOff(db *bbolt.DB, inFlight func(tx *bbolt.Tx, id string) bool) (int, error) {
+	n := 0
+	err := db.Update(func(tx *bbolt.Tx) error {
+		for _, id := range q.ids(tx) {
+			if !inFlight(tx, id) {
+				continue
+			}
+			if err := q.schedule(tx, id, time.Unix(0, 0)); err != nil {
+				return err
+			}
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
 func (q queue) remove(tx *bbolt.Tx, id string) error {
 	idx := tx.Bucket(q.index)
 	old := idx.Get([]byte(id))
