@@ -337,6 +337,13 @@ func TestSecretsNeverAppear(t *testing.T) {
 		if err := webhook.ValidatePayload(body, r.Header.Get("Stripe-Signature"), secret); err != nil {
 			problems = append(problems, "signature: "+err.Error())
 		}
+		// Webhook handlers built on ConstructEventWithOptions verify it too;
+		// the body is a Checkout Session, not an Event, so it carries no
+		// api_version to match.
+		if _, err := webhook.ConstructEventWithOptions(body, r.Header.Get("Stripe-Signature"), secret,
+			webhook.ConstructEventOptions{IgnoreAPIVersionMismatch: true}); err != nil {
+			problems = append(problems, "ConstructEventWithOptions: "+err.Error())
+		}
 		if err := json.Unmarshal(body, &sess); err != nil {
 			problems = append(problems, "body: "+err.Error())
 		}
