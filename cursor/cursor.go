@@ -20,6 +20,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -42,8 +43,18 @@ var (
 type Position struct {
 	Settled time.Time `json:"complete_until"`
 	Tip     time.Time `json:"tip"`
-	// Scan is the slice of the re-scan in progress, so that a restart resumes
-	// it after the last committed page instead of listing it again.
+	// Scans are the re-scan slices in progress, oldest first, each with its
+	// page position, so that a restart resumes every one of them after its
+	// last committed page instead of listing it again.
+	Scans []Slice `json:"scans,omitempty"`
+	// Rescanned are ranges after Settled that the re-scan listed completely
+	// while a slice before them was still in progress: Settled moves over
+	// them once everything before them is listed too.
+	Rescanned []Range `json:"rescanned,omitempty"`
+	// Scan is the oldest slice in progress. Load and Save derive it from
+	// Scans: status shows it, and a version that knew a single slice
+	// resumes it (Settled is behind every slice, so nothing is skipped).
+	// Load reads a lone scan written by such a version into Scans.
 	Scan *Slice `json:"scan,omitempty"`
 	// AgedOut is a time the stream could not list because the cursor fell
 	// past Stripe's 30-day retention; a reconciliation sweep covers it.
@@ -58,6 +69,80 @@ type Range struct {
 
 // IsZero reports whether the stream was never started.
 func (p Position) IsZero() bool { return p.Settled.IsZero() }
+
+// Record notes the progress of one re-scan slice, known by its range: its
+// page position when done is false, or that it is completely listed. Settled
+// then moves over every completely listed range that joins it, and never
+// over a slice in progress or a range not listed yet. It reports whether
+// Settled moved.
+func (p *Position) Record(s Slice, done bool) bool {
+	p.Scans = slices.DeleteFunc(p.Scans, func(o Slice) bool { return o.From.Equal(s.From) && o.To.Equal(s.To) })
+	if done {
+		p.Rescanned = append(p.Rescanned, Range{From: s.From, To: s.To})
+	} else {
+		p.Scans = append(p.Scans, s)
+	}
+	return p.settle()
+}
+
+// Clone is a copy that shares nothing with p.
+func (p Position) Clone() Position {
+	p.Scans = slices.Clone(p.Scans)
+	p.Rescanned = slices.Clone(p.Rescanned)
+	if p.Scan != nil {
+		s := *p.Scan
+		p.Scan = &s
+	}
+	if p.AgedOut != nil {
+		r := *p.AgedOut
+		p.AgedOut = &r
+	}
+	return p
+}
+
+// ResetScan forgets the re-scan's progress: it starts again from Settled.
+func (p *Position) ResetScan() {
+	p.Scans, p.Rescanned, p.Scan = nil, nil, nil
+}
+
+// settle merges the completely listed ranges, moves Settled over those that
+// join it, drops what falls behind it and derives Scan.
+func (p *Position) settle() bool {
+	before := p.Settled
+	slices.SortFunc(p.Rescanned, func(a, b Range) int { return a.From.Compare(b.From) })
+	var merged []Range
+	for _, r := range p.Rescanned {
+		if n := len(merged); n > 0 && !r.From.After(merged[n-1].To) {
+			if r.To.After(merged[n-1].To) {
+				merged[n-1].To = r.To
+			}
+			continue
+		}
+		merged = append(merged, r)
+	}
+	p.Rescanned = merged[:0]
+	for _, r := range merged {
+		if r.From.After(p.Settled) {
+			p.Rescanned = append(p.Rescanned, r)
+		} else if r.To.After(p.Settled) {
+			p.Settled = r.To
+		}
+	}
+	if len(p.Rescanned) == 0 {
+		p.Rescanned = nil
+	}
+	p.Scans = slices.DeleteFunc(p.Scans, func(s Slice) bool { return !s.To.After(p.Settled) })
+	slices.SortFunc(p.Scans, func(a, b Slice) int { return a.From.Compare(b.From) })
+	if len(p.Scans) == 0 {
+		p.Scans = nil
+	}
+	p.Scan = nil
+	if len(p.Scans) > 0 {
+		oldest := p.Scans[0]
+		p.Scan = &oldest
+	}
+	return !p.Settled.Equal(before)
+}
 
 // Slice is one time range of the re-scan being listed newest-first.
 type Slice struct {
@@ -101,12 +186,21 @@ func Init(tx *bbolt.Tx) error {
 // Load reads the position; a zero Position means the stream never started.
 func Load(tx *bbolt.Tx) (Position, error) {
 	var p Position
-	err := getJSON(tx, bucketCursor, keyPosition, &p)
-	return p, err
+	if err := getJSON(tx, bucketCursor, keyPosition, &p); err != nil {
+		return p, err
+	}
+	if len(p.Scans) == 0 && p.Scan != nil {
+		p.Scans = []Slice{*p.Scan}
+	}
+	p.settle()
+	return p, nil
 }
 
 // Save records the position.
 func Save(tx *bbolt.Tx, p Position) error {
+	p.Scans = slices.Clone(p.Scans)
+	p.Rescanned = slices.Clone(p.Rescanned)
+	p.settle()
 	return putJSON(tx, bucketCursor, keyPosition, p)
 }
 

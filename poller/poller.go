@@ -9,7 +9,13 @@
 // eventually consistent — is caught there. Every page is committed in one
 // bbolt transaction with the events it queued, so the cursor never passes an
 // event that is not durably queued, and a restart re-lists at most the page
-// in progress (the re-scan keeps its page position) or the tip window.
+// in progress of each slice (the re-scan keeps every slice's page position)
+// or the tip window.
+//
+// A backfill is bound by latency when it lists one page after the other, so
+// the re-scan lists several slices at once, as many as the EventSource says
+// are worth having in flight. Slices complete in any order; Settled moves
+// only over the completely listed prefix.
 package poller
 
 import (
@@ -18,7 +24,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -62,10 +70,23 @@ const (
 	OutcomeMalformed = "malformed" // could not be read as its type promised
 )
 
-// EventSource lists one page of events.
+// EventSource lists one page of events. It must be safe for concurrent use
+// when it offers ListConcurrency.
 type EventSource interface {
 	ListEvents(ctx context.Context, q stripeapi.EventQuery) (stripeapi.EventPage, error)
 }
+
+// ConcurrentSource is an EventSource that says how many listings are worth
+// having in flight at once (the request budget times the latency observed);
+// the re-scan lists that many slices at once. Without it, one.
+type ConcurrentSource interface {
+	EventSource
+	ListConcurrency() int
+}
+
+// maxListConcurrency bounds the slices listed at once: past the request
+// budget, more would only wait at the pacer.
+const maxListConcurrency = 8
 
 // Poller reads the event stream into the store.
 type Poller struct {
@@ -89,12 +110,16 @@ type Poller struct {
 	// Notify queues a notification for each payment-failure event
 	// (fulfill.NotifyTypes), once per event id.
 	Notify bool
-	// Progress, when set, is told about each committed page.
+	// Progress, when set, is told about each committed page, from one
+	// goroutine at a time.
 	Progress func(Progress)
 	// DryRun lists and reports without writing anything: the position is
 	// kept in memory.
 	DryRun bool
+
+	mu     sync.Mutex // guards dryPos
 	dryPos cursor.Position
+	resMu  sync.Mutex // guards a pass's Result and serializes Progress
 	// tipCovered is where this process's first tip listing began: an event
 	// created after it that only the re-scan finds was listed late.
 	tipCovered time.Time
@@ -154,11 +179,14 @@ func (p *Poller) Start(since time.Time) (cursor.Position, error) {
 		case !since.IsZero() && since.Before(pos.Settled):
 			p.log().Info("backfilling behind the cursor; events already handled are skipped",
 				"since", since.Format(time.RFC3339), "complete_until", pos.Settled.Format(time.RFC3339))
-			pos.Settled, pos.Scan = since, nil
+			pos.Settled = since
+			pos.ResetScan()
 		}
 		p.clampRetention(&pos, now)
 		if p.DryRun {
+			p.mu.Lock()
 			p.dryPos = pos
+			p.mu.Unlock()
 			return nil
 		}
 		return cursor.Save(tx, pos)
@@ -172,10 +200,10 @@ func (p *Poller) Start(since time.Time) (cursor.Position, error) {
 // clampRetention moves a cursor that fell behind Stripe's retention to the
 // edge of it, and says so: those events can no longer be listed.
 func (p *Poller) clampRetention(pos *cursor.Position, now time.Time) bool {
-	edge := RetentionEdge(now)
-	if !pos.Settled.Before(edge.Add(-retentionTolerance)) {
+	if !agedOut(*pos, now) {
 		return false
 	}
+	edge := RetentionEdge(now)
 	p.log().Error("the cursor is past Stripe's 30-day event retention: events in between cannot be listed; "+
 		"moving the cursor to the horizon and sweeping the sessions of that time instead",
 		"complete_until", pos.Settled.Format(time.RFC3339), "moved_to", edge.Format(time.RFC3339))
@@ -183,11 +211,17 @@ func (p *Poller) clampRetention(pos *cursor.Position, now time.Time) bool {
 	if pos.AgedOut != nil && pos.AgedOut.From.Before(gap.From) {
 		gap.From = pos.AgedOut.From
 	}
-	pos.Settled, pos.Scan, pos.AgedOut = edge, nil, &gap
+	pos.Settled, pos.AgedOut = edge, &gap
+	pos.ResetScan()
 	if pos.Tip.Before(edge) {
 		pos.Tip = time.Time{}
 	}
 	return true
+}
+
+// agedOut reports whether the position fell past what Stripe still lists.
+func agedOut(pos cursor.Position, now time.Time) bool {
+	return pos.Settled.Before(RetentionEdge(now).Add(-retentionTolerance))
 }
 
 // Poll runs one pass: the tip, then the re-scan. complete forces the re-scan
@@ -195,7 +229,7 @@ func (p *Poller) clampRetention(pos *cursor.Position, now time.Time) bool {
 func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
 	start := p.now()
 	res, err := p.poll(ctx, complete)
-	if p.DryRun || errors.Is(err, context.Canceled) {
+	if p.DryRun || ctx.Err() != nil { // a shutdown is not a failed poll
 		return res, err
 	}
 	info := cursor.Poll{At: start, Outcome: "ok", Duration: p.now().Sub(start), Listed: res.Listed, New: res.New}
@@ -220,17 +254,22 @@ func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
 
 func (p *Poller) poll(ctx context.Context, complete bool) (Result, error) {
 	var res Result
-	pos := p.dryPos
-	if !p.DryRun {
-		if err := p.DB.View(func(tx *bbolt.Tx) (err error) { pos, err = cursor.Load(tx); return err }); err != nil {
-			return res, err
-		}
+	pos, err := p.load()
+	if err != nil {
+		return res, err
 	}
 	if pos.IsZero() {
 		return res, errors.New("poll: the cursor was not started")
 	}
 	now := p.now()
-	p.clampRetention(&pos, now)
+	if agedOut(pos, now) {
+		if _, err := p.clampStored(now); err != nil {
+			return res, fmt.Errorf("move the cursor to the retention horizon: %w", err)
+		}
+		if pos, err = p.load(); err != nil {
+			return res, err
+		}
+	}
 
 	// The tip: everything since the previous pass, at most lookback back.
 	tipFrom := maxTime(pos.Tip, pos.Settled, now.Add(-p.Lookback))
@@ -243,10 +282,13 @@ func (p *Poller) poll(ctx context.Context, complete bool) (Result, error) {
 		if err != nil {
 			return res, fmt.Errorf("list events since %s: %w", tipFrom.UTC().Format(time.RFC3339), err)
 		}
-		if !page.HasMore {
-			pos.Tip = now
-		}
-		if err := p.commit(&res, page, pos, "tip", now); err != nil {
+		last := !page.HasMore
+		if err := p.commit(&res, page, "tip", now, func(pos *cursor.Position) bool {
+			if last {
+				pos.Tip = now
+			}
+			return false
+		}); err != nil {
 			return res, err
 		}
 		if !page.HasMore || len(page.Events) == 0 {
@@ -257,7 +299,6 @@ func (p *Poller) poll(ctx context.Context, complete bool) (Result, error) {
 
 	// The re-scan: what is now old enough that no late event can still
 	// appear in it.
-	horizon := now.Add(-p.Lookback)
 	minRescan := p.MinRescan
 	if minRescan == 0 {
 		minRescan = p.Lookback / 5
@@ -265,51 +306,221 @@ func (p *Poller) poll(ctx context.Context, complete bool) (Result, error) {
 	if complete {
 		minRescan = 0
 	}
+	if err := p.rescan(ctx, &res, now.Add(-p.Lookback), minRescan); err != nil {
+		return res, err
+	}
+	res.Position, err = p.load()
+	return res, err
+}
+
+// errReplan ends a round of the re-scan whose plan no longer holds: the
+// cursor was moved to the retention horizon under it.
+var errReplan = errors.New("re-scan plan overtaken by the retention horizon")
+
+// rescan lists [Settled, horizon) once more, in slices, as many at a time as
+// the source suggests.
+func (p *Poller) rescan(ctx context.Context, res *Result, horizon time.Time, minRescan time.Duration) error {
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if err := p.rescanRound(ctx, res, horizon, minRescan); !errors.Is(err, errReplan) {
+			return err
+		}
+	}
+}
+
+// rescanRound hands slices to workers, at most ListConcurrency at a time,
+// until the plan has none left or a slice fails. Each worker commits its own
+// pages; the stored position merges them. After a failure no slice starts,
+// the others are cancelled, and the round returns once all have stopped.
+func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time, minRescan time.Duration) error {
+	pos, err := p.load()
+	if err != nil {
+		return err
+	}
 	sliceLen := p.SliceLen
 	if sliceLen == 0 {
 		sliceLen = time.Hour
 	}
-	if pos.Scan != nil {
-		sliceLen = pos.Scan.To.Sub(pos.Scan.From)
+	plan := newPlan(pos, horizon, sliceLen, minRescan, p.listConcurrency())
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type listed struct {
+		slice cursor.Slice
+		pages int
+		err   error
 	}
+	results := make(chan listed)
+	inFlight := 0
+	var stop error // the first failure
 	for {
-		if pos.Scan == nil {
-			if !pos.Settled.Before(horizon) || horizon.Sub(pos.Settled) < minRescan {
+		for stop == nil && inFlight < p.listConcurrency() {
+			s, ok := plan.next()
+			if !ok {
 				break
 			}
-			pos.Scan = &cursor.Slice{From: pos.Settled, To: minTime(pos.Settled.Add(sliceLen), horizon)}
+			inFlight++
+			go func() {
+				pages, err := p.listSlice(ctx, res, s, horizon)
+				results <- listed{slice: s, pages: pages, err: err}
+			}()
 		}
-		scan := *pos.Scan
-		page, err := p.Events.ListEvents(ctx, stripeapi.EventQuery{
-			Types: p.Types, CreatedGTE: scan.From, CreatedLT: scan.To, StartingAfter: scan.StartingAfter,
-		})
-		if errors.Is(err, stripeapi.ErrAgedOut) {
-			p.log().Warn("the re-scan's page position aged out of Stripe's retention; restarting the slice", "err", err)
-			pos.Scan = nil
-			if !p.clampRetention(&pos, p.now()) {
-				pos.Scan = &cursor.Slice{From: scan.From, To: scan.To}
+		if inFlight == 0 {
+			return stop
+		}
+		r := <-results
+		inFlight--
+		switch {
+		case r.err == nil:
+			plan.done(r.pages)
+		case stop != nil:
+			// Stopping already; this one was most likely cancelled.
+		case errors.Is(r.err, stripeapi.ErrAgedOut):
+			p.log().Warn("a re-scan slice's page position aged out of Stripe's retention; restarting the slice", "err", r.err)
+			clamped, err := p.clampStored(p.now())
+			switch {
+			case err != nil:
+				stop = fmt.Errorf("move the cursor to the retention horizon: %w", err)
+				cancel()
+			case clamped:
+				stop = errReplan
+				cancel()
+			default:
+				plan.retry(cursor.Slice{From: r.slice.From, To: r.slice.To})
 			}
-			continue
-		}
-		if err != nil {
-			return res, fmt.Errorf("re-scan events %s to %s: %w",
-				scan.From.UTC().Format(time.RFC3339), scan.To.UTC().Format(time.RFC3339), err)
-		}
-		next := scan
-		next.Pages++
-		if page.HasMore && len(page.Events) > 0 {
-			next.StartingAfter = page.Events[len(page.Events)-1].ID
-			pos.Scan = &next
-		} else {
-			pos.Settled, pos.Scan = scan.To, nil
-			sliceLen = adaptSlice(sliceLen, next.Pages)
-		}
-		if err := p.commit(&res, page, pos, "rescan", horizon); err != nil {
-			return res, err
+		default:
+			stop = r.err
+			cancel()
 		}
 	}
-	res.Position = pos
-	return res, nil
+}
+
+// listSlice lists one slice of the re-scan page by page from its page
+// position, committing each page with the slice's progress. It returns how
+// many pages the slice took.
+func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, horizon time.Time) (int, error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return s.Pages, err
+		}
+		page, err := p.Events.ListEvents(ctx, stripeapi.EventQuery{
+			Types: p.Types, CreatedGTE: s.From, CreatedLT: s.To, StartingAfter: s.StartingAfter,
+		})
+		if err != nil {
+			return s.Pages, fmt.Errorf("re-scan events %s to %s: %w",
+				s.From.UTC().Format(time.RFC3339), s.To.UTC().Format(time.RFC3339), err)
+		}
+		next := s
+		next.Pages++
+		done := !page.HasMore || len(page.Events) == 0
+		if !done {
+			next.StartingAfter = page.Events[len(page.Events)-1].ID
+		}
+		if err := p.commit(res, page, "rescan", horizon, func(pos *cursor.Position) bool {
+			return pos.Record(next, done)
+		}); err != nil {
+			return next.Pages, err
+		}
+		if done {
+			return next.Pages, nil
+		}
+		s = next
+	}
+}
+
+// listConcurrency is how many slices to list at once.
+func (p *Poller) listConcurrency() int {
+	n := 1
+	if c, ok := p.Events.(ConcurrentSource); ok {
+		n = c.ListConcurrency()
+	}
+	return min(max(n, 1), maxListConcurrency)
+}
+
+// plan hands out the slices of one re-scan round, oldest first: those a
+// previous pass left in progress, then the first range from Settled that no
+// slice covers yet, planned ahead of the ones still being listed.
+type plan struct {
+	resume    []cursor.Slice
+	covered   []cursor.Range // sorted and merged: listed, in progress or handed out
+	from      time.Time      // Settled when the round began
+	horizon   time.Time
+	sliceLen  time.Duration
+	minRescan time.Duration
+}
+
+func newPlan(pos cursor.Position, horizon time.Time, sliceLen, minRescan time.Duration, n int) *plan {
+	pl := &plan{resume: slices.Clone(pos.Scans), from: pos.Settled, horizon: horizon, sliceLen: sliceLen, minRescan: minRescan}
+	frontier := pos.Settled
+	if len(pos.Scans) > 0 {
+		pl.sliceLen = 0 // as long as the slices in progress
+	}
+	for _, s := range pos.Scans {
+		pl.sliceLen = max(pl.sliceLen, s.To.Sub(s.From))
+		pl.cover(cursor.Range{From: s.From, To: s.To})
+		frontier = maxTime(frontier, s.To)
+	}
+	for _, r := range pos.Rescanned {
+		pl.cover(r)
+		frontier = maxTime(frontier, r.To)
+	}
+	// Listing n slices at once needs n slices: a range that would take
+	// fewer is cut into n instead. A quiet range costs a request or so per
+	// slice more; a busy one is listed n times sooner.
+	if rest := horizon.Sub(frontier); n > 1 && rest > pl.sliceLen {
+		pl.sliceLen = min(pl.sliceLen, max((rest/time.Duration(n)).Truncate(time.Second), minSlice))
+	}
+	return pl
+}
+
+// next is the next slice to list, if any.
+func (pl *plan) next() (cursor.Slice, bool) {
+	if len(pl.resume) > 0 {
+		s := pl.resume[0]
+		pl.resume = pl.resume[1:]
+		return s, true
+	}
+	from, to, tail := pl.from, pl.horizon, true
+	for _, r := range pl.covered {
+		if r.From.After(from) {
+			to, tail = minTime(r.From, pl.horizon), false
+			break
+		}
+		from = maxTime(from, r.To)
+	}
+	if !from.Before(to) || tail && pl.horizon.Sub(from) < pl.minRescan {
+		return cursor.Slice{}, false
+	}
+	s := cursor.Slice{From: from, To: minTime(from.Add(pl.sliceLen), to)}
+	pl.cover(cursor.Range{From: s.From, To: s.To})
+	return s, true
+}
+
+// retry hands out a slice once more, from its first page.
+func (pl *plan) retry(s cursor.Slice) {
+	pl.resume = append([]cursor.Slice{s}, pl.resume...)
+}
+
+// done adapts the length of the slices planned next to how many pages a
+// finished one took.
+func (pl *plan) done(pages int) {
+	pl.sliceLen = adaptSlice(pl.sliceLen, pages)
+}
+
+func (pl *plan) cover(r cursor.Range) {
+	i, _ := slices.BinarySearchFunc(pl.covered, r, func(a, b cursor.Range) int { return a.From.Compare(b.From) })
+	c := slices.Insert(pl.covered, i, r)
+	merged := c[:0]
+	for _, r := range c {
+		if n := len(merged); n > 0 && !r.From.After(merged[n-1].To) {
+			merged[n-1].To = maxTime(merged[n-1].To, r.To)
+			continue
+		}
+		merged = append(merged, r)
+	}
+	pl.covered = merged
 }
 
 // Bounds of an adapted re-scan slice.
@@ -330,12 +541,13 @@ func adaptSlice(cur time.Duration, pages int) time.Duration {
 	return cur
 }
 
-// commit records one page and the position after it in one transaction.
-func (p *Poller) commit(res *Result, page stripeapi.EventPage, pos cursor.Position, phase string, target time.Time) error {
-	res.Pages++
-	res.Listed += len(page.Events)
+// commit records one page and the position change after it in one
+// transaction. move changes the position as it stands in the store — other
+// slices commit their pages in between — and reports whether Settled moved.
+func (p *Poller) commit(res *Result, page stripeapi.EventPage, phase string, target time.Time, move func(*cursor.Position) bool) error {
 	now := p.now()
 	queued, fresh, notified, late := 0, 0, 0, 0
+	var settled time.Time
 	counts := map[[2]string]int{}
 	apply := func(tx *bbolt.Tx) error {
 		for _, ev := range page.Events {
@@ -371,40 +583,86 @@ func (p *Poller) commit(res *Result, page stripeapi.EventPage, pos cursor.Positi
 			}
 		}
 		if p.DryRun {
+			p.mu.Lock()
+			move(&p.dryPos)
+			settled = p.dryPos.Settled
+			p.mu.Unlock()
 			return nil
 		}
 		if err := cursor.Count(tx, counts); err != nil {
 			return err
 		}
-		if pos.Scan == nil && phase == "rescan" {
+		pos, err := cursor.Load(tx)
+		if err != nil {
+			return err
+		}
+		if move(&pos) {
 			if _, err := cursor.Prune(tx, pos.Settled.Add(-p.Lookback-pruneMargin)); err != nil {
 				return fmt.Errorf("prune seen events: %w", err)
 			}
 		}
+		settled = pos.Settled
 		return cursor.Save(tx, pos)
 	}
 	var err error
 	if p.DryRun {
 		err = p.DB.View(apply)
-		p.dryPos = pos
 	} else {
 		err = p.update(apply)
 	}
 	if err != nil {
 		return fmt.Errorf("commit page: %w", err)
 	}
-	res.New += fresh
-	res.Queued += queued
 	if late > 0 {
 		p.log().Info("the re-scan found events Stripe listed late (after the tip had passed them); handled now", "events", late)
 	}
 	if queued+notified > 0 && p.Wake != nil {
 		p.Wake()
 	}
+	p.resMu.Lock()
+	defer p.resMu.Unlock()
+	res.Pages++
+	res.Listed += len(page.Events)
+	res.New += fresh
+	res.Queued += queued
 	if p.Progress != nil {
-		p.Progress(Progress{Phase: phase, Listed: res.Listed, Queued: res.Queued, Settled: pos.Settled, Target: target})
+		p.Progress(Progress{Phase: phase, Listed: res.Listed, Queued: res.Queued, Settled: settled, Target: target})
 	}
 	return nil
+}
+
+// load reads the position: the stored one, or the dry run's.
+func (p *Poller) load() (cursor.Position, error) {
+	if p.DryRun {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.dryPos.Clone(), nil
+	}
+	var pos cursor.Position
+	err := p.DB.View(func(tx *bbolt.Tx) (err error) { pos, err = cursor.Load(tx); return err })
+	return pos, err
+}
+
+// clampStored moves the position to the retention horizon when it fell
+// behind it (see clampRetention), and reports whether it did.
+func (p *Poller) clampStored(now time.Time) (bool, error) {
+	if p.DryRun {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		return p.clampRetention(&p.dryPos, now), nil
+	}
+	clamped := false
+	err := p.update(func(tx *bbolt.Tx) error {
+		pos, err := cursor.Load(tx)
+		if err != nil {
+			return err
+		}
+		if clamped = p.clampRetention(&pos, now); !clamped {
+			return nil
+		}
+		return cursor.Save(tx, pos)
+	})
+	return clamped, err
 }
 
 // typeLabel bounds the set of counter keys an odd event can create.

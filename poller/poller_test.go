@@ -126,7 +126,7 @@ func TestBackfillFulfillsEachPaidSessionOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	pos := h.position()
-	if want := t0.Add(-h.poller.Lookback); !pos.Settled.Equal(want) || pos.Scan != nil {
+	if want := t0.Add(-h.poller.Lookback); !pos.Settled.Equal(want) || pos.Scans != nil || pos.Rescanned != nil {
 		t.Errorf("cursor after a complete pass: %+v, want complete_until %s", pos, want)
 	}
 	t.Logf("listed %d events in %d pages; sim saw %d requests", pres.Listed, pres.Pages, sim.Stats().Total)
@@ -384,7 +384,7 @@ func TestRestartReListsAtMostOnePage(t *testing.T) {
 		t.Fatalf("poll: %v", err)
 	}
 	pos := h.position()
-	if pos.Scan == nil || pos.Scan.Pages == 0 {
+	if len(pos.Scans) != 1 || pos.Scans[0].Pages == 0 {
 		t.Fatalf("no page position saved: %+v", pos)
 	}
 	h.restart()

@@ -405,7 +405,7 @@ func Print(w io.Writer, r *Report) {
 	}
 	if lists := d.Requests["GET /v1/events"]; c.Latency > 0 && lists > 0 {
 		chain := time.Duration(lists) * c.Latency
-		fmt.Fprintf(w, "  listing bound       %s  (%d list calls one after another × %s mean latency: the poller pages sequentially)\n",
+		fmt.Fprintf(w, "  listing bound       %s  (%d list calls one after another × %s mean latency: what listing one page at a time would take; the re-scan lists several slices at once)\n",
 			secs(chain), lists, c.Latency)
 	}
 	fmt.Fprintf(w, "  requests            %s  (total %d)\n", byEndpoint(d.Requests), d.Total)

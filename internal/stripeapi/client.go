@@ -321,6 +321,17 @@ func (c *Client) RetrieveConcurrency() int {
 	return c.Transport.SuggestedInFlight(retrieveEndpoint)
 }
 
+// eventsEndpoint is the endpoint ListEvents paces on.
+const eventsEndpoint = "GET /v1/events"
+
+// ListConcurrency is how many ListEvents calls are worth having in flight:
+// what the request budget allows per second times the latency observed
+// (see Transport.SuggestedInFlight). The poller's re-scan lists that many
+// slices at once.
+func (c *Client) ListConcurrency() int {
+	return c.Transport.SuggestedInFlight(eventsEndpoint)
+}
+
 // SessionQuery selects one page of Checkout Sessions.
 type SessionQuery struct {
 	Status        string
@@ -424,8 +435,11 @@ func (e *Error) Retryable() bool {
 }
 
 func wrap(op string, err error) error {
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return fmt.Errorf("%s: %w", op, err)
+	// Cut off by shutdown: say so, without the request's URL.
+	for _, ctxErr := range []error{context.Canceled, context.DeadlineExceeded} {
+		if errors.Is(err, ctxErr) {
+			return fmt.Errorf("%s: %w", op, ctxErr)
+		}
 	}
 	var se *stripe.Error
 	if !errors.As(err, &se) {
