@@ -157,7 +157,8 @@ type cursorStatus struct {
 	// HorizonSeconds is how long until complete_until falls out of Stripe's
 	// 30-day event retention.
 	HorizonSeconds float64       `json:"horizon_seconds"`
-	Rescan         *cursor.Slice `json:"rescan,omitempty"`
+	Rescan         *cursor.Slice `json:"rescan,omitempty"` // the oldest slice in progress
+	RescanSlices   int           `json:"rescan_slices_in_progress"`
 	SeenEvents     int           `json:"seen_events"`
 }
 
@@ -196,6 +197,7 @@ func readStatus(db *bbolt.DB, now time.Time) (*status, error) {
 				LagSeconds:     now.Sub(pos.Settled).Seconds(),
 				HorizonSeconds: pos.Settled.Add(poller.Retention).Sub(now).Seconds(),
 				Rescan:         pos.Scan,
+				RescanSlices:   len(pos.Scans),
 			}
 			if !pos.Tip.IsZero() {
 				st.Cursor.Tip = pos.Tip.UTC().Format(time.RFC3339)
@@ -265,8 +267,8 @@ func (st *status) writeText(w io.Writer) {
 		fmt.Fprintf(tw, "complete until\t%s (lag %s; falls out of Stripe's retention in %s)\n", st.Cursor.CompleteUntil,
 			roundDur(st.Cursor.LagSeconds), roundDur(st.Cursor.HorizonSeconds))
 		if r := st.Cursor.Rescan; r != nil {
-			fmt.Fprintf(tw, "re-scan in progress\t%s → %s (%d pages done)\n", r.From.UTC().Format(time.RFC3339),
-				r.To.UTC().Format(time.RFC3339), r.Pages)
+			fmt.Fprintf(tw, "re-scan in progress\t%d slice(s); the oldest %s → %s (%d pages done)\n", st.Cursor.RescanSlices,
+				r.From.UTC().Format(time.RFC3339), r.To.UTC().Format(time.RFC3339), r.Pages)
 		}
 	} else {
 		fmt.Fprintf(tw, "cursor\tnot started (run `fulfilld run`)\n")

@@ -147,16 +147,7 @@ func (c *Client) ListEvents(ctx context.Context, q EventQuery) (EventPage, error
 	} else {
 		params.Types = stripe.StringSlice(q.Types)
 	}
-	if !q.CreatedGTE.IsZero() || !q.CreatedLT.IsZero() {
-		r := &stripe.RangeQueryParams{}
-		if !q.CreatedGTE.IsZero() {
-			r.GreaterThanOrEqual = q.CreatedGTE.Unix()
-		}
-		if !q.CreatedLT.IsZero() {
-			r.LesserThan = q.CreatedLT.Unix()
-		}
-		params.CreatedRange = r
-	}
+	params.CreatedRange = createdRange(q.CreatedGTE, q.CreatedLT)
 	var list rawList
 	if err := c.list(ctx, "/v1/events", params, &list); err != nil {
 		return EventPage{}, wrap("list events", err)
@@ -209,6 +200,21 @@ func decodeEvent(raw json.RawMessage) Event {
 		ev.Object = head.Data.Object
 	}
 	return ev
+}
+
+// createdRange is a created[gte]/created[lt] filter; nil when both are zero.
+func createdRange(gte, lt time.Time) *stripe.RangeQueryParams {
+	if gte.IsZero() && lt.IsZero() {
+		return nil
+	}
+	r := &stripe.RangeQueryParams{}
+	if !gte.IsZero() {
+		r.GreaterThanOrEqual = gte.Unix()
+	}
+	if !lt.IsZero() {
+		r.LesserThan = lt.Unix()
+	}
+	return r
 }
 
 // Session is a Checkout Session as retrieved, with every line item.
@@ -368,16 +374,7 @@ func (c *Client) ListSessions(ctx context.Context, q SessionQuery) (SessionPage,
 	if q.StartingAfter != "" {
 		params.StartingAfter = stripe.String(q.StartingAfter)
 	}
-	if !q.CreatedGTE.IsZero() || !q.CreatedLT.IsZero() {
-		r := &stripe.RangeQueryParams{}
-		if !q.CreatedGTE.IsZero() {
-			r.GreaterThanOrEqual = q.CreatedGTE.Unix()
-		}
-		if !q.CreatedLT.IsZero() {
-			r.LesserThan = q.CreatedLT.Unix()
-		}
-		params.CreatedRange = r
-	}
+	params.CreatedRange = createdRange(q.CreatedGTE, q.CreatedLT)
 	var list rawList
 	if err := c.list(ctx, "/v1/checkout/sessions", params, &list); err != nil {
 		return SessionPage{}, wrap("list checkout sessions", err)
