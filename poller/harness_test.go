@@ -14,6 +14,7 @@ import (
 
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/internal/stripesim"
 	"github.com/fulfilld/fulfilld/poller"
@@ -61,22 +62,11 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 // process start does.
 func (h *harness) open(path string) {
 	h.t.Helper()
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
+	db, err := store.Open(path, false, time.Second)
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	h.t.Cleanup(func() { db.Close() })
-	if err := db.Update(func(tx *bbolt.Tx) error {
-		if err := cursor.Init(tx); err != nil {
-			return err
-		}
-		if err := poller.InitReconcile(tx); err != nil {
-			return err
-		}
-		return fulfill.Init(tx)
-	}); err != nil {
-		h.t.Fatal(err)
-	}
 	h.db = db
 	h.poller = &poller.Poller{
 		DB: db, Events: h.client, Types: defaultTypes, Lookback: 10 * time.Minute, Now: h.clock.Now,

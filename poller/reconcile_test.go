@@ -26,9 +26,6 @@ func (h *harness) reconciler() *poller.Reconciler {
 // `fulfilld reconcile` does.
 func (h *harness) sweep(since time.Time) poller.Sweep {
 	h.t.Helper()
-	if err := h.db.Update(poller.InitReconcile); err != nil {
-		h.t.Fatal(err)
-	}
 	r := h.reconciler()
 	wake := make(chan struct{}, 1)
 	r.Wake = func() {

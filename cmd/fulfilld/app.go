@@ -14,9 +14,9 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/fulfilld/fulfilld/config"
-	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/logging"
+	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/poller"
 )
@@ -79,9 +79,6 @@ func (a *app) setup(overrides map[string]any) error {
 	return nil
 }
 
-// errStoreHeld means another process has the store open.
-var errStoreHeld = errors.New("held by another process")
-
 // openStore opens the bbolt file, failing fast when another process holds it.
 func (a *app) openStore(readOnly bool) (*bbolt.DB, error) {
 	path := a.cfg.Store.Path
@@ -90,24 +87,11 @@ func (a *app) openStore(readOnly bool) (*bbolt.DB, error) {
 			return nil, &usageError{fmt.Errorf("store.path: %s does not exist yet; it is created by `fulfilld run`", path)}
 		}
 	}
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second, ReadOnly: readOnly})
-	if errors.Is(err, bbolt.ErrTimeout) {
-		return nil, &usageError{fmt.Errorf("store.path: %s is %w (is `fulfilld run` running? stop it, or wait for it to finish)", path, errStoreHeld)}
+	db, err := store.Open(path, readOnly, time.Second)
+	if errors.Is(err, store.ErrHeld) {
+		return nil, &usageError{fmt.Errorf("store.path: %w (is `fulfilld run` running? stop it, or wait for it to finish)", err)}
 	}
-	if err != nil {
-		return nil, fmt.Errorf("open store %s: %w", path, err)
-	}
-	if readOnly {
-		return db, nil
-	}
-	err = db.Update(func(tx *bbolt.Tx) error {
-		return errors.Join(cursor.Init(tx), fulfill.Init(tx), stripeapi.InitUsage(tx), poller.InitReconcile(tx))
-	})
-	if err != nil {
-		db.Close()
-		return nil, fmt.Errorf("prepare store %s: %w", path, err)
-	}
-	return db, nil
+	return db, err
 }
 
 func (a *app) stripeClient() *stripeapi.Client {

@@ -14,9 +14,9 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/fulfilld/fulfilld/config"
-	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/metrics"
+	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/poller"
 )
@@ -152,10 +152,7 @@ func (a *app) dryRun(ctx context.Context, since time.Time) error {
 			return derr
 		}
 		defer os.RemoveAll(dir)
-		db, err = bbolt.Open(filepath.Join(dir, "dry-run.db"), 0o600, nil)
-		if err == nil {
-			err = db.Update(func(tx *bbolt.Tx) error { return errors.Join(cursor.Init(tx), fulfill.Init(tx)) })
-		}
+		db, err = store.Open(filepath.Join(dir, "dry-run.db"), false, time.Second)
 	}
 	if err != nil {
 		return err

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -18,6 +17,7 @@ import (
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/httpapi"
+	"github.com/fulfilld/fulfilld/internal/store/storetest"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/poller"
 )
@@ -26,20 +26,7 @@ import (
 var now = time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)
 
 // openStore opens a real bbolt store with fulfilld's buckets.
-func openStore(t *testing.T) *bbolt.DB {
-	t.Helper()
-	db, err := bbolt.Open(filepath.Join(t.TempDir(), "f.db"), 0o600, &bbolt.Options{Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if err := db.Update(func(tx *bbolt.Tx) error {
-		return errors.Join(cursor.Init(tx), fulfill.Init(tx), stripeapi.InitUsage(tx))
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return db
-}
+func openStore(t *testing.T) *bbolt.DB { return storetest.Open(t) }
 
 // newServer is the server as serve.go wires it, on a fresh store.
 func newServer(t *testing.T, f httpapi.Fulfiller) (*httpapi.Server, *bbolt.DB) {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"math"
-	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
@@ -18,26 +17,14 @@ import (
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/metrics"
+	"github.com/fulfilld/fulfilld/internal/store/storetest"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/poller"
 )
 
 var now = time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)
 
-func openStore(t *testing.T) *bbolt.DB {
-	t.Helper()
-	db, err := bbolt.Open(filepath.Join(t.TempDir(), "f.db"), 0o600, &bbolt.Options{Timeout: time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if err := db.Update(func(tx *bbolt.Tx) error {
-		return errors.Join(cursor.Init(tx), fulfill.Init(tx), stripeapi.InitUsage(tx))
-	}); err != nil {
-		t.Fatal(err)
-	}
-	return db
-}
+func openStore(t *testing.T) *bbolt.DB { return storetest.Open(t) }
 
 // paidSessions answers every retrieve with a paid session.
 type paidSessions struct{}
