@@ -195,6 +195,12 @@ func TestPanicInOneAttemptDoesNotStopTheQueue(t *testing.T) {
 	if len(act.envs) != 2 {
 		t.Fatalf("%d sessions fulfilled after one attempt panicked, want the other 2", len(act.envs))
 	}
+	// Offered again a minute later, not after the 24 h in-flight lease.
+	var next time.Time
+	_ = db.View(func(tx *bbolt.Tx) error { next = sessionQueue.next(tx); return nil })
+	if !next.Equal(now.Add(panicRetry)) {
+		t.Fatalf("the panicked attempt is due %s, want %s", next, now.Add(panicRetry))
+	}
 	if n, err := f.Recover(); err != nil || n != 1 {
 		t.Fatalf("recover after the panic: %d in flight, %v; want the panicked one", n, err)
 	}

@@ -177,17 +177,23 @@ type worker struct {
 	logger  *slog.Logger
 }
 
+// panicRetry is how soon an item whose attempt panicked is offered again.
+const panicRetry = time.Minute
+
 // safeProcess turns a panic in one attempt into that attempt's error: the
-// daemon goes on with the other items, and the item stays queued (an
-// attempt cut off while in flight is repeated, like after a crash).
+// daemon goes on with the other items, and the item is offered again a
+// minute later (its record may say in flight: then it is repeated with the
+// same idempotency key, as after a crash).
 func (w *worker) safeProcess(ctx context.Context, id string) (o outcome, err error) {
 	defer func() {
 		if r := recover(); r != nil {
 			err = fmt.Errorf("attempt for %s panicked: %v", id, r)
-			if w.logger != nil {
-				w.logger.Error("an attempt panicked; the item stays queued", "id", id, "panic", r, "stack", string(debug.Stack()))
-			}
 			o = outcomeOther
+			serr := w.db.Update(func(tx *bbolt.Tx) error { return w.q.schedule(tx, id, w.now().Add(panicRetry)) })
+			if w.logger != nil {
+				w.logger.Error("an attempt panicked; it will be repeated", "id", id, "panic", r,
+					"stack", string(debug.Stack()), "requeue_err", serr)
+			}
 		}
 	}()
 	return w.process(ctx, id)
