@@ -30,11 +30,10 @@ import (
 
 	"github.com/stripe/stripe-go/v76"
 	"github.com/stripe/stripe-go/v76/client"
-	"go.etcd.io/bbolt"
 
 	"github.com/fulfilld/fulfilld/config"
-	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/internal/stripesim"
 	"github.com/fulfilld/fulfilld/poller"
@@ -242,16 +241,12 @@ func runDaemon(ctx context.Context, cfg Config, url, path string, since time.Tim
 			return out, err
 		}
 	}
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
+	// The daemon's own store setup, so its options are what is measured.
+	db, err := store.Open(path, false, time.Second)
 	if err != nil {
-		return out, fmt.Errorf("open store: %w", err)
-	}
-	defer db.Close()
-	if err := db.Update(func(tx *bbolt.Tx) error {
-		return errors.Join(cursor.Init(tx), fulfill.Init(tx), stripeapi.InitUsage(tx), poller.InitReconcile(tx))
-	}); err != nil {
 		return out, err
 	}
+	defer db.Close()
 	log := cfg.Logger
 	c := stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: url, Limits: limits,
 		Logger: log.With("component", "stripe")})
