@@ -30,6 +30,7 @@ type app struct {
 	configFile string
 	logFormat  string
 	logLevel   string
+	sets       []string // --set key=value
 
 	cfg    *config.Config
 	log    *slog.Logger
@@ -46,6 +47,7 @@ func (a *app) rootCommand() *cobra.Command {
 	root.PersistentFlags().StringVar(&a.configFile, "config", "", "config file (YAML, TOML or JSON)")
 	root.PersistentFlags().StringVar(&a.logFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, JSON otherwise)")
 	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn, error")
+	root.PersistentFlags().StringArrayVar(&a.sets, "set", nil, "set a config key, over the file and the environment: --set store.path=/var/lib/fulfilld/f.db (repeatable; lists as JSON or words)")
 	root.AddCommand(a.runCommand(), a.statusCommand(), a.fulfillCommand(), a.retryCommand(), a.reconcileCommand(), a.demoCommand(), a.benchCommand(), a.versionCommand())
 	return root
 }
@@ -67,7 +69,20 @@ func (a *app) setup(overrides map[string]any) error {
 	if err != nil {
 		return &usageError{err}
 	}
-	cfg, err := config.Load(config.Source{File: a.configFile, LookupEnv: a.lookupEnv, Overrides: overrides})
+	// Flags win: --set over the file and the environment, and what the
+	// command itself fixes (the demo's settings) over --set.
+	merged := map[string]any{}
+	for _, kv := range a.sets {
+		key, value, ok := strings.Cut(kv, "=")
+		if !ok || strings.TrimSpace(key) == "" {
+			return usagef("--set: %q is not key=value (for example --set schedule=@every 1m)", kv)
+		}
+		merged[strings.TrimSpace(key)] = value
+	}
+	for k, v := range overrides {
+		merged[k] = v
+	}
+	cfg, err := config.Load(config.Source{File: a.configFile, LookupEnv: a.lookupEnv, Overrides: merged})
 	if err != nil {
 		return err
 	}

@@ -634,3 +634,26 @@ func TestVersion(t *testing.T) {
 		}
 	}
 }
+
+// TestSetFlagWins: SPEC's precedence is file, then environment, then
+// flags; --set is the flag for any key, and is validated like the rest.
+func TestSetFlagWins(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	elsewhere := filepath.Join(t.TempDir(), "elsewhere.db")
+	env := append(h.env(), "FULFILLD_STORE_PATH="+filepath.Join(t.TempDir(), "from-env.db"))
+	r := h.fulfilldEnv(env, "status", "--set", "store.path="+elsewhere)
+	if r.code != 2 || !strings.Contains(r.stderr, elsewhere) {
+		t.Errorf("--set store.path did not win over the file and FULFILLD_STORE_PATH:\n%s", r)
+	}
+	for _, tc := range []struct{ set, want string }{
+		{"schedule=bogus", "schedule"},
+		{"fulfill.comand=/bin/true", "fulfill.comand"},
+		{"no-equals-sign", "--set"},
+	} {
+		r := h.fulfilld("run", "--once", "--set", tc.set)
+		if r.code != 2 || !strings.Contains(r.stderr, tc.want) {
+			t.Errorf("--set %s: want exit 2 naming %s:\n%s", tc.set, tc.want, r)
+		}
+	}
+}
