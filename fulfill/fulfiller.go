@@ -166,11 +166,7 @@ func (f *Fulfiller) fulfill(ctx context.Context, sessionID, trigger, eventID str
 func (f *Fulfiller) attempt(ctx context.Context, rec Record, st *stages) (Record, error) {
 	log := f.logger().With("session", rec.SessionID)
 	stop := st.stopCtx(ctx)
-	if err := st.gate(false).acquire(stop); err != nil {
-		return rec, err
-	}
-	sess, err := f.Sessions.GetSession(stop, rec.SessionID)
-	st.gate(false).release()
+	sess, err := f.retrieve(stop, rec.SessionID, st)
 	switch {
 	case err == nil:
 	case stop.Err() != nil:
@@ -333,6 +329,16 @@ func (f *Fulfiller) save(rec Record, next time.Time) error {
 	})
 }
 
+// retrieve reads the session from Stripe holding a fetch slot, released
+// whatever happens (a panic included: a leaked slot would wedge the queue).
+func (f *Fulfiller) retrieve(ctx context.Context, id string, st *stages) (*stripeapi.Session, error) {
+	if err := st.gate(false).acquire(ctx); err != nil {
+		return nil, err
+	}
+	defer st.gate(false).release()
+	return f.Sessions.GetSession(ctx, id)
+}
+
 // startAttempt records, before the action runs, that it is about to: the
 // record with InFlight set, its queue entry parked until lease. The
 // sequence number is the store's when newer, so events recorded while the
@@ -342,8 +348,15 @@ func (f *Fulfiller) startAttempt(rec *Record, lease time.Time) error {
 	return f.DB.Update(func(tx *bbolt.Tx) error {
 		if cur, ok, err := Get(tx, rec.SessionID); err != nil {
 			return err
-		} else if ok && cur.Seq > rec.Seq {
-			rec.Seq = cur.Seq
+		} else if ok {
+			if cur.Seq > rec.Seq {
+				rec.Seq = cur.Seq
+			}
+			// `retry` reset the attempts while this one was reading Stripe:
+			// count from the fresh start it gave.
+			if cur.Attempts < rec.Attempts-1 {
+				rec.Attempts = cur.Attempts + 1
+			}
 		}
 		if err := put(tx, *rec); err != nil {
 			return err

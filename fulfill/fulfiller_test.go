@@ -2,6 +2,7 @@ package fulfill
 
 import (
 	"context"
+	"errors"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -203,5 +204,92 @@ func TestPanicInOneAttemptDoesNotStopTheQueue(t *testing.T) {
 	}
 	if n, err := f.Recover(); err != nil || n != 1 {
 		t.Fatalf("recover after the panic: %d in flight, %v; want the panicked one", n, err)
+	}
+}
+
+// panickySource is Stripe answering something that makes reading it panic
+// for one session, with one retrieve slot in all.
+type panickySource struct{ bad string }
+
+func (panickySource) RetrieveConcurrency() int { return 1 }
+func (s panickySource) GetSession(_ context.Context, id string) (*stripeapi.Session, error) {
+	if id == s.bad {
+		panic("index out of range reading line_items")
+	}
+	return &stripeapi.Session{ID: id, Status: "complete", PaymentStatus: "paid", JSON: []byte(`{}`)}, nil
+}
+
+// A retrieve that panics gives its slot back: with one slot, a leak would
+// leave every later session waiting forever (found by review).
+func TestPanickingRetrieveDoesNotWedgeTheQueue(t *testing.T) {
+	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+	db := openTestDB(t)
+	act := &envAction{}
+	f := &Fulfiller{DB: db, Sessions: panickySource{bad: "cs_bad"}, Action: act, MaxAttempts: 3,
+		Concurrency: 1, Now: func() time.Time { return now }}
+	if err := db.Update(func(tx *bbolt.Tx) error {
+		for _, id := range []string{"cs_bad", "cs_good1", "cs_good2"} {
+			if _, err := Enqueue(tx, Request{SessionID: id, Trigger: TriggerEvent, At: now}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	wake := make(chan struct{})
+	close(wake)
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.Run(context.Background(), RunOptions{Wake: wake, UntilIdle: true})
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the queue is wedged: a panicking retrieve kept its slot")
+	}
+	if len(act.envs) != 2 {
+		t.Fatalf("%d sessions fulfilled, want the 2 good ones", len(act.envs))
+	}
+}
+
+// failingAction fails every attempt.
+type failingAction struct{ runs int }
+
+func (a *failingAction) Deliver(context.Context, Delivery) (Outcome, error) {
+	a.runs++
+	return Outcome{}, errors.New("warehouse down")
+}
+
+// `retry` resets a dead letter's attempts while a manual attempt on it is
+// reading Stripe: that attempt counts from the fresh start, so one more
+// failure does not dead-letter the session again at once (found by review).
+func TestRetryDuringAnAttemptKeepsTheFreshAttempts(t *testing.T) {
+	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+	db := openTestDB(t)
+	act := &failingAction{}
+	src := &racingSource{db: db, answers: []string{"paid"}}
+	f := &Fulfiller{DB: db, Sessions: src, Action: act, MaxAttempts: 3, Concurrency: 1,
+		Now: func() time.Time { return now }, Backoff: func(int) time.Duration { return time.Minute }}
+	if err := db.Update(func(tx *bbolt.Tx) error {
+		_, err := Enqueue(tx, Request{SessionID: "cs_1", EventID: "evt_1", Trigger: TriggerEvent, At: now})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for range 3 { // dead-letter it
+		_, _ = f.Fulfill(context.Background(), "cs_1", TriggerEvent, "evt_1")
+	}
+	src.during = func(tx *bbolt.Tx) error {
+		_, err := Retry(tx, now, "cs_1")
+		return err
+	}
+	rec, _ := f.Fulfill(context.Background(), "cs_1", TriggerManual, "")
+	if rec.State != StatePending || rec.Attempts != 1 {
+		t.Fatalf("after retry + one failed attempt: %s with %d attempts, want pending with 1", rec.State, rec.Attempts)
 	}
 }

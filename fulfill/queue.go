@@ -103,11 +103,18 @@ func (q queue) due(tx *bbolt.Tx, now time.Time, limit int, skip func(string) boo
 
 // next is when the earliest item is due; zero if the queue is empty.
 func (q queue) next(tx *bbolt.Tx) time.Time {
-	k, _ := tx.Bucket(q.items).Cursor().First()
-	if k == nil {
-		return time.Time{}
+	return q.nextExcept(tx, func(string) bool { return false })
+}
+
+// nextExcept is when the earliest item that skip does not name is due.
+func (q queue) nextExcept(tx *bbolt.Tx, skip func(string) bool) time.Time {
+	c := tx.Bucket(q.items).Cursor()
+	for k, _ := c.First(); k != nil; k, _ = c.Next() {
+		if !skip(string(k[8:])) {
+			return time.Unix(0, int64(binary.BigEndian.Uint64(k[:8])))
+		}
 	}
-	return time.Unix(0, int64(binary.BigEndian.Uint64(k[:8])))
+	return time.Time{}
 }
 
 func (q queue) len(tx *bbolt.Tx) int { return tx.Bucket(q.index).Stats().KeyN }
@@ -290,7 +297,12 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 		var timerC <-chan time.Time
 		if !opts.UntilIdle && len(running) < slots && ctx.Err() == nil {
 			var next time.Time
-			_ = w.db.View(func(tx *bbolt.Tx) error { next = w.q.next(tx); return nil })
+			_ = w.db.View(func(tx *bbolt.Tx) error {
+				// Items still being attempted are not waited for: they are due
+				// until their action starts, and would wake the loop at once.
+				next = w.q.nextExcept(tx, func(id string) bool { return running[id] })
+				return nil
+			})
 			if !next.IsZero() {
 				timer = time.NewTimer(max(next.Sub(w.now()), 10*time.Millisecond))
 				timerC = timer.C

@@ -327,6 +327,10 @@ func putJSON(tx *bbolt.Tx, key []byte, v any) error {
 	return tx.Bucket(bucketReconcile).Put(key, raw)
 }
 
+// agedOutSweepMargin reaches back before an aged-out gap for sessions
+// created before it and paid inside it.
+const agedOutSweepMargin = 48 * time.Hour
+
 // SweepAgedOut sweeps the sessions of a time the event stream could not
 // list any more (the cursor fell past Stripe's retention), then forgets
 // the gap. It does nothing when there is no gap.
@@ -341,7 +345,10 @@ func (r *Reconciler) SweepAgedOut(ctx context.Context) (bool, error) {
 	}
 	r.log().Warn("sweeping the sessions of the time the event stream aged out",
 		"from", gap.From.UTC().Format(time.RFC3339), "to", gap.To.UTC().Format(time.RFC3339))
-	if _, err := r.Sweep(ctx, gap.From); err != nil {
+	// A session paid inside the gap may have been created before it: up to
+	// a day before (Checkout Sessions expire within 24 h), more for
+	// delayed payment methods. Sweep from two days before.
+	if _, err := r.Sweep(ctx, gap.From.Add(-agedOutSweepMargin)); err != nil {
 		return true, err
 	}
 	return true, r.DB.Update(func(tx *bbolt.Tx) error {

@@ -45,9 +45,20 @@ type adminError struct {
 	Code  int    `json:"code"`
 }
 
-// adminHandler serves the socket for a running daemon.
-func (d *daemon) adminHandler(work context.Context) http.Handler {
+// errOncePass answers the commands that change things while a `run --once`
+// pass holds the store: it has no scheduler to hand the work to.
+var errOncePass = errors.New("a `fulfilld run --once` pass holds the store; try again when it ends (status works meanwhile)")
+
+// adminHandler serves the socket for a running daemon. A `--once` pass
+// serves what reads (status) and refuses what would change things.
+func (d *daemon) adminHandler(work context.Context, once bool) http.Handler {
 	mux := http.NewServeMux()
+	if once {
+		refuse := func(w http.ResponseWriter, _ *http.Request) { adminFail(w, errOncePass) }
+		mux.HandleFunc("POST /fulfill/{id}", refuse)
+		mux.HandleFunc("POST /retry", refuse)
+		mux.HandleFunc("POST /reconcile", refuse)
+	}
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
 		st, err := readStatus(d.db, d.clock())
 		if err != nil {
@@ -65,6 +76,9 @@ func (d *daemon) adminHandler(work context.Context) http.Handler {
 		}
 		writeAdmin(w, rec)
 	})
+	if once {
+		return mux
+	}
 	mux.HandleFunc("POST /fulfill/{id}", func(w http.ResponseWriter, r *http.Request) {
 		// On the daemon's context: the operator's Ctrl-C does not cut the
 		// action off half-way.

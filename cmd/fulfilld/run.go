@@ -236,6 +236,15 @@ func (d *daemon) once(parent context.Context) error {
 	// a shutdown.
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
+	// A long backfill holds the store: status still answers, through the
+	// socket, as it does for the daemon.
+	adminL, err := listenAdmin(d.socketPath())
+	if err != nil {
+		return err
+	}
+	defer os.Remove(d.socketPath())
+	admin := d.startServer(adminL, d.adminHandler(ctx, true), "admin socket")
+	defer admin.Close()
 	w, wait := d.workers(ctx, true)
 	d.poller.Wake, d.rec.Wake = w.wake, w.wake
 	pres, perr := d.poller.Poll(ctx, true)
@@ -249,8 +258,8 @@ func (d *daemon) once(parent context.Context) error {
 	w.close()
 	res, werr := wait()
 	if parent.Err() != nil {
-		d.log.Info("stopped before the pass completed; the next run resumes where this one stopped")
-		return nil
+		// Not a success for cron: the pass did not complete.
+		return &exitError{code: exitFailure, err: errors.New("stopped before the pass completed; the next run resumes where this one stopped")}
 	}
 	d.log.Info("pass complete",
 		"events_listed", pres.Listed, "events_new", pres.New, "sessions_queued", pres.Queued,

@@ -42,6 +42,13 @@ func (d *daemon) serve(parent context.Context) error {
 	work, stopWork := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopWork()
 
+	// The socket first: listenAdmin sets the process umask for a moment,
+	// which no action may start under.
+	adminL, err := listenAdmin(d.socketPath())
+	if err != nil {
+		return err
+	}
+	defer os.Remove(d.socketPath())
 	w, wait := d.workers(ctx, false)
 	d.poller.Wake, d.rec.Wake, d.wake = w.wake, w.wake, w.wake
 	var wg sync.WaitGroup
@@ -54,12 +61,7 @@ func (d *daemon) serve(parent context.Context) error {
 	}()
 
 	var servers []*http.Server
-	adminL, err := listenAdmin(d.socketPath())
-	if err != nil {
-		return err
-	}
-	defer os.Remove(d.socketPath())
-	servers = append(servers, d.startServer(adminL, d.adminHandler(work), "admin socket"))
+	servers = append(servers, d.startServer(adminL, d.adminHandler(work, false), "admin socket"))
 	var api *httpapi.Server
 	if addr := d.cfg.HTTP.Listen; addr != "" {
 		l, err := net.Listen("tcp", addr)

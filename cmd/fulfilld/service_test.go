@@ -745,3 +745,35 @@ func TestSIGTERMDuringSlowAction(t *testing.T) {
 		sameKey(t, h, id, 2)
 	})
 }
+
+// TestStatusDuringOncePass: a `run --once` backfill holds the store for as
+// long as it runs; status still answers through its socket, and commands
+// that would change things say to try when the pass ends (exit 1, not the
+// exit 2 of a held store).
+func TestStatusDuringOncePass(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	id := h.paidSession(time.Now().Add(-5*time.Minute), 1)
+	h.writeFile("slow", "")
+	p := h.start("run", "--once", "--since", "1h")
+	if !waitFor(20*time.Second, func() bool { return len(h.inflightPIDs()) > 0 }, p.done) {
+		t.Fatalf("the action for %s did not start:\n%s", id, p.ended())
+	}
+	st := h.fulfilld("status", "--json")
+	if st.code != 0 || !strings.Contains(st.stdout, `"fulfillments"`) {
+		t.Errorf("status during a --once pass:\n%s", st)
+	}
+	r := h.fulfilld("retry", "--failed")
+	if r.code != 1 || !strings.Contains(r.stderr, "--once") {
+		t.Errorf("retry during a --once pass: want exit 1 saying a --once pass holds the store:\n%s", r)
+	}
+	h.releaseActions()
+	select {
+	case <-p.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the pass did not end:\n%s", p.ended())
+	}
+	if res := p.result(); res.code != 0 {
+		t.Fatalf("the pass: exit %d:\n%s", res.code, res)
+	}
+}

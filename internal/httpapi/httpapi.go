@@ -4,13 +4,16 @@
 package httpapi
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
+	"runtime/debug"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -49,6 +52,13 @@ type Server struct {
 	Now    func() time.Time
 	Logger *slog.Logger
 	Ready  atomic.Bool
+	// MaxInFlight bounds the landing-page fulfillments running at once
+	// (default 16): the endpoint is unauthenticated, and each one costs a
+	// Stripe request that the queue's own retrieves need too.
+	MaxInFlight int
+
+	slotsOnce sync.Once
+	slots     chan struct{}
 }
 
 // Handler routes the endpoints.
@@ -136,12 +146,29 @@ func (s *Server) fulfill(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "not a Checkout Session id (they start with cs_)"})
 		return
 	}
+	s.slotsOnce.Do(func() { s.slots = make(chan struct{}, cmp.Or(s.MaxInFlight, 16)) })
+	select {
+	case s.slots <- struct{}{}:
+	default:
+		w.Header().Set("Retry-After", "2")
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "busy; try again shortly (the order is fulfilled by the poller in any case)"})
+		return
+	}
 	type result struct {
 		rec fulfill.Record
 		err error
 	}
 	done := make(chan result, 1)
 	go func() {
+		defer func() { <-s.slots }()
+		defer func() {
+			if r := recover(); r != nil {
+				if s.Logger != nil {
+					s.Logger.Error("landing-page fulfillment panicked", "session", id, "panic", r, "stack", string(debug.Stack()))
+				}
+				done <- result{err: fmt.Errorf("fulfillment of %s panicked", id)}
+			}
+		}()
 		rec, err := s.Fulfill.Fulfill(s.Work, id, fulfill.TriggerHTTP, "")
 		done <- result{rec, err}
 	}()

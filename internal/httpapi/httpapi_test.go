@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"sync"
 	"testing"
@@ -344,5 +345,50 @@ func TestLandingPageFulfillSlow(t *testing.T) {
 	code, body := serve(t, s2, http.MethodPost, "/fulfill/cs_test_new")
 	if code != http.StatusAccepted || body["session_id"] != "cs_test_new" || body["state"] != "pending" {
 		t.Errorf("POST of a slow fulfillment with no record yet = %d %v, want 202 pending", code, body)
+	}
+}
+
+// The unauthenticated landing-page endpoint bounds the fulfillments it
+// starts: past MaxInFlight it answers 503 with Retry-After instead of
+// piling up goroutines and Stripe calls; a panic in one is a 503 for that
+// request, not a crashed daemon.
+func TestLandingPageIsBounded(t *testing.T) {
+	release := make(chan struct{})
+	f := &fakeFulfiller{fn: func(ctx context.Context, id string) (fulfill.Record, error) {
+		if id == "cs_panics" {
+			panic("a bug somewhere below")
+		}
+		<-release
+		return fulfill.Record{SessionID: id, State: fulfill.StateFulfilled}, nil
+	}}
+	srv, _ := newServer(t, f)
+	srv.MaxInFlight = 2
+	srv.Wait = 50 * time.Millisecond
+	h := srv.Handler()
+	post := func(id string) *httptest.ResponseRecorder {
+		rec := httptest.NewRecorder()
+		h.ServeHTTP(rec, httptest.NewRequest(http.MethodPost, "/fulfill/"+id, nil))
+		return rec
+	}
+	for _, id := range []string{"cs_a", "cs_b"} {
+		if got := post(id).Code; got != http.StatusAccepted {
+			t.Fatalf("POST %s while its action runs: %d, want 202", id, got)
+		}
+	}
+	busy := post("cs_c")
+	if busy.Code != http.StatusServiceUnavailable || busy.Header().Get("Retry-After") == "" {
+		t.Fatalf("third POST with two in flight: %d (Retry-After %q), want 503 with Retry-After", busy.Code, busy.Header().Get("Retry-After"))
+	}
+	close(release)
+	// The slots come back when the running fulfillments end.
+	deadline := time.Now().Add(5 * time.Second)
+	for post("cs_d").Code != http.StatusOK {
+		if time.Now().After(deadline) {
+			t.Fatal("slots never came back after the fulfillments ended")
+		}
+		runtime.Gosched()
+	}
+	if got := post("cs_panics").Code; got != http.StatusServiceUnavailable {
+		t.Fatalf("a panicking fulfillment: %d, want 503", got)
 	}
 }

@@ -252,6 +252,11 @@ func (c *Client) GetSession(ctx context.Context, id string) (*Session, error) {
 	}
 	items := expanded.Data
 	for more := expanded.HasMore; more; {
+		if len(items) == 0 {
+			// has_more with nothing listed gives no page position to go on
+			// from: an answer we cannot read, retried later.
+			return nil, &Error{Op: "retrieve checkout session " + id, Msg: "line_items says has_more but lists no items"}
+		}
 		last, err := itemID(items[len(items)-1])
 		if err != nil {
 			return nil, fmt.Errorf("list line items of %s: %w", id, err)
