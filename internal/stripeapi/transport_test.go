@@ -112,14 +112,17 @@ func TestPacingRespectsGlobalAndEndpointBudgets(t *testing.T) {
 	if len(reqs) != retrieves+lists {
 		t.Fatalf("the server saw %d requests, want %d", len(reqs), retrieves+lists)
 	}
-	// A window may hold a second's worth plus the bucket's burst, plus one
-	// for the edge.
+	// A window may hold a second's worth plus the bucket's burst, plus a
+	// few for jitter: arrivals are timed at the server, and under -race with
+	// other packages running, requests released on time can arrive bunched.
+	// (Unpaced, all 120 would arrive within a fraction of a second.)
+	const jitter = 3
 	peak, per := countWindows(reqs, time.Second)
-	if limit := int(global) + int(global)/5 + 1; peak > limit {
+	if limit := int(global) + int(global)/5 + jitter; peak > limit {
 		t.Errorf("%d requests within one second, global budget allows %d", peak, limit)
 	}
 	for ep, n := range per {
-		if limit := int(endpoint) + int(endpoint)/5 + 1; n > limit {
+		if limit := int(endpoint) + int(endpoint)/5 + jitter; n > limit {
 			t.Errorf("%s: %d requests within one second, endpoint budget allows %d", ep, n, limit)
 		}
 	}
