@@ -139,6 +139,8 @@ func (d *decoder) validate(c *Config) *Error {
 		d.fail("fulfill.max_attempts", "must be between 1 and %d; got %d", maxMaxAttempts, f.MaxAttempts)
 	}
 	d.validateAction("notify", c.Notify.Command, c.Notify.URL)
+	d.validateSecret("fulfill.secret", f.Secret)
+	d.validateSecret("notify.secret", c.Notify.Secret)
 
 	d.validateSchedule("reconcile.schedule", c.Reconcile.Schedule)
 	if c.Reconcile.Window <= 0 {
@@ -198,6 +200,18 @@ func (d *decoder) validateAction(section string, command []string, rawURL string
 		if _, ok := httpURL(rawURL); !ok {
 			d.fail(section+".url", "must be an absolute http:// or https:// URL")
 		}
+	}
+}
+
+// minSecret is the shortest signing secret accepted: a shorter one is easy
+// to guess, and too short for the log redactor to remove safely.
+const minSecret = 16
+
+// validateSecret refuses a signing secret too short to be one. The message
+// never shows the secret.
+func (d *decoder) validateSecret(path, secret string) {
+	if secret != "" && len(secret) < minSecret {
+		d.fail(path, "is too short to sign deliveries: use at least %d random characters (e.g. the output of `openssl rand -hex 32`)", minSecret)
 	}
 }
 

@@ -57,7 +57,9 @@ func TestValidation(t *testing.T) {
 		{name: "concurrency too high", over: map[string]any{"fulfill.concurrency": 65}, key: "fulfill.concurrency"},
 		{name: "zero attempts", over: map[string]any{"fulfill.max_attempts": 0}, key: "fulfill.max_attempts"},
 		{name: "too many attempts", over: map[string]any{"fulfill.max_attempts": "101"}, key: "fulfill.max_attempts"},
-		{name: "notify command and url", over: map[string]any{"notify.command": "/bin/true", "notify.url": "https://x.example", "notify.secret": "notifysecret"}, key: "notify"},
+		{name: "notify command and url", over: map[string]any{"notify.command": "/bin/true", "notify.url": "https://x.example", "notify.secret": "notifysecret_0123456789"}, key: "notify"},
+		{name: "short fulfill secret", over: map[string]any{"fulfill.url": "https://x.example", "fulfill.secret": "hunter2"}, key: "fulfill.secret"},
+		{name: "short notify secret", over: map[string]any{"notify.url": "https://x.example", "notify.secret": "hunter2"}, key: "notify.secret"},
 		{name: "notify url", over: map[string]any{"notify.url": "x.example/hook"}, key: "notify.url"},
 		{name: "bad reconcile schedule", over: map[string]any{"reconcile.schedule": "61 * * * *"}, key: "reconcile.schedule"},
 		{name: "zero window", over: map[string]any{"reconcile.window": "0h"}, key: "reconcile.window"},
@@ -73,7 +75,7 @@ func TestValidation(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			// Every case carries signing secrets too, so a message that
 			// dumped the configuration would be caught.
-			over := map[string]any{"fulfill.secret": "whsec_fulfill"}
+			over := map[string]any{"fulfill.secret": "whsec_fulfill_0123456789"}
 			for k, v := range tt.over {
 				over[k] = v
 			}
