@@ -13,7 +13,7 @@ import (
 func secretConfig(t *testing.T) *Config {
 	t.Helper()
 	return mustLoad(t, Source{LookupEnv: env(map[string]string{
-		"STRIPE_API_KEY":          "sk_live_FIXTUREKEY",
+		"STRIPE_API_KEY":          "sk_test_FIXTUREKEY",
 		"FULFILLD_FULFILL_URL":    "https://shop:hunter2@shop.example.com/fulfill",
 		"FULFILLD_FULFILL_SECRET": "whsec_fulfillFIXTURE",
 		"FULFILLD_NOTIFY_COMMAND": "/usr/local/bin/tell",
@@ -63,7 +63,7 @@ func TestNoSecretsInOutput(t *testing.T) {
 
 func TestSecrets(t *testing.T) {
 	c := secretConfig(t)
-	want := []string{"sk_live_FIXTUREKEY", "whsec_fulfillFIXTURE", "notifysecret_0123456789", "hunter2"}
+	want := []string{"sk_test_FIXTUREKEY", "whsec_fulfillFIXTURE", "notifysecret_0123456789", "hunter2"}
 	if got := c.Secrets(); !slices.Equal(got, want) {
 		t.Errorf("Secrets() has %d values, want %d in the order key, fulfill, notify, URL passwords", len(got), len(want))
 	}

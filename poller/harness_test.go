@@ -23,7 +23,7 @@ import (
 // t0 is the simulated "now" every test starts at.
 var t0 = time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
 
-const testKey = "sk_test_4eC39HqLyjWDarjtT1zdp7dc"
+const testKey = "sk_test_fulfilldPollerHarness0000"
 
 // harness is one fulfilld (poller + fulfiller + store) wired through
 // stripe-go to a simulated Stripe, with the clock in the test's hands.

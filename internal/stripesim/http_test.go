@@ -24,7 +24,7 @@ func TestAuthentication(t *testing.T) {
 		message string
 	}{
 		{"wrong secret key", wrong, "Invalid API Key provided: sk_test_" + strings.Repeat("*", len(wrong)-len("sk_test_")-4) + "ab12"},
-		{"restricted key", "rk_live_abcdefghijklmnop9876", "Invalid API Key provided: rk_live_****************9876"},
+		{"restricted key", "rk_test_abcdefghijklmnop9876", "Invalid API Key provided: rk_test_****************9876"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
