@@ -148,7 +148,8 @@ type PassResult struct {
 	Waiting   int // will be retried later
 }
 
-func (r *PassResult) add(o PassResult) {
+// Add folds another run's counts into r.
+func (r *PassResult) Add(o PassResult) {
 	r.Attempted += o.Attempted
 	r.Fulfilled += o.Fulfilled
 	r.Failed += o.Failed

@@ -60,29 +60,23 @@ func (a *app) reconcile(ctx context.Context, since string) error {
 	defer db.Close()
 	d := a.newDaemon(db)
 	defer d.saveUsage(db, d.client)
-	if _, err := d.ful.Recover(); err != nil {
+	if err := d.recover(); err != nil {
 		return err
 	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	w, wait := d.workers(ctx, true)
-	d.rec.Wake = w.wake
-	sw, serr := d.rec.Sweep(ctx, from)
-	if serr != nil {
-		cancel()
+	var sw poller.Sweep
+	var swept bool
+	res, err := d.pass(ctx, func(ctx context.Context) error {
+		var serr error
+		sw, serr = d.rec.Sweep(ctx, from)
+		swept = serr == nil
+		return serr
+	})
+	if swept {
+		a.printSweep(sw, from)
+		fmt.Fprintf(a.stdout, "%d fulfilled now, %d failed, %d waiting for a retry\n", res.Fulfilled, res.Failed, res.Waiting)
 	}
-	w.close()
-	res, werr := wait()
-	if ctx.Err() != nil && serr == nil {
-		return nil
-	}
-	if serr != nil {
-		return authHint(serr)
-	}
-	a.printSweep(sw, from)
-	fmt.Fprintf(a.stdout, "%d fulfilled now, %d failed, %d waiting for a retry\n", res.Fulfilled, res.Failed, res.Waiting)
-	if werr != nil {
-		return authHint(werr)
+	if err != nil {
+		return err
 	}
 	if res.Failed > 0 {
 		return &exitError{code: exitFailure, err: fmt.Errorf("%d fulfillment(s) failed and are dead-lettered; see `fulfilld status`", res.Failed)}

@@ -122,15 +122,8 @@ func (a *app) run(ctx context.Context, f runFlags) error {
 	if _, err := d.poller.Start(since); err != nil {
 		return err
 	}
-	if n, err := d.ful.Recover(); err != nil {
+	if err := d.recover(); err != nil {
 		return err
-	} else if n > 0 {
-		a.log.Warn("attempts were cut off by the last stop; repeating them with the same idempotency keys", "sessions", n)
-	}
-	if d.notifier != nil {
-		if _, err := d.notifier.Recover(); err != nil {
-			return err
-		}
 	}
 	if f.once {
 		return d.once(ctx)
@@ -217,10 +210,7 @@ func (d *daemon) workers(ctx context.Context, untilIdle bool) (w wakers, wait fu
 		var errs []error
 		for range runs {
 			r := <-results
-			total.Attempted += r.res.Attempted
-			total.Fulfilled += r.res.Fulfilled
-			total.Failed += r.res.Failed
-			total.Waiting += r.res.Waiting
+			total.Add(r.res)
 			if r.err != nil && !errors.Is(r.err, context.Canceled) && !errors.Is(r.err, context.DeadlineExceeded) {
 				errs = append(errs, r.err)
 			}
@@ -229,48 +219,88 @@ func (d *daemon) workers(ctx context.Context, untilIdle bool) (w wakers, wait fu
 	}
 }
 
-// once is one complete pass: the poll and the queues run side by side, the
-// queues until nothing is due.
-func (d *daemon) once(parent context.Context) error {
+// recover puts attempts the last stop cut off, of both queues, first in
+// line; they are repeated with the same idempotency keys.
+func (d *daemon) recover() error {
+	n, err := d.ful.Recover()
+	if err != nil {
+		return err
+	}
+	if d.notifier != nil {
+		m, err := d.notifier.Recover()
+		if err != nil {
+			return err
+		}
+		n += m
+	}
+	if n > 0 {
+		d.log.Warn("attempts were cut off by the last stop; repeating them with the same idempotency keys", "count", n)
+	}
+	return nil
+}
+
+// errInterrupted is a pass a signal stopped: not a success for cron.
+var errInterrupted = &exitError{code: exitFailure,
+	err: errors.New("stopped before the pass completed; the next run resumes where this one stopped")}
+
+// pass runs list (the poll of `run --once`, or a `reconcile` sweep) while
+// the queues work until nothing is due. Meanwhile the admin socket answers
+// status, as it does for the daemon. A rejected key stops the queues too.
+// err is errInterrupted after a signal, else the first of list's and the
+// queues' errors.
+func (d *daemon) pass(parent context.Context, list func(ctx context.Context) error) (fulfill.PassResult, error) {
 	// ctx is also cancelled when the key is rejected; only parent ending is
 	// a shutdown.
 	ctx, cancel := context.WithCancel(parent)
 	defer cancel()
-	// A long backfill holds the store: status still answers, through the
-	// socket, as it does for the daemon.
 	adminL, err := listenAdmin(d.socketPath())
 	if err != nil {
-		return err
+		return fulfill.PassResult{}, err
 	}
 	defer os.Remove(d.socketPath())
 	admin := d.startServer(adminL, d.adminHandler(ctx, true), "admin socket")
 	defer admin.Close()
 	w, wait := d.workers(ctx, true)
 	d.poller.Wake, d.rec.Wake = w.wake, w.wake
-	pres, perr := d.poller.Poll(ctx, true)
-	d.metrics.Poll(perr)
-	if perr == nil {
-		_, perr = d.rec.SweepAgedOut(ctx)
-	}
-	if errors.Is(perr, stripeapi.ErrAuth) {
+	lerr := list(ctx)
+	if errors.Is(lerr, stripeapi.ErrAuth) {
 		cancel()
 	}
 	w.close()
 	res, werr := wait()
-	if parent.Err() != nil {
-		// Not a success for cron: the pass did not complete.
-		return &exitError{code: exitFailure, err: errors.New("stopped before the pass completed; the next run resumes where this one stopped")}
+	switch {
+	case parent.Err() != nil:
+		return res, errInterrupted
+	case lerr != nil:
+		return res, authHint(lerr)
+	}
+	return res, authHint(werr)
+}
+
+// once is one complete pass: the poll and the queues side by side, the
+// queues until nothing is due.
+func (d *daemon) once(parent context.Context) error {
+	var pres poller.Result
+	res, err := d.pass(parent, func(ctx context.Context) error {
+		var perr error
+		pres, perr = d.poller.Poll(ctx, true)
+		d.metrics.Poll(perr)
+		if perr == nil {
+			_, perr = d.rec.SweepAgedOut(ctx)
+		}
+		return perr
+	})
+	if err == errInterrupted {
+		return err
 	}
 	d.log.Info("pass complete",
 		"events_listed", pres.Listed, "events_new", pres.New, "sessions_queued", pres.Queued,
 		"attempted", res.Attempted, "fulfilled", res.Fulfilled, "failed", res.Failed, "waiting_retry", res.Waiting,
 		"complete_until", pres.Position.Settled.UTC().Format(time.RFC3339))
-	switch {
-	case perr != nil:
-		return authHint(perr)
-	case werr != nil:
-		return authHint(werr)
-	case res.Failed > 0:
+	if err != nil {
+		return err
+	}
+	if res.Failed > 0 {
 		return &exitError{code: exitFailure, err: fmt.Errorf("%d delivery(ies) failed in this pass and are dead-lettered; see `fulfilld status`, then `fulfilld retry --failed`", res.Failed)}
 	}
 	return nil
