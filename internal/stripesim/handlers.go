@@ -142,6 +142,28 @@ func (p params) limit() (int, *apiError) {
 	return int(n), nil
 }
 
+// paging is a list request's limit and cursor.
+type paging struct {
+	limit               int
+	after, before       string
+	hasAfter, hasBefore bool
+}
+
+// parseList reads a list request: its parameters, its limit and its
+// cursor.
+func parseList(q url.Values, spec paramSpec) (params, paging, *apiError) {
+	var pg paging
+	p, e := parseParams(q, spec)
+	if e != nil {
+		return p, pg, e
+	}
+	if pg.limit, e = p.limit(); e != nil {
+		return p, pg, e
+	}
+	pg.after, pg.before, pg.hasAfter, pg.hasBefore, e = p.cursors()
+	return p, pg, e
+}
+
 // cursors returns starting_after and ending_before, refusing both at once.
 func (p params) cursors() (after, before string, hasAfter, hasBefore bool, e *apiError) {
 	after, hasAfter = p.scalar["starting_after"]
@@ -225,18 +247,11 @@ func bounds[T any](t *timeline[T], createdLo, createdHi int64) (lo, hi int) {
 }
 
 func (s *Server) listEvents(q url.Values, _ string) ([]byte, *apiError) {
-	p, e := parseParams(q, eventSpec)
+	p, pg, e := parseList(q, eventSpec)
 	if e != nil {
 		return nil, e
 	}
-	limit, e := p.limit()
-	if e != nil {
-		return nil, e
-	}
-	after, before, hasAfter, hasBefore, e := p.cursors()
-	if e != nil {
-		return nil, e
-	}
+	limit, after, before, hasAfter, hasBefore := pg.limit, pg.after, pg.before, pg.hasAfter, pg.hasBefore
 	typ, hasType := p.scalar["type"]
 	types := p.array["types"]
 	if hasType && len(types) > 0 {
@@ -382,18 +397,11 @@ func (s *Server) getSession(q url.Values, id string) ([]byte, *apiError) {
 }
 
 func (s *Server) listSessions(q url.Values, _ string) ([]byte, *apiError) {
-	p, e := parseParams(q, sessionSpec)
+	p, pg, e := parseList(q, sessionSpec)
 	if e != nil {
 		return nil, e
 	}
-	limit, e := p.limit()
-	if e != nil {
-		return nil, e
-	}
-	after, before, hasAfter, hasBefore, e := p.cursors()
-	if e != nil {
-		return nil, e
-	}
+	limit, after, before, hasAfter, hasBefore := pg.limit, pg.after, pg.before, pg.hasAfter, pg.hasBefore
 	createdLo, createdHi, e := p.created()
 	if e != nil {
 		return nil, e
@@ -460,18 +468,11 @@ func (s *Server) listSessions(q url.Values, _ string) ([]byte, *apiError) {
 }
 
 func (s *Server) listLineItems(q url.Values, id string) ([]byte, *apiError) {
-	p, e := parseParams(q, lineItemSpec)
+	_, pg, e := parseList(q, lineItemSpec)
 	if e != nil {
 		return nil, e
 	}
-	limit, e := p.limit()
-	if e != nil {
-		return nil, e
-	}
-	after, before, hasAfter, hasBefore, e := p.cursors()
-	if e != nil {
-		return nil, e
-	}
+	limit, after, before, hasAfter, hasBefore := pg.limit, pg.after, pg.before, pg.hasAfter, pg.hasBefore
 	s.mu.Lock()
 	sess := s.sessIDs[id]
 	s.mu.Unlock()
