@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"strings"
@@ -166,6 +167,10 @@ func cmp(v, def int) int {
 	return v
 }
 
+// maxCreated is the last Unix second of year 9999: a later created time is
+// not a time.
+const maxCreated = 253402300799
+
 // decodeEvent reads the fields routing needs. It never fails: a bad event
 // carries Err, so the stream can record it and move on.
 func decodeEvent(raw json.RawMessage) Event {
@@ -190,8 +195,10 @@ func decodeEvent(raw json.RawMessage) Event {
 		ev.Err = errors.New("event has no id")
 	case ev.Type == "":
 		ev.Err = errors.New("event has no type")
-	case created <= 0:
-		ev.Err = errors.New("event has no created time")
+	case created <= 0 || created > maxCreated || created != math.Trunc(created):
+		// Out of range, it would overflow into a time no listing or
+		// pruning ever reaches.
+		ev.Err = errors.New("event has no valid created time")
 	case head.Data == nil || len(head.Data.Object) == 0:
 		ev.Err = errors.New("event has no data.object")
 	}
