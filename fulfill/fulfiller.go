@@ -29,6 +29,21 @@ var (
 	ErrUnknownSession = errors.New("no such session in the store")
 )
 
+// DB is the store as this package uses it: bbolt's transactions. The daemon
+// passes a storehealth.Guard, which also says whether writes work (see
+// storeHealth); a plain *bbolt.DB serves too.
+type DB interface {
+	View(fn func(*bbolt.Tx) error) error
+	Update(fn func(*bbolt.Tx) error) error
+}
+
+// storeHealth is a DB that keeps score of its writes. The queues stop
+// taking work while Err is set, and Probe tells them when to go on.
+type storeHealth interface {
+	Err() error
+	Probe() error
+}
+
 // SessionSource retrieves a Checkout Session with all its line items.
 type SessionSource interface {
 	GetSession(ctx context.Context, id string) (*stripeapi.Session, error)
@@ -43,7 +58,7 @@ type retrieveSizer interface {
 
 // Fulfiller runs fulfillments.
 type Fulfiller struct {
-	DB          *bbolt.DB
+	DB          DB
 	Sessions    SessionSource
 	Action      Action
 	MaxAttempts int
@@ -60,7 +75,14 @@ type Fulfiller struct {
 
 	mu     sync.Mutex
 	claims map[string]chan struct{}
+	// results are attempts that ran but could not be recorded yet.
+	results unsaved
 }
+
+// Unsaved is how many attempts ran but could not be recorded because the
+// store refused the write; they are saved when it takes writes again, and
+// repeated (same idempotency key) only if the process ends first.
+func (f *Fulfiller) Unsaved() int { return f.results.len() }
 
 // DefaultBackoff doubles from 30 s to at most an hour, less up to a quarter
 // for jitter: with the default eight attempts the last comes 48-64 minutes
@@ -130,6 +152,13 @@ func (f *Fulfiller) fulfill(ctx context.Context, sessionID, trigger, eventID str
 		return Record{}, err
 	}
 	defer release()
+	if kept, err := f.results.flushOne(sessionID); kept && err != nil {
+		// Its action ran; until that is recorded nothing runs it again.
+		return Record{SessionID: sessionID, State: StatePending, InFlight: true}, err
+	}
+	if err := storeWritable(f.DB); err != nil {
+		return Record{}, err
+	}
 	var rec Record
 	var found bool
 	err = f.DB.View(func(tx *bbolt.Tx) error {
@@ -240,7 +269,8 @@ func (f *Fulfiller) attempt(ctx context.Context, rec Record, st *stages) (Record
 		log.Warn("fulfillment attempt failed; will retry", "attempt", rec.Attempts, "err", actErr, "next_attempt", next)
 	}
 	rec.NextAttempt = next
-	if err := f.save(rec, next); err != nil {
+	if err := f.results.save(ctx, rec.SessionID, func() error { return f.save(rec, next) }); err != nil {
+		log.Error("the action's result could not be recorded", "attempt", rec.Attempts, "state", rec.State, "err", err)
 		return rec, err
 	}
 	if f.OnResult != nil {
@@ -410,7 +440,7 @@ func (f *Fulfiller) Run(ctx context.Context, opts RunOptions) (PassResult, error
 		act:   &gate{limit: func() int { return max(f.Concurrency, 1) }},
 	}
 	w := &worker{
-		db: f.DB, q: sessionQueue, now: f.now,
+		db: f.DB, q: sessionQueue, now: f.now, flush: f.results.flush,
 		// Enough sessions in progress to keep both stages busy: a
 		// prefetch at most one fetch stage deep ahead of the actions.
 		slots:  func() int { return st.fetch.size() + st.act.size() },
@@ -460,4 +490,15 @@ func (f *Fulfiller) runQueued(ctx context.Context, id string, st *stages) (Recor
 		f.logger().Debug("queued fulfillment did not complete", "session", id, "err", err)
 	}
 	return rec, err
+}
+
+// storeWritable asks a store that keeps score of its writes whether it
+// takes them; one that failed is probed once more first. Work that would
+// have to record its start is not begun against a store that refuses.
+func storeWritable(db DB) error {
+	h, ok := db.(storeHealth)
+	if !ok || h.Err() == nil {
+		return nil
+	}
+	return h.Probe()
 }

@@ -3,7 +3,6 @@ package fulfill
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sort"
@@ -152,14 +151,21 @@ func RetryNotifications(tx *bbolt.Tx, now time.Time, ids ...string) ([]string, e
 // Notifier delivers queued notifications through the operator's notify
 // action, with the same attempts, backoff and dead letter as fulfillment.
 type Notifier struct {
-	DB          *bbolt.DB
+	DB          DB
 	Action      Action
 	MaxAttempts int
 	Concurrency int
 	Backoff     func(attempt int) time.Duration
 	Now         func() time.Time
 	Logger      *slog.Logger
+
+	// results are deliveries that ran but could not be recorded yet.
+	results unsaved
 }
+
+// Unsaved is how many deliveries ran but could not be recorded yet; see
+// Fulfiller.Unsaved.
+func (n *Notifier) Unsaved() int { return n.results.len() }
 
 func (n *Notifier) now() time.Time {
 	if n.Now != nil {
@@ -178,7 +184,8 @@ func (n *Notifier) Recover() (int, error) {
 
 // Run works the notify queue; see Fulfiller.Run.
 func (n *Notifier) Run(ctx context.Context, opts RunOptions) (PassResult, error) {
-	w := &worker{db: n.DB, q: notifyQueue, concurrency: n.Concurrency, now: n.now, process: n.attempt, logger: n.Logger}
+	w := &worker{db: n.DB, q: notifyQueue, concurrency: n.Concurrency, now: n.now, process: n.attempt, logger: n.Logger,
+		flush: n.results.flush}
 	return w.run(ctx, opts)
 }
 
@@ -190,14 +197,26 @@ func (n *Notifier) attempt(ctx context.Context, id string) (outcome, error) {
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("event", id)
+	if kept, err := n.results.flushOne(id); kept {
+		// Delivered already; until that is recorded nothing delivers it again.
+		return outcomeOther, err
+	}
+	if err := storeWritable(n.DB); err != nil {
+		return outcomeOther, err
+	}
 	var rec Notification
 	var ok bool
 	err := n.DB.View(func(tx *bbolt.Tx) (err error) {
 		rec, ok, err = GetNotification(tx, id)
 		return err
 	})
-	if err != nil || !ok || rec.State != NotifyPending {
-		return outcomeOther, errors.Join(err, n.DB.Update(func(tx *bbolt.Tx) error { return notifyQueue.remove(tx, id) }))
+	if err != nil {
+		// Not lost: it stays queued and is offered again after a cooldown.
+		log.Error("could not read the notification's record; it stays queued", "err", err)
+		return outcomeOther, err
+	}
+	if !ok || rec.State != NotifyPending {
+		return outcomeOther, n.DB.Update(func(tx *bbolt.Tx) error { return notifyQueue.remove(tx, id) })
 	}
 	rec.Attempts++
 	rec.InFlight = true
@@ -235,7 +254,11 @@ func (n *Notifier) attempt(ctx context.Context, id string) (outcome, error) {
 		log.Warn("notify attempt failed; will retry", "attempt", rec.Attempts, "err", actErr, "next_attempt", next)
 	}
 	rec.NextAttempt = next
-	return result, n.save(rec, next)
+	if err := n.results.save(ctx, id, func() error { return n.save(rec, next) }); err != nil {
+		log.Error("the notification's result could not be recorded", "attempt", rec.Attempts, "state", rec.State, "err", err)
+		return outcomeOther, err
+	}
+	return result, nil
 }
 
 func (n *Notifier) save(rec Notification, next time.Time) error {

@@ -50,7 +50,7 @@ func (q queue) place(tx *bbolt.Tx, id string, next time.Time) error {
 // says which) to the front of the queue: they were already being worked
 // on, so they go before the backlog. Only the process holding the store can
 // have been running them, so call it once at start.
-func (q queue) recoverCutOff(db *bbolt.DB, inFlight func(tx *bbolt.Tx, id string) bool) (int, error) {
+func (q queue) recoverCutOff(db DB, inFlight func(tx *bbolt.Tx, id string) bool) (int, error) {
 	n := 0
 	err := db.Update(func(tx *bbolt.Tx) error {
 		for _, id := range q.ids(tx) {
@@ -77,6 +77,15 @@ func (q queue) remove(tx *bbolt.Tx, id string) error {
 		return err
 	}
 	return idx.Delete([]byte(id))
+}
+
+// dueAt is when id is due, if it is queued.
+func (q queue) dueAt(tx *bbolt.Tx, id string) (time.Time, bool) {
+	key := tx.Bucket(q.index).Get([]byte(id))
+	if len(key) < 8 {
+		return time.Time{}, false
+	}
+	return time.Unix(0, int64(binary.BigEndian.Uint64(key[:8]))), true
 }
 
 func (q queue) has(tx *bbolt.Tx, id string) bool {
@@ -171,7 +180,7 @@ const maxAttemptsPerPass = 3
 
 // worker keeps up to concurrency items of a queue in progress.
 type worker struct {
-	db          *bbolt.DB
+	db          DB
 	q           queue
 	concurrency int
 	// slots, when set, replaces concurrency and is asked again each time
@@ -183,6 +192,68 @@ type worker struct {
 	process func(ctx context.Context, id string) (outcome, error)
 	fatal   func(error) bool
 	logger  *slog.Logger
+	// flush saves the results kept while the store refused writes; it is
+	// called when a probe finds the store writable again.
+	flush func() error
+}
+
+// Pauses of the worker. An item whose attempt ended in an error and left
+// it due at once (a record that cannot be read, a write that fails) is not
+// offered again for a while, doubling up to a minute: such an error must
+// not become a loop of requests.
+// While the store refuses writes, nothing new starts, and the store is
+// probed with a backoff of its own.
+const (
+	errorCooldown    = time.Second
+	maxErrorCooldown = time.Minute
+	probeWait        = time.Second
+	maxProbeWait     = 30 * time.Second
+)
+
+// storeErr is why the store cannot take writes now, or nil.
+func (w *worker) storeErr() error {
+	if h, ok := w.db.(storeHealth); ok {
+		return h.Err()
+	}
+	return nil
+}
+
+// dueNow reports whether id is in the queue and due: an attempt that
+// ended in an error without moving it would be offered again at once.
+func (w *worker) dueNow(id string) bool {
+	due := false
+	_ = w.db.View(func(tx *bbolt.Tx) error {
+		if at, ok := w.q.dueAt(tx, id); ok && !at.After(w.now()) {
+			due = true
+		}
+		return nil
+	})
+	return due
+}
+
+// probe asks the store whether it takes writes again and, when it does,
+// saves the results kept meanwhile.
+func (w *worker) probe() bool {
+	h, ok := w.db.(storeHealth)
+	if !ok {
+		return true
+	}
+	if h.Probe() != nil {
+		return false
+	}
+	if w.flush != nil {
+		if err := w.flush(); err != nil {
+			return false
+		}
+	}
+	return true
+}
+
+// finished is an item whose attempt ended; failed when it ended in an
+// error (not a shutdown).
+type finished struct {
+	id     string
+	failed bool
 }
 
 // panicRetry is how soon an item whose attempt panicked is offered again.
@@ -225,9 +296,15 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 		wg       sync.WaitGroup
 		running  = map[string]bool{}
 		attempts = map[string]int{}
-		done     = make(chan string)
+		done     = make(chan finished)
 		wake     = opts.Wake
 		polling  = true
+		// cool holds items whose last attempt ended in an error, until
+		// when (real time: a cooldown, not a schedule), and strikes how
+		// many in a row.
+		cool    = map[string]time.Time{}
+		strikes = map[string]int{}
+		probeIn = probeWait
 	)
 	attemptCtx, cancelAttempts := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelAttempts()
@@ -243,16 +320,34 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 	defer wg.Wait()
 	drain := func() {
 		for len(running) > 0 {
-			delete(running, <-done)
+			delete(running, (<-done).id)
 		}
 	}
 	// In a pass an item is attempted again only when it is due again at
 	// once (new events arrived while it was looked at); the bound stops a
 	// loop.
-	skip := func(id string) bool { return running[id] || opts.UntilIdle && attempts[id] >= maxAttemptsPerPass }
+	skip := func(id string) bool {
+		if until, ok := cool[id]; ok {
+			if time.Now().Before(until) {
+				return true
+			}
+			delete(cool, id)
+		}
+		return running[id] || opts.UntilIdle && attempts[id] >= maxAttemptsPerPass
+	}
 	for {
+		storeErr := w.storeErr()
+		if storeErr != nil && opts.UntilIdle && w.probe() {
+			storeErr = nil
+		}
+		if storeErr != nil && opts.UntilIdle {
+			// A pass cannot complete on a store that refuses writes: stop,
+			// and let the caller exit non-zero.
+			drain()
+			return res, fmt.Errorf("stop the pass: %w", storeErr)
+		}
 		slots := w.slotCount()
-		if ctx.Err() == nil && len(running) < slots {
+		if storeErr == nil && ctx.Err() == nil && len(running) < slots {
 			var ids []string
 			_ = w.db.View(func(tx *bbolt.Tx) error {
 				ids = w.q.due(tx, w.now(), slots-len(running), skip)
@@ -279,7 +374,7 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 						fatal = err
 					}
 					mu.Unlock()
-					done <- id
+					done <- finished{id: id, failed: err != nil && attemptCtx.Err() == nil && w.dueNow(id)}
 				}()
 			}
 		}
@@ -296,27 +391,58 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 		}
 		var timer *time.Timer
 		var timerC <-chan time.Time
-		if !opts.UntilIdle && len(running) < slots && ctx.Err() == nil {
+		probing := false
+		switch {
+		case ctx.Err() != nil:
+		case storeErr != nil:
+			timer, probing = time.NewTimer(probeIn), true
+			timerC = timer.C
+		case !opts.UntilIdle && len(running) < slots:
 			var next time.Time
 			_ = w.db.View(func(tx *bbolt.Tx) error {
 				// Items still being attempted are not waited for: they are due
 				// until their action starts, and would wake the loop at once.
-				next = w.q.nextExcept(tx, func(id string) bool { return running[id] })
+				// Items cooling down after an error wake it when they thaw.
+				next = w.q.nextExcept(tx, func(id string) bool { _, cooling := cool[id]; return running[id] || cooling })
 				return nil
 			})
+			wait := time.Duration(-1)
 			if !next.IsZero() {
-				timer = time.NewTimer(max(next.Sub(w.now()), 10*time.Millisecond))
+				wait = max(next.Sub(w.now()), 10*time.Millisecond)
+			}
+			for _, until := range cool {
+				if d := max(time.Until(until), 10*time.Millisecond); wait < 0 || d < wait {
+					wait = d
+				}
+			}
+			if wait >= 0 {
+				timer = time.NewTimer(wait)
 				timerC = timer.C
 			}
 		}
 		select {
-		case id := <-done:
+		case f := <-done:
+			id := f.id
+			if f.failed {
+				strikes[id]++
+				cool[id] = time.Now().Add(min(errorCooldown<<min(strikes[id]-1, 10), maxErrorCooldown))
+			} else {
+				delete(strikes, id)
+				delete(cool, id)
+			}
 			delete(running, id)
 		case _, ok := <-wake:
 			if !ok {
 				polling, wake = false, nil
 			}
 		case <-timerC:
+			if probing {
+				if w.probe() {
+					probeIn = probeWait
+				} else {
+					probeIn = min(probeIn*2, maxProbeWait)
+				}
+			}
 		case <-ctx.Done():
 			drain()
 			return res, ctx.Err()

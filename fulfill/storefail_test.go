@@ -1,0 +1,288 @@
+package fulfill
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/fulfilld/fulfilld/internal/storehealth"
+	"github.com/fulfilld/fulfilld/internal/stripeapi"
+)
+
+// errDiskFull stands for what a full disk makes bbolt's commit return.
+var errDiskFull = errors.New("write fulfilld.db: no space left on device")
+
+// flakyStore is the storage boundary with a switch: while failing, every
+// write is refused as a full disk refuses it; reads go on.
+type flakyStore struct {
+	*bbolt.DB
+	failing atomic.Bool
+	writes  atomic.Int64 // refused writes
+}
+
+func (s *flakyStore) Update(fn func(*bbolt.Tx) error) error {
+	if s.failing.Load() {
+		s.writes.Add(1)
+		return errDiskFull
+	}
+	return s.DB.Update(fn)
+}
+
+// paidSource answers every retrieve with a paid session and counts them.
+type paidSource struct{ calls atomic.Int64 }
+
+func (s *paidSource) GetSession(_ context.Context, id string) (*stripeapi.Session, error) {
+	s.calls.Add(1)
+	return &stripeapi.Session{ID: id, Status: "complete", PaymentStatus: "paid", JSON: []byte(`{}`)}, nil
+}
+
+// runsAction counts runs per session and calls during (once) while the
+// first run is "in the action".
+type runsAction struct {
+	mu     sync.Mutex
+	runs   map[string]int
+	during func()
+}
+
+func (a *runsAction) Deliver(_ context.Context, d Delivery) (Outcome, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.runs == nil {
+		a.runs = map[string]int{}
+	}
+	a.runs[strings.TrimPrefix(d.IdempotencyKey, "fulfilld-")]++
+	if a.during != nil {
+		a.during()
+		a.during = nil
+	}
+	return Outcome{}, nil
+}
+
+func (a *runsAction) count(id string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.runs[id]
+}
+
+// logLines collects what was logged at ERROR.
+type logLines struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (l *logLines) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.buf.Write(p)
+}
+
+func (l *logLines) errors(containing string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, line := range strings.Split(l.buf.String(), "\n") {
+		if strings.Contains(line, "level=ERROR") && strings.Contains(line, containing) {
+			n++
+		}
+	}
+	return n
+}
+
+func enqueue(t *testing.T, db *bbolt.DB, now time.Time, ids ...string) {
+	t.Helper()
+	err := db.Update(func(tx *bbolt.Tx) error {
+		for _, id := range ids {
+			if _, err := Enqueue(tx, Request{SessionID: id, EventID: "evt_" + id, Trigger: TriggerEvent, At: now}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func stateOf(t *testing.T, db *bbolt.DB, id string) Record {
+	t.Helper()
+	var rec Record
+	if err := db.View(func(tx *bbolt.Tx) (err error) { rec, _, err = Get(tx, id); return err }); err != nil {
+		t.Fatal(err)
+	}
+	return rec
+}
+
+// waitUntil waits for cond, checking it every few milliseconds, and fails
+// the test after ten seconds.
+func waitUntil(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		<-time.After(5 * time.Millisecond)
+	}
+}
+
+// A store that refuses every write (a full disk, a file system remounted
+// read-only) stops new work instead of asking Stripe for the same sessions
+// in a loop, and says so in one ERROR line; once it takes writes again every
+// session is fulfilled exactly once.
+func TestUnwritableStoreDoesNotSpin(t *testing.T) {
+	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+	db := openTestDB(t)
+	ids := []string{"cs_1", "cs_2", "cs_3"}
+	enqueue(t, db, now, ids...)
+	store := &flakyStore{DB: db}
+	store.failing.Store(true)
+	var logs logLines
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	guard := storehealth.New(store, logger)
+	src, act := &paidSource{}, &runsAction{}
+	f := &Fulfiller{DB: guard, Sessions: src, Action: act, MaxAttempts: 3, Concurrency: 4,
+		Now: func() time.Time { return now }, Logger: logger}
+
+	// A daemon's queue for a while against the refusing store.
+	ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
+	defer cancel()
+	if _, err := f.Run(ctx, RunOptions{Wake: make(chan struct{})}); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("run: %v", err)
+	}
+	if n := src.calls.Load(); n > int64(len(ids)) {
+		t.Errorf("%d session retrieves against a store that refuses writes, want at most one per queued session (%d)", n, len(ids))
+	}
+	if n := store.writes.Load(); n > 10 {
+		t.Errorf("%d refused writes in 2.5s: the queue is not backing off", n)
+	}
+	if n := logs.errors("the store cannot be written"); n != 1 {
+		t.Errorf("%d ERROR lines about the store, want 1:\n%s", n, logs.buf.String())
+	}
+	if err := guard.Err(); err == nil || !strings.Contains(err.Error(), "no space left") {
+		t.Errorf("guard.Err() = %v, want the disk's error", err)
+	}
+
+	// A pass (run --once) on the refusing store stops with an error.
+	wake := make(chan struct{})
+	close(wake)
+	if _, err := f.Run(context.Background(), RunOptions{Wake: wake, UntilIdle: true}); !errors.Is(err, storehealth.ErrUnwritable) {
+		t.Errorf("a pass on a store that refuses writes returned %v, want ErrUnwritable", err)
+	}
+
+	// The disk is freed: everything is fulfilled, each exactly once.
+	store.failing.Store(false)
+	if _, err := f.Run(context.Background(), RunOptions{Wake: wake, UntilIdle: true}); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if rec := stateOf(t, db, id); rec.State != StateFulfilled || act.count(id) != 1 {
+			t.Errorf("%s: %s after %d action runs, want fulfilled after 1", id, rec.State, act.count(id))
+		}
+	}
+	if guard.Err() != nil {
+		t.Errorf("guard still failing after successful writes: %v", guard.Err())
+	}
+}
+
+// The disk fills while the action runs: its success cannot be recorded.
+// The action is not run again — not by the queue, not by a manual trigger —
+// and the result is recorded as soon as the store takes writes again.
+func TestResultThatCannotBeSavedIsNotRepeated(t *testing.T) {
+	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+	db := openTestDB(t)
+	enqueue(t, db, now, "cs_1")
+	store := &flakyStore{DB: db}
+	guard := storehealth.New(store, nil)
+	src := &paidSource{}
+	act := &runsAction{during: func() { store.failing.Store(true) }}
+	f := &Fulfiller{DB: guard, Sessions: src, Action: act, MaxAttempts: 3, Concurrency: 4,
+		Now: func() time.Time { return now }}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.Run(ctx, RunOptions{Wake: make(chan struct{})})
+		done <- err
+	}()
+	waitUntil(t, "the result is kept in memory", func() bool { return f.Unsaved() == 1 })
+	if rec := stateOf(t, db, "cs_1"); !rec.InFlight {
+		t.Fatalf("store says %+v; the test wants the result unrecorded", rec)
+	}
+
+	// A person (or the landing page) asks again meanwhile.
+	if _, err := f.Fulfill(context.Background(), "cs_1", TriggerManual, ""); err == nil {
+		t.Error("a manual fulfill while the result is unrecorded succeeded; want an error saying so")
+	}
+	if n := act.count("cs_1"); n != 1 {
+		t.Fatalf("the action ran %d times while its result could not be saved, want 1", n)
+	}
+
+	store.failing.Store(false)
+	waitUntil(t, "the kept result is saved", func() bool { return stateOf(t, db, "cs_1").State == StateFulfilled })
+	cancel()
+	<-done
+	if f.Unsaved() != 0 {
+		t.Errorf("%d results still kept after the store recovered", f.Unsaved())
+	}
+
+	// A restart finds nothing cut off and runs nothing again.
+	g := &Fulfiller{DB: db, Sessions: src, Action: act, MaxAttempts: 3, Concurrency: 4, Now: func() time.Time { return now }}
+	if n, err := g.Recover(); err != nil || n != 0 {
+		t.Errorf("Recover after the result was saved: %d cut off, %v", n, err)
+	}
+	if _, err := g.Fulfill(context.Background(), "cs_1", TriggerManual, ""); err != nil {
+		t.Fatal(err)
+	}
+	if n := act.count("cs_1"); n != 1 {
+		t.Errorf("the action ran %d times in all, want 1", n)
+	}
+}
+
+// A notification whose record cannot be read is not dropped from the queue:
+// it is delivered once the record reads again.
+func TestUnreadableNotificationStaysQueued(t *testing.T) {
+	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+	db := openTestDB(t)
+	if err := db.Update(func(tx *bbolt.Tx) error {
+		if _, err := EnqueueNotification(tx, "evt_1", "checkout.session.expired", []byte(`{"id":"evt_1"}`), now); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketNotifications).Put([]byte("evt_1"), []byte(`{"event_id":`)) // torn
+	}); err != nil {
+		t.Fatal(err)
+	}
+	act := &runsAction{}
+	n := &Notifier{DB: db, Action: act, MaxAttempts: 3, Concurrency: 2, Now: func() time.Time { return now }}
+	wake := make(chan struct{})
+	close(wake)
+	if _, err := n.Run(context.Background(), RunOptions{Wake: wake, UntilIdle: true}); err != nil {
+		t.Fatal(err)
+	}
+	var queued bool
+	_ = db.View(func(tx *bbolt.Tx) error { queued = notifyQueue.has(tx, "evt_1"); return nil })
+	if !queued {
+		t.Fatal("the notification was dropped from the queue because its record could not be read")
+	}
+
+	// The record reads again (restored from a backup, say).
+	if err := db.Update(func(tx *bbolt.Tx) error {
+		return putNotification(tx, Notification{EventID: "evt_1", EventType: "checkout.session.expired",
+			State: NotifyPending, Created: now, Event: []byte(`{"id":"evt_1"}`)})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := n.Run(context.Background(), RunOptions{Wake: wake, UntilIdle: true}); err != nil {
+		t.Fatal(err)
+	}
+	if got := act.count("notify-evt_1"); got != 1 {
+		t.Errorf("notification delivered %d times, want 1", got)
+	}
+}

@@ -1,0 +1,107 @@
+package fulfill
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/fulfilld/fulfilld/internal/storehealth"
+)
+
+// unsaved keeps the results of attempts whose action ran but whose result
+// the store refused to record (a full disk, an I/O error). Such a result
+// stays in memory, under the item's id, until a write succeeds: meanwhile
+// this process never attempts the item again — its action already ran —
+// and a later trigger saves the kept result instead of running the action.
+// Only a process that ends with results kept repeats them on its next start,
+// as after a crash, with the same idempotency key.
+type unsaved struct {
+	mu    sync.Mutex
+	saves map[string]func() error
+}
+
+// Bounds of the first, in-line retries of a result save: a store that
+// recovers within about a second loses nothing and keeps nothing.
+const (
+	resultSaveTries = 6
+	resultSaveWait  = 25 * time.Millisecond
+)
+
+// save records a result through save, retrying in line while the store
+// refuses writes; after that, or when ctx ends, it keeps the result for
+// flush. Errors other than a refused write are returned as they are.
+func (u *unsaved) save(ctx context.Context, id string, save func() error) error {
+	wait := resultSaveWait
+	for try := 1; ; try++ {
+		err := save()
+		if err == nil || !errors.Is(err, storehealth.ErrUnwritable) {
+			return err
+		}
+		if try >= resultSaveTries || sleepCtx(ctx, wait) != nil {
+			u.mu.Lock()
+			if u.saves == nil {
+				u.saves = map[string]func() error{}
+			}
+			u.saves[id] = save
+			u.mu.Unlock()
+			return fmt.Errorf("%s: the attempt ended but its result could not be recorded; "+
+				"it is kept in memory and saved when the store takes writes again: %w", id, err)
+		}
+		wait *= 2
+	}
+}
+
+// flushOne saves id's kept result, if there is one; found says whether
+// there was.
+func (u *unsaved) flushOne(id string) (found bool, err error) {
+	u.mu.Lock()
+	save, ok := u.saves[id]
+	u.mu.Unlock()
+	if !ok {
+		return false, nil
+	}
+	if err := save(); err != nil {
+		return true, fmt.Errorf("%s: its last attempt's result is not recorded yet: %w", id, err)
+	}
+	u.mu.Lock()
+	delete(u.saves, id)
+	u.mu.Unlock()
+	return true, nil
+}
+
+// flush saves every kept result; it stops at the first that fails.
+func (u *unsaved) flush() error {
+	u.mu.Lock()
+	ids := make([]string, 0, len(u.saves))
+	for id := range u.saves {
+		ids = append(ids, id)
+	}
+	u.mu.Unlock()
+	for _, id := range ids {
+		if _, err := u.flushOne(id); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// len is how many results are kept.
+func (u *unsaved) len() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.saves)
+}
+
+// sleepCtx waits for d or until ctx ends.
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
