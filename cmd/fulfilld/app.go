@@ -145,7 +145,7 @@ func actionEnv(env []string) []string {
 	return out
 }
 
-func (a *app) fulfiller(db *bbolt.DB, client *stripeapi.Client) *fulfill.Fulfiller {
+func (a *app) fulfiller(db fulfill.DB, client *stripeapi.Client) *fulfill.Fulfiller {
 	return &fulfill.Fulfiller{
 		DB:          db,
 		Sessions:    client,
@@ -158,7 +158,7 @@ func (a *app) fulfiller(db *bbolt.DB, client *stripeapi.Client) *fulfill.Fulfill
 }
 
 // notifier is nil when notify is not configured.
-func (a *app) notifier(db *bbolt.DB) *fulfill.Notifier {
+func (a *app) notifier(db fulfill.DB) *fulfill.Notifier {
 	n := a.cfg.Notify
 	if len(n.Command) == 0 && n.URL == "" {
 		return nil

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/metrics"
 	"github.com/fulfilld/fulfilld/internal/store"
+	"github.com/fulfilld/fulfilld/internal/storehealth"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/poller"
 )
@@ -46,7 +48,10 @@ func (a *app) runCommand() *cobra.Command {
 // daemon is one process's store, client and loops.
 type daemon struct {
 	*app
-	db       *bbolt.DB
+	db *bbolt.DB
+	// store is db as the queues write to it: it keeps score of whether
+	// writes work, so a failing disk pauses them and shows in /healthz.
+	store    *storehealth.Guard
 	client   *stripeapi.Client
 	poller   *poller.Poller
 	ful      *fulfill.Fulfiller
@@ -61,15 +66,19 @@ type daemon struct {
 	polling   atomic.Bool
 	// reads paces polls under stripe.monthly_read_budget; see pollWithinReadBudget.
 	reads *stripeapi.ReadPacer
+	// jobFailures counts each scheduled job's failures in a row (jobDone).
+	jobMu       sync.Mutex
+	jobFailures map[string]int
 }
 
 func (a *app) newDaemon(db *bbolt.DB) *daemon {
 	d := &daemon{app: a, db: db, client: a.stripeClient(), wake: func() {}}
+	d.store = storehealth.New(db, a.log.With("component", "store"))
 	d.metrics = metrics.New(db, a.now)
 	d.poller = a.poller(db, d.client)
-	d.ful = a.fulfiller(db, d.client)
+	d.ful = a.fulfiller(d.store, d.client)
 	d.ful.Action = d.metrics.Instrument("fulfill", d.ful.Action)
-	d.notifier = a.notifier(db)
+	d.notifier = a.notifier(d.store)
 	if d.notifier != nil {
 		d.notifier.Action = d.metrics.Instrument("notify", d.notifier.Action)
 	}
@@ -273,8 +282,25 @@ func (d *daemon) pass(parent context.Context, list func(ctx context.Context) err
 		return res, errInterrupted
 	case lerr != nil:
 		return res, authHint(lerr)
+	case werr != nil:
+		return res, authHint(werr)
 	}
-	return res, authHint(werr)
+	return res, d.unsavedResults()
+}
+
+// unsavedResults is an error when attempts ran whose results the store
+// refused to record: the process is about to end, so the next start
+// repeats them (with the same idempotency keys), as after a crash.
+func (d *daemon) unsavedResults() error {
+	n := d.ful.Unsaved()
+	if d.notifier != nil {
+		n += d.notifier.Unsaved()
+	}
+	if n == 0 {
+		return d.store.Err()
+	}
+	return &exitError{code: exitFailure, err: fmt.Errorf("%d attempt(s) ran but the store refused to record their results (%v); "+
+		"the next start repeats them with the same idempotency keys: free the disk first", n, d.store.Err())}
 }
 
 // once is one complete pass: the poll and the queues side by side, the
@@ -293,13 +319,15 @@ func (d *daemon) once(parent context.Context) error {
 	if err == errInterrupted {
 		return err
 	}
-	d.log.Info("pass complete",
-		"events_listed", pres.Listed, "events_new", pres.New, "sessions_queued", pres.Queued,
-		"attempted", res.Attempted, "fulfilled", res.Fulfilled, "failed", res.Failed, "waiting_retry", res.Waiting,
-		"complete_until", pres.Position.Settled.UTC().Format(time.RFC3339))
+	counts := []any{"events_listed", pres.Listed, "events_new", pres.New, "sessions_queued", pres.Queued,
+		"attempted", res.Attempted, "fulfilled", res.Fulfilled, "failed", res.Failed, "waiting_retry", res.Waiting}
 	if err != nil {
+		// The error itself is the exit message; the counts say how far
+		// the pass got. complete_until is left out: it did not move.
+		d.log.Warn("pass did not complete; the next run resumes from the same position", counts...)
 		return err
 	}
+	d.log.Info("pass complete", append(counts, "complete_until", pres.Position.Settled.UTC().Format(time.RFC3339))...)
 	if res.Failed > 0 {
 		return &exitError{code: exitFailure, err: fmt.Errorf("%d delivery(ies) failed in this pass and are dead-lettered; see `fulfilld status`, then `fulfilld retry --failed`", res.Failed)}
 	}

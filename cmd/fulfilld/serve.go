@@ -72,6 +72,7 @@ func (d *daemon) serve(parent context.Context) error {
 			DB: d.db, Registry: d.metrics.Registry, Fulfill: d.ful, Work: work,
 			MaxPollAge: 3*interval(pollSched, d.clock()) + time.Minute, MinHorizon: 48 * time.Hour,
 			Wait: 10 * time.Second, Now: d.now, Logger: d.log.With("component", "http"),
+			Store: d.store,
 		}
 		servers = append(servers, d.startServer(l, api.Handler(), "http"))
 		d.log.Info("serving /metrics, /healthz, /readyz and POST /fulfill/{session_id}", "listen", l.Addr().String())
@@ -123,18 +124,29 @@ func (d *daemon) serve(parent context.Context) error {
 		"store", d.cfg.Store.Path, "admin_socket", d.socketPath(), "api_version", stripeapi.APIVersion)
 
 	<-ctx.Done()
+	// One grace for everything that runs an action: the queues', and what
+	// the landing page and the admin socket started.
+	graceEnds := time.Now().Add(d.cfg.Fulfill.Timeout)
 	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
 	if !errors.Is(context.Cause(ctx), stripeapi.ErrAuth) {
 		d.log.Info("stopping: no new polls; running actions get fulfill.timeout to finish", "grace", d.cfg.Fulfill.Timeout)
 	}
 	<-c.Stop().Done()
 	wg.Wait()
-	shutdownCtx, done := context.WithTimeout(context.Background(), d.cfg.Fulfill.Timeout)
+	shutdownCtx, done := context.WithDeadline(context.Background(), graceEnds)
 	defer done()
 	for _, srv := range servers {
 		_ = srv.Shutdown(shutdownCtx)
 	}
+	if api != nil {
+		// A landing-page action answered 202 may still run: it finishes
+		// and is recorded, or is cut off when the grace ends.
+		_ = api.Drain(shutdownCtx)
+	}
 	stopWork()
+	if err := d.unsavedResults(); err != nil {
+		d.log.Error("stopping with work the store could not record", "err", err)
+	}
 	// The parent ending is a shutdown (a signal, the demo's time); any
 	// other cause is why the daemon stopped itself.
 	if err := context.Cause(ctx); parent.Err() == nil && err != nil {
@@ -205,14 +217,35 @@ func (d *daemon) alive() error {
 
 // jobDone logs a scheduled job's outcome; a rejected key stops the daemon,
 // anything else waits for the next tick.
+//
+// A job that keeps failing (Stripe away, a disk full) logs an ERROR the
+// first time, DEBUG while it goes on failing, and an INFO when it works
+// again: one line when trouble starts, one when it ends.
 func (d *daemon) jobDone(ctx context.Context, cancel context.CancelCauseFunc, job string, err error, kv ...any) {
+	d.jobMu.Lock()
+	if d.jobFailures == nil {
+		d.jobFailures = map[string]int{}
+	}
+	failures := d.jobFailures[job]
 	switch {
+	case err == nil:
+		delete(d.jobFailures, job)
+	case !isCanceled(ctx, err):
+		d.jobFailures[job]++
+	}
+	d.jobMu.Unlock()
+	switch {
+	case err == nil && failures > 0:
+		d.log.Info(job+" succeeded again", append([]any{"failed_before", failures}, kv...)...)
 	case err == nil:
 		d.log.Debug(job+" complete", kv...)
 	case isCanceled(ctx, err):
 	case errors.Is(err, stripeapi.ErrAuth):
 		cancel(err)
+	case failures == 0:
+		d.log.Error(job+" failed; the next one retries from the same position "+
+			"(while it keeps failing, further failures are logged at debug)", "err", err)
 	default:
-		d.log.Error(job+" failed; the next one retries from the same position", "err", err)
+		d.log.Debug(job+" failed again; the next one retries from the same position", "err", err, "failures", failures+1)
 	}
 }

@@ -777,3 +777,67 @@ func TestStatusDuringOncePass(t *testing.T) {
 		t.Fatalf("the pass: exit %d:\n%s", res.code, res)
 	}
 }
+
+// TestLandingPageActionGetsTheShutdownGrace: a deploy while a customer's
+// landing page waits. The action the POST started outlasts the endpoint's
+// 10 s wait (the page got 202) and is still running when SIGTERM comes: it
+// gets the shutdown grace like queued work, its result is recorded, and the
+// next start does not run it again.
+func TestLandingPageActionGetsTheShutdownGrace(t *testing.T) {
+	t.Parallel()
+	hh := newHTTPHarness(t, harnessOptions{config: func(c *configFile) { c.Timeout = "30s" }})
+	// Created before the daemon starts and with no --since: only the
+	// landing page asks for it.
+	id := hh.paidSession(time.Now().Add(-5*time.Minute), 1)
+	hh.writeFile("slow", "")
+	daemon, base := hh.startHTTP("run")
+
+	answered := make(chan int, 1)
+	go func() {
+		resp, err := httpClient.Post(base+"/fulfill/"+id, "application/json", nil)
+		if err != nil {
+			answered <- -1
+			return
+		}
+		resp.Body.Close()
+		answered <- resp.StatusCode
+	}()
+	select {
+	case code := <-answered:
+		if code != http.StatusAccepted {
+			t.Fatalf("POST /fulfill/%s answered %d while the action runs, want 202", id, code)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("POST /fulfill/%s did not answer within 20s:\n%s", id, daemon.ended())
+	}
+	if len(hh.inflightPIDs()) == 0 {
+		t.Fatalf("the landing page's action is not running:\n%s", daemon.ended())
+	}
+	if err := daemon.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if !waitFor(10*time.Second, func() bool { return strings.Contains(daemon.stderr.String(), "stopping") }, daemon.done) {
+		t.Fatalf("the daemon did not log that it is stopping:\n%s", daemon.ended())
+	}
+	if daemon.exited() {
+		t.Fatalf("the daemon exited without waiting for the landing page's action:\n%s", daemon.result())
+	}
+	if err := os.Remove(hh.path("slow")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-daemon.done:
+	case <-time.After(30 * time.Second):
+		t.Fatalf("the daemon did not exit after the action ended:\n%s", daemon.ended())
+	}
+	if r := daemon.result(); r.code != 0 {
+		t.Errorf("exit %d after SIGTERM, want 0:\n%s", r.code, r)
+	}
+	if r := hh.fulfilld("run", "--once", "--since", "1h"); r.code != 0 {
+		t.Errorf("run --once after the stop:\n%s", r)
+	}
+	runs := runsBySession(hh.actionRuns())[id]
+	if len(runs) != 1 || runs[0].trigger != "http" || runs[0].attempt != 1 {
+		t.Errorf("the action ran %+v; want once, attempt 1, by the landing page", runs)
+	}
+}

@@ -52,6 +52,9 @@ type Server struct {
 	Now    func() time.Time
 	Logger *slog.Logger
 	Ready  atomic.Bool
+	// Store, when set, says whether the store takes writes (nil error) or
+	// why not; /healthz fails while it does not.
+	Store interface{ Err() error }
 	// MaxInFlight bounds the landing-page fulfillments running at once
 	// (default 16): the endpoint is unauthenticated, and each one costs a
 	// Stripe request that the queue's own retrieves need too.
@@ -59,6 +62,27 @@ type Server struct {
 
 	slotsOnce sync.Once
 	slots     chan struct{}
+	// running counts landing-page fulfillments still going after their
+	// request was answered; Drain waits for them.
+	running sync.WaitGroup
+}
+
+// Drain waits until every landing-page fulfillment has ended or ctx ends.
+// A daemon that stops calls it before it cancels Work, so that an action
+// the landing page started gets the same shutdown grace as queued ones and
+// its result is recorded, not repeated on the next start.
+func (s *Server) Drain(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		s.running.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // Handler routes the endpoints.
@@ -114,6 +138,11 @@ func (s *Server) Check() Health {
 	if err != nil {
 		problems = append(problems, "store: "+err.Error())
 	}
+	if s.Store != nil {
+		if err := s.Store.Err(); err != nil {
+			problems = append(problems, "store: "+err.Error())
+		}
+	}
 	if len(problems) > 0 {
 		return Health{Status: "unhealthy", Problems: problems}
 	}
@@ -159,7 +188,9 @@ func (s *Server) fulfill(w http.ResponseWriter, r *http.Request) {
 		err error
 	}
 	done := make(chan result, 1)
+	s.running.Add(1)
 	go func() {
+		defer s.running.Done()
 		defer func() { <-s.slots }()
 		defer func() {
 			if r := recover(); r != nil {

@@ -19,6 +19,7 @@ import (
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/httpapi"
 	"github.com/fulfilld/fulfilld/internal/store/storetest"
+	"github.com/fulfilld/fulfilld/internal/storehealth"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/poller"
 )
@@ -147,6 +148,40 @@ func TestHealthzClosedStore(t *testing.T) {
 	if code != http.StatusServiceUnavailable || !strings.Contains(problems(body), "store") {
 		t.Errorf("GET /healthz on a closed store = %d %v, want 503 naming the store", code, body)
 	}
+}
+
+// A store that refuses writes (a full disk) makes /healthz fail with the
+// reason, though reads, and so every other check, still work.
+func TestHealthzUnwritableStore(t *testing.T) {
+	t.Parallel()
+	s, db := newServer(t, nil)
+	if err := db.Update(func(tx *bbolt.Tx) error {
+		if err := cursor.Save(tx, cursor.Position{Settled: now, Tip: now}); err != nil {
+			return err
+		}
+		return cursor.SavePoll(tx, cursor.Poll{At: now, Outcome: "ok", LastSuccess: now})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	guard := storehealth.New(refusingStore{db}, nil)
+	s.Store = guard
+	if code, body := serve(t, s, http.MethodGet, "/healthz"); code != http.StatusOK {
+		t.Fatalf("GET /healthz before any write failed = %d %v, want 200", code, body)
+	}
+	if err := guard.Update(func(*bbolt.Tx) error { return nil }); err == nil {
+		t.Fatal("the refusing store took a write")
+	}
+	code, body := serve(t, s, http.MethodGet, "/healthz")
+	if code != http.StatusServiceUnavailable || !strings.Contains(problems(body), "no space left on device") {
+		t.Errorf("GET /healthz while writes fail = %d %v, want 503 with the disk's error", code, body)
+	}
+}
+
+// refusingStore refuses every write as a full disk does.
+type refusingStore struct{ *bbolt.DB }
+
+func (refusingStore) Update(func(*bbolt.Tx) error) error {
+	return errors.New("write fulfilld.db: no space left on device")
 }
 
 // TestReadyz: not ready until the daemon says its first poll completed.

@@ -70,6 +70,10 @@ type Transport struct {
 	anyLat    time.Duration            // moving average over all endpoints
 	usage     Usage
 	sent      int64 // every request ever sent, never reset
+	// downSince is when the current spell of failed requests (no answer,
+	// or a 5xx) began, zero while Stripe answers; downFailures counts them.
+	downSince    time.Time
+	downFailures int
 }
 
 // Usage counts requests by endpoint ("GET /v1/events") and HTTP status.
@@ -277,6 +281,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			t.throttled(endpoint, ep, resp, sentAt, now)
 		}
 		wait, retry := t.shouldRetry(req, resp, err, attempt)
+		t.noteOutcome(endpoint, status, err, retry, wait)
 		if !retry {
 			return resp, err
 		}
@@ -285,11 +290,57 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 			resp.Body.Close()
 		}
-		t.Logger.Debug("retrying stripe request", "endpoint", endpoint, "status", status,
-			"attempt", attempt+1, "wait", wait, "err", err)
 		if err := sleep(ctx, wait); err != nil {
 			return nil, err
 		}
+	}
+}
+
+// noteOutcome tells the operator about an outage once when it begins and
+// once when it ends: the first request that gets no answer or a 5xx is a
+// WARN with the reason, later ones only DEBUG, and the first answer after
+// them an INFO with how long it lasted. A 429 is throttling, not an outage
+// (throttled logs it).
+func (t *Transport) noteOutcome(endpoint string, status int, err error, retry bool, wait time.Duration) {
+	failed := err != nil || status >= 500
+	if !failed && status == http.StatusTooManyRequests {
+		return
+	}
+	now := time.Now()
+	t.mu.Lock()
+	began, ended := false, false
+	var since time.Time
+	var failures int
+	switch {
+	case failed && t.downSince.IsZero():
+		t.downSince, t.downFailures, began = now, 1, true
+	case failed:
+		t.downFailures++
+	case !t.downSince.IsZero():
+		since, failures, ended = t.downSince, t.downFailures, true
+		t.downSince, t.downFailures = time.Time{}, 0
+	}
+	t.mu.Unlock()
+	reason := "no answer"
+	switch {
+	case err != nil:
+		reason = err.Error()
+	case status > 0:
+		reason = "HTTP " + strconv.Itoa(status)
+	}
+	next := "retrying"
+	if !retry {
+		next = "giving up on this request"
+	}
+	switch {
+	case began:
+		t.Logger.Warn("stripe request failed; "+next+" (further failures are logged at debug until Stripe answers again)",
+			"endpoint", endpoint, "reason", reason, "retry_in", wait.Round(time.Millisecond))
+	case failed:
+		t.Logger.Debug("stripe request failed; "+next, "endpoint", endpoint, "reason", reason,
+			"retry_in", wait.Round(time.Millisecond))
+	case ended:
+		t.Logger.Info("stripe answers again", "after", now.Sub(since).Round(time.Second), "failed_requests", failures)
 	}
 }
 
