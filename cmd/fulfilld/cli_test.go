@@ -657,3 +657,37 @@ func TestSetFlagWins(t *testing.T) {
 		}
 	}
 }
+
+// TestCompact: refused with exit 2 while a daemon holds the store; once it
+// stopped, it shrinks the file, prints both sizes, and the store works.
+func TestCompact(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{})
+	for range 3 {
+		h.paidSession(time.Now().Add(-5*time.Minute), 1)
+	}
+	if r := h.fulfilld("run", "--once", "--since", "1h"); r.code != 0 {
+		t.Fatalf("run --once:\n%s", r)
+	}
+	daemon := h.start("run")
+	if !waitFor(20*time.Second, func() bool { _, err := os.Stat(h.path("f.db.sock")); return err == nil }, daemon.done) {
+		t.Fatalf("the daemon did not open its admin socket:\n%s", daemon.ended())
+	}
+	r := h.fulfilld("compact")
+	if r.code != 2 || !strings.Contains(r.stderr, "stop `fulfilld run`") {
+		t.Errorf("compact while the daemon runs: exit %d, want 2 with a hint:\n%s", r.code, r)
+	}
+	if err := daemon.cmd.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if r := daemon.result(); r.code != 0 {
+		t.Fatalf("daemon:\n%s", r)
+	}
+	r = h.fulfilld("compact")
+	if r.code != 0 || !strings.Contains(r.stdout, "before") || !strings.Contains(r.stdout, "after") {
+		t.Fatalf("compact of a stopped store:\n%s", r)
+	}
+	if st, _ := h.status(); st.Fulfillments["fulfilled"] != 3 {
+		t.Errorf("status after compact: %v; want the 3 fulfilled sessions", st.Fulfillments)
+	}
+}

@@ -6,6 +6,7 @@ package store
 import (
 	"errors"
 	"fmt"
+	"os"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -27,12 +28,29 @@ func Init(tx *bbolt.Tx) error {
 // Open opens the store at path, created with mode 0600, waiting at most
 // wait for another process's lock. Read-only opens create nothing.
 func Open(path string, readOnly bool, wait time.Duration) (*bbolt.DB, error) {
-	db, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: wait, ReadOnly: readOnly})
-	if errors.Is(err, bbolt.ErrTimeout) {
-		return nil, fmt.Errorf("%s is %w", path, ErrHeld)
-	}
-	if err != nil {
-		return nil, fmt.Errorf("open store %s: %w", path, err)
+	var db *bbolt.DB
+	for try := 1; ; try++ {
+		var file *os.File
+		var err error
+		db, err = bbolt.Open(path, 0o600, &bbolt.Options{Timeout: wait, ReadOnly: readOnly,
+			OpenFile: func(name string, flag int, mode os.FileMode) (*os.File, error) {
+				file, err = os.OpenFile(name, flag, mode)
+				return file, err
+			}})
+		if errors.Is(err, bbolt.ErrTimeout) {
+			return nil, fmt.Errorf("%s is %w", path, ErrHeld)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("open store %s: %w", path, err)
+		}
+		// A compaction renames a new file over the path while it holds the
+		// old one's lock; whoever waited for that lock holds a file that
+		// is no longer the store. Open the one that is.
+		if replaced(path, file) && try < 5 {
+			db.Close()
+			continue
+		}
+		break
 	}
 	if readOnly {
 		return db, nil
@@ -42,4 +60,17 @@ func Open(path string, readOnly bool, wait time.Duration) (*bbolt.DB, error) {
 		return nil, fmt.Errorf("prepare store %s: %w", path, err)
 	}
 	return db, nil
+}
+
+// replaced reports whether path no longer names the file that was opened.
+func replaced(path string, opened *os.File) bool {
+	if opened == nil {
+		return false
+	}
+	a, err := opened.Stat()
+	if err != nil {
+		return false
+	}
+	b, err := os.Stat(path)
+	return err == nil && !os.SameFile(a, b)
 }
