@@ -35,9 +35,14 @@ var (
 	bucketStats      = []byte("event_stats")  // "type\x00outcome" → count
 	bucketBad        = []byte("bad_events")   // event id → BadEvent JSON
 
-	keyPosition = []byte("position")
-	keyPoll     = []byte("last_poll")
+	keyPosition  = []byte("position")
+	keyPoll      = []byte("last_poll")
+	keySeenCount = []byte("seen_count")
 )
+
+// maxBadEvents bounds the bad events kept: the newest are what an operator
+// acts on, and a stream of garbage must not grow the store without end.
+const maxBadEvents = 1000
 
 // Position is where the stream stands.
 type Position struct {
@@ -226,10 +231,35 @@ func Seen(tx *bbolt.Tx, id string) bool {
 func MarkSeen(tx *bbolt.Tx, id string, created time.Time) error {
 	var ts [8]byte
 	binary.BigEndian.PutUint64(ts[:], uint64(created.Unix()))
-	if err := tx.Bucket(bucketSeen).Put([]byte(id), ts[:]); err != nil {
+	seen := tx.Bucket(bucketSeen)
+	if seen.Get([]byte(id)) == nil {
+		if err := addSeen(tx, 1); err != nil {
+			return err
+		}
+	}
+	if err := seen.Put([]byte(id), ts[:]); err != nil {
 		return fmt.Errorf("mark event %s seen: %w", id, err)
 	}
 	return tx.Bucket(bucketSeenByTime).Put(append(ts[:], id...), nil)
+}
+
+// addSeen moves the kept size of the seen-set.
+func addSeen(tx *bbolt.Tx, delta int) error {
+	b := tx.Bucket(bucketCursor)
+	n := 0
+	if v := b.Get(keySeenCount); len(v) == 8 {
+		n = int(binary.BigEndian.Uint64(v))
+	}
+	var buf [8]byte
+	binary.BigEndian.PutUint64(buf[:], uint64(max(n+delta, 0)))
+	return b.Put(keySeenCount, buf[:])
+}
+
+// CountSeen sets the kept size of the seen-set from the set itself: the
+// upgrade of a store from before it was kept.
+func CountSeen(tx *bbolt.Tx) error {
+	n := tx.Bucket(bucketSeen).Stats().KeyN
+	return addSeen(tx, n-SeenCount(tx))
 }
 
 // Prune forgets seen events created before the given time; no listing
@@ -249,12 +279,16 @@ func Prune(tx *bbolt.Tx, before time.Time) (int, error) {
 		}
 		n++
 	}
-	return n, nil
+	return n, addSeen(tx, -n)
 }
 
-// SeenCount is the size of the seen-set.
+// SeenCount is the size of the seen-set, as kept (reading it costs nothing
+// however large the set is).
 func SeenCount(tx *bbolt.Tx) int {
-	return tx.Bucket(bucketSeen).Stats().KeyN
+	if v := tx.Bucket(bucketCursor).Get(keySeenCount); len(v) == 8 {
+		return int(binary.BigEndian.Uint64(v))
+	}
+	return 0
 }
 
 // Count adds to the per-type, per-outcome event counters.
@@ -305,7 +339,33 @@ func RecordBad(tx *bbolt.Tx, ev BadEvent) error {
 	if key == "" {
 		key = fmt.Sprintf("unknown-%d", ev.SeenAt.UnixNano())
 	}
-	return putJSON(tx, bucketBad, []byte(key), ev)
+	if err := putJSON(tx, bucketBad, []byte(key), ev); err != nil {
+		return err
+	}
+	return trimBad(tx)
+}
+
+// trimBad drops the oldest bad events past maxBadEvents. It reads at most
+// maxBadEvents+1 small records, and only when a bad event arrives.
+func trimBad(tx *bbolt.Tx) error {
+	b := tx.Bucket(bucketBad)
+	if b.Stats().KeyN <= maxBadEvents {
+		return nil
+	}
+	all, _, err := BadEvents(tx, maxBadEvents+1)
+	if err != nil {
+		return err
+	}
+	for _, ev := range all[maxBadEvents:] {
+		key := ev.ID
+		if key == "" {
+			key = fmt.Sprintf("unknown-%d", ev.SeenAt.UnixNano())
+		}
+		if err := b.Delete([]byte(key)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // BadEvents lists the recorded bad events, newest first, at most limit.

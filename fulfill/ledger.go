@@ -3,7 +3,6 @@ package fulfill
 import (
 	"encoding/json"
 	"fmt"
-	"sort"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -54,6 +53,9 @@ type Record struct {
 	LastError   string    `json:"last_error,omitempty"`
 	Output      string    `json:"output,omitempty"`
 	Recovered   bool      `json:"recovered,omitempty"`
+	// Pruned is set when store.retention passed: only what prevents a
+	// repeat is kept (the state and when); output and errors are gone.
+	Pruned bool `json:"pruned,omitempty"`
 	// Seq changes with every event or request recorded for the session, so
 	// an attempt can tell that something happened while it talked to Stripe.
 	Seq         uint64    `json:"seq"`
@@ -101,7 +103,8 @@ type PaymentIntent struct {
 // Init creates the buckets this package owns.
 func Init(tx *bbolt.Tx) error {
 	for _, b := range [][]byte{bucketSessions, bucketPaymentIntents, bucketNotifications,
-		sessionQueue.items, sessionQueue.index, notifyQueue.items, notifyQueue.index} {
+		sessionQueue.items, sessionQueue.index, notifyQueue.items, notifyQueue.index,
+		bucketCounts, bucketFailed, bucketSettled} {
 		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 			return fmt.Errorf("create bucket %s: %w", b, err)
 		}
@@ -121,15 +124,25 @@ func Get(tx *bbolt.Tx, sessionID string) (rec Record, ok bool, err error) {
 	return rec, true, nil
 }
 
+// put writes a record, and moves the counters and indexes with it.
 func put(tx *bbolt.Tx, rec Record) error {
+	b := tx.Bucket(bucketSessions)
+	var old Record
+	had := false
+	if prev := b.Get([]byte(rec.SessionID)); prev != nil {
+		if err := json.Unmarshal(prev, &old); err != nil {
+			return fmt.Errorf("read record of %s: %w", rec.SessionID, err)
+		}
+		had = true
+	}
 	raw, err := json.Marshal(rec)
 	if err != nil {
 		return err
 	}
-	if err := tx.Bucket(bucketSessions).Put([]byte(rec.SessionID), raw); err != nil {
+	if err := b.Put([]byte(rec.SessionID), raw); err != nil {
 		return fmt.Errorf("write record of %s: %w", rec.SessionID, err)
 	}
-	return nil
+	return reindex(tx, kindSession, rec.SessionID, sessionIndexed(old), had, sessionIndexed(rec))
 }
 
 // Request asks for a session to be fulfilled.
@@ -219,17 +232,30 @@ func Await(tx *bbolt.Tx, sessionID string, at time.Time) error {
 // an older event listed late does not overwrite a newer one.
 func RecordPaymentIntent(tx *bbolt.Tx, pi PaymentIntent) error {
 	b := tx.Bucket(bucketPaymentIntents)
+	var old *PaymentIntent
 	if raw := b.Get([]byte(pi.ID)); raw != nil {
 		var cur PaymentIntent
-		if json.Unmarshal(raw, &cur) == nil && cur.At.After(pi.At) {
-			return nil
+		if json.Unmarshal(raw, &cur) == nil {
+			if cur.At.After(pi.At) {
+				return nil
+			}
+			if err := addCount(tx, piCount(cur.Status), -1); err != nil {
+				return err
+			}
+			old = &cur
 		}
 	}
 	raw, err := json.Marshal(pi)
 	if err != nil {
 		return err
 	}
-	return b.Put([]byte(pi.ID), raw)
+	if err := b.Put([]byte(pi.ID), raw); err != nil {
+		return err
+	}
+	if err := addCount(tx, piCount(pi.Status), 1); err != nil {
+		return err
+	}
+	return indexPaymentIntent(tx, pi.ID, old, pi.At)
 }
 
 // GetPaymentIntent reads a PaymentIntent's record.
@@ -250,59 +276,39 @@ type Summary struct {
 	PaymentIntents map[string]int `json:"payment_intents"`
 }
 
-// Summarize reads the counts status shows.
+// Summarize reads the counts status shows: kept counters, not a scan.
 func Summarize(tx *bbolt.Tx) (Summary, error) {
-	s := Summary{Sessions: map[State]int{}, PaymentIntents: map[string]int{}}
+	s := Summary{Sessions: map[State]int{}, PaymentIntents: counts(tx, "pi:")}
 	for _, st := range States {
 		s.Sessions[st] = 0
 	}
-	err := tx.Bucket(bucketSessions).ForEach(func(_, v []byte) error {
-		var rec Record
-		if err := json.Unmarshal(v, &rec); err != nil {
-			return err
+	for k, n := range counts(tx, "session:") {
+		switch k {
+		case "recovered":
+			s.Recovered = n
+		case "in_flight":
+			s.InFlight = n
+		default:
+			s.Sessions[State(k)] = n
 		}
-		s.Sessions[rec.State]++
-		if rec.Recovered {
-			s.Recovered++
-		}
-		if rec.InFlight {
-			s.InFlight++
-		}
-		return nil
-	})
-	if err != nil {
-		return s, fmt.Errorf("count sessions: %w", err)
 	}
-	err = tx.Bucket(bucketPaymentIntents).ForEach(func(_, v []byte) error {
-		var pi PaymentIntent
-		if err := json.Unmarshal(v, &pi); err != nil {
-			return err
-		}
-		s.PaymentIntents[pi.Status]++
-		return nil
-	})
-	return s, err
+	return s, nil
 }
 
-// List returns the records in the given state, most recently updated first,
-// at most limit (0 = all).
-func List(tx *bbolt.Tx, state State, limit int) ([]Record, error) {
+// Failed returns the dead-lettered sessions, most recently updated first, at
+// most limit (0 = all), from the index: its cost is the number listed.
+func Failed(tx *bbolt.Tx, limit int) ([]Record, error) {
 	var out []Record
-	err := tx.Bucket(bucketSessions).ForEach(func(_, v []byte) error {
-		var rec Record
-		if err := json.Unmarshal(v, &rec); err != nil {
-			return err
+	for _, id := range recentFailed(tx, kindSession, limit) {
+		rec, ok, err := Get(tx, id)
+		if err != nil {
+			return out, err
 		}
-		if rec.State == state {
+		if ok {
 			out = append(out, rec)
 		}
-		return nil
-	})
-	sort.Slice(out, func(i, j int) bool { return out[i].Updated.After(out[j].Updated) })
-	if limit > 0 && len(out) > limit {
-		out = out[:limit]
 	}
-	return out, err
+	return out, nil
 }
 
 // Retry puts dead-lettered sessions back in the queue with a fresh set of
@@ -310,13 +316,7 @@ func List(tx *bbolt.Tx, state State, limit int) ([]Record, error) {
 // requeued; an id that is not failed is an error naming its state.
 func Retry(tx *bbolt.Tx, now time.Time, ids ...string) ([]string, error) {
 	if len(ids) == 0 {
-		failed, err := List(tx, StateFailed, 0)
-		if err != nil {
-			return nil, err
-		}
-		for _, rec := range failed {
-			ids = append(ids, rec.SessionID)
-		}
+		ids = recentFailed(tx, kindSession, 0)
 	}
 	var done []string
 	for _, id := range ids {

@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"sort"
 	"strconv"
 	"time"
 
@@ -33,18 +32,22 @@ const (
 
 // Notification is the ledger entry of one event's notify delivery.
 type Notification struct {
-	EventID     string          `json:"event_id"`
-	EventType   string          `json:"event_type"`
-	State       string          `json:"state"`
-	Attempts    int             `json:"attempts"`
-	InFlight    bool            `json:"in_flight,omitempty"`
-	NextAttempt time.Time       `json:"next_attempt,omitzero"`
-	LastError   string          `json:"last_error,omitempty"`
-	Output      string          `json:"output,omitempty"`
-	Created     time.Time       `json:"created"`
-	Updated     time.Time       `json:"updated"`
-	SentAt      time.Time       `json:"sent_at,omitzero"`
-	Event       json.RawMessage `json:"event"`
+	EventID     string    `json:"event_id"`
+	EventType   string    `json:"event_type"`
+	State       string    `json:"state"`
+	Attempts    int       `json:"attempts"`
+	InFlight    bool      `json:"in_flight,omitempty"`
+	NextAttempt time.Time `json:"next_attempt,omitzero"`
+	LastError   string    `json:"last_error,omitempty"`
+	Output      string    `json:"output,omitempty"`
+	Created     time.Time `json:"created"`
+	Updated     time.Time `json:"updated"`
+	SentAt      time.Time `json:"sent_at,omitzero"`
+	// Event is the body to deliver; it goes once the notification is
+	// sent (Stripe keeps the event 30 days), or at retention.
+	Event json.RawMessage `json:"event,omitempty"`
+	// Pruned is set when store.retention passed (see Record.Pruned).
+	Pruned bool `json:"pruned,omitempty"`
 }
 
 // IdempotencyKey is stable for the event across attempts and restarts.
@@ -65,15 +68,25 @@ func EnqueueNotification(tx *bbolt.Tx, eventID, eventType string, event json.Raw
 	return true, notifyQueue.schedule(tx, eventID, at)
 }
 
+// putNotification writes a notification's record, and moves the counters
+// and indexes with it.
 func putNotification(tx *bbolt.Tx, n Notification) error {
+	b := tx.Bucket(bucketNotifications)
+	var old Notification
+	had := false
+	if prev := b.Get([]byte(n.EventID)); prev != nil {
+		// A record that cannot be read counts as absent: writing this one
+		// repairs it.
+		had = json.Unmarshal(prev, &old) == nil
+	}
 	raw, err := json.Marshal(n)
 	if err != nil {
 		return err
 	}
-	if err := tx.Bucket(bucketNotifications).Put([]byte(n.EventID), raw); err != nil {
+	if err := b.Put([]byte(n.EventID), raw); err != nil {
 		return fmt.Errorf("write notification of %s: %w", n.EventID, err)
 	}
-	return nil
+	return reindex(tx, kindNotification, n.EventID, notificationIndexed(old), had, notificationIndexed(n))
 }
 
 // GetNotification reads an event's notification record.
@@ -89,40 +102,35 @@ func GetNotification(tx *bbolt.Tx, eventID string) (Notification, bool, error) {
 	return n, true, nil
 }
 
-// NotifySummary counts notifications by state and lists the failed ones.
+// NotifySummary counts notifications by state (kept counters) and lists the
+// latest failed ones, at most limit, from the dead-letter index.
 func NotifySummary(tx *bbolt.Tx, limit int) (map[string]int, []Notification, error) {
-	counts := map[string]int{NotifyPending: 0, NotifySent: 0, NotifyFailed: 0}
+	c := map[string]int{NotifyPending: 0, NotifySent: 0, NotifyFailed: 0}
+	for k, n := range counts(tx, "notify:") {
+		c[k] = n
+	}
 	var failed []Notification
-	err := tx.Bucket(bucketNotifications).ForEach(func(_, v []byte) error {
-		var n Notification
-		if err := json.Unmarshal(v, &n); err != nil {
-			return err
+	if limit <= 0 {
+		return c, failed, nil
+	}
+	for _, id := range recentFailed(tx, kindNotification, limit) {
+		n, ok, err := GetNotification(tx, id)
+		if err != nil {
+			return c, failed, err
 		}
-		counts[n.State]++
-		if n.State == NotifyFailed {
+		if ok {
 			n.Event = nil
 			failed = append(failed, n)
 		}
-		return nil
-	})
-	sort.Slice(failed, func(i, j int) bool { return failed[i].Updated.After(failed[j].Updated) })
-	if len(failed) > limit {
-		failed = failed[:limit]
 	}
-	return counts, failed, err
+	return c, failed, nil
 }
 
 // RetryNotifications puts dead-lettered notifications back in the queue;
 // with no ids, every failed one.
 func RetryNotifications(tx *bbolt.Tx, now time.Time, ids ...string) ([]string, error) {
 	if len(ids) == 0 {
-		_ = tx.Bucket(bucketNotifications).ForEach(func(k, v []byte) error {
-			var n Notification
-			if json.Unmarshal(v, &n) == nil && n.State == NotifyFailed {
-				ids = append(ids, string(k))
-			}
-			return nil
-		})
+		ids = recentFailed(tx, kindNotification, 0)
 	}
 	var done []string
 	for _, id := range ids {
@@ -135,6 +143,10 @@ func RetryNotifications(tx *bbolt.Tx, now time.Time, ids ...string) ([]string, e
 		}
 		if n.State != NotifyFailed {
 			return done, fmt.Errorf("retry %s: its notification is %s, not failed", id, n.State)
+		}
+		if len(n.Event) == 0 {
+			return done, fmt.Errorf("retry %s: its event body was pruned after store.retention; "+
+				"Stripe keeps events for 30 days, so it can no longer be delivered from here", id)
 		}
 		n.State, n.Attempts, n.NextAttempt, n.Updated = NotifyPending, 0, now, now
 		if err := putNotification(tx, n); err != nil {
@@ -235,7 +247,9 @@ func (n *Notifier) attempt(ctx context.Context, id string) (outcome, error) {
 	result := outcomeWaiting
 	switch {
 	case actErr == nil:
-		rec.State, rec.LastError, rec.SentAt = NotifySent, "", n.now()
+		// Delivered: the body (the customer's details) is not kept; Stripe
+		// keeps the event for 30 days.
+		rec.State, rec.LastError, rec.SentAt, rec.Event = NotifySent, "", n.now(), nil
 		result = outcomeDone
 		log.Info("notified", "type", rec.EventType, "attempt", rec.Attempts)
 	case ctx.Err() != nil:

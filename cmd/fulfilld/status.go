@@ -223,7 +223,7 @@ func readStatus(db *bbolt.DB, now time.Time) (*status, error) {
 		if st.BadEvents.Recent, st.BadEvents.Count, err = cursor.BadEvents(tx, 10); err != nil {
 			return err
 		}
-		failed, err := fulfill.List(tx, fulfill.StateFailed, 20)
+		failed, err := fulfill.Failed(tx, 20)
 		if err != nil {
 			return err
 		}

@@ -251,16 +251,18 @@ func TestEmptyStore(t *testing.T) {
 func TestStoreUnreadable(t *testing.T) {
 	t.Parallel()
 	db := openStore(t)
-	// A ledger record that is not JSON: Summarize fails.
+	// A cursor position that is not JSON: the scrape reads it and fails.
+	// (Session records are not read by a scrape at all: their counts are
+	// kept.)
 	if err := db.Update(func(tx *bbolt.Tx) error {
-		return tx.Bucket([]byte("sessions")).Put([]byte("cs_garbled"), []byte("{not json"))
+		return tx.Bucket([]byte("cursor")).Put([]byte("position"), []byte("{not json"))
 	}); err != nil {
 		t.Fatal(err)
 	}
 	m := metrics.New(db, func() time.Time { return now })
 	mfs := gather(t, m.Registry)
 	if got, ok := value(mfs, "fulfilld_store_scrape_error", nil); !ok || got != 1 {
-		t.Errorf("fulfilld_store_scrape_error = %v (present %v) with a garbled record, want 1", got, ok)
+		t.Errorf("fulfilld_store_scrape_error = %v (present %v) with a garbled cursor, want 1", got, ok)
 	}
 }
 

@@ -36,7 +36,52 @@ func SaveUsage(tx *bbolt.Tx, day time.Time, u Usage) error {
 	if err != nil {
 		return err
 	}
-	return b.Put(key, raw)
+	if err := b.Put(key, raw); err != nil {
+		return err
+	}
+	return foldOldDays(b, day)
+}
+
+// keyFolded holds the usage of every day older than usageDays, summed: the
+// totals stay right and the bucket keeps about a month of keys. It sorts
+// before every date.
+var keyFolded = []byte("0000-older")
+
+// usageDays is how many days are kept one by one: Stripe's rolling 30 days
+// and one more for the day boundary.
+const usageDays = 31
+
+func foldOldDays(b *bbolt.Bucket, day time.Time) error {
+	edge := []byte(day.UTC().AddDate(0, 0, -usageDays).Format(time.DateOnly))
+	var folded Usage
+	if raw := b.Get(keyFolded); raw != nil {
+		if err := json.Unmarshal(raw, &folded); err != nil {
+			return fmt.Errorf("read api usage: %w", err)
+		}
+	}
+	var old [][]byte
+	c := b.Cursor()
+	for k, v := c.Seek([]byte("0001")); k != nil && string(k) < string(edge); k, v = c.Next() {
+		var u Usage
+		if err := json.Unmarshal(v, &u); err != nil {
+			return fmt.Errorf("read api usage of %s: %w", k, err)
+		}
+		folded.Add(u)
+		old = append(old, append([]byte(nil), k...))
+	}
+	if len(old) == 0 {
+		return nil
+	}
+	for _, k := range old {
+		if err := b.Delete(k); err != nil {
+			return err
+		}
+	}
+	raw, err := json.Marshal(folded)
+	if err != nil {
+		return err
+	}
+	return b.Put(keyFolded, raw)
 }
 
 // UsageReport is API usage over all time and over the last 30 days.
