@@ -323,6 +323,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := sw.Header()
 	h.Set("Request-Id", reqID)
 	h.Set("Stripe-Version", APIVersion)
+	// Stripe's clock is the simulation's: clients learn it from Date, as
+	// they do from Stripe's (net/http keeps a Date set by the handler).
+	h.Set("Date", s.now().UTC().Format(http.TimeFormat))
 
 	s.mu.Lock()
 	key, fault := s.apiKey, s.fault
