@@ -61,6 +61,8 @@ type Transport struct {
 	// MinBackoff and MaxBackoff bound the exponential backoff between retries.
 	MinBackoff, MaxBackoff time.Duration
 	Logger                 *slog.Logger
+	// Clock, when set, learns Stripe's time from each answer's Date.
+	Clock *Clock
 
 	once      sync.Once
 	global    *budget
@@ -261,6 +263,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		resp, err := t.Base.RoundTrip(try)
+		t.observeDate(resp)
 		now := time.Now()
 		status := 0
 		if resp != nil {
@@ -290,6 +293,16 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if err := sleep(ctx, wait); err != nil {
 			return nil, err
 		}
+	}
+}
+
+// observeDate tells the clock Stripe's time from an answer's Date header.
+func (t *Transport) observeDate(resp *http.Response) {
+	if t.Clock == nil || resp == nil {
+		return
+	}
+	if at, err := http.ParseTime(resp.Header.Get("Date")); err == nil {
+		t.Clock.ObserveDate(at)
 	}
 }
 
