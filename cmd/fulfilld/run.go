@@ -119,7 +119,7 @@ func (a *app) run(ctx context.Context, f runFlags) error {
 	defer db.Close()
 	d := a.newDaemon(db)
 	defer d.saveUsage(db, d.client)
-	if _, err := d.poller.Start(since); err != nil {
+	if _, err := d.poller.Start(ctx, since); err != nil {
 		return err
 	}
 	if err := d.recover(); err != nil {
@@ -153,7 +153,7 @@ func (a *app) dryRun(ctx context.Context, since time.Time) error {
 	defer db.Close()
 	p := a.poller(db, a.stripeClient())
 	p.DryRun = true
-	if _, err := p.Start(since); err != nil {
+	if _, err := p.Start(ctx, since); err != nil {
 		return err
 	}
 	res, err := p.Poll(ctx, true)
