@@ -203,6 +203,13 @@ func (p *Poller) log() *slog.Logger {
 func (p *Poller) Start(ctx context.Context, since time.Time) (cursor.Position, error) {
 	var pos cursor.Position
 	if err := p.sync(ctx); err != nil {
+		// The first request of the first poll failed (an unreachable
+		// Stripe, a rejected key): status shows why, as for any poll.
+		if !p.DryRun && ctx.Err() == nil {
+			if serr := p.savePoll(cursor.Poll{At: p.now(), Outcome: "error", Error: err.Error()}); serr != nil {
+				return pos, errors.Join(err, serr)
+			}
+		}
 		return pos, err
 	}
 	now := p.now()
@@ -292,20 +299,25 @@ func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
 	if err != nil {
 		info.Outcome, info.Error = "error", err.Error()
 	}
-	if serr := p.update(func(tx *bbolt.Tx) error {
+	if serr := p.savePoll(info); serr != nil && err == nil {
+		err = serr
+	}
+	return res, err
+}
+
+// savePoll records how a poll went, keeping when the last one succeeded.
+func (p *Poller) savePoll(info cursor.Poll) error {
+	return p.update(func(tx *bbolt.Tx) error {
 		prev, err := cursor.LoadPoll(tx)
 		if err != nil {
 			return err
 		}
 		info.LastSuccess = prev.LastSuccess
 		if info.Outcome == "ok" {
-			info.LastSuccess = start
+			info.LastSuccess = info.At
 		}
 		return cursor.SavePoll(tx, info)
-	}); serr != nil && err == nil {
-		err = serr
-	}
-	return res, err
+	})
 }
 
 // noteSkew logs when the host's clock moves more than lookback/2 away from
