@@ -167,6 +167,9 @@ type Poll struct {
 	New      int           `json:"events_new"`
 	// LastSuccess is when the most recent successful poll started.
 	LastSuccess time.Time `json:"last_success,omitzero"`
+	// ClockSkew is Stripe's clock minus the host's, in seconds, as the
+	// poll observed it; nil when it did not.
+	ClockSkew *float64 `json:"clock_skew_seconds,omitempty"`
 }
 
 // BadEvent is an event that could not be handled as its type promised.

@@ -36,9 +36,22 @@ type harness struct {
 	poller *poller.Poller
 	ful    *fulfill.Fulfiller
 	action *recorder
+	// stripesClock wires the poller to Stripe's clock as the client learns
+	// it, instead of the host's (h.clock).
+	stripesClock bool
 }
 
 type harnessOpt func(*stripesim.Options, *harness)
+
+// onStripesClock runs the simulated Stripe on its own clock, apart from the
+// host's (h.clock), and has the poller decide what the stream covers on
+// Stripe's clock as learned from its answers.
+func onStripesClock(stripe *stripesim.Clock) harnessOpt {
+	return func(o *stripesim.Options, h *harness) {
+		o.Now = stripe.Now
+		h.stripesClock = true
+	}
+}
 
 func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 	t.Helper()
@@ -51,6 +64,7 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 	t.Cleanup(h.sim.Close)
 	h.client = stripeapi.New(stripeapi.Config{
 		APIKey: testKey, APIBase: h.sim.URL(), Limits: stripeapi.Limits{Global: 1000, Endpoint: 1000},
+		Now: h.clock.Now,
 	})
 	h.client.Transport.MinBackoff = time.Millisecond
 	h.client.Transport.MaxBackoff = 5 * time.Millisecond
@@ -70,6 +84,9 @@ func (h *harness) open(path string) {
 	h.db = db
 	h.poller = &poller.Poller{
 		DB: db, Events: h.client, Types: defaultTypes, Lookback: 10 * time.Minute, Now: h.clock.Now,
+	}
+	if h.stripesClock {
+		h.poller.Clock = poller.ClientClock{Client: h.client}
 	}
 	h.ful = &fulfill.Fulfiller{
 		DB: db, Sessions: h.client, Action: h.action, MaxAttempts: 3, Concurrency: 4, Now: h.clock.Now,
@@ -98,9 +115,16 @@ var defaultTypes = []string{
 // until nothing is due.
 func (h *harness) pass(since time.Time) (poller.Result, fulfill.PassResult) {
 	h.t.Helper()
-	if _, err := h.poller.Start(since); err != nil {
+	if _, err := h.poller.Start(context.Background(), since); err != nil {
 		h.t.Fatal(err)
 	}
+	return h.poll(true)
+}
+
+// poll is one poll (complete: as --once does it) with the queue worked
+// beside it until nothing is due.
+func (h *harness) poll(complete bool) (poller.Result, fulfill.PassResult) {
+	h.t.Helper()
 	if _, err := h.ful.Recover(); err != nil {
 		h.t.Fatal(err)
 	}
@@ -121,7 +145,7 @@ func (h *harness) pass(since time.Time) (poller.Result, fulfill.PassResult) {
 		res, err := h.ful.Run(ctx, fulfill.RunOptions{Wake: wake, UntilIdle: true})
 		done <- out{res, err}
 	}()
-	pres, err := h.poller.Poll(ctx, true)
+	pres, err := h.poller.Poll(ctx, complete)
 	h.poller.Wake = nil
 	close(wake)
 	w := <-done

@@ -214,7 +214,7 @@ func TestCutOffBackfillResumesEverySlice(t *testing.T) {
 	h := newHarness(t)
 	since, ids, created := fourSlices(h, [4]int{250, 250, 50, 250}) // 3 + 3 + 1 + 3 pages
 	const needed, inFlight = 10, 3
-	if _, err := h.poller.Start(since); err != nil {
+	if _, err := h.poller.Start(context.Background(), since); err != nil {
 		t.Fatal(err)
 	}
 	// Every slice lists up to two pages; once those seven are committed,
@@ -305,7 +305,7 @@ func TestSettledWaitsForTheOldestSlice(t *testing.T) {
 		}
 		count(pr)
 	}
-	if _, err := h.poller.Start(since); err != nil {
+	if _, err := h.poller.Start(context.Background(), since); err != nil {
 		t.Fatal(err)
 	}
 	done := make(chan error, 1)
@@ -389,7 +389,7 @@ func TestDryRunListsInParallelAndWritesNothing(t *testing.T) {
 	since, _, _ := fourSlices(h, [4]int{250, 50, 250, 50})
 	h.poller.DryRun = true
 	h.poller.Events = &lister{src: h.client, n: 4}
-	if _, err := h.poller.Start(since); err != nil {
+	if _, err := h.poller.Start(context.Background(), since); err != nil {
 		t.Fatal(err)
 	}
 	res, err := h.poller.Poll(context.Background(), true)

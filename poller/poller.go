@@ -24,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -84,6 +85,19 @@ type ConcurrentSource interface {
 	ListConcurrency() int
 }
 
+// Clock is Stripe's clock, learned from its answers (in production a
+// stripeapi.Clock with the client that syncs it). Every time that decides
+// what the stream covers — the tip, complete_until, the re-scan horizon,
+// the retention edge, "now" on a first start — is read from it.
+type Clock interface {
+	Now() time.Time
+	// Sync makes sure Stripe's time was observed at least once; a no-op
+	// after that (every answer keeps the clock up to date).
+	Sync(ctx context.Context) error
+	// Skew is Stripe's time minus the host's; ok once observed.
+	Skew() (skew time.Duration, ok bool)
+}
+
 // maxListConcurrency bounds the slices listed at once: past the request
 // budget, more would only wait at the pacer.
 const maxListConcurrency = 8
@@ -103,8 +117,13 @@ type Poller struct {
 	// requests on quiet accounts (default lookback/5). A complete pass
 	// ignores it.
 	MinRescan time.Duration
-	Now       func() time.Time
-	Logger    *slog.Logger
+	// Now is the host's clock: it stamps the work queued, which the queues
+	// schedule on it. Without Clock it also decides what the stream covers,
+	// which is only right when the host's clock is Stripe's.
+	Now func() time.Time
+	// Clock, when set, is Stripe's clock: see Clock.
+	Clock  Clock
+	Logger *slog.Logger
 	// Wake is called after a commit that queued work.
 	Wake func()
 	// Notify queues a notification for each payment-failure event
@@ -123,6 +142,8 @@ type Poller struct {
 	// tipCovered is where this process's first tip listing began: an event
 	// created after it that only the re-scan finds was listed late.
 	tipCovered time.Time
+	// skewWarned is whether the clock skew was last logged as too large.
+	skewWarned bool
 }
 
 // Progress describes a pass as it goes.
@@ -143,11 +164,29 @@ type Result struct {
 	Position cursor.Position
 }
 
+// now is Stripe's time when the Clock is wired, else the host's.
 func (p *Poller) now() time.Time {
+	if p.Clock != nil {
+		return p.Clock.Now()
+	}
+	return p.hostNow()
+}
+
+// hostNow is the host's time, for what the queues schedule and for
+// durations.
+func (p *Poller) hostNow() time.Time {
 	if p.Now != nil {
 		return p.Now()
 	}
 	return time.Now()
+}
+
+// sync learns Stripe's clock when it was not observed yet.
+func (p *Poller) sync(ctx context.Context) error {
+	if p.Clock == nil {
+		return nil
+	}
+	return p.Clock.Sync(ctx)
 }
 
 func (p *Poller) log() *slog.Logger {
@@ -158,10 +197,21 @@ func (p *Poller) log() *slog.Logger {
 }
 
 // Start sets where the stream begins. With no cursor and no since it starts
-// now; since makes sure everything created after it is listed, whether or
-// not a cursor exists (the seen-set and the ledger make re-listing safe).
-func (p *Poller) Start(since time.Time) (cursor.Position, error) {
+// now (Stripe's now: it learns Stripe's clock first); since makes sure
+// everything created after it is listed, whether or not a cursor exists
+// (the seen-set and the ledger make re-listing safe).
+func (p *Poller) Start(ctx context.Context, since time.Time) (cursor.Position, error) {
 	var pos cursor.Position
+	if err := p.sync(ctx); err != nil {
+		// The first request of the first poll failed (an unreachable
+		// Stripe, a rejected key): status shows why, as for any poll.
+		if !p.DryRun && ctx.Err() == nil {
+			if serr := p.savePoll(cursor.Poll{At: p.now(), Outcome: "error", Error: err.Error()}); serr != nil {
+				return pos, errors.Join(err, serr)
+			}
+		}
+		return pos, err
+	}
 	now := p.now()
 	start := func(tx *bbolt.Tx) error {
 		var err error
@@ -227,29 +277,69 @@ func agedOut(pos cursor.Position, now time.Time) bool {
 // Poll runs one pass: the tip, then the re-scan. complete forces the re-scan
 // up to now − lookback even when little is ready (for --once).
 func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
-	start := p.now()
-	res, err := p.poll(ctx, complete)
+	var res Result
+	err := p.sync(ctx)
+	start, hostStart := p.now(), p.hostNow()
+	if err == nil {
+		res, err = p.poll(ctx, complete)
+	}
+	var skew *float64
+	if p.Clock != nil {
+		if d, ok := p.Clock.Skew(); ok {
+			p.noteSkew(d)
+			secs := d.Seconds()
+			skew = &secs
+		}
+	}
 	if p.DryRun || ctx.Err() != nil { // a shutdown is not a failed poll
 		return res, err
 	}
-	info := cursor.Poll{At: start, Outcome: "ok", Duration: p.now().Sub(start), Listed: res.Listed, New: res.New}
+	info := cursor.Poll{At: start, Outcome: "ok", Duration: p.hostNow().Sub(hostStart), Listed: res.Listed, New: res.New,
+		ClockSkew: skew}
 	if err != nil {
 		info.Outcome, info.Error = "error", err.Error()
 	}
-	if serr := p.update(func(tx *bbolt.Tx) error {
+	if serr := p.savePoll(info); serr != nil && err == nil {
+		err = serr
+	}
+	return res, err
+}
+
+// savePoll records how a poll went, keeping when the last one succeeded.
+func (p *Poller) savePoll(info cursor.Poll) error {
+	return p.update(func(tx *bbolt.Tx) error {
 		prev, err := cursor.LoadPoll(tx)
 		if err != nil {
 			return err
 		}
 		info.LastSuccess = prev.LastSuccess
 		if info.Outcome == "ok" {
-			info.LastSuccess = start
+			info.LastSuccess = info.At
 		}
 		return cursor.SavePoll(tx, info)
-	}); serr != nil && err == nil {
-		err = serr
+	})
+}
+
+// noteSkew logs when the host's clock moves more than lookback/2 away from
+// Stripe's, and when it is back: once each way, not once per poll. A little
+// hysteresis keeps a skew right at the threshold from logging every poll.
+func (p *Poller) noteSkew(skew time.Duration) {
+	limit := p.Lookback / 2
+	if limit <= 0 {
+		return
 	}
-	return res, err
+	switch off := skew.Abs(); {
+	case off > limit && !p.skewWarned:
+		p.skewWarned = true
+		p.log().Warn("the host's clock is wrong: it is off Stripe's by more than events.lookback/2. "+
+			"fulfilld keeps to Stripe's clock and loses nothing, but other software on this host may suffer "+
+			"(TLS, logs, schedules); fix the host's time synchronization (chrony, systemd-timesyncd)",
+			"clock_skew_seconds", math.Round(skew.Seconds()), "threshold_seconds", limit.Seconds())
+	case off <= limit*9/10 && p.skewWarned:
+		p.skewWarned = false
+		p.log().Info("the host's clock is back within events.lookback/2 of Stripe's",
+			"clock_skew_seconds", math.Round(skew.Seconds()), "threshold_seconds", limit.Seconds())
+	}
 }
 
 func (p *Poller) poll(ctx context.Context, complete bool) (Result, error) {
@@ -277,10 +367,17 @@ func (p *Poller) poll(ctx context.Context, complete bool) (Result, error) {
 		defer func() { p.tipCovered = tipFrom }() // once this first tip listing is done
 	}
 	q := stripeapi.EventQuery{Types: p.Types, CreatedGTE: tipFrom}
-	for {
+	for first := true; ; first = false {
 		page, err := p.Events.ListEvents(ctx, q)
 		if err != nil {
 			return res, fmt.Errorf("list events since %s: %w", tipFrom.UTC().Format(time.RFC3339), err)
+		}
+		if first {
+			// The answer told the clock Stripe's time; had the estimate
+			// run ahead (a host clock that jumped, read without its
+			// monotonic part), the tip and the horizon must not claim
+			// what Stripe has not reached.
+			now = minTime(now, p.now())
 		}
 		last := !page.HasMore
 		if err := p.commit(&res, page, "tip", now, func(pos *cursor.Position) bool {
@@ -545,7 +642,7 @@ func adaptSlice(cur time.Duration, pages int) time.Duration {
 // transaction. move changes the position as it stands in the store — other
 // slices commit their pages in between — and reports whether Settled moved.
 func (p *Poller) commit(res *Result, page stripeapi.EventPage, phase string, target time.Time, move func(*cursor.Position) bool) error {
-	now := p.now()
+	now := p.hostNow() // the queues schedule what is queued on the host's clock
 	queued, fresh, notified, late := 0, 0, 0, 0
 	var settled time.Time
 	counts := map[[2]string]int{}
@@ -796,3 +893,15 @@ func minTime(a, b time.Time) time.Time {
 	}
 	return b
 }
+
+// ClientClock is the Clock of a stripeapi.Client, synced through it.
+type ClientClock struct{ Client *stripeapi.Client }
+
+// Now is Stripe's time as the client learned it.
+func (c ClientClock) Now() time.Time { return c.Client.Clock.Now() }
+
+// Sync lists one event when the client has not observed Stripe's time yet.
+func (c ClientClock) Sync(ctx context.Context) error { return c.Client.SyncClock(ctx) }
+
+// Skew is Stripe's time minus the host's.
+func (c ClientClock) Skew() (time.Duration, bool) { return c.Client.Clock.Skew() }

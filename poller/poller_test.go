@@ -374,7 +374,7 @@ func TestRestartReListsAtMostOnePage(t *testing.T) {
 		h.paid(t0.Add(-5*time.Hour+time.Duration(i)*10*time.Second), 1)
 	}
 	h.poller.SliceLen = 6 * time.Hour // one slice: resumption is by page
-	if _, err := h.poller.Start(t0.Add(-6 * time.Hour)); err != nil {
+	if _, err := h.poller.Start(context.Background(), t0.Add(-6*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	// Cut the backfill off after the 4th page of the re-scan.

@@ -44,8 +44,12 @@ type Reconciler struct {
 	Sessions SessionLister
 	Events   EventSource // for the webhook-miss report; nil skips it
 	Types    []string
-	Now      func() time.Time
-	Logger   *slog.Logger
+	// Now is the host's clock: it stamps the work queued. Clock, when set,
+	// is Stripe's: the sweep's end, the retention edge and its time are
+	// read from it (see Poller.Clock).
+	Now    func() time.Time
+	Clock  Clock
+	Logger *slog.Logger
 	// Wake is called after a page that queued work.
 	Wake func()
 }
@@ -89,7 +93,15 @@ type WebhookMiss struct {
 
 const maxMissesKept = 100
 
+// now is Stripe's time when the Clock is wired, else the host's.
 func (r *Reconciler) now() time.Time {
+	if r.Clock != nil {
+		return r.Clock.Now()
+	}
+	return r.hostNow()
+}
+
+func (r *Reconciler) hostNow() time.Time {
 	if r.Now != nil {
 		return r.Now()
 	}
@@ -113,13 +125,19 @@ func InitReconcile(tx *bbolt.Tx) error {
 // queues each paid one the store does not show fulfilled. It may reach past
 // the 30-day event horizon: sessions are listed, not events.
 func (r *Reconciler) Sweep(ctx context.Context, since time.Time) (Sweep, error) {
-	start := r.now()
+	var err error
+	if r.Clock != nil {
+		err = r.Clock.Sync(ctx)
+	}
+	start, hostStart := r.now(), r.hostNow()
 	sw := Sweep{At: start, Since: since, Until: start, Recovered: map[string]int{}, Outcome: "ok"}
-	err := r.sweep(ctx, &sw)
+	if err == nil {
+		err = r.sweep(ctx, &sw)
+	}
 	if err == nil && r.Events != nil {
 		err = r.reportMisses(ctx, &sw)
 	}
-	sw.Duration = r.now().Sub(start)
+	sw.Duration = r.hostNow().Sub(hostStart)
 	if err != nil {
 		sw.Outcome, sw.Error = "error", err.Error()
 	}
@@ -168,7 +186,7 @@ func (r *Reconciler) sweep(ctx context.Context, sw *Sweep) error {
 		}
 		sw.Listed += len(page.Sessions)
 		queued := 0
-		now := r.now()
+		now := r.hostNow() // the queues schedule what is queued on the host's clock
 		err = r.DB.Update(func(tx *bbolt.Tx) error {
 			for _, s := range page.Sessions {
 				n, err := r.reconcileOne(tx, s, now, sw)

@@ -19,7 +19,11 @@ import (
 )
 
 func (h *harness) reconciler() *poller.Reconciler {
-	return &poller.Reconciler{DB: h.db, Sessions: h.client, Events: h.client, Types: defaultTypes, Now: h.clock.Now}
+	r := &poller.Reconciler{DB: h.db, Sessions: h.client, Events: h.client, Types: defaultTypes, Now: h.clock.Now}
+	if h.stripesClock {
+		r.Clock = poller.ClientClock{Client: h.client}
+	}
+	return r
 }
 
 // sweep runs a reconciliation sweep and works the queue until idle, as

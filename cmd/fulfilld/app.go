@@ -35,6 +35,9 @@ type app struct {
 	cfg    *config.Config
 	log    *slog.Logger
 	redact func(string) string
+	// client is the process's one Stripe client: one request budget and
+	// one learned Stripe clock for every command's calls.
+	client *stripeapi.Client
 }
 
 func (a *app) rootCommand() *cobra.Command {
@@ -110,14 +113,30 @@ func (a *app) openStore(readOnly bool) (*bbolt.DB, error) {
 }
 
 func (a *app) stripeClient() *stripeapi.Client {
+	if a.client != nil {
+		return a.client
+	}
 	c := a.cfg.Stripe
-	return stripeapi.New(stripeapi.Config{
+	a.client = stripeapi.New(stripeapi.Config{
 		APIKey:  c.APIKey,
 		APIBase: c.APIBase,
 		Account: c.Account,
 		Limits:  stripeapi.AutoLimits(c.RateLimit, a.cfg.LiveMode()),
 		Logger:  a.log.With("component", "stripe"),
+		Now:     a.now,
 	})
+	return a.client
+}
+
+// stripeNow is Stripe's time, learned with one request when no answer from
+// Stripe was seen yet: what the stream covers is decided on Stripe's
+// clock, never the host's alone.
+func (a *app) stripeNow(ctx context.Context) (time.Time, error) {
+	c := a.stripeClient()
+	if err := c.SyncClock(ctx); err != nil {
+		return time.Time{}, authHint(err)
+	}
+	return c.Clock.Now(), nil
 }
 
 // action builds the operator's action: an argv to run, or a URL to POST to.
@@ -180,6 +199,7 @@ func (a *app) reconciler(db *bbolt.DB, client *stripeapi.Client) *poller.Reconci
 		Events:   client,
 		Types:    a.cfg.Events.Types,
 		Now:      a.now,
+		Clock:    poller.ClientClock{Client: client},
 		Logger:   a.log.With("component", "reconcile"),
 	}
 }
@@ -191,6 +211,7 @@ func (a *app) poller(db *bbolt.DB, client *stripeapi.Client) *poller.Poller {
 		Types:    a.cfg.Events.Types,
 		Lookback: a.cfg.Events.Lookback,
 		Now:      a.now,
+		Clock:    poller.ClientClock{Client: client},
 		Logger:   a.log.With("component", "poller"),
 	}
 }

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
 	"os"
@@ -689,5 +690,55 @@ func TestCompact(t *testing.T) {
 	}
 	if st, _ := h.status(); st.Fulfillments["fulfilled"] != 3 {
 		t.Errorf("status after compact: %v; want the 3 fulfilled sessions", st.Fulfillments)
+	}
+}
+
+// TestHostClockAheadOfStripes: the host's clock 40 minutes ahead of
+// Stripe's (in production, 5 minutes ahead fulfilled 0 of 19 sessions). A
+// first start begins at Stripe's now, so a session paid right after it is
+// fulfilled; --since 1h is Stripe's last hour, not the host's; status shows
+// the skew and measures the lag on Stripe's clock; the log says the host's
+// clock is wrong.
+func TestHostClockAheadOfStripes(t *testing.T) {
+	t.Parallel()
+	const skew = -40 * time.Minute
+	h := newHarness(t, harnessOptions{simSkew: skew})
+	stripeNow := func() time.Time { return time.Now().Add(skew) }
+
+	first := h.fulfilld("run", "--once")
+	if first.code != 0 {
+		t.Fatalf("first start:\n%s", first)
+	}
+	if !strings.Contains(first.stderr, "clock is wrong") {
+		t.Errorf("no warning that the host's clock is wrong:\n%s", first.stderr)
+	}
+	paid := h.paidSession(stripeNow().Add(-time.Second), 1)
+	if r := h.fulfilld("run", "--once"); r.code != 0 || h.actionCount() != 1 {
+		t.Fatalf("a session paid after the first start: %d actions, want 1:\n%s", h.actionCount(), r)
+	}
+	h.checkBody(paid, 1)
+
+	// Inside Stripe's last hour, outside the host's.
+	early := h.paidSession(stripeNow().Add(-50*time.Minute), 2)
+	if r := h.fulfilld("run", "--once", "--since", "1h"); r.code != 0 || h.actionCount() != 2 {
+		t.Fatalf("--since 1h: %d actions, want 2:\n%s", h.actionCount(), r)
+	}
+	h.checkBody(early, 2)
+
+	st, raw := h.status()
+	if st.ClockSkew == nil || math.Abs(*st.ClockSkew-skew.Seconds()) > 3 {
+		t.Errorf("status clock_skew_seconds %v, want about %.0f:\n%s", st.ClockSkew, skew.Seconds(), raw)
+	}
+	var lag struct {
+		Cursor struct {
+			Lag float64 `json:"lag_seconds"`
+		} `json:"cursor"`
+	}
+	if err := json.Unmarshal([]byte(raw), &lag); err != nil || lag.Cursor.Lag < 0 || lag.Cursor.Lag > 120 {
+		t.Errorf("status lag_seconds %.0f, want about the 1m lookback on Stripe's clock (err %v)", lag.Cursor.Lag, err)
+	}
+	text := h.fulfilld("status")
+	if !strings.Contains(text.stdout, "clock skew") || !strings.Contains(text.stdout, "Stripe is 40m") || !strings.Contains(text.stdout, "behind") {
+		t.Errorf("status does not show the skew:\n%s", text.stdout)
 	}
 }

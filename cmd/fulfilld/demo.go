@@ -118,7 +118,7 @@ func (a *app) demo(parent context.Context, duration time.Duration) error {
 		return err
 	}
 	d := a.newDaemon(db)
-	if _, err := d.poller.Start(now.Add(-time.Hour)); err != nil {
+	if _, err := d.poller.Start(ctx, now.Add(-time.Hour)); err != nil {
 		db.Close()
 		return err
 	}

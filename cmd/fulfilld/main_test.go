@@ -71,6 +71,9 @@ type harness struct {
 
 type harnessOptions struct {
 	simKey string // key the simulator accepts (default testKey)
+	// simSkew sets the simulator's clock off the host's: Stripe's time is
+	// the host's plus simSkew.
+	simSkew time.Duration
 	// config adjusts the YAML written to the config file.
 	config func(c *configFile)
 }
@@ -128,7 +131,11 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	if simKey == "" {
 		simKey = testKey
 	}
-	sim := stripesim.New(stripesim.Options{APIKey: simKey})
+	simOpts := stripesim.Options{APIKey: simKey}
+	if skew := opts.simSkew; skew != 0 {
+		simOpts.Now = func() time.Time { return time.Now().Add(skew) }
+	}
+	sim := stripesim.New(simOpts)
 	t.Cleanup(sim.Close)
 	h := &harness{t: t, dir: dir, sim: sim, key: simKey, cfg: filepath.Join(dir, "fulfilld.yaml")}
 	for _, sub := range []string{"bodies", "behave", "inflight"} {
@@ -440,6 +447,7 @@ type statusReport struct {
 		Outcome string `json:"outcome"`
 		Error   string `json:"error"`
 	} `json:"last_poll"`
+	ClockSkew    *float64       `json:"clock_skew_seconds"`
 	Fulfillments map[string]int `json:"fulfillments"`
 	Recovered    int            `json:"recovered"`
 	Queued       int            `json:"queued"`

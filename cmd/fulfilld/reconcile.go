@@ -30,9 +30,24 @@ func (a *app) reconcile(ctx context.Context, since string) error {
 	if err := a.setup(nil); err != nil {
 		return err
 	}
-	from := a.clock().Add(-a.cfg.Reconcile.Window)
+	// A bad --since is refused before any request, on the host's clock;
+	// the window is then resolved on Stripe's, when a key is at hand (the
+	// running daemon may hold one this command does not).
+	now := a.clock()
 	if since != "" {
-		t, err := config.ParseSince("since", since, a.clock())
+		if _, err := config.ParseSince("since", since, now); err != nil {
+			return err
+		}
+	}
+	if a.cfg.RequireAPIKey() == nil {
+		var err error
+		if now, err = a.stripeNow(ctx); err != nil {
+			return err
+		}
+	}
+	from := now.Add(-a.cfg.Reconcile.Window)
+	if since != "" {
+		t, err := config.ParseSince("since", since, now)
 		if err != nil {
 			return err
 		}

@@ -74,7 +74,7 @@ type daemon struct {
 func (a *app) newDaemon(db *bbolt.DB) *daemon {
 	d := &daemon{app: a, db: db, client: a.stripeClient(), wake: func() {}}
 	d.store = storehealth.New(db, a.log.With("component", "store"))
-	d.metrics = metrics.New(db, a.now)
+	d.metrics = metrics.New(db, d.client.Clock.Now)
 	d.poller = a.poller(db, d.client)
 	d.ful = a.fulfiller(d.store, d.client)
 	d.ful.Action = d.metrics.Instrument("fulfill", d.ful.Action)
@@ -106,17 +106,20 @@ func (a *app) run(ctx context.Context, f runFlags) error {
 	}
 	var since time.Time
 	if f.since != "" {
-		now := a.clock()
-		t, err := config.ParseSince("since", f.since, now)
-		if err != nil {
+		// Refused before any request on the host's clock; then resolved
+		// on Stripe's, which decides what the stream covers.
+		if _, err := runSince(f.since, a.clock()); err != nil {
 			return err
 		}
-		if t.Before(poller.RetentionEdge(now)) {
-			return usagef("--since: %s is past Stripe's 30-day event retention, so its events cannot be listed; "+
-				"use at most --since 720h here, and `fulfilld reconcile --since %s` to sweep older sessions",
-				t.UTC().Format(time.RFC3339), f.since)
+		now, err := a.stripeNow(ctx)
+		if err != nil {
+			// Stripe unreachable or the key rejected: Start below fails
+			// on the same error and records it for status.
+			now = a.clock()
 		}
-		since = t
+		if since, err = runSince(f.since, now); err != nil {
+			return err
+		}
 	}
 	if f.dryRun {
 		return a.dryRun(ctx, since)
@@ -128,8 +131,8 @@ func (a *app) run(ctx context.Context, f runFlags) error {
 	defer db.Close()
 	d := a.newDaemon(db)
 	defer d.saveUsage(db, d.client)
-	if _, err := d.poller.Start(since); err != nil {
-		return err
+	if _, err := d.poller.Start(ctx, since); err != nil {
+		return authHint(err)
 	}
 	if err := d.recover(); err != nil {
 		return err
@@ -138,6 +141,21 @@ func (a *app) run(ctx context.Context, f runFlags) error {
 		return d.once(ctx)
 	}
 	return d.serve(ctx)
+}
+
+// runSince resolves run's --since against now, refusing what the event
+// stream can no longer list.
+func runSince(value string, now time.Time) (time.Time, error) {
+	t, err := config.ParseSince("since", value, now)
+	if err != nil {
+		return t, err
+	}
+	if t.Before(poller.RetentionEdge(now)) {
+		return t, usagef("--since: %s is past Stripe's 30-day event retention, so its events cannot be listed; "+
+			"use at most --since 720h here, and `fulfilld reconcile --since %s` to sweep older sessions",
+			t.UTC().Format(time.RFC3339), value)
+	}
+	return t, nil
 }
 
 // dryRun lists what one pass would handle, reading the store (if there is
@@ -162,7 +180,7 @@ func (a *app) dryRun(ctx context.Context, since time.Time) error {
 	defer db.Close()
 	p := a.poller(db, a.stripeClient())
 	p.DryRun = true
-	if _, err := p.Start(since); err != nil {
+	if _, err := p.Start(ctx, since); err != nil {
 		return err
 	}
 	res, err := p.Poll(ctx, true)

@@ -71,7 +71,7 @@ func (d *daemon) serve(parent context.Context) error {
 		api = &httpapi.Server{
 			DB: d.db, Registry: d.metrics.Registry, Fulfill: d.ful, Work: work,
 			MaxPollAge: 3*interval(pollSched, d.clock()) + time.Minute, MinHorizon: 48 * time.Hour,
-			Wait: 10 * time.Second, Now: d.now, Logger: d.log.With("component", "http"),
+			Wait: 10 * time.Second, Now: d.client.Clock.Now, Logger: d.log.With("component", "http"),
 			Store: d.store,
 		}
 		servers = append(servers, d.startServer(l, api.Handler(), "http"))
@@ -99,7 +99,7 @@ func (d *daemon) serve(parent context.Context) error {
 		d.jobDone(ctx, cancel, "poll", err, "events_listed", res.Listed, "events_new", res.New, "sessions_queued", res.Queued)
 	}))
 	sweep := chain.Then(cron.FuncJob(func() {
-		_, err := d.rec.Sweep(ctx, d.clock().Add(-d.cfg.Reconcile.Window))
+		_, err := d.rec.Sweep(ctx, d.client.Clock.Now().Add(-d.cfg.Reconcile.Window))
 		d.saveUsage(d.db, d.client)
 		d.jobDone(ctx, cancel, "reconciliation sweep", err)
 	}))

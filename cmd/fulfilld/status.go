@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"sort"
 	"strings"
@@ -131,9 +132,12 @@ func printRecord(w io.Writer, rec fulfill.Record, asJSON bool) error {
 
 // status is what `fulfilld status` shows.
 type status struct {
-	Store          string                 `json:"store"`
-	Cursor         cursorStatus           `json:"cursor"`
-	LastPoll       *pollStatus            `json:"last_poll"`
+	Store    string       `json:"store"`
+	Cursor   cursorStatus `json:"cursor"`
+	LastPoll *pollStatus  `json:"last_poll"`
+	// ClockSkew is Stripe's clock minus this host's, in seconds, as the
+	// last poll saw it; null before a poll observed it.
+	ClockSkew      *float64               `json:"clock_skew_seconds"`
 	Fulfillments   map[string]int         `json:"fulfillments"`
 	Recovered      int                    `json:"recovered"`
 	InFlight       int                    `json:"in_flight"`
@@ -186,6 +190,18 @@ type failureStatus struct {
 func readStatus(db *bbolt.DB, now time.Time) (*status, error) {
 	st := &status{Fulfillments: map[string]int{}, PaymentIntents: map[string]int{}}
 	err := db.View(func(tx *bbolt.Tx) error {
+		poll, err := cursor.LoadPoll(tx)
+		if err != nil {
+			return err
+		}
+		if !poll.At.IsZero() {
+			st.LastPoll = &pollStatus{Time: poll.At.UTC().Format(time.RFC3339), Outcome: poll.Outcome, Error: poll.Error,
+				DurationSecs: poll.Duration.Seconds(), Listed: poll.Listed, New: poll.New}
+		}
+		if st.ClockSkew = poll.ClockSkew; st.ClockSkew != nil {
+			// complete_until is on Stripe's clock: lag and horizon too.
+			now = now.Add(time.Duration(*st.ClockSkew * float64(time.Second)))
+		}
 		pos, err := cursor.Load(tx)
 		if err != nil {
 			return err
@@ -204,12 +220,6 @@ func readStatus(db *bbolt.DB, now time.Time) (*status, error) {
 			}
 		}
 		st.Cursor.SeenEvents = cursor.SeenCount(tx)
-		if poll, err := cursor.LoadPoll(tx); err != nil {
-			return err
-		} else if !poll.At.IsZero() {
-			st.LastPoll = &pollStatus{Time: poll.At.UTC().Format(time.RFC3339), Outcome: poll.Outcome, Error: poll.Error,
-				DurationSecs: poll.Duration.Seconds(), Listed: poll.Listed, New: poll.New}
-		}
 		sum, err := fulfill.Summarize(tx)
 		if err != nil {
 			return err
@@ -279,6 +289,9 @@ func (st *status) writeText(w io.Writer) {
 			line += ": " + oneLine(p.Error, 200)
 		}
 		fmt.Fprintf(tw, "last poll\t%s\n", line)
+	}
+	if s := st.ClockSkew; s != nil {
+		fmt.Fprintf(tw, "clock skew\t%s (Stripe's clock minus this host's, at the last poll)\n", skewText(*s))
 	}
 	fmt.Fprintln(tw, "fulfillments\t")
 	for _, s := range fulfill.States {
@@ -353,6 +366,18 @@ func sortedKeys[V any](m map[string]V) []string {
 	}
 	sort.Strings(keys)
 	return keys
+}
+
+// skewText says which clock is ahead, to the second.
+func skewText(secs float64) string {
+	d := time.Duration(math.Round(secs)) * time.Second
+	switch {
+	case d > 0:
+		return fmt.Sprintf("%.0fs: Stripe is %s ahead", secs, d)
+	case d < 0:
+		return fmt.Sprintf("%.0fs: Stripe is %s behind", secs, -d)
+	}
+	return "0s: in step"
 }
 
 func roundDur(secs float64) string {

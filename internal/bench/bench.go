@@ -282,7 +282,7 @@ func runDaemon(ctx context.Context, cfg Config, url, path string, since time.Tim
 		progressDone.Wait()
 	}()
 
-	if _, err := p.Start(since); err != nil {
+	if _, err := p.Start(ctx, since); err != nil {
 		return out, err
 	}
 	var res fulfill.PassResult

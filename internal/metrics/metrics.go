@@ -108,6 +108,8 @@ var (
 		"Requests Stripe answered with 429.", nil, nil)
 	descReads30d = prometheus.NewDesc("fulfilld_stripe_reads_30d",
 		"Requests sent to Stripe over the last 30 days.", nil, nil)
+	descClockSkew = prometheus.NewDesc("fulfilld_clock_skew_seconds",
+		"Stripe's clock minus this host's, as the last poll observed it.", nil, nil)
 	descScrapeError = prometheus.NewDesc("fulfilld_store_scrape_error",
 		"1 if the store could not be read for this scrape.", nil, nil)
 )
@@ -121,7 +123,7 @@ type storeCollector struct {
 func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFulfillments, descRecovered, descQueue, descDeadLetters, descEvents,
 		descMalformed, descLag, descHorizon, descLastSuccess, descRequests, descResponses, descRateLimited,
-		descReads30d, descScrapeError} {
+		descReads30d, descClockSkew, descScrapeError} {
 		ch <- d
 	}
 }
@@ -166,6 +168,9 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		if !poll.LastSuccess.IsZero() {
 			ch <- prometheus.MustNewConstMetric(descLastSuccess, prometheus.GaugeValue, float64(poll.LastSuccess.UnixMilli())/1000)
+		}
+		if poll.ClockSkew != nil {
+			ch <- prometheus.MustNewConstMetric(descClockSkew, prometheus.GaugeValue, *poll.ClockSkew)
 		}
 		usage, err := stripeapi.LoadUsage(tx, now)
 		if err != nil {

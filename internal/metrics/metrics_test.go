@@ -138,7 +138,8 @@ func TestStoreGauges(t *testing.T) {
 		if err := cursor.Save(tx, cursor.Position{Settled: settled, Tip: now}); err != nil {
 			return err
 		}
-		if err := cursor.SavePoll(tx, cursor.Poll{At: now, Outcome: "ok", LastSuccess: now.Add(-30 * time.Second)}); err != nil {
+		skew := -1800.0
+		if err := cursor.SavePoll(tx, cursor.Poll{At: now, Outcome: "ok", LastSuccess: now.Add(-30 * time.Second), ClockSkew: &skew}); err != nil {
 			return err
 		}
 		return stripeapi.SaveUsage(tx, now, stripeapi.Usage{
@@ -193,6 +194,7 @@ func TestStoreGauges(t *testing.T) {
 		{"fulfilld_cursor_lag_seconds", nil, 180},
 		{"fulfilld_cursor_horizon_seconds", nil, (poller.Retention - 3*time.Minute).Seconds()},
 		{"fulfilld_last_successful_poll_timestamp_seconds", nil, float64(now.Add(-30 * time.Second).Unix())},
+		{"fulfilld_clock_skew_seconds", nil, -1800},
 		{"fulfilld_stripe_requests_total", map[string]string{"endpoint": "GET /v1/events"}, 7},
 		{"fulfilld_stripe_requests_total", map[string]string{"endpoint": "GET /v1/checkout/sessions/:id"}, 4},
 		{"fulfilld_stripe_responses_total", map[string]string{"status": "429"}, 1},
@@ -236,7 +238,8 @@ func TestEmptyStore(t *testing.T) {
 			t.Errorf("fulfilld_fulfillments{state=%q} = %v (present %v), want 0", st, got, ok)
 		}
 	}
-	for _, name := range []string{"fulfilld_cursor_lag_seconds", "fulfilld_cursor_horizon_seconds", "fulfilld_last_successful_poll_timestamp_seconds"} {
+	for _, name := range []string{"fulfilld_cursor_lag_seconds", "fulfilld_cursor_horizon_seconds", "fulfilld_last_successful_poll_timestamp_seconds",
+		"fulfilld_clock_skew_seconds"} {
 		if _, ok := mfs[name]; ok {
 			t.Errorf("%s is exposed before the cursor started", name)
 		}

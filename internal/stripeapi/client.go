@@ -40,6 +40,8 @@ type Config struct {
 	Limits     Limits
 	MaxRetries int // per request, on 429/5xx/connection failures; default 8
 	Logger     *slog.Logger
+	// Now is the host's clock for Clock (default time.Now).
+	Now func() time.Time
 }
 
 // Client calls Stripe through stripe-go with an explicit backend.
@@ -48,6 +50,9 @@ type Client struct {
 	backend   stripe.Backend
 	key       string
 	Transport *Transport
+	// Clock is Stripe's clock, learned from every answer.
+	Clock  *Clock
+	logger *slog.Logger
 }
 
 // New builds a client. It makes no request.
@@ -73,6 +78,7 @@ func New(cfg Config) *Client {
 		Account:    cfg.Account,
 		MaxRetries: cfg.MaxRetries,
 		Logger:     logger,
+		Clock:      &Clock{Host: cfg.Now},
 	}
 	base := strings.TrimRight(cfg.APIBase, "/")
 	if base == "" {
@@ -86,7 +92,24 @@ func New(cfg Config) *Client {
 		LeveledLogger:     &stripe.LeveledLogger{Level: stripe.LevelNull},
 	})
 	api := client.New(cfg.APIKey, &stripe.Backends{API: backend, Connect: backend, Uploads: backend})
-	return &Client{api: api, backend: backend, key: cfg.APIKey, Transport: tr}
+	return &Client{api: api, backend: backend, key: cfg.APIKey, Transport: tr, Clock: tr.Clock, logger: logger}
+}
+
+// SyncClock makes sure Clock has observed Stripe's time: when no answer
+// was seen yet it lists one event, the cheapest request that shows Stripe's
+// Date. Without a Date in the answer the clock stays the host's, and the
+// log says so.
+func (c *Client) SyncClock(ctx context.Context) error {
+	if c.Clock.Synced() {
+		return nil
+	}
+	if _, err := c.ListEvents(ctx, EventQuery{Limit: 1}); err != nil {
+		return fmt.Errorf("learn stripe's clock: %w", err)
+	}
+	if !c.Clock.Synced() {
+		c.logger.Warn("stripe's answer carried no Date header (a proxy in between?); using the host's clock, which must then be right")
+	}
+	return nil
 }
 
 // list fetches one page the way stripe-go's own list clients do (form
@@ -143,9 +166,10 @@ func (c *Client) ListEvents(ctx context.Context, q EventQuery) (EventPage, error
 	if q.StartingAfter != "" {
 		params.StartingAfter = stripe.String(q.StartingAfter)
 	}
-	if len(q.Types) == 1 {
+	switch {
+	case len(q.Types) == 1:
 		params.Type = stripe.String(q.Types[0])
-	} else {
+	case len(q.Types) > 1:
 		params.Types = stripe.StringSlice(q.Types)
 	}
 	params.CreatedRange = createdRange(q.CreatedGTE, q.CreatedLT)
@@ -154,9 +178,15 @@ func (c *Client) ListEvents(ctx context.Context, q EventQuery) (EventPage, error
 		return EventPage{}, wrap("list events", err)
 	}
 	page := EventPage{HasMore: list.HasMore, Events: make([]Event, 0, len(list.Data))}
+	var newest time.Time
 	for _, raw := range list.Data {
-		page.Events = append(page.Events, decodeEvent(raw))
+		ev := decodeEvent(raw)
+		if ev.Err == nil && ev.Created.After(newest) {
+			newest = ev.Created
+		}
+		page.Events = append(page.Events, ev)
 	}
+	c.Clock.ObserveCreated(newest)
 	return page, nil
 }
 
@@ -297,6 +327,7 @@ func (c *Client) GetSession(ctx context.Context, id string) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
+	c.Clock.ObserveCreated(time.Unix(cs.Created, 0))
 	s := &Session{
 		ID:            cs.ID,
 		Status:        string(cs.Status),
@@ -392,12 +423,17 @@ func (c *Client) ListSessions(ctx context.Context, q SessionQuery) (SessionPage,
 		return SessionPage{}, wrap("list checkout sessions", err)
 	}
 	page := SessionPage{HasMore: list.HasMore}
+	var newest int64
 	for _, raw := range list.Data {
 		var s SessionSummary
 		if err := json.Unmarshal(raw, &s); err != nil || s.ID == "" {
 			continue // not a session we can act on; its events (if any) are reported by the poller
 		}
+		newest = max(newest, s.Created)
 		page.Sessions = append(page.Sessions, s)
+	}
+	if newest > 0 && newest <= maxCreated {
+		c.Clock.ObserveCreated(time.Unix(newest, 0))
 	}
 	return page, nil
 }

@@ -61,6 +61,8 @@ type Transport struct {
 	// MinBackoff and MaxBackoff bound the exponential backoff between retries.
 	MinBackoff, MaxBackoff time.Duration
 	Logger                 *slog.Logger
+	// Clock, when set, learns Stripe's time from each answer's Date.
+	Clock *Clock
 
 	once      sync.Once
 	global    *budget
@@ -265,6 +267,7 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 			return nil, err
 		}
 		resp, err := t.Base.RoundTrip(try)
+		t.observeDate(resp)
 		now := time.Now()
 		status := 0
 		if resp != nil {
@@ -341,6 +344,16 @@ func (t *Transport) noteOutcome(endpoint string, status int, err error, retry bo
 			"retry_in", wait.Round(time.Millisecond))
 	case ended:
 		t.Logger.Info("stripe answers again", "after", now.Sub(since).Round(time.Second), "failed_requests", failures)
+	}
+}
+
+// observeDate tells the clock Stripe's time from an answer's Date header.
+func (t *Transport) observeDate(resp *http.Response) {
+	if t.Clock == nil || resp == nil {
+		return
+	}
+	if at, err := http.ParseTime(resp.Header.Get("Date")); err == nil {
+		t.Clock.ObserveDate(at)
 	}
 }
 

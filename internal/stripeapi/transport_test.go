@@ -231,7 +231,7 @@ func newDaemon(t *testing.T, c *stripeapi.Client) *daemon {
 
 // pass polls and works the queue side by side until nothing is due.
 func (d *daemon) pass(ctx context.Context, since time.Time) (poller.Result, fulfill.PassResult, error) {
-	if _, err := d.poller.Start(since); err != nil {
+	if _, err := d.poller.Start(ctx, since); err != nil {
 		return poller.Result{}, fulfill.PassResult{}, err
 	}
 	wake := make(chan struct{}, 1)
@@ -373,7 +373,7 @@ func TestShutdownDuringLongBackoff(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := d.poller.Start(time.Now().Add(-time.Hour)); err != nil {
+	if _, err := d.poller.Start(context.Background(), time.Now().Add(-time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	before := position(t, d.db)

@@ -257,3 +257,34 @@ func TestConcurrentUse(t *testing.T) {
 		t.Errorf("listed %d events, want 100", len(ids))
 	}
 }
+
+// TestDateIsTheSimulationClock: clients learn Stripe's clock from the Date
+// header, so every answer, errors included, carries the simulation's time,
+// not the host's.
+func TestDateIsTheSimulationClock(t *testing.T) {
+	f := newFixture(t, Options{})
+	tests := []struct {
+		name string
+		at   time.Time
+		path string
+		key  string
+	}{
+		{"a list, an hour after the epoch", t0.Add(time.Hour + 500*time.Millisecond), "/v1/events", DefaultAPIKey},
+		{"a list, a year back", t0.AddDate(-1, 0, 0), "/v1/events", DefaultAPIKey},
+		{"a 404", t0.Add(2 * time.Hour), "/v1/checkout/sessions/cs_test_missing", DefaultAPIKey},
+		{"a 401", t0.Add(3 * time.Hour), "/v1/events", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			f.clock.Set(tt.at)
+			resp, _ := rawGet(t, f.srv, tt.path, tt.key)
+			got, err := http.ParseTime(resp.Header.Get("Date"))
+			if err != nil {
+				t.Fatalf("Date %q: %v", resp.Header.Get("Date"), err)
+			}
+			if want := tt.at.Truncate(time.Second); !got.Equal(want) {
+				t.Errorf("Date %s, want the simulation's %s", got.UTC(), want)
+			}
+		})
+	}
+}

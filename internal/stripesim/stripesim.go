@@ -265,15 +265,20 @@ func (s *Server) record(req Request) {
 	s.reqPos = (s.reqPos + 1) % requestLogSize
 }
 
-// statusWriter remembers the status written through it.
+// statusWriter remembers the status written through it and calls
+// onHeader with it before the answer leaves.
 type statusWriter struct {
 	http.ResponseWriter
-	status int
+	status   int
+	onHeader func(status int)
 }
 
 func (w *statusWriter) WriteHeader(code int) {
 	if w.status == 0 {
 		w.status = code
+		if w.onHeader != nil {
+			w.onHeader(code)
+		}
 	}
 	w.ResponseWriter.WriteHeader(code)
 }
@@ -292,12 +297,20 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		RequestID: reqID,
 		Time:      s.now(),
 	}
-	sw := &statusWriter{ResponseWriter: w}
-	defer func() {
-		if entry.Status == 0 && sw.status != 0 {
-			entry.Status = sw.status
+	// A request is counted before its answer is written: a client that has
+	// read the answer finds it in Stats and Requests.
+	recorded := false
+	sw := &statusWriter{ResponseWriter: w, onHeader: func(status int) {
+		if entry.Status == 0 {
+			entry.Status = status
 		}
 		s.record(entry)
+		recorded = true
+	}}
+	defer func() {
+		if !recorded { // no answer: a reset connection or a client gone during latency
+			s.record(entry)
+		}
 	}()
 
 	if s.latency != nil {
@@ -310,6 +323,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h := sw.Header()
 	h.Set("Request-Id", reqID)
 	h.Set("Stripe-Version", APIVersion)
+	// Stripe's clock is the simulation's: clients learn it from Date, as
+	// they do from Stripe's (net/http keeps a Date set by the handler).
+	h.Set("Date", s.now().UTC().Format(http.TimeFormat))
 
 	s.mu.Lock()
 	key, fault := s.apiKey, s.fault

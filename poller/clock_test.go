@@ -1,0 +1,201 @@
+package poller_test
+
+import (
+	"bytes"
+	"log/slog"
+	"math"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/fulfilld/fulfilld/cursor"
+	"github.com/fulfilld/fulfilld/internal/stripesim"
+)
+
+// TestStripesClockDecidesWhatTheStreamCovers: the simulated Stripe runs on
+// its own clock, the host's is off it (or jumps an hour ahead for one poll
+// and back), and live traffic comes in across a first start with no cursor,
+// polls every 30 s and a final complete pass. Every session paid after the
+// start is fulfilled exactly once, by its own event; none paid before the
+// start is (a first start begins at Stripe's now); the poll records the
+// skew; the log warns once when the skew passes lookback/2 and says once
+// when it is back.
+func TestStripesClockDecidesWhatTheStreamCovers(t *testing.T) {
+	tests := []struct {
+		name     string
+		skew     time.Duration // Stripe's clock minus the host's
+		jumpPoll int           // the poll at which the host jumps +1h for one poll; -1: none
+		warns    int           // WARN lines about the clock
+		backs    int           // INFO lines saying it is back
+	}{
+		{name: "stripe 30m ahead of the host", skew: 30 * time.Minute, jumpPoll: -1, warns: 1},
+		{name: "stripe 30m behind the host", skew: -30 * time.Minute, jumpPoll: -1, warns: 1},
+		{name: "stripe 5m ahead of the host", skew: 5 * time.Minute, jumpPoll: -1},
+		{name: "stripe 5m behind the host, as measured", skew: -5 * time.Minute, jumpPoll: -1},
+		{name: "the host jumps 1h ahead for one poll, then back", jumpPoll: 6, warns: 1, backs: 1},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			stripe := stripesim.NewClock(t0.Add(tt.skew))
+			h := newHarness(t, onStripesClock(stripe))
+			logs := &logBuffer{}
+			h.poller.Logger = slog.New(slog.NewTextHandler(logs, nil))
+			advance := func(d time.Duration) {
+				h.clock.Advance(d)
+				stripe.Advance(d)
+			}
+			type paid struct{ session, event string }
+			pay := func(at time.Time, opts ...stripesim.EventOpt) paid {
+				id := h.sim.CreateSession(stripesim.SessionParams{Created: at.Add(-time.Minute)})
+				return paid{id, h.sim.CompleteSession(id, "paid", at, opts...)}
+			}
+
+			// Paid before the first start: left to a backfill.
+			var before []paid
+			for i := range 4 {
+				before = append(before, pay(stripe.Now().Add(-time.Duration(2+3*i)*time.Minute)))
+			}
+			advance(time.Second)
+			if _, err := h.poller.Start(t.Context(), time.Time{}); err != nil {
+				t.Fatal(err)
+			}
+			if got := h.position().Settled; !got.Equal(stripe.Now()) {
+				t.Errorf("first start: complete_until %s, want Stripe's now %s", got, stripe.Now())
+			}
+
+			var want []paid
+			for i := range 16 {
+				advance(30 * time.Second)
+				now := stripe.Now()
+				want = append(want, pay(now.Add(-time.Second)), pay(now.Add(-3*time.Second)))
+				// Listed late: within the lookback, after the tip passed it.
+				created := now.Add(-20 * time.Second)
+				want = append(want, pay(created, stripesim.VisibleAt(created.Add(time.Duration(1+i%8)*time.Minute))))
+				if i == tt.jumpPoll {
+					h.clock.Advance(time.Hour)
+				}
+				h.poll(false)
+				if i == tt.jumpPoll {
+					if skew := h.lastPoll().ClockSkew; skew == nil || math.Abs(*skew+3600) > 2 {
+						t.Errorf("the poll during the jump recorded skew %v, want about -3600", fmtSkew(skew))
+					}
+					h.clock.Advance(-time.Hour)
+				}
+			}
+			advance(h.poller.Lookback + time.Minute)
+			h.poll(true)
+
+			fulfilled := 0
+			for _, p := range want {
+				runs := h.action.calls(p.session)
+				switch {
+				case len(runs) != 1:
+					t.Errorf("%s: action ran %d times, want once", p.session, len(runs))
+				case runs[0].Trigger != "event" || runs[0].EventID != p.event:
+					t.Errorf("%s: triggered by %s %q, want its event %s", p.session, runs[0].Trigger, runs[0].EventID, p.event)
+				default:
+					fulfilled++
+				}
+			}
+			if fulfilled != len(want) {
+				t.Errorf("fulfilled %d of %d sessions paid after the start", fulfilled, len(want))
+			}
+			for _, p := range before {
+				if n := len(h.action.calls(p.session)); n != 0 {
+					t.Errorf("%s, paid before the first start: action ran %d times, want 0 (a first start begins at Stripe's now)", p.session, n)
+				}
+			}
+			if h.action.overlaps != 0 {
+				t.Errorf("%d overlapping runs", h.action.overlaps)
+			}
+			if got, want := h.position().Settled, stripe.Now().Add(-h.poller.Lookback); !got.Equal(want) {
+				t.Errorf("complete_until %s, want Stripe's now − lookback %s", got, want)
+			}
+			if skew := h.lastPoll().ClockSkew; skew == nil || math.Abs(*skew-tt.skew.Seconds()) > 2 {
+				t.Errorf("last poll recorded clock_skew_seconds %s, want about %.0f", fmtSkew(skew), tt.skew.Seconds())
+			}
+			warns, backs := logs.count("level=WARN", "clock is wrong"), logs.count("level=INFO", "back within")
+			if warns != tt.warns || backs != tt.backs {
+				t.Errorf("logged %d warnings and %d all-clears about the clock, want %d and %d:\n%s", warns, backs, tt.warns, tt.backs, logs)
+			}
+		})
+	}
+}
+
+func (h *harness) lastPoll() cursor.Poll {
+	h.t.Helper()
+	var p cursor.Poll
+	if err := h.db.View(func(tx *bbolt.Tx) (err error) { p, err = cursor.LoadPoll(tx); return err }); err != nil {
+		h.t.Fatal(err)
+	}
+	return p
+}
+
+func fmtSkew(s *float64) string {
+	if s == nil {
+		return "none"
+	}
+	return time.Duration(*s * float64(time.Second)).String()
+}
+
+// logBuffer collects log lines from any goroutine.
+type logBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// count is how many lines hold every one of subs.
+func (b *logBuffer) count(subs ...string) int {
+	n := 0
+	for line := range strings.SplitSeq(b.String(), "\n") {
+		all := line != ""
+		for _, s := range subs {
+			all = all && strings.Contains(line, s)
+		}
+		if all {
+			n++
+		}
+	}
+	return n
+}
+
+// TestSweepOnStripesClock: with the host's clock half an hour behind
+// Stripe's, a sweep's time and end are Stripe's, and what it recovers is
+// queued on the host's clock, which the queue runs on: fulfilled in the same
+// pass, not half an hour later.
+func TestSweepOnStripesClock(t *testing.T) {
+	for _, skew := range []time.Duration{30 * time.Minute, -30 * time.Minute} {
+		t.Run(skew.String(), func(t *testing.T) {
+			stripe := stripesim.NewClock(t0.Add(skew))
+			h := newHarness(t, onStripesClock(stripe))
+			var paid []string
+			for i := range 5 {
+				paid = append(paid, h.paid(stripe.Now().Add(-time.Duration(i+1)*time.Hour), 1))
+			}
+			sw := h.sweep(stripe.Now().Add(-72 * time.Hour))
+			for _, id := range paid {
+				if n := len(h.action.calls(id)); n != 1 {
+					t.Errorf("%s: action ran %d times in the sweep's pass, want 1", id, n)
+				}
+			}
+			if !sw.At.Equal(stripe.Now()) || !sw.Until.Equal(stripe.Now()) {
+				t.Errorf("sweep at %s until %s, want Stripe's now %s", sw.At, sw.Until, stripe.Now())
+			}
+		})
+	}
+}
