@@ -25,6 +25,7 @@ import (
 type app struct {
 	stdout, stderr io.Writer
 	lookupEnv      func(string) (string, bool)
+	environ        func() []string // to refuse misspelt FULFILLD_* variables
 	now            func() time.Time
 
 	configFile string
@@ -82,7 +83,7 @@ func (a *app) setup(overrides map[string]any) error {
 	for k, v := range overrides {
 		merged[k] = v
 	}
-	cfg, err := config.Load(config.Source{File: a.configFile, LookupEnv: a.lookupEnv, Overrides: merged})
+	cfg, err := config.Load(config.Source{File: a.configFile, LookupEnv: a.lookupEnv, Environ: a.environ, Overrides: merged})
 	if err != nil {
 		return err
 	}

@@ -43,7 +43,7 @@ func main() {
 
 // Main runs one command line and returns its exit code.
 func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
-	a := &app{stdout: stdout, stderr: stderr, lookupEnv: os.LookupEnv}
+	a := &app{stdout: stdout, stderr: stderr, lookupEnv: os.LookupEnv, environ: os.Environ}
 	root := a.rootCommand()
 	root.SetArgs(args)
 	root.SetOut(stdout)
