@@ -35,6 +35,7 @@ type app struct {
 
 	cfg    *config.Config
 	log    *slog.Logger
+	line   *logging.Line // stderr, shared by the logger and the progress line
 	redact func(string) string
 }
 
@@ -88,6 +89,13 @@ func (a *app) setup(overrides map[string]any) error {
 		return err
 	}
 	a.cfg = cfg
+	// Log records and the progress line share stderr through one Line, so
+	// a record never overwrites the line or glues onto it; what writes to
+	// a.stderr from here on goes through it too.
+	if _, ok := a.stderr.(*logging.Line); !ok {
+		a.line = logging.NewLine(a.stderr)
+		a.stderr = a.line
+	}
 	a.log = logging.New(a.stderr, a.logFormat, level, cfg.Secrets())
 	if r, ok := logging.NewRedactor(slog.DiscardHandler, cfg.Secrets()).(*logging.Redactor); ok {
 		a.redact = r.Redact

@@ -49,6 +49,9 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	err := root.ExecuteContext(ctx)
+	if a.line != nil {
+		a.line.Clear() // the last words go on a line of their own
+	}
 	if err == nil {
 		return exitOK
 	}
