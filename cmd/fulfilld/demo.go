@@ -53,7 +53,8 @@ func (a *app) demoCommand() *cobra.Command {
 			"paid later, bounced, expired, duplicated and late events; throttling and server errors), and\n" +
 			"runs the daemon against it with a sample action that turns away some first attempts on\n" +
 			"purpose. At the end it checks Stripe's records against what the action received: every paid\n" +
-			"session fulfilled exactly once, nothing unpaid fulfilled. It exits 1 if that does not hold.",
+			"session fulfilled exactly once, nothing unpaid fulfilled. It exits 1 if that does not hold.\n" +
+			"It logs at warn unless --log-level is given.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if f := cmd.Flag("log-level"); f != nil && !f.Changed {
