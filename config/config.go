@@ -113,6 +113,11 @@ type Source struct {
 	File string
 	// LookupEnv reads the environment; nil means os.LookupEnv.
 	LookupEnv func(string) (string, bool)
+	// Environ lists the environment as KEY=value, so that a FULFILLD_*
+	// variable that names no key is refused instead of ignored. nil means
+	// os.Environ when LookupEnv is nil too; with only LookupEnv given (a
+	// test's own environment) no variable is listed.
+	Environ func() []string
 	// Overrides come from command-line flags, keyed by key path such as
 	// "store.path". A nil value is skipped.
 	Overrides map[string]any
@@ -139,13 +144,19 @@ func (c *Config) RequireAPIKey() error {
 }
 
 // RequireAction refuses a configuration with nothing to run for a paid
-// session. `run` calls it unless --dry-run is given.
+// session, and a fulfill.command or notify.command whose program is missing
+// or not executable: found out at start, not by an hour of failed attempts.
+// The commands that run actions in this process call it (`run` unless
+// --dry-run, and `fulfill` and `reconcile` when no daemon runs).
 func (c *Config) RequireAction() error {
-	if len(c.Fulfill.Command) > 0 || c.Fulfill.URL != "" {
-		return nil
+	if len(c.Fulfill.Command) == 0 && c.Fulfill.URL == "" {
+		return &Error{Key: "fulfill", Msg: "no fulfillment action; set fulfill.command (an argv list) " +
+			"or fulfill.url, or use --dry-run to only record what would be fulfilled"}
 	}
-	return &Error{Key: "fulfill", Msg: "no fulfillment action; set fulfill.command (an argv list) " +
-		"or fulfill.url, or use --dry-run to only record what would be fulfilled"}
+	if err := checkProgram("fulfill.command", c.Fulfill.Command); err != nil {
+		return err
+	}
+	return checkProgram("notify.command", c.Notify.Command)
 }
 
 // LiveMode reports whether the API key is a live-mode key.

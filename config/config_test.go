@@ -112,6 +112,7 @@ func TestFullExample(t *testing.T) {
 				"checkout.session.async_payment_succeeded",
 				"checkout.session.async_payment_failed",
 				"checkout.session.expired",
+				"payment_intent.payment_failed",
 			},
 			Lookback: 15 * time.Minute,
 		},
@@ -200,7 +201,7 @@ func TestEveryKeyFromEnv(t *testing.T) {
 		"FULFILLD_STRIPE_API_BASE":      "http://127.0.0.1:12111/",
 		"FULFILLD_STRIPE_ACCOUNT":       "acct_env",
 		"FULFILLD_STRIPE_RATE_LIMIT":    "2.5",
-		"FULFILLD_EVENTS_TYPES":         "checkout.session.completed, checkout.session.expired",
+		"FULFILLD_EVENTS_TYPES":         "checkout.session.completed, checkout.session.async_payment_succeeded, checkout.session.async_payment_failed, checkout.session.expired, payment_intent.payment_failed",
 		"FULFILLD_EVENTS_LOOKBACK":      "20m",
 		"FULFILLD_SCHEDULE":             "*/5 * * * *",
 		"FULFILLD_STORE_PATH":           "env.db",
@@ -217,8 +218,9 @@ func TestEveryKeyFromEnv(t *testing.T) {
 	}
 	got := mustLoad(t, Source{LookupEnv: env(vars)})
 	want := Config{
-		Stripe:    Stripe{APIKey: "rk_test_envkey", APIBase: "http://127.0.0.1:12111", Account: "acct_env", RateLimit: 2.5},
-		Events:    Events{Types: []string{"checkout.session.completed", "checkout.session.expired"}, Lookback: 20 * time.Minute},
+		Stripe: Stripe{APIKey: "rk_test_envkey", APIBase: "http://127.0.0.1:12111", Account: "acct_env", RateLimit: 2.5},
+		Events: Events{Types: []string{"checkout.session.completed", "checkout.session.async_payment_succeeded",
+			"checkout.session.async_payment_failed", "checkout.session.expired", "payment_intent.payment_failed"}, Lookback: 20 * time.Minute},
 		Schedule:  "*/5 * * * *",
 		Store:     Store{Path: "env.db"},
 		Fulfill:   Fulfill{URL: "https://shop.example.com/fulfill", Secret: "whsec_envfulfill_0123456789", Timeout: time.Minute, Concurrency: 8, MaxAttempts: 3},
@@ -310,9 +312,9 @@ func TestListValues(t *testing.T) {
 		},
 		{
 			name:  "override as a slice",
-			over:  map[string]any{"fulfill.command": []string{"/usr/bin/ship"}, "events.types": []string{"checkout.session.expired"}},
+			over:  map[string]any{"fulfill.command": []string{"/usr/bin/ship"}, "events.types": []string{"checkout.session.async_payment_succeeded", "checkout.session.completed"}},
 			cmd:   []string{"/usr/bin/ship"},
-			types: []string{"checkout.session.expired"},
+			types: []string{"checkout.session.async_payment_succeeded", "checkout.session.completed"},
 		},
 	}
 	for _, tt := range tests {

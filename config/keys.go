@@ -75,6 +75,43 @@ func envNames(k key) []string {
 	return []string{EnvName(k.path)}
 }
 
+// actionVars are the FULFILLD_* variables fulfilld sets for an action (the
+// action protocol). An action that calls fulfilld itself, say `fulfilld
+// status`, passes them on; they are not settings and not typos.
+var actionVars = []string{
+	"FULFILLD_SESSION_ID", "FULFILLD_PAYMENT_INTENT_ID", "FULFILLD_EVENT_ID", "FULFILLD_EVENT_TYPE",
+	"FULFILLD_TRIGGER", "FULFILLD_IDEMPOTENCY_KEY", "FULFILLD_ATTEMPT",
+}
+
+// checkEnviron refuses a non-empty FULFILLD_* variable that names no key:
+// a misspelt FULFILLD_FULFILL_CONCURENCY=3 would otherwise be silently
+// ignored and the default used. (An empty one counts as unset, as for keys.)
+func checkEnviron(environ []string) *Error {
+	known := make([]string, 0, len(keys))
+	for _, k := range keys {
+		known = append(known, EnvName(k.path))
+	}
+	var bad []string
+	for _, kv := range environ {
+		name, val, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(name, "FULFILLD_") || strings.TrimSpace(val) == "" ||
+			slices.Contains(known, name) || slices.Contains(actionVars, name) {
+			continue
+		}
+		bad = append(bad, name)
+	}
+	if len(bad) == 0 {
+		return nil
+	}
+	slices.Sort(bad) // the same line whatever the environment's order
+	name := bad[0]
+	if guess := closest(name, known); guess != "" {
+		return &Error{Key: name, Msg: "unknown environment variable (did you mean " + guess + "?); " +
+			"a setting's variable is FULFILLD_ + its key path in upper case, with _ for ."}
+	}
+	return &Error{Key: name, Msg: "unknown environment variable; unset it, or use one of " + strings.Join(known, ", ")}
+}
+
 func lookupKey(path string) (key, bool) {
 	for _, k := range keys {
 		if k.path == path {

@@ -23,9 +23,17 @@ import (
 // later sources win — fills in defaults, reads stripe.api_key_file when no key
 // was given, and validates everything. Every error it returns is an *Error.
 func Load(src Source) (*Config, error) {
-	lookup := src.LookupEnv
+	lookup, environ := src.LookupEnv, src.Environ
 	if lookup == nil {
 		lookup = os.LookupEnv
+		if environ == nil {
+			environ = os.Environ
+		}
+	}
+	if environ != nil {
+		if err := checkEnviron(environ()); err != nil {
+			return nil, err
+		}
 	}
 	// One viper per call: nothing is shared between loads, and tests can run
 	// in parallel.
@@ -73,7 +81,11 @@ func Load(src Source) (*Config, error) {
 		}
 		k, ok := lookupKey(strings.ToLower(p))
 		if !ok {
-			return nil, &Error{Key: p, Msg: "unknown key given as a command-line override; known keys: " + strings.Join(Keys(), ", ")}
+			msg := "unknown key given on the command line"
+			if guess := closest(strings.ToLower(p), Keys()); guess != "" {
+				msg += " (did you mean " + guess + "?)"
+			}
+			return nil, &Error{Key: p, Msg: msg + "; known keys: " + strings.Join(Keys(), ", ")}
 		}
 		if err := d.set(k, val, "set by a command-line flag"); err != nil {
 			return nil, err

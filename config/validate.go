@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -119,6 +120,7 @@ func (d *decoder) validate(c *Config) *Error {
 	}
 
 	d.validateTypes(c.Events.Types)
+	d.requireTypes(c)
 	if l := c.Events.Lookback; l < minLookback || l > maxLookback {
 		d.fail("events.lookback", "must be between 1m and 24h; got %s", l)
 	}
@@ -171,6 +173,36 @@ func (d *decoder) validateTypes(types []string) {
 			d.fail("events.types", "%s is listed twice", t)
 		}
 		seen[t] = true
+	}
+}
+
+// Event types the actions depend on: without them in events.types the
+// action would never run (or never for the paid-later half of the payments).
+var (
+	fulfillTypes = []string{"checkout.session.completed", "checkout.session.async_payment_succeeded"}
+	notifyTypes  = []string{"checkout.session.async_payment_failed", "checkout.session.expired", "payment_intent.payment_failed"}
+)
+
+// requireTypes refuses an events.types that leaves out a type a configured
+// action needs: such a daemon would run and look healthy, and fulfil nothing.
+func (d *decoder) requireTypes(c *Config) {
+	var missing []string
+	check := func(section string, types []string) {
+		for _, t := range types {
+			if !slices.Contains(c.Events.Types, t) {
+				missing = append(missing, t+" (for "+section+")")
+			}
+		}
+	}
+	if len(c.Fulfill.Command) > 0 || c.Fulfill.URL != "" {
+		check("fulfill", fulfillTypes)
+	}
+	if len(c.Notify.Command) > 0 || c.Notify.URL != "" {
+		check("notify", notifyTypes)
+	}
+	if len(missing) > 0 {
+		d.fail("events.types", "leaves out %s: the configured action would never hear of those payments; "+
+			"add them, or leave events.types empty for the default", strings.Join(missing, ", "))
 	}
 }
 

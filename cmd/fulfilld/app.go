@@ -25,6 +25,7 @@ import (
 type app struct {
 	stdout, stderr io.Writer
 	lookupEnv      func(string) (string, bool)
+	environ        func() []string // to refuse misspelt FULFILLD_* variables
 	now            func() time.Time
 
 	configFile string
@@ -34,6 +35,7 @@ type app struct {
 
 	cfg    *config.Config
 	log    *slog.Logger
+	line   *logging.Line // stderr, shared by the logger and the progress line
 	redact func(string) string
 	// client is the process's one Stripe client: one request budget and
 	// one learned Stripe clock for every command's calls.
@@ -51,7 +53,7 @@ func (a *app) rootCommand() *cobra.Command {
 	root.PersistentFlags().StringVar(&a.logFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, JSON otherwise)")
 	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringArrayVar(&a.sets, "set", nil, "set a config key, over the file and the environment: --set store.path=/var/lib/fulfilld/f.db (repeatable; lists as JSON or words)")
-	root.AddCommand(a.runCommand(), a.statusCommand(), a.fulfillCommand(), a.retryCommand(), a.reconcileCommand(), a.demoCommand(), a.benchCommand(), a.compactCommand(), a.versionCommand())
+	root.AddCommand(a.initCommand(), a.runCommand(), a.statusCommand(), a.fulfillCommand(), a.retryCommand(), a.reconcileCommand(), a.demoCommand(), a.benchCommand(), a.compactCommand(), a.versionCommand())
 	return root
 }
 
@@ -85,11 +87,18 @@ func (a *app) setup(overrides map[string]any) error {
 	for k, v := range overrides {
 		merged[k] = v
 	}
-	cfg, err := config.Load(config.Source{File: a.configFile, LookupEnv: a.lookupEnv, Overrides: merged})
+	cfg, err := config.Load(config.Source{File: a.configFile, LookupEnv: a.lookupEnv, Environ: a.environ, Overrides: merged})
 	if err != nil {
 		return err
 	}
 	a.cfg = cfg
+	// Log records and the progress line share stderr through one Line, so
+	// a record never overwrites the line or glues onto it; what writes to
+	// a.stderr from here on goes through it too.
+	if _, ok := a.stderr.(*logging.Line); !ok {
+		a.line = logging.NewLine(a.stderr)
+		a.stderr = a.line
+	}
 	a.log = logging.New(a.stderr, a.logFormat, level, cfg.Secrets())
 	if r, ok := logging.NewRedactor(slog.DiscardHandler, cfg.Secrets()).(*logging.Redactor); ok {
 		a.redact = r.Redact

@@ -33,6 +33,7 @@ func TestRefusedAtStart(t *testing.T) {
 		key    string // STRIPE_API_KEY; "-" for the simulator's key
 		config func(*configFile)
 		args   []string
+		env    []string // added to the harness's environment
 		want   []string // each must appear in the error
 		// multiline allows more than the one error line (cobra's
 		// suggestions).
@@ -81,6 +82,16 @@ func TestRefusedAtStart(t *testing.T) {
 		{name: "unknown command", key: "-", args: []string{"fulfil", "cs_test_abc"}, want: []string{"fulfil", "did you mean"}, multiline: true},
 		{name: "bad log level", key: "-", args: []string{"--log-level", "loud", "run", "--once"}, want: []string{"--log-level", "loud"}},
 		{name: "bad log format", key: "-", args: []string{"--log-format", "xml", "run", "--once"}, want: []string{"--log-format", "xml"}},
+		{name: "misspelt variable", key: "-", env: []string{"FULFILLD_FULFILL_CONCURENCY=3"}, args: []string{"run", "--once"},
+			want: []string{"FULFILLD_FULFILL_CONCURENCY", "did you mean FULFILLD_FULFILL_CONCURRENCY?"}},
+		{name: "misspelt --set key", key: "-", args: []string{"--set", "fulfill.timout=1m", "run", "--once"},
+			want: []string{"fulfill.timout", "did you mean fulfill.timeout?"}},
+		{name: "action program missing", key: "-", config: func(c *configFile) { c.Command = []string{"/nonexistent/ship-order"} },
+			args: []string{"run", "--once"}, want: []string{"fulfill.command", "/nonexistent/ship-order", "does not exist"}},
+		{name: "action program not in PATH", key: "-", config: func(c *configFile) { c.Command = []string{"ship-order-not-installed"} },
+			args: []string{"run"}, want: []string{"fulfill.command", "not found in PATH"}},
+		{name: "events.types without what fulfilment needs", key: "-", env: []string{"FULFILLD_EVENTS_TYPES=checkout.session.completed"},
+			args: []string{"run", "--once"}, want: []string{"events.types", "checkout.session.async_payment_succeeded"}},
 		{name: "config file missing", key: "-", args: []string{"--config", "/nonexistent/fulfilld.yaml", "run", "--once"},
 			want: []string{"--config", "/nonexistent/fulfilld.yaml"}},
 	}
@@ -93,7 +104,7 @@ func TestRefusedAtStart(t *testing.T) {
 			default:
 				h.key = tt.key
 			}
-			r := h.fulfilld(tt.args...)
+			r := h.fulfilldEnv(append(h.env(), tt.env...), tt.args...)
 			if r.code != 2 {
 				t.Fatalf("exit %d, want 2:\n%s", r.code, r)
 			}

@@ -1,13 +1,16 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -16,43 +19,57 @@ import (
 	"github.com/fulfilld/fulfilld/internal/stripesim"
 )
 
-// The demo's sample actions: they print what a shop would do, and the
-// fulfillment one turns a few orders away on their first attempt so that a
-// retry shows.
+// The demo's sample actions. The fulfilment one appends each session it
+// ships to a ledger, the demo's record of what the action really received,
+// and turns away the first attempt of every session whose id ends in a
+// digit or a-m (about a third) so that retries show. LEDGER is replaced by
+// the ledger's path.
 const (
 	demoShip = `#!/bin/sh
-items=$(grep -o '"object":"item"' | wc -l)
+cat >/dev/null
 case "$FULFILLD_SESSION_ID" in
-*[0-4]) if [ "$FULFILLD_ATTEMPT" = 1 ]; then echo "warehouse busy, try again"; exit 1; fi ;;
+*[0-9a-m]) if [ "$FULFILLD_ATTEMPT" = 1 ]; then echo "warehouse busy (on purpose: the demo turns away first attempts), try again"; exit 1; fi ;;
 esac
-echo "shipped $FULFILLD_SESSION_ID: $items line items (attempt $FULFILLD_ATTEMPT, trigger $FULFILLD_TRIGGER)"
+echo "$FULFILLD_SESSION_ID" >>'LEDGER'
+echo "shipped $FULFILLD_SESSION_ID (attempt $FULFILLD_ATTEMPT, trigger $FULFILLD_TRIGGER)"
 `
 	demoNotify = `#!/bin/sh
 cat >/dev/null
+echo "$FULFILLD_EVENT_ID" >>'LEDGER'
 echo "told the customer about $FULFILLD_EVENT_TYPE ($FULFILLD_EVENT_ID)"
 `
 )
 
+// demoSettle is how long before the end the demo stops making traffic, so
+// late events, retries and paid-later payments can finish.
+const demoSettle = 25 * time.Second
+
 func (a *app) demoCommand() *cobra.Command {
 	var duration time.Duration
 	cmd := &cobra.Command{
-		Use:   "demo",
+		Use:   "demo [--duration 90s]",
 		Short: "Run against a built-in simulated Stripe API with generated traffic; no key needed",
-		Long: "demo starts the simulated Stripe API on loopback, generates an hour of history and then live\n" +
-			"traffic (paid, paid later, failed, expired, duplicated and late events, throttling and server\n" +
-			"errors), and runs the daemon against it with a sample action. It stops by itself.",
+		Long: "demo starts a simulated Stripe API on loopback with an hour of history and live traffic (paid,\n" +
+			"paid later, bounced, expired, duplicated and late events; throttling and server errors), and\n" +
+			"runs the daemon against it with a sample action that turns away some first attempts on\n" +
+			"purpose. At the end it checks Stripe's records against what the action received: every paid\n" +
+			"session fulfilled exactly once, nothing unpaid fulfilled. It exits 1 if that does not hold.\n" +
+			"It logs at warn unless --log-level is given.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if f := cmd.Flag("log-level"); f != nil && !f.Changed {
+				a.logLevel = "warn" // the demo tells its own story; --log-level info shows every poll
+			}
 			return a.demo(cmd.Context(), duration)
 		},
 	}
-	cmd.Flags().DurationVar(&duration, "duration", 90*time.Second, "how long to run")
+	cmd.Flags().DurationVar(&duration, "duration", 90*time.Second, "how long to run (20s to 1h)")
 	return cmd
 }
 
 func (a *app) demo(parent context.Context, duration time.Duration) error {
-	if duration <= 0 || duration > time.Hour {
-		return usagef("--duration: give a duration from 1s to 1h, such as 90s")
+	if duration < 20*time.Second || duration > time.Hour {
+		return usagef("--duration: give a duration from 20s to 1h, such as 90s")
 	}
 	dir, err := os.MkdirTemp("", "fulfilld-demo-")
 	if err != nil {
@@ -60,10 +77,12 @@ func (a *app) demo(parent context.Context, duration time.Duration) error {
 	}
 	defer os.RemoveAll(dir)
 	for name, script := range map[string]string{"ship.sh": demoShip, "notify.sh": demoNotify} {
+		script = strings.ReplaceAll(script, "LEDGER", filepath.Join(dir, strings.TrimSuffix(name, ".sh")+".ledger"))
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(script), 0o700); err != nil {
 			return err
 		}
 	}
+	ledger := filepath.Join(dir, "ship.ledger")
 	var seq sync.Mutex
 	sim := stripesim.New(stripesim.Options{
 		APIKey:        stripesim.DefaultAPIKey,
@@ -95,35 +114,65 @@ func (a *app) demo(parent context.Context, duration time.Duration) error {
 		"events.lookback":    "1m",
 		"reconcile.schedule": "@every 20s",
 		"reconcile.window":   "2h",
+		"events.types":       []string{}, // the default: the demo needs every type
 	})
 	if err != nil {
 		return err
 	}
-	a.log.Info("demo: simulated Stripe API listening", "url", sim.URL(), "store", a.cfg.Store.Path, "duration", duration)
+	out := a.stdout
+	fmt.Fprintf(out, `fulfilld demo: %s against a simulated Stripe API on this machine (no key, nothing left behind).
+
+It shows fulfilld fulfilling every paid Checkout Session exactly once, while
+  - the account has an hour of history to backfill, then new sessions every second or so:
+    paid by card, paid later by bank debit, bounced, abandoned (expired), a declined card;
+  - Stripe lists some events twice, lists some late, and one paid session's event never;
+  - the simulated API throttles (429) and fails (500) some requests on purpose;
+  - the sample action turns away the first attempt of about a third of the sessions on purpose
+    ("warehouse busy"), so you see retries: fulfilld tries again a few seconds later.
+New traffic stops %s before the end so retries and late events can settle; then the demo
+compares Stripe's records with what the action received.
+
+`, duration, demoSettle)
+
 	now := time.Now()
-	gen := &demoTraffic{sim: sim}
+	gen := &demoTraffic{sim: sim, kinds: map[string]int{}}
 	for i := range 20 { // an hour of history, for the backfill
 		gen.one(now.Add(-time.Hour + time.Duration(i)*3*time.Minute))
 	}
 	// A paid session whose event Stripe never lists: only reconciliation finds it.
 	id := sim.CreateSession(stripesim.SessionParams{Created: now.Add(-30 * time.Minute), LineItems: 2})
 	sim.CompleteSession(id, "paid", now.Add(-29*time.Minute), stripesim.VisibleAt(now.Add(24*time.Hour)))
+	gen.add(id, "paid, but its event is never listed (reconcile finds it)")
 
 	ctx, cancel := context.WithTimeout(parent, duration)
 	defer cancel()
-	go gen.live(ctx, duration)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(2)
+	go func() { defer wg.Done(); gen.live(ctx, duration-demoSettle) }()
+	go func() { defer wg.Done(); a.demoProgress(ctx, now, duration, gen, ledger) }()
 
 	db, err := a.openStore(false)
 	if err != nil {
 		return err
 	}
 	d := a.newDaemon(db)
+	// Retries a few seconds apart instead of from 30 s, so they show.
+	d.ful.Backoff = func(int) time.Duration { return 2 * time.Second }
+	if d.notifier != nil {
+		d.notifier.Backoff = d.ful.Backoff
+	}
 	if _, err := d.poller.Start(ctx, now.Add(-time.Hour)); err != nil {
 		db.Close()
 		return err
 	}
 	err = d.serve(ctx)
 	d.saveUsage(db, d.client)
+	cancel()
+	wg.Wait()
+	if a.line != nil {
+		a.line.Clear()
+	}
 	if err != nil {
 		db.Close()
 		return err
@@ -134,53 +183,116 @@ func (a *app) demo(parent context.Context, duration time.Duration) error {
 		return err
 	}
 	st.Store = "(demo store, removed on exit)"
-	fmt.Fprintf(a.stdout, "\ndemo finished: %d sessions and %d events in the simulated account; what fulfilld did:\n\n", gen.sessions, sim.EventCount())
-	st.writeText(a.stdout)
-	fmt.Fprintln(a.stdout, "\nTry it for real: STRIPE_API_KEY=sk_test_… fulfilld run --since 24h --config deploy/fulfilld.yaml")
+	fmt.Fprintf(out, "\nWhat the simulated account saw: %d sessions, %d events.\n", len(gen.ids), sim.EventCount())
+	gen.writeKinds(out)
+	fmt.Fprintf(out, "\nfulfilld's status at the end:\n\n")
+	st.writeText(out)
+
+	v, err := demoCheck(sim, gen.ids, ledger)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "\n%s\n", v)
+	fmt.Fprint(out, `
+Try it on your own Stripe sandbox (README.md, "Try it on your Stripe sandbox in five minutes"):
+  fulfilld init                       # writes fulfilld.yaml and a sample action
+  export STRIPE_API_KEY=rk_test_...   # a sandbox restricted key: Events and Checkout Sessions, read
+  fulfilld run --once --since 1h --config fulfilld.yaml
+`)
+	if !v.ok() {
+		return &exitError{code: exitFailure, err: fmt.Errorf("demo: the verdict failed: %s", v.line())}
+	}
 	return nil
+}
+
+// demoProgress draws a status line on a terminal until ctx ends.
+func (a *app) demoProgress(ctx context.Context, start time.Time, duration time.Duration, gen *demoTraffic, ledger string) {
+	if a.line == nil || !a.line.Terminal() {
+		return
+	}
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			a.line.Clear()
+			return
+		case <-tick.C:
+		}
+		el := time.Since(start).Round(time.Second)
+		phase := "traffic"
+		if el > duration-demoSettle {
+			phase = "settling"
+		}
+		shipped, _ := readLedger(ledger)
+		n := 0
+		for _, c := range shipped {
+			n += c
+		}
+		a.line.Status(fmt.Sprintf("demo %s / %s (%s) · %d sessions · %d shipped · %s left",
+			el, duration, phase, gen.count(), n, (duration - el).Round(time.Second)))
+	}
 }
 
 // demoTraffic makes a shop's worth of Checkout Sessions.
 type demoTraffic struct {
-	sim      *stripesim.Server
-	mu       sync.Mutex
-	sessions int
-	later    []func() // async outcomes, a few seconds on
+	sim   *stripesim.Server
+	mu    sync.Mutex
+	ids   []string
+	kinds map[string]int
+	later []func() // async outcomes, a few seconds on
+}
+
+func (g *demoTraffic) add(id, kind string) {
+	g.ids = append(g.ids, id)
+	g.kinds[kind]++
+}
+
+func (g *demoTraffic) count() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return len(g.ids)
 }
 
 // one makes one session's story, completed at the given time.
 func (g *demoTraffic) one(at time.Time) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	g.sessions++
 	sim := g.sim
 	id := sim.CreateSession(stripesim.SessionParams{Created: at.Add(-time.Minute), LineItems: 1 + rand.N(5)})
 	switch r := rand.N(100); {
-	case r < 55: // paid by card
+	case r < 55:
 		sim.CompleteSession(id, "paid", at)
-	case r < 65: // a bank debit: unpaid now, paid a little later
+		g.add(id, "paid by card")
+	case r < 65:
 		sim.CompleteSession(id, "unpaid", at)
 		g.later = append(g.later, func() { sim.AsyncPaymentSucceeded(id, time.Now()) })
-	case r < 73: // a bank debit that bounces
+		g.add(id, "bank debit: unpaid at checkout, paid a little later")
+	case r < 73:
 		sim.CompleteSession(id, "unpaid", at)
 		g.later = append(g.later, func() { sim.AsyncPaymentFailed(id, time.Now()) })
-	case r < 80: // abandoned
+		g.add(id, "bank debit that bounces")
+	case r < 80:
 		sim.ExpireSession(id, at)
-	case r < 87: // the same event delivered twice
+		g.add(id, "abandoned: the session expired")
+	case r < 87:
 		evt := sim.CompleteSession(id, "paid", at)
 		sim.AddEvent("", "checkout.session.completed", at, json.RawMessage(fmt.Sprintf(
 			`{"id":%q,"object":"checkout.session","payment_status":"paid","status":"complete","duplicate_of":%q}`, id, evt)))
-	case r < 94: // listed late: visible 20 s after it was created
-		sim.CompleteSession(id, "paid", at, stripesim.VisibleAt(at.Add(20*time.Second)))
-	default: // a declined card on a PaymentIntent
+		g.add(id, "paid, and its event listed twice")
+	case r < 94:
+		sim.CompleteSession(id, "paid", at, stripesim.VisibleAt(at.Add(5*time.Second)))
+		g.add(id, "paid, its event listed 5 s late")
+	default:
 		sim.PaymentIntentEvent("payment_intent.payment_failed", sim.PaymentIntentID(id), at, "Your card was declined.")
+		g.add(id, "card declined: never paid")
 	}
 }
 
-// live keeps traffic coming until the last 15 s, so late events and
-// retries can settle before the demo ends.
-func (g *demoTraffic) live(ctx context.Context, duration time.Duration) {
-	stop := time.Now().Add(duration - 15*time.Second)
+// live makes traffic for the given time, about one session a second, and
+// lets some paid-later payments succeed or bounce.
+func (g *demoTraffic) live(ctx context.Context, d time.Duration) {
+	stop := time.Now().Add(d)
 	for time.Now().Before(stop) {
 		select {
 		case <-ctx.Done():
@@ -198,4 +310,97 @@ func (g *demoTraffic) live(ctx context.Context, duration time.Duration) {
 		}
 		g.mu.Unlock()
 	}
+}
+
+func (g *demoTraffic) writeKinds(w io.Writer) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, k := range []string{"paid by card", "paid, and its event listed twice", "paid, its event listed 5 s late",
+		"paid, but its event is never listed (reconcile finds it)", "bank debit: unpaid at checkout, paid a little later",
+		"bank debit that bounces", "abandoned: the session expired", "card declined: never paid"} {
+		fmt.Fprintf(w, "  %4d  %s\n", g.kinds[k], k)
+	}
+}
+
+// readLedger counts, per session id, how often the action shipped it.
+func readLedger(path string) (map[string]int, error) {
+	f, err := os.Open(path)
+	if os.IsNotExist(err) {
+		return map[string]int{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	n := map[string]int{}
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if id := strings.TrimSpace(sc.Text()); id != "" {
+			n[id]++
+		}
+	}
+	return n, sc.Err()
+}
+
+// demoVerdict compares the simulated Stripe's records with the action's
+// ledger.
+type demoVerdict struct {
+	paid, once, missed, twice int // sessions Stripe shows as paid
+	unpaid, unpaidShipped     int // open, unpaid, bounced or expired
+	strangers                 int // shipped ids Stripe does not know
+}
+
+func demoCheck(sim *stripesim.Server, ids []string, ledger string) (demoVerdict, error) {
+	shipped, err := readLedger(ledger)
+	if err != nil {
+		return demoVerdict{}, fmt.Errorf("read the demo's ledger: %w", err)
+	}
+	var v demoVerdict
+	known := map[string]bool{}
+	for _, id := range ids {
+		known[id] = true
+		status, pay, _ := sim.Session(id)
+		n := shipped[id]
+		if status == "complete" && (pay == "paid" || pay == "no_payment_required") {
+			v.paid++
+			switch {
+			case n == 0:
+				v.missed++
+			case n == 1:
+				v.once++
+			default:
+				v.twice++
+			}
+			continue
+		}
+		v.unpaid++
+		if n > 0 {
+			v.unpaidShipped++
+		}
+	}
+	for id := range shipped {
+		if !known[id] {
+			v.strangers++
+		}
+	}
+	return v, nil
+}
+
+func (v demoVerdict) ok() bool {
+	return v.paid > 0 && v.once == v.paid && v.unpaidShipped == 0 && v.strangers == 0
+}
+
+func (v demoVerdict) line() string {
+	return fmt.Sprintf("%d of %d paid sessions fulfilled exactly once (%d missed, %d more than once); "+
+		"%d of %d unpaid or expired sessions fulfilled; %d unknown sessions fulfilled",
+		v.once, v.paid, v.missed, v.twice, v.unpaidShipped, v.unpaid, v.strangers)
+}
+
+func (v demoVerdict) String() string {
+	word := "PASS"
+	if !v.ok() {
+		word = "FAIL"
+	}
+	return "verdict: " + word + ": " + v.line() + ".\n" +
+		"(Stripe's records, read from the simulated API, against the ledger the sample action wrote.)"
 }

@@ -11,11 +11,12 @@ import (
 )
 
 // progressBar shows a backfill's progress on a terminal, one line redrawn
-// in place; it is silent when stderr is not a terminal (journald, cron).
+// in place; it is silent when stderr is not a terminal (journald, cron). It
+// draws through the logger's logging.Line, so log records appear above the
+// bar instead of overwriting it or gluing onto it.
 type progressBar struct {
-	w     io.Writer
+	line  *logging.Line
 	now   func() time.Time
-	on    bool
 	mu    sync.Mutex
 	start time.Time
 	from  time.Time // complete_until when the backfill started
@@ -27,12 +28,18 @@ type progressBar struct {
 // count as a backfill worth a progress bar.
 const backfillAfter = time.Hour
 
+// newProgressBar draws on w: the app's stderr, which is the logger's
+// logging.Line once the configuration is loaded.
 func newProgressBar(w io.Writer, now func() time.Time) *progressBar {
-	return &progressBar{w: w, now: now, on: logging.IsTerminal(w)}
+	line, ok := w.(*logging.Line)
+	if !ok {
+		line = logging.NewLine(w)
+	}
+	return &progressBar{line: line, now: now}
 }
 
 func (b *progressBar) update(p poller.Progress) {
-	if !b.on {
+	if !b.line.Terminal() {
 		return
 	}
 	b.mu.Lock()
@@ -73,8 +80,8 @@ func (b *progressBar) update(p poller.Progress) {
 			bar[i] = '█'
 		}
 	}
-	fmt.Fprintf(b.w, "\r\033[Kbackfill %s %3.0f%% · %d events listed · %d sessions queued · %.0f events/s · complete to %s · ETA %s",
-		string(bar), frac*100, p.Listed, p.Queued, rate, p.Settled.UTC().Format("2006-01-02 15:04"), eta)
+	b.line.Status(fmt.Sprintf("backfill %s %3.0f%% · %d events listed · %d sessions queued · %.0f events/s · complete to %s · ETA %s",
+		string(bar), frac*100, p.Listed, p.Queued, rate, p.Settled.UTC().Format("2006-01-02 15:04"), eta))
 	b.drawn = true
 	if !p.Settled.Before(p.Target) {
 		b.clear()
@@ -83,7 +90,7 @@ func (b *progressBar) update(p poller.Progress) {
 
 func (b *progressBar) clear() {
 	if b.drawn {
-		fmt.Fprint(b.w, "\r\033[K")
+		b.line.Clear()
 		b.drawn = false
 		b.start = time.Time{}
 	}

@@ -46,8 +46,11 @@ func contains(list []string, s string) bool {
 	return false
 }
 
-// IsTerminal reports whether w is a terminal.
+// IsTerminal reports whether w is a terminal (or a Line on one).
 func IsTerminal(w io.Writer) bool {
+	if l, ok := w.(*Line); ok {
+		return l.term
+	}
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
 }
