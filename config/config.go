@@ -75,6 +75,10 @@ type Events struct {
 // Store is the bbolt file.
 type Store struct {
 	Path string
+	// Retention is how long settled records keep their full detail (kept
+	// output, errors, event bodies); after it only what prevents a repeat
+	// is kept.
+	Retention time.Duration
 }
 
 // Fulfill is the operator's action for a paid session: a command or a URL.

@@ -37,6 +37,7 @@ var keys = []key{
 	{path: "events.lookback", kind: kindDuration, def: 10 * time.Minute},
 	{path: "schedule", kind: kindString, def: "@every 30s"},
 	{path: "store.path", kind: kindString, def: "fulfilld.db"},
+	{path: "store.retention", kind: kindDuration, def: 90 * 24 * time.Hour},
 	{path: "fulfill.command", kind: kindList},
 	{path: "fulfill.url", kind: kindString},
 	{path: "fulfill.secret", kind: kindString, secret: true},

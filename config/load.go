@@ -248,7 +248,7 @@ func (d *decoder) decode() *Config {
 			Lookback: d.dur("events.lookback"),
 		},
 		Schedule: d.str("schedule"),
-		Store:    Store{Path: d.str("store.path")},
+		Store:    Store{Path: d.str("store.path"), Retention: d.dur("store.retention")},
 		Fulfill: Fulfill{
 			Command:     d.list("fulfill.command"),
 			URL:         d.str("fulfill.url"),
@@ -329,7 +329,7 @@ func (d *decoder) dur(path string) time.Duration {
 	case time.Duration:
 		return x
 	case string:
-		if dur, err := time.ParseDuration(strings.TrimSpace(x)); err == nil {
+		if dur, ok := parseDays(strings.TrimSpace(x)); ok {
 			return dur
 		}
 	}

@@ -20,6 +20,7 @@ import (
 const (
 	maxEventTypes   = 20 // Stripe's limit for types[] on GET /v1/events
 	minLookback     = time.Minute
+	minRetention    = 24 * time.Hour
 	maxLookback     = 24 * time.Hour
 	maxConcurrency  = 64
 	maxMaxAttempts  = 100
@@ -127,6 +128,9 @@ func (d *decoder) validate(c *Config) *Error {
 	d.validateSchedule("schedule", c.Schedule)
 	if strings.TrimSpace(c.Store.Path) == "" {
 		d.fail("store.path", "must not be empty; give the bbolt file, e.g. /var/lib/fulfilld/fulfilld.db")
+	}
+	if c.Store.Retention < minRetention {
+		d.fail("store.retention", "must be at least 1d (settled records keep full detail this long, e.g. 90d); got %s", c.Store.Retention)
 	}
 
 	f := &c.Fulfill

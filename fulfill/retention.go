@@ -2,6 +2,7 @@ package fulfill
 
 import (
 	"bytes"
+	"context"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -114,4 +115,30 @@ func settledBefore(tx *bbolt.Tx, before time.Time) int {
 		n++
 	}
 	return n
+}
+
+// pruneBatch is how many records one pruning transaction cuts down: small
+// enough that a writer waiting behind it waits milliseconds.
+const pruneBatch = 500
+
+// PruneSettled runs Prune in small transactions until nothing settled
+// before the given time is left, or ctx ends. It returns how many records
+// it pruned.
+func PruneSettled(ctx context.Context, db DB, before time.Time) (int, error) {
+	total := 0
+	for {
+		if err := ctx.Err(); err != nil {
+			return total, err
+		}
+		var n int
+		var more bool
+		err := db.Update(func(tx *bbolt.Tx) (err error) {
+			n, more, err = Prune(tx, before, pruneBatch)
+			return err
+		})
+		total += n
+		if err != nil || !more {
+			return total, err
+		}
+	}
 }

@@ -346,8 +346,26 @@ func (d *daemon) once(parent context.Context) error {
 		return err
 	}
 	d.log.Info("pass complete", append(counts, "complete_until", pres.Position.Settled.UTC().Format(time.RFC3339))...)
+	if err := d.prune(parent); err != nil && !isCanceled(parent, err) {
+		return err
+	}
 	if res.Failed > 0 {
 		return &exitError{code: exitFailure, err: fmt.Errorf("%d delivery(ies) failed in this pass and are dead-lettered; see `fulfilld status`, then `fulfilld retry --failed`", res.Failed)}
+	}
+	return nil
+}
+
+// prune cuts settled records older than store.retention down to what
+// prevents a repeat, in small transactions.
+func (d *daemon) prune(ctx context.Context) error {
+	before := d.clock().Add(-d.cfg.Store.Retention)
+	n, err := fulfill.PruneSettled(ctx, d.store, before)
+	if n > 0 {
+		d.log.Info("pruned settled records past store.retention to what prevents a repeat",
+			"records", n, "retention", d.cfg.Store.Retention, "settled_before", before.UTC().Format(time.RFC3339))
+	}
+	if err != nil {
+		return fmt.Errorf("prune settled records: %w", err)
 	}
 	return nil
 }

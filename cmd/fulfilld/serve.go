@@ -106,11 +106,16 @@ func (d *daemon) serve(parent context.Context) error {
 	c := cron.New(cron.WithLogger(clog))
 	c.Schedule(pollSched, poll)
 	c.Schedule(sweepSched, sweep)
+	// Retention runs hourly and once at start: a batch at a time, so the
+	// queues and the poller wait at most for one small transaction.
+	prune := chain.Then(cron.FuncJob(func() { d.jobDone(ctx, cancel, "retention", d.prune(ctx)) }))
+	c.Schedule(cron.Every(time.Hour), prune)
 	c.Start()
 	wg.Add(1)
-	go func() { // the first poll now, not at the first tick
+	go func() { // the first poll now, not at the first tick; then retention
 		defer wg.Done()
 		poll.Run()
+		prune.Run()
 	}()
 	wg.Add(1)
 	go func() {
