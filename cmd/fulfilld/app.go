@@ -225,14 +225,7 @@ func (a *app) poller(db *bbolt.DB, client *stripeapi.Client) *poller.Poller {
 	}
 }
 
-// saveUsage moves the client's request counts into the store.
-func (a *app) saveUsage(db *bbolt.DB, client *stripeapi.Client) {
-	u := client.Transport.TakeUsage()
-	err := db.Update(func(tx *bbolt.Tx) error { return stripeapi.SaveUsage(tx, a.clock(), u) })
-	if err != nil {
-		a.log.Warn("could not record API usage", "err", err)
-	}
-}
+func (a *app) socketPath() string { return a.cfg.Store.Path + ".sock" }
 
 // authHint turns a rejected key into the one line an operator needs.
 func authHint(err error) error {

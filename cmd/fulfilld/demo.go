@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/fulfilld/fulfilld/internal/daemon"
 	"github.com/fulfilld/fulfilld/internal/stripesim"
 )
 
@@ -158,16 +159,16 @@ compares Stripe's records with what the action received.
 	}
 	d := a.newDaemon(db)
 	// Retries a few seconds apart instead of from 30 s, so they show.
-	d.ful.Backoff = func(int) time.Duration { return 2 * time.Second }
-	if d.notifier != nil {
-		d.notifier.Backoff = d.ful.Backoff
+	d.Fulfiller.Backoff = func(int) time.Duration { return 2 * time.Second }
+	if d.Notifier != nil {
+		d.Notifier.Backoff = d.Fulfiller.Backoff
 	}
-	if _, err := d.poller.Start(ctx, now.Add(-time.Hour)); err != nil {
+	if _, err := d.Poller.Start(ctx, now.Add(-time.Hour)); err != nil {
 		db.Close()
 		return err
 	}
-	err = d.serve(ctx)
-	d.saveUsage(db, d.client)
+	err = d.Serve(ctx)
+	d.SaveUsage()
 	cancel()
 	wg.Wait()
 	if a.line != nil {
@@ -177,7 +178,7 @@ compares Stripe's records with what the action received.
 		db.Close()
 		return err
 	}
-	st, err := readStatus(db, a.clock())
+	st, err := daemon.ReadStatus(db, a.clock())
 	db.Close()
 	if err != nil {
 		return err
@@ -186,7 +187,7 @@ compares Stripe's records with what the action received.
 	fmt.Fprintf(out, "\nWhat the simulated account saw: %d sessions, %d events.\n", len(gen.ids), sim.EventCount())
 	gen.writeKinds(out)
 	fmt.Fprintf(out, "\nfulfilld's status at the end:\n\n")
-	st.writeText(out)
+	st.WriteText(out)
 
 	v, err := demoCheck(sim, gen.ids, ledger)
 	if err != nil {

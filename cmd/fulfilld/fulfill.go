@@ -10,7 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/fulfilld/fulfilld/fulfill"
-	"github.com/fulfilld/fulfilld/internal/stripeapi"
+	"github.com/fulfilld/fulfilld/internal/daemon"
 )
 
 func (a *app) fulfillCommand() *cobra.Command {
@@ -31,7 +31,7 @@ func (a *app) fulfillCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := printRecord(a.stdout, rec, asJSON); err != nil {
+			if err := daemon.PrintRecord(a.stdout, rec, asJSON); err != nil {
 				return err
 			}
 			if ferr != nil {
@@ -51,9 +51,9 @@ func (a *app) fulfillCommand() *cobra.Command {
 // process holding the store. ferr is the attempt's error (the record says
 // how it ended); err means there is no record to show.
 func (a *app) fulfillOne(ctx context.Context, id string) (rec fulfill.Record, ferr, err error) {
-	if adm := a.dialAdmin(); adm != nil {
-		var ans fulfillAnswer
-		if err := adm.call(ctx, http.MethodPost, "/fulfill/"+id, nil, &ans); err != nil {
+	if adm := daemon.Dial(a.socketPath()); adm != nil {
+		var ans daemon.FulfillAnswer
+		if err := adm.Call(ctx, http.MethodPost, "/fulfill/"+id, nil, &ans); err != nil {
 			return rec, nil, err
 		}
 		if ans.Error != "" {
@@ -73,21 +73,12 @@ func (a *app) fulfillOne(ctx context.Context, id string) (rec fulfill.Record, fe
 	}
 	defer db.Close()
 	client := a.stripeClient()
-	defer a.saveUsage(db, client)
+	defer daemon.SaveUsage(db, client, a.clock(), a.log)
 	rec, ferr = a.fulfiller(db, client).Fulfill(ctx, id, fulfill.TriggerManual, "")
 	if ferr != nil && rec.SessionID == "" {
-		return rec, nil, fulfillError(id, ferr)
+		return rec, nil, authHint(daemon.FulfillError(id, ferr))
 	}
 	return rec, ferr, nil
-}
-
-// fulfillError explains a fulfill that left no record: a wrong id is
-// usage; a rejected key or Stripe being down is a runtime failure.
-func fulfillError(id string, err error) error {
-	if errors.Is(err, stripeapi.ErrNotFound) {
-		return usagef("fulfill: Stripe has no checkout session %s (check the id and the key's account or mode)", id)
-	}
-	return authHint(err)
 }
 
 func (a *app) retryCommand() *cobra.Command {
@@ -113,10 +104,10 @@ func (a *app) retryCommand() *cobra.Command {
 			if err := a.setup(nil); err != nil {
 				return err
 			}
-			req := retryRequest{Sessions: sessions, Events: events, All: all}
+			req := daemon.RetryRequest{Sessions: sessions, Events: events, All: all}
 			var ids []string
-			if adm := a.dialAdmin(); adm != nil {
-				if err := adm.call(cmd.Context(), http.MethodPost, "/retry", req, &ids); err != nil {
+			if adm := daemon.Dial(a.socketPath()); adm != nil {
+				if err := adm.Call(cmd.Context(), http.MethodPost, "/retry", req, &ids); err != nil {
 					return err
 				}
 			} else {
@@ -125,7 +116,7 @@ func (a *app) retryCommand() *cobra.Command {
 					return err
 				}
 				defer db.Close()
-				if ids, err = retryIn(db, a.clock(), req); err != nil {
+				if ids, err = daemon.Retry(db, a.clock(), req); err != nil {
 					return err
 				}
 			}

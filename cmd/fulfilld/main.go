@@ -15,6 +15,7 @@ import (
 	"syscall"
 
 	"github.com/fulfilld/fulfilld/config"
+	"github.com/fulfilld/fulfilld/internal/daemon"
 )
 
 // Exit codes (SPEC.md).
@@ -92,10 +93,14 @@ func exitCode(err error) int {
 	var ue *usageError
 	var ce *config.Error
 	var ee *exitError
+	var de *daemon.UsageError
+	var re *daemon.RemoteError
 	switch {
 	case errors.As(err, &ee):
 		return ee.code
-	case errors.As(err, &ue), errors.As(err, &ce):
+	case errors.As(err, &re):
+		return re.Code
+	case errors.As(err, &ue), errors.As(err, &ce), errors.As(err, &de):
 		return exitUsage
 	case isCobraUsage(err):
 		return exitUsage

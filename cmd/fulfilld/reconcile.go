@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/fulfilld/fulfilld/config"
+	"github.com/fulfilld/fulfilld/internal/daemon"
 	"github.com/fulfilld/fulfilld/poller"
 )
 
@@ -53,9 +54,9 @@ func (a *app) reconcile(ctx context.Context, since string) error {
 		}
 		from = t
 	}
-	if adm := a.dialAdmin(); adm != nil {
+	if adm := daemon.Dial(a.socketPath()); adm != nil {
 		var sw poller.Sweep
-		if err := adm.call(ctx, http.MethodPost, "/reconcile", from, &sw); err != nil {
+		if err := adm.Call(ctx, http.MethodPost, "/reconcile", from, &sw); err != nil {
 			return err
 		}
 		a.printSweep(sw, from)
@@ -74,24 +75,17 @@ func (a *app) reconcile(ctx context.Context, since string) error {
 	}
 	defer db.Close()
 	d := a.newDaemon(db)
-	defer d.saveUsage(db, d.client)
-	if err := d.recover(); err != nil {
+	defer d.SaveUsage()
+	if err := d.Recover(); err != nil {
 		return err
 	}
-	var sw poller.Sweep
-	var swept bool
-	res, err := d.pass(ctx, func(ctx context.Context) error {
-		var serr error
-		sw, serr = d.rec.Sweep(ctx, from)
-		swept = serr == nil
-		return serr
-	})
+	sw, swept, res, err := d.Reconcile(ctx, from)
 	if swept {
 		a.printSweep(sw, from)
 		fmt.Fprintf(a.stdout, "%d fulfilled now, %d failed, %d waiting for a retry\n", res.Fulfilled, res.Failed, res.Waiting)
 	}
 	if err != nil {
-		return err
+		return authHint(err)
 	}
 	if res.Failed > 0 {
 		return &exitError{code: exitFailure, err: fmt.Errorf("%d fulfillment(s) failed and are dead-lettered; see `fulfilld status`", res.Failed)}

@@ -3,22 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"fmt"
-	"io"
-	"math"
 	"net/http"
-	"sort"
 	"strings"
-	"text/tabwriter"
-	"time"
 
 	"github.com/spf13/cobra"
-	"go.etcd.io/bbolt"
 
-	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
-	"github.com/fulfilld/fulfilld/internal/stripeapi"
-	"github.com/fulfilld/fulfilld/poller"
+	"github.com/fulfilld/fulfilld/internal/daemon"
 )
 
 func (a *app) statusCommand() *cobra.Command {
@@ -39,7 +30,7 @@ func (a *app) statusCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return printRecord(a.stdout, rec, asJSON)
+				return daemon.PrintRecord(a.stdout, rec, asJSON)
 			}
 			st, err := a.status(cmd.Context())
 			if err != nil {
@@ -50,7 +41,7 @@ func (a *app) statusCommand() *cobra.Command {
 				enc.SetIndent("", "  ")
 				return enc.Encode(st)
 			}
-			st.writeText(a.stdout)
+			st.WriteText(a.stdout)
 			return nil
 		},
 	}
@@ -60,17 +51,17 @@ func (a *app) statusCommand() *cobra.Command {
 
 // status reads the status from the running daemon, or from the store when
 // none runs.
-func (a *app) status(ctx context.Context) (*status, error) {
-	if adm := a.dialAdmin(); adm != nil {
-		var st status
-		return &st, adm.call(ctx, http.MethodGet, "/status", nil, &st)
+func (a *app) status(ctx context.Context) (*daemon.Status, error) {
+	if adm := daemon.Dial(a.socketPath()); adm != nil {
+		var st daemon.Status
+		return &st, adm.Call(ctx, http.MethodGet, "/status", nil, &st)
 	}
 	db, err := a.openStore(true)
 	if err != nil {
 		return nil, err
 	}
 	defer db.Close()
-	st, err := readStatus(db, a.clock())
+	st, err := daemon.ReadStatus(db, a.clock())
 	if err != nil {
 		return nil, err
 	}
@@ -82,319 +73,13 @@ func (a *app) status(ctx context.Context) (*status, error) {
 // the store.
 func (a *app) record(ctx context.Context, id string) (fulfill.Record, error) {
 	var rec fulfill.Record
-	if adm := a.dialAdmin(); adm != nil {
-		return rec, adm.call(ctx, http.MethodGet, "/session/"+id, nil, &rec)
+	if adm := daemon.Dial(a.socketPath()); adm != nil {
+		return rec, adm.Call(ctx, http.MethodGet, "/session/"+id, nil, &rec)
 	}
 	db, err := a.openStore(true)
 	if err != nil {
 		return rec, err
 	}
 	defer db.Close()
-	return readRecord(db, id)
-}
-
-func readRecord(db *bbolt.DB, id string) (fulfill.Record, error) {
-	var rec fulfill.Record
-	var ok bool
-	err := db.View(func(tx *bbolt.Tx) (err error) { rec, ok, err = fulfill.Get(tx, id); return err })
-	if err == nil && !ok {
-		err = &usageError{fmt.Errorf("status: %s: %w", id, fulfill.ErrUnknownSession)}
-	}
-	return rec, err
-}
-
-// printRecord shows one session's record, the kept output included.
-func printRecord(w io.Writer, rec fulfill.Record, asJSON bool) error {
-	if asJSON {
-		enc := json.NewEncoder(w)
-		enc.SetIndent("", "  ")
-		return enc.Encode(rec)
-	}
-	fmt.Fprintf(w, "%s: %s (attempts %d, trigger %s", rec.SessionID, rec.State, rec.Attempts, rec.Trigger)
-	if rec.EventID != "" {
-		fmt.Fprintf(w, ", event %s", rec.EventID)
-	}
-	fmt.Fprintln(w, ")")
-	if !rec.FulfilledAt.IsZero() {
-		fmt.Fprintf(w, "fulfilled at %s\n", rec.FulfilledAt.UTC().Format(time.RFC3339))
-	}
-	if !rec.NextAttempt.IsZero() && rec.State == fulfill.StatePending {
-		fmt.Fprintf(w, "next attempt %s\n", rec.NextAttempt.UTC().Format(time.RFC3339))
-	}
-	if rec.LastError != "" {
-		fmt.Fprintf(w, "last error: %s\n", rec.LastError)
-	}
-	if rec.Output != "" {
-		fmt.Fprintf(w, "output of the last attempt:\n%s\n", rec.Output)
-	}
-	return nil
-}
-
-// status is what `fulfilld status` shows.
-type status struct {
-	Store    string       `json:"store"`
-	Cursor   cursorStatus `json:"cursor"`
-	LastPoll *pollStatus  `json:"last_poll"`
-	// ClockSkew is Stripe's clock minus this host's, in seconds, as the
-	// last poll saw it; null before a poll observed it.
-	ClockSkew      *float64               `json:"clock_skew_seconds"`
-	Fulfillments   map[string]int         `json:"fulfillments"`
-	Recovered      int                    `json:"recovered"`
-	InFlight       int                    `json:"in_flight"`
-	Queued         int                    `json:"queued"`
-	PaymentIntents map[string]int         `json:"payment_intents"`
-	Events         []cursor.EventCount    `json:"events"`
-	BadEvents      badEventsStatus        `json:"bad_events"`
-	Failures       []failureStatus        `json:"failures"`
-	API            stripeapi.UsageReport  `json:"api"`
-	Notifications  map[string]int         `json:"notifications"`
-	NotifyFailures []fulfill.Notification `json:"notify_failures"`
-	LastSweep      *poller.Sweep          `json:"last_reconcile"`
-	WebhookMisses  *poller.WebhookMisses  `json:"webhook_misses"`
-}
-
-type cursorStatus struct {
-	Started       bool    `json:"started"`
-	CompleteUntil string  `json:"complete_until,omitempty"`
-	Tip           string  `json:"tip,omitempty"`
-	LagSeconds    float64 `json:"lag_seconds"`
-	// HorizonSeconds is how long until complete_until falls out of Stripe's
-	// 30-day event retention.
-	HorizonSeconds float64       `json:"horizon_seconds"`
-	Rescan         *cursor.Slice `json:"rescan,omitempty"` // the oldest slice in progress
-	RescanSlices   int           `json:"rescan_slices_in_progress"`
-	SeenEvents     int           `json:"seen_events"`
-}
-
-type pollStatus struct {
-	Time         string  `json:"time"`
-	Outcome      string  `json:"outcome"`
-	Error        string  `json:"error,omitempty"`
-	DurationSecs float64 `json:"duration_seconds"`
-	Listed       int     `json:"events_listed"`
-	New          int     `json:"events_new"`
-}
-
-type badEventsStatus struct {
-	Count  int               `json:"count"`
-	Recent []cursor.BadEvent `json:"recent"`
-}
-
-type failureStatus struct {
-	SessionID string `json:"session_id"`
-	Attempts  int    `json:"attempts"`
-	LastError string `json:"last_error"`
-	Updated   string `json:"updated"`
-}
-
-func readStatus(db *bbolt.DB, now time.Time) (*status, error) {
-	st := &status{Fulfillments: map[string]int{}, PaymentIntents: map[string]int{}}
-	err := db.View(func(tx *bbolt.Tx) error {
-		poll, err := cursor.LoadPoll(tx)
-		if err != nil {
-			return err
-		}
-		if !poll.At.IsZero() {
-			st.LastPoll = &pollStatus{Time: poll.At.UTC().Format(time.RFC3339), Outcome: poll.Outcome, Error: poll.Error,
-				DurationSecs: poll.Duration.Seconds(), Listed: poll.Listed, New: poll.New}
-		}
-		if st.ClockSkew = poll.ClockSkew; st.ClockSkew != nil {
-			// complete_until is on Stripe's clock: lag and horizon too.
-			now = now.Add(time.Duration(*st.ClockSkew * float64(time.Second)))
-		}
-		pos, err := cursor.Load(tx)
-		if err != nil {
-			return err
-		}
-		if !pos.IsZero() {
-			st.Cursor = cursorStatus{
-				Started:        true,
-				CompleteUntil:  pos.Settled.UTC().Format(time.RFC3339),
-				LagSeconds:     now.Sub(pos.Settled).Seconds(),
-				HorizonSeconds: pos.Settled.Add(poller.Retention).Sub(now).Seconds(),
-				Rescan:         pos.Scan,
-				RescanSlices:   len(pos.Scans),
-			}
-			if !pos.Tip.IsZero() {
-				st.Cursor.Tip = pos.Tip.UTC().Format(time.RFC3339)
-			}
-		}
-		st.Cursor.SeenEvents = cursor.SeenCount(tx)
-		sum, err := fulfill.Summarize(tx)
-		if err != nil {
-			return err
-		}
-		for s, n := range sum.Sessions {
-			st.Fulfillments[string(s)] = n
-		}
-		st.Recovered, st.InFlight, st.PaymentIntents = sum.Recovered, sum.InFlight, sum.PaymentIntents
-		st.Queued = fulfill.QueueLen(tx)
-		st.Events = cursor.Counts(tx)
-		if st.BadEvents.Recent, st.BadEvents.Count, err = cursor.BadEvents(tx, 10); err != nil {
-			return err
-		}
-		failed, err := fulfill.Failed(tx, 20)
-		if err != nil {
-			return err
-		}
-		for _, r := range failed {
-			st.Failures = append(st.Failures, failureStatus{SessionID: r.SessionID, Attempts: r.Attempts,
-				LastError: r.LastError, Updated: r.Updated.UTC().Format(time.RFC3339)})
-		}
-		if st.Notifications, st.NotifyFailures, err = fulfill.NotifySummary(tx, 20); err != nil {
-			return err
-		}
-		if st.LastSweep, st.WebhookMisses, err = poller.LastSweep(tx); err != nil {
-			return err
-		}
-		if st.LastSweep != nil {
-			st.LastSweep.Misses = nil // shown once, as webhook_misses
-		}
-		st.API, err = stripeapi.LoadUsage(tx, now)
-		return err
-	})
-	if st.Events == nil {
-		st.Events = []cursor.EventCount{}
-	}
-	if st.BadEvents.Recent == nil {
-		st.BadEvents.Recent = []cursor.BadEvent{}
-	}
-	if st.Failures == nil {
-		st.Failures = []failureStatus{}
-	}
-	if st.NotifyFailures == nil {
-		st.NotifyFailures = []fulfill.Notification{}
-	}
-	return st, err
-}
-
-func (st *status) writeText(w io.Writer) {
-	// The summary is a table; the lists of ids come after it, so a
-	// 66-character session id does not widen every row.
-	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintf(tw, "store\t%s\n", st.Store)
-	if st.Cursor.Started {
-		fmt.Fprintf(tw, "complete until\t%s (lag %s; falls out of Stripe's retention in %s)\n", st.Cursor.CompleteUntil,
-			roundDur(st.Cursor.LagSeconds), roundDur(st.Cursor.HorizonSeconds))
-		if r := st.Cursor.Rescan; r != nil {
-			fmt.Fprintf(tw, "re-scan in progress\t%d slice(s); the oldest %s → %s (%d pages done)\n", st.Cursor.RescanSlices,
-				r.From.UTC().Format(time.RFC3339), r.To.UTC().Format(time.RFC3339), r.Pages)
-		}
-	} else {
-		fmt.Fprintf(tw, "cursor\tnot started (run `fulfilld run`)\n")
-	}
-	if p := st.LastPoll; p != nil {
-		line := fmt.Sprintf("%s %s, %d events listed, %d new, took %.1fs", p.Time, p.Outcome, p.Listed, p.New, p.DurationSecs)
-		if p.Error != "" {
-			line += ": " + oneLine(p.Error, 200)
-		}
-		fmt.Fprintf(tw, "last poll\t%s\n", line)
-	}
-	if s := st.ClockSkew; s != nil {
-		fmt.Fprintf(tw, "clock skew\t%s (Stripe's clock minus this host's, at the last poll)\n", skewText(*s))
-	}
-	fmt.Fprintln(tw, "fulfillments\t")
-	for _, s := range fulfill.States {
-		fmt.Fprintf(tw, "  %s\t%d\n", s, st.Fulfillments[string(s)])
-	}
-	fmt.Fprintf(tw, "  queued\t%d (in flight %d)\n", st.Queued, st.InFlight)
-	fmt.Fprintf(tw, "  recovered by reconciliation\t%d\n", st.Recovered)
-	if len(st.PaymentIntents) > 0 {
-		fmt.Fprintln(tw, "payment intents\t")
-		for _, k := range sortedKeys(st.PaymentIntents) {
-			fmt.Fprintf(tw, "  %s\t%d\n", k, st.PaymentIntents[k])
-		}
-	}
-	if len(st.Events) > 0 {
-		fmt.Fprintln(tw, "events\t")
-		for _, e := range st.Events {
-			fmt.Fprintf(tw, "  %s %s\t%d\n", e.Type, e.Outcome, e.Count)
-		}
-	}
-	if n := st.Notifications; n[fulfill.NotifyPending]+n[fulfill.NotifySent]+n[fulfill.NotifyFailed] > 0 {
-		fmt.Fprintf(tw, "notifications\t%d sent, %d pending, %d failed\n", n[fulfill.NotifySent], n[fulfill.NotifyPending], n[fulfill.NotifyFailed])
-	}
-	if sw := st.LastSweep; sw != nil {
-		fmt.Fprintf(tw, "last reconcile\t%s %s, %d sessions swept since %s, recovered %d never seen + %d not fulfilled, %d fulfilled ahead of the stream\n",
-			sw.At.UTC().Format(time.RFC3339), sw.Outcome, sw.Listed, sw.Since.UTC().Format(time.RFC3339),
-			sw.Recovered[poller.ReasonNeverSeen], sw.Recovered[poller.ReasonNotFulfilled], sw.Early)
-	}
-	fmt.Fprintf(tw, "api requests\t%d in all, %d in the last 30 days, %d answered 429\n",
-		st.API.Total.Total(), st.API.Last30Days.Total(), st.API.Total.RateLimited)
-	for _, k := range sortedKeys(st.API.Total.Requests) {
-		fmt.Fprintf(tw, "  %s\t%d\n", k, st.API.Total.Requests[k])
-	}
-	tw.Flush()
-
-	if len(st.Failures) > 0 {
-		fmt.Fprintf(w, "\nfailed (dead letter): %d; `fulfilld retry --failed` requeues them\n", st.Fulfillments[string(fulfill.StateFailed)])
-		for _, f := range st.Failures {
-			fmt.Fprintf(w, "  %s  %d attempts  %s\n", f.SessionID, f.Attempts, oneLine(f.LastError, 160))
-		}
-	}
-	if len(st.NotifyFailures) > 0 {
-		fmt.Fprintf(w, "\nnotifications failed (dead letter); `fulfilld retry evt_…` or --failed requeues them\n")
-		for _, f := range st.NotifyFailures {
-			fmt.Fprintf(w, "  %s  %s  %s\n", f.EventID, f.EventType, oneLine(f.LastError, 160))
-		}
-	}
-	if st.BadEvents.Count > 0 {
-		fmt.Fprintf(w, "\nmalformed events: %d (recorded and skipped)\n", st.BadEvents.Count)
-		for _, e := range st.BadEvents.Recent {
-			fmt.Fprintf(w, "  %s  %s  %s\n", e.ID, e.Type, oneLine(e.Error, 160))
-		}
-	}
-	if m := st.WebhookMisses; m != nil && m.Count > 0 {
-		fmt.Fprintf(w, "\nwebhook misses: %d events Stripe could not deliver to a webhook endpoint, %d not handled by fulfilld\n", m.Count, m.Unhandled)
-		for i, e := range m.Recent {
-			if i == 10 {
-				break
-			}
-			state := e.State
-			if state == "" {
-				state = "not handled"
-			}
-			fmt.Fprintf(w, "  %s  %s  %s  %s\n", e.EventID, e.Type, e.Object, state)
-		}
-	}
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
-}
-
-// skewText says which clock is ahead, to the second.
-func skewText(secs float64) string {
-	d := time.Duration(math.Round(secs)) * time.Second
-	switch {
-	case d > 0:
-		return fmt.Sprintf("%.0fs: Stripe is %s ahead", secs, d)
-	case d < 0:
-		return fmt.Sprintf("%.0fs: Stripe is %s behind", secs, -d)
-	}
-	return "0s: in step"
-}
-
-func roundDur(secs float64) string {
-	d := time.Duration(secs * float64(time.Second))
-	switch {
-	case d < 0:
-		return "-" + (-d).Round(time.Second).String()
-	case d < time.Minute:
-		return d.Round(time.Second).String()
-	}
-	return d.Round(time.Minute).String()
-}
-
-func oneLine(s string, n int) string {
-	s = strings.Join(strings.Fields(s), " ")
-	if len(s) > n {
-		return s[:n] + "…"
-	}
-	return s
+	return daemon.ReadRecord(db, id)
 }

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bytes"
@@ -16,13 +16,12 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/stripeapi"
 )
 
 // While `run` holds the store (bbolt lets one process open it), the other
 // commands reach it through a unix socket beside the store: HTTP with JSON
 // bodies, answered by the same code that answers against a stopped store.
-
-func (a *app) socketPath() string { return a.cfg.Store.Path + ".sock" }
 
 // listenAdmin opens the socket, mode 0600. Only the process holding the
 // store's lock calls it, so a socket file already there is a stale one.
@@ -51,27 +50,27 @@ var errOncePass = errors.New("a `fulfilld run --once` pass holds the store; try 
 
 // adminHandler serves the socket for a running daemon. A `--once` pass
 // serves what reads (status) and refuses what would change things.
-func (d *daemon) adminHandler(work context.Context, once bool) http.Handler {
+func (d *Daemon) adminHandler(work context.Context, once bool) http.Handler {
 	mux := http.NewServeMux()
 	if once {
-		refuse := func(w http.ResponseWriter, _ *http.Request) { adminFail(w, errOncePass) }
+		refuse := func(w http.ResponseWriter, _ *http.Request) { d.adminFail(w, errOncePass) }
 		mux.HandleFunc("POST /fulfill/{id}", refuse)
 		mux.HandleFunc("POST /retry", refuse)
 		mux.HandleFunc("POST /reconcile", refuse)
 	}
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		st, err := readStatus(d.db, d.clock())
+		st, err := ReadStatus(d.DB, d.now())
 		if err != nil {
-			adminFail(w, err)
+			d.adminFail(w, err)
 			return
 		}
-		st.Store = d.cfg.Store.Path
+		st.Store = d.Config.Store.Path
 		writeAdmin(w, st)
 	})
 	mux.HandleFunc("GET /session/{id}", func(w http.ResponseWriter, r *http.Request) {
-		rec, err := readRecord(d.db, r.PathValue("id"))
+		rec, err := ReadRecord(d.DB, r.PathValue("id"))
 		if err != nil {
-			adminFail(w, err)
+			d.adminFail(w, err)
 			return
 		}
 		writeAdmin(w, rec)
@@ -83,23 +82,23 @@ func (d *daemon) adminHandler(work context.Context, once bool) http.Handler {
 		// On the daemon's context: the operator's Ctrl-C does not cut the
 		// action off half-way.
 		id := r.PathValue("id")
-		rec, err := d.ful.Fulfill(work, id, fulfill.TriggerManual, "")
-		d.saveUsage(d.db, d.client)
+		rec, err := d.Fulfiller.Fulfill(work, id, fulfill.TriggerManual, "")
+		d.SaveUsage()
 		if err != nil && rec.SessionID == "" {
-			adminFail(w, fulfillError(id, err))
+			d.adminFail(w, FulfillError(id, err))
 			return
 		}
-		writeAdmin(w, fulfillAnswer{Record: rec, Error: errString(err)})
+		writeAdmin(w, FulfillAnswer{Record: rec, Error: errString(err)})
 	})
 	mux.HandleFunc("POST /retry", func(w http.ResponseWriter, r *http.Request) {
-		var req retryRequest
+		var req RetryRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
-			adminFail(w, &usageError{err})
+			d.adminFail(w, &UsageError{err})
 			return
 		}
-		ids, err := retryIn(d.db, d.clock(), req)
+		ids, err := Retry(d.DB, d.now(), req)
 		if err != nil {
-			adminFail(w, err)
+			d.adminFail(w, err)
 			return
 		}
 		d.wake()
@@ -108,13 +107,13 @@ func (d *daemon) adminHandler(work context.Context, once bool) http.Handler {
 	mux.HandleFunc("POST /reconcile", func(w http.ResponseWriter, r *http.Request) {
 		var since time.Time
 		if err := json.NewDecoder(r.Body).Decode(&since); err != nil {
-			adminFail(w, &usageError{err})
+			d.adminFail(w, &UsageError{err})
 			return
 		}
-		sw, err := d.rec.Sweep(work, since)
-		d.saveUsage(d.db, d.client)
+		sw, err := d.Reconciler.Sweep(work, since)
+		d.SaveUsage()
 		if err != nil {
-			adminFail(w, err)
+			d.adminFail(w, err)
 			return
 		}
 		writeAdmin(w, sw)
@@ -122,12 +121,14 @@ func (d *daemon) adminHandler(work context.Context, once bool) http.Handler {
 	return mux
 }
 
-type fulfillAnswer struct {
+// FulfillAnswer is the socket's answer to POST /fulfill/{id}.
+type FulfillAnswer struct {
 	Record fulfill.Record `json:"record"`
 	Error  string         `json:"error,omitempty"`
 }
 
-type retryRequest struct {
+// RetryRequest is what POST /retry asks for.
+type RetryRequest struct {
 	Sessions []string `json:"sessions"`
 	Events   []string `json:"events"`
 	All      bool     `json:"all"`
@@ -145,21 +146,33 @@ func writeAdmin(w http.ResponseWriter, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-func adminFail(w http.ResponseWriter, err error) {
+func (d *Daemon) adminFail(w http.ResponseWriter, err error) {
+	code := 1
+	if d.ExitCode != nil {
+		code = d.ExitCode(err)
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(http.StatusUnprocessableEntity)
-	_ = json.NewEncoder(w).Encode(adminError{Error: err.Error(), Code: exitCode(err)})
+	_ = json.NewEncoder(w).Encode(adminError{Error: err.Error(), Code: code})
 }
 
-// admin is a client of a running daemon's socket.
-type admin struct {
+// Admin is a client of a running daemon's socket.
+type Admin struct {
 	client *http.Client
 }
 
-// dialAdmin returns a client when a daemon answers on the socket, nil when
-// none runs (no socket, or a stale one left by a crash).
-func (a *app) dialAdmin() *admin {
-	path := a.socketPath()
+// RemoteError is a request the running daemon refused or failed, with the
+// exit code the command should end with.
+type RemoteError struct {
+	Msg  string
+	Code int
+}
+
+func (e *RemoteError) Error() string { return e.Msg }
+
+// Dial returns a client when a daemon answers on the socket at path, nil
+// when none runs (no socket, or a stale one left by a crash).
+func Dial(path string) *Admin {
 	if _, err := os.Stat(path); err != nil {
 		return nil
 	}
@@ -168,7 +181,7 @@ func (a *app) dialAdmin() *admin {
 		return nil
 	}
 	conn.Close()
-	return &admin{client: &http.Client{Transport: &http.Transport{
+	return &Admin{client: &http.Client{Transport: &http.Transport{
 		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
 			var d net.Dialer
 			return d.DialContext(ctx, "unix", path)
@@ -176,8 +189,8 @@ func (a *app) dialAdmin() *admin {
 	}}}
 }
 
-// call sends one request and decodes the answer into out.
-func (c *admin) call(ctx context.Context, method, path string, body, out any) error {
+// Call sends one request and decodes the answer into out.
+func (c *Admin) Call(ctx context.Context, method, path string, body, out any) error {
 	var rd io.Reader
 	if body != nil {
 		raw, err := json.Marshal(body)
@@ -200,14 +213,14 @@ func (c *admin) call(ctx context.Context, method, path string, body, out any) er
 		if err := json.NewDecoder(resp.Body).Decode(&ae); err != nil {
 			return fmt.Errorf("the running daemon answered %s", resp.Status)
 		}
-		return &exitError{code: max(ae.Code, exitFailure), err: errors.New(ae.Error)}
+		return &RemoteError{Msg: ae.Error, Code: max(ae.Code, 1)}
 	}
 	return json.NewDecoder(resp.Body).Decode(out)
 }
 
-// retryIn requeues dead letters in the store: the same for the CLI against
+// Retry requeues dead letters in the store: the same for the CLI against
 // a stopped store and for the socket.
-func retryIn(db *bbolt.DB, now time.Time, req retryRequest) ([]string, error) {
+func Retry(db *bbolt.DB, now time.Time, req RetryRequest) ([]string, error) {
 	var ids []string
 	err := db.Update(func(tx *bbolt.Tx) error {
 		if req.All || len(req.Sessions) > 0 {
@@ -226,7 +239,16 @@ func retryIn(db *bbolt.DB, now time.Time, req retryRequest) ([]string, error) {
 	})
 	if err != nil {
 		// A wrong id, or one that is not dead-lettered: usage.
-		return nil, &usageError{err}
+		return nil, &UsageError{err}
 	}
 	return ids, nil
+}
+
+// FulfillError explains a fulfill that left no record: a wrong id is usage;
+// a rejected key or Stripe being down is a runtime failure.
+func FulfillError(id string, err error) error {
+	if errors.Is(err, stripeapi.ErrNotFound) {
+		return &UsageError{fmt.Errorf("fulfill: Stripe has no checkout session %s (check the id and the key's account or mode)", id)}
+	}
+	return err
 }

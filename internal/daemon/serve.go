@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -22,16 +22,16 @@ import (
 // committed) before the systemd watchdog stops being fed.
 const stuckAfter = 10 * time.Minute
 
-// serve is the daemon: polls and sweeps on their schedules, the queues
+// Serve is the daemon: polls and sweeps on their schedules, the queues
 // always running, the admin socket and http.listen open. The first signal
 // stops scheduling and lets running actions finish (up to fulfill.timeout);
 // a second one kills the process.
-func (d *daemon) serve(parent context.Context) error {
-	pollSched, err := cron.ParseStandard(d.cfg.Schedule)
+func (d *Daemon) Serve(parent context.Context) error {
+	pollSched, err := cron.ParseStandard(d.Config.Schedule)
 	if err != nil {
 		return &config.Error{Key: "schedule", Msg: err.Error()}
 	}
-	sweepSched, err := cron.ParseStandard(d.cfg.Reconcile.Schedule)
+	sweepSched, err := cron.ParseStandard(d.Config.Reconcile.Schedule)
 	if err != nil {
 		return &config.Error{Key: "reconcile.schedule", Msg: err.Error()}
 	}
@@ -44,13 +44,13 @@ func (d *daemon) serve(parent context.Context) error {
 
 	// The socket first: listenAdmin sets the process umask for a moment,
 	// which no action may start under.
-	adminL, err := listenAdmin(d.socketPath())
+	adminL, err := listenAdmin(d.Socket)
 	if err != nil {
 		return err
 	}
-	defer os.Remove(d.socketPath())
+	defer os.Remove(d.Socket)
 	w, wait := d.workers(ctx, false)
-	d.poller.Wake, d.rec.Wake, d.wake = w.wake, w.wake, w.wake
+	d.Poller.Wake, d.Reconciler.Wake, d.wake = w.wake, w.wake, w.wake
 	var wg sync.WaitGroup
 	wg.Add(1)
 	go func() {
@@ -63,44 +63,44 @@ func (d *daemon) serve(parent context.Context) error {
 	var servers []*http.Server
 	servers = append(servers, d.startServer(adminL, d.adminHandler(work, false), "admin socket"))
 	var api *httpapi.Server
-	if addr := d.cfg.HTTP.Listen; addr != "" {
+	if addr := d.Config.HTTP.Listen; addr != "" {
 		l, err := net.Listen("tcp", addr)
 		if err != nil {
 			return &config.Error{Key: "http.listen", Msg: err.Error()}
 		}
 		api = &httpapi.Server{
-			DB: d.db, Registry: d.metrics.Registry, Fulfill: d.ful, Work: work,
-			MaxPollAge: 3*interval(pollSched, d.clock()) + time.Minute, MinHorizon: 48 * time.Hour,
-			Wait: 10 * time.Second, Now: d.client.Clock.Now, Logger: d.log.With("component", "http"),
-			Store: d.store,
+			DB: d.DB, Registry: d.Metrics.Registry, Fulfill: d.Fulfiller, Work: work,
+			MaxPollAge: 3*interval(pollSched, d.now()) + time.Minute, MinHorizon: 48 * time.Hour,
+			Wait: 10 * time.Second, Now: d.Client.Clock.Now, Logger: d.Logger.With("component", "http"),
+			Store: d.Store,
 		}
 		servers = append(servers, d.startServer(l, api.Handler(), "http"))
-		d.log.Info("serving /metrics, /healthz, /readyz and POST /fulfill/{session_id}", "listen", l.Addr().String())
+		d.Logger.Info("serving /metrics, /healthz, /readyz and POST /fulfill/{session_id}", "listen", l.Addr().String())
 	}
 
-	clog := cronLogger{d.log.With("component", "schedule")}
+	clog := cronLogger{d.Logger.With("component", "schedule")}
 	chain := cron.NewChain(cron.Recover(clog), cron.SkipIfStillRunning(clog))
 	poll := chain.Then(cron.FuncJob(func() {
 		if !d.pollWithinReadBudget() {
 			return
 		}
 		d.polling.Store(true)
-		d.heartbeat.Store(d.clock().UnixNano())
+		d.heartbeat.Store(d.now().UnixNano())
 		defer d.polling.Store(false)
-		res, err := d.poller.Poll(ctx, false)
+		res, err := d.Poller.Poll(ctx, false)
 		if err == nil {
-			_, err = d.rec.SweepAgedOut(ctx)
+			_, err = d.Reconciler.SweepAgedOut(ctx)
 		}
-		d.metrics.Poll(err)
-		d.saveUsage(d.db, d.client)
+		d.Metrics.Poll(err)
+		d.SaveUsage()
 		if err == nil && api != nil {
 			api.Ready.Store(true)
 		}
 		d.jobDone(ctx, cancel, "poll", err, "events_listed", res.Listed, "events_new", res.New, "sessions_queued", res.Queued)
 	}))
 	sweep := chain.Then(cron.FuncJob(func() {
-		_, err := d.rec.Sweep(ctx, d.client.Clock.Now().Add(-d.cfg.Reconcile.Window))
-		d.saveUsage(d.db, d.client)
+		_, err := d.Reconciler.Sweep(ctx, d.Client.Clock.Now().Add(-d.Config.Reconcile.Window))
+		d.SaveUsage()
 		d.jobDone(ctx, cancel, "reconciliation sweep", err)
 	}))
 	c := cron.New(cron.WithLogger(clog))
@@ -108,7 +108,7 @@ func (d *daemon) serve(parent context.Context) error {
 	c.Schedule(sweepSched, sweep)
 	// Retention runs hourly and once at start: a batch at a time, so the
 	// queues and the poller wait at most for one small transaction.
-	prune := chain.Then(cron.FuncJob(func() { d.jobDone(ctx, cancel, "retention", d.prune(ctx)) }))
+	prune := chain.Then(cron.FuncJob(func() { d.jobDone(ctx, cancel, "retention", d.Prune(ctx)) }))
 	c.Schedule(cron.Every(time.Hour), prune)
 	c.Start()
 	wg.Add(1)
@@ -123,18 +123,18 @@ func (d *daemon) serve(parent context.Context) error {
 		d.watchdog(ctx)
 	}()
 	if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyReady); err != nil {
-		d.log.Warn("could not tell systemd the service is ready", "err", err)
+		d.Logger.Warn("could not tell systemd the service is ready", "err", err)
 	}
-	d.log.Info("fulfilld running", "schedule", d.cfg.Schedule, "reconcile_schedule", d.cfg.Reconcile.Schedule,
-		"store", d.cfg.Store.Path, "admin_socket", d.socketPath(), "api_version", stripeapi.APIVersion)
+	d.Logger.Info("fulfilld running", "schedule", d.Config.Schedule, "reconcile_schedule", d.Config.Reconcile.Schedule,
+		"store", d.Config.Store.Path, "admin_socket", d.Socket, "api_version", stripeapi.APIVersion)
 
 	<-ctx.Done()
 	// One grace for everything that runs an action: the queues', and what
 	// the landing page and the admin socket started.
-	graceEnds := time.Now().Add(d.cfg.Fulfill.Timeout)
+	graceEnds := time.Now().Add(d.Config.Fulfill.Timeout)
 	_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyStopping)
 	if !errors.Is(context.Cause(ctx), stripeapi.ErrAuth) {
-		d.log.Info("stopping: no new polls; running actions get fulfill.timeout to finish", "grace", d.cfg.Fulfill.Timeout)
+		d.Logger.Info("stopping: no new polls; running actions get fulfill.timeout to finish", "grace", d.Config.Fulfill.Timeout)
 	}
 	<-c.Stop().Done()
 	wg.Wait()
@@ -150,22 +150,22 @@ func (d *daemon) serve(parent context.Context) error {
 	}
 	stopWork()
 	if err := d.unsavedResults(); err != nil {
-		d.log.Error("stopping with work the store could not record", "err", err)
+		d.Logger.Error("stopping with work the store could not record", "err", err)
 	}
 	// The parent ending is a shutdown (a signal, the demo's time); any
 	// other cause is why the daemon stopped itself.
 	if err := context.Cause(ctx); parent.Err() == nil && err != nil {
-		return authHint(err)
+		return err
 	}
-	d.log.Info("stopped")
+	d.Logger.Info("stopped")
 	return nil
 }
 
-func (d *daemon) startServer(l net.Listener, h http.Handler, name string) *http.Server {
+func (d *Daemon) startServer(l net.Listener, h http.Handler, name string) *http.Server {
 	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
 	go func() {
 		if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			d.log.Error(name+" stopped serving", "err", err)
+			d.Logger.Error(name+" stopped serving", "err", err)
 		}
 	}()
 	return srv
@@ -180,7 +180,7 @@ func interval(s cron.Schedule, now time.Time) time.Duration {
 // watchdog feeds systemd's watchdog (WatchdogSec) while the daemon's loops
 // are alive: a poll that shows no progress for stuckAfter, or a store that
 // cannot be read, stops the pings, and systemd restarts the service.
-func (d *daemon) watchdog(ctx context.Context) {
+func (d *Daemon) watchdog(ctx context.Context) {
 	every, err := sddaemon.SdWatchdogEnabled(false)
 	if err != nil || every <= 0 {
 		return
@@ -194,7 +194,7 @@ func (d *daemon) watchdog(ctx context.Context) {
 		case <-t.C:
 		}
 		if err := d.alive(); err != nil {
-			d.log.Error("not feeding the systemd watchdog", "err", err)
+			d.Logger.Error("not feeding the systemd watchdog", "err", err)
 			continue
 		}
 		_, _ = sddaemon.SdNotify(false, sddaemon.SdNotifyWatchdog)
@@ -202,16 +202,16 @@ func (d *daemon) watchdog(ctx context.Context) {
 }
 
 // alive reports why the daemon's loops look stuck, if they do.
-func (d *daemon) alive() error {
+func (d *Daemon) alive() error {
 	if d.polling.Load() {
-		if since := d.clock().Sub(time.Unix(0, d.heartbeat.Load())); since > stuckAfter {
+		if since := d.now().Sub(time.Unix(0, d.heartbeat.Load())); since > stuckAfter {
 			return errors.New("the running poll has shown no progress for " + since.Round(time.Second).String())
 		}
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- d.db.View(func(*bbolt.Tx) error { return nil }) }()
+	go func() { done <- d.DB.View(func(*bbolt.Tx) error { return nil }) }()
 	select {
 	case err := <-done:
 		return err
@@ -226,7 +226,7 @@ func (d *daemon) alive() error {
 // A job that keeps failing (Stripe away, a disk full) logs an ERROR the
 // first time, DEBUG while it goes on failing, and an INFO when it works
 // again: one line when trouble starts, one when it ends.
-func (d *daemon) jobDone(ctx context.Context, cancel context.CancelCauseFunc, job string, err error, kv ...any) {
+func (d *Daemon) jobDone(ctx context.Context, cancel context.CancelCauseFunc, job string, err error, kv ...any) {
 	d.jobMu.Lock()
 	if d.jobFailures == nil {
 		d.jobFailures = map[string]int{}
@@ -241,16 +241,16 @@ func (d *daemon) jobDone(ctx context.Context, cancel context.CancelCauseFunc, jo
 	d.jobMu.Unlock()
 	switch {
 	case err == nil && failures > 0:
-		d.log.Info(job+" succeeded again", append([]any{"failed_before", failures}, kv...)...)
+		d.Logger.Info(job+" succeeded again", append([]any{"failed_before", failures}, kv...)...)
 	case err == nil:
-		d.log.Debug(job+" complete", kv...)
+		d.Logger.Debug(job+" complete", kv...)
 	case isCanceled(ctx, err):
 	case errors.Is(err, stripeapi.ErrAuth):
 		cancel(err)
 	case failures == 0:
-		d.log.Error(job+" failed; the next one retries from the same position "+
+		d.Logger.Error(job+" failed; the next one retries from the same position "+
 			"(while it keeps failing, further failures are logged at debug)", "err", err)
 	default:
-		d.log.Debug(job+" failed again; the next one retries from the same position", "err", err, "failures", failures+1)
+		d.Logger.Debug(job+" failed again; the next one retries from the same position", "err", err, "failures", failures+1)
 	}
 }

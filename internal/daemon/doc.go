@@ -1,0 +1,112 @@
+// Package daemon is fulfilld's service: the loops of `run` (polls, sweeps
+// and retention on their schedules, the queues always working), the
+// `--once` pass, recovery after a stop, read-budget pacing, the admin socket
+// — its server and its client — and the status model that the socket,
+// `status`, /metrics and /healthz show. cmd/fulfilld only parses flags,
+// builds a Daemon from the configuration and maps errors to exit codes, so
+// tests can drive everything here without a binary.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/fulfilld/fulfilld/config"
+	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/metrics"
+	"github.com/fulfilld/fulfilld/internal/storehealth"
+	"github.com/fulfilld/fulfilld/internal/stripeapi"
+	"github.com/fulfilld/fulfilld/poller"
+)
+
+// Daemon is one process's store, Stripe client and loops. The caller
+// builds the parts; New wires them together.
+type Daemon struct {
+	Config *config.Config
+	DB     *bbolt.DB
+	// Store is DB as the queues write to it: it keeps score of whether
+	// writes work, so a failing disk pauses them and shows in /healthz.
+	Store      *storehealth.Guard
+	Client     *stripeapi.Client
+	Poller     *poller.Poller
+	Fulfiller  *fulfill.Fulfiller
+	Notifier   *fulfill.Notifier // nil without notify
+	Reconciler *poller.Reconciler
+	Metrics    *metrics.Metrics
+	Logger     *slog.Logger
+	// Now is the host's clock (what the queues and usage days use);
+	// Stripe's clock is Client.Clock.
+	Now func() time.Time
+	// Socket is the admin socket's path (store.path + ".sock").
+	Socket string
+	// ExitCode classifies an error for the admin protocol, which carries
+	// the exit code the command on the other end should use.
+	ExitCode func(error) int
+
+	// wake tells the running queues that work was queued.
+	wake func()
+	// heartbeat is when the poll last showed progress (unix nanos), and
+	// polling whether one is running: the systemd watchdog reads them.
+	heartbeat atomic.Int64
+	polling   atomic.Bool
+	// reads paces polls under stripe.monthly_read_budget; see pollWithinReadBudget.
+	reads *stripeapi.ReadPacer
+	// jobFailures counts each scheduled job's failures in a row (jobDone).
+	jobMu       sync.Mutex
+	jobFailures map[string]int
+}
+
+// New wires the parts: the queues' writes go through Store, the actions
+// are instrumented, the poller queues notifications when notify is set,
+// and progress (when set) is told about each committed page.
+func New(d *Daemon, progress func(poller.Progress)) *Daemon {
+	d.wake = func() {}
+	if d.Now == nil {
+		d.Now = time.Now
+	}
+	d.Fulfiller.Action = d.Metrics.Instrument("fulfill", d.Fulfiller.Action)
+	if d.Notifier != nil {
+		d.Notifier.Action = d.Metrics.Instrument("notify", d.Notifier.Action)
+	}
+	d.Poller.Notify = d.Notifier != nil
+	d.Poller.Progress = func(p poller.Progress) {
+		d.heartbeat.Store(d.now().UnixNano())
+		if progress != nil {
+			progress(p)
+		}
+	}
+	return d
+}
+
+func (d *Daemon) now() time.Time { return d.Now() }
+
+// SaveUsage moves the client's request counts into the store.
+func (d *Daemon) SaveUsage() { SaveUsage(d.DB, d.Client, d.now(), d.Logger) }
+
+// SaveUsage moves a client's request counts into the store, for the
+// commands that use a client without a Daemon.
+func SaveUsage(db *bbolt.DB, client *stripeapi.Client, now time.Time, logger *slog.Logger) {
+	u := client.Transport.TakeUsage()
+	err := db.Update(func(tx *bbolt.Tx) error { return stripeapi.SaveUsage(tx, now, u) })
+	if err != nil && logger != nil {
+		logger.Warn("could not record API usage", "err", err)
+	}
+}
+
+// UsageError is a request that cannot be served as asked (a wrong id, one
+// that is not dead-lettered): the command's usage, exit code 2.
+type UsageError struct{ Err error }
+
+func (e *UsageError) Error() string { return e.Err.Error() }
+func (e *UsageError) Unwrap() error { return e.Err }
+
+// isCanceled reports a shutdown, which is not an error.
+func isCanceled(ctx context.Context, err error) bool {
+	return ctx.Err() != nil && errors.Is(err, context.Canceled)
+}
