@@ -16,7 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/fulfilld/fulfilld/internal/daemon"
+	"github.com/fulfilld/fulfilld/internal/status"
 	"github.com/fulfilld/fulfilld/internal/stripesim"
 )
 
@@ -178,7 +178,7 @@ compares Stripe's records with what the action received.
 		db.Close()
 		return err
 	}
-	st, err := daemon.ReadStatus(db, a.clock())
+	st, err := status.Read(db, a.clock())
 	db.Close()
 	if err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/daemon"
+	"github.com/fulfilld/fulfilld/internal/status"
 )
 
 func (a *app) fulfillCommand() *cobra.Command {
@@ -31,7 +32,7 @@ func (a *app) fulfillCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if err := daemon.PrintRecord(a.stdout, rec, asJSON); err != nil {
+			if err := status.PrintRecord(a.stdout, rec, asJSON); err != nil {
 				return err
 			}
 			if ferr != nil {

@@ -53,7 +53,7 @@ func (a *app) newDaemon(db *bbolt.DB) *daemon.Daemon {
 		Fulfiller:  a.fulfiller(guard, client),
 		Notifier:   a.notifier(guard),
 		Reconciler: a.reconciler(db, client),
-		Metrics:    metrics.New(db, client.Clock.Now),
+		Metrics:    metrics.New(db, a.now),
 		Logger:     a.log,
 		Now:        a.now,
 		Socket:     a.socketPath(),

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/http"
 	"strings"
 
@@ -10,6 +11,7 @@ import (
 
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/daemon"
+	"github.com/fulfilld/fulfilld/internal/status"
 )
 
 func (a *app) statusCommand() *cobra.Command {
@@ -30,7 +32,7 @@ func (a *app) statusCommand() *cobra.Command {
 				if err != nil {
 					return err
 				}
-				return daemon.PrintRecord(a.stdout, rec, asJSON)
+				return status.PrintRecord(a.stdout, rec, asJSON)
 			}
 			st, err := a.status(cmd.Context())
 			if err != nil {
@@ -51,9 +53,9 @@ func (a *app) statusCommand() *cobra.Command {
 
 // status reads the status from the running daemon, or from the store when
 // none runs.
-func (a *app) status(ctx context.Context) (*daemon.Status, error) {
+func (a *app) status(ctx context.Context) (*status.Report, error) {
 	if adm := daemon.Dial(a.socketPath()); adm != nil {
-		var st daemon.Status
+		var st status.Report
 		return &st, adm.Call(ctx, http.MethodGet, "/status", nil, &st)
 	}
 	db, err := a.openStore(true)
@@ -61,7 +63,7 @@ func (a *app) status(ctx context.Context) (*daemon.Status, error) {
 		return nil, err
 	}
 	defer db.Close()
-	st, err := daemon.ReadStatus(db, a.clock())
+	st, err := status.Read(db, a.clock())
 	if err != nil {
 		return nil, err
 	}
@@ -81,5 +83,9 @@ func (a *app) record(ctx context.Context, id string) (fulfill.Record, error) {
 		return rec, err
 	}
 	defer db.Close()
-	return daemon.ReadRecord(db, id)
+	rec, err = status.Record(db, id)
+	if errors.Is(err, fulfill.ErrUnknownSession) {
+		err = &usageError{err}
+	}
+	return rec, err
 }

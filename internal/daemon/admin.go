@@ -16,6 +16,7 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/status"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 )
 
@@ -59,7 +60,7 @@ func (d *Daemon) adminHandler(work context.Context, once bool) http.Handler {
 		mux.HandleFunc("POST /reconcile", refuse)
 	}
 	mux.HandleFunc("GET /status", func(w http.ResponseWriter, r *http.Request) {
-		st, err := ReadStatus(d.DB, d.now())
+		st, err := status.Read(d.DB, d.now())
 		if err != nil {
 			d.adminFail(w, err)
 			return
@@ -68,7 +69,10 @@ func (d *Daemon) adminHandler(work context.Context, once bool) http.Handler {
 		writeAdmin(w, st)
 	})
 	mux.HandleFunc("GET /session/{id}", func(w http.ResponseWriter, r *http.Request) {
-		rec, err := ReadRecord(d.DB, r.PathValue("id"))
+		rec, err := status.Record(d.DB, r.PathValue("id"))
+		if errors.Is(err, fulfill.ErrUnknownSession) {
+			err = &UsageError{err}
+		}
 		if err != nil {
 			d.adminFail(w, err)
 			return

@@ -71,7 +71,7 @@ func (d *Daemon) Serve(parent context.Context) error {
 		api = &httpapi.Server{
 			DB: d.DB, Registry: d.Metrics.Registry, Fulfill: d.Fulfiller, Work: work,
 			MaxPollAge: 3*interval(pollSched, d.now()) + time.Minute, MinHorizon: 48 * time.Hour,
-			Wait: 10 * time.Second, Now: d.Client.Clock.Now, Logger: d.Logger.With("component", "http"),
+			Wait: 10 * time.Second, Now: d.Now, Logger: d.Logger.With("component", "http"),
 			Store: d.Store,
 		}
 		servers = append(servers, d.startServer(l, api.Handler(), "http"))

@@ -21,10 +21,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"go.etcd.io/bbolt"
 
-	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/status"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
-	"github.com/fulfilld/fulfilld/poller"
 )
 
 // Fulfiller is the one idempotent fulfillment path.
@@ -48,7 +47,9 @@ type Server struct {
 	MinHorizon time.Duration
 	// Wait bounds how long POST /fulfill waits for the result before it
 	// answers 202 with the record as it stands.
-	Wait   time.Duration
+	Wait time.Duration
+	// Now is the host's clock; the status model applies the skew to
+	// Stripe's.
 	Now    func() time.Time
 	Logger *slog.Logger
 	Ready  atomic.Bool
@@ -108,35 +109,23 @@ type Health struct {
 	Problems []string `json:"problems,omitempty"`
 }
 
-// Check judges the daemon's health from the store.
+// Check judges the daemon's health from the status model.
 func (s *Server) Check() Health {
-	now := s.now()
 	var problems []string
-	err := s.DB.View(func(tx *bbolt.Tx) error {
-		poll, err := cursor.LoadPoll(tx)
-		if err != nil {
-			return err
-		}
-		switch {
-		case poll.LastSuccess.IsZero():
-			problems = append(problems, "no successful poll yet")
-		case now.Sub(poll.LastSuccess) > s.MaxPollAge:
-			problems = append(problems, fmt.Sprintf("last successful poll %s ago (limit %s); last error: %s",
-				now.Sub(poll.LastSuccess).Round(time.Second), s.MaxPollAge, poll.Error))
-		}
-		pos, err := cursor.Load(tx)
-		if err != nil {
-			return err
-		}
-		if !pos.IsZero() {
-			if left := pos.Settled.Add(poller.Retention).Sub(now); left < s.MinHorizon {
-				problems = append(problems, fmt.Sprintf("complete_until falls out of Stripe's 30-day retention in %s", left.Round(time.Minute)))
-			}
-		}
-		return nil
-	})
-	if err != nil {
+	st, err := status.Read(s.DB, s.now())
+	switch {
+	case err != nil:
 		problems = append(problems, "store: "+err.Error())
+	case st.LastPoll == nil || st.LastPoll.LastSuccess.IsZero():
+		problems = append(problems, "no successful poll yet")
+	case st.LastPoll.LastSuccessAge > s.MaxPollAge.Seconds():
+		problems = append(problems, fmt.Sprintf("last successful poll %s ago (limit %s); last error: %s",
+			(time.Duration(st.LastPoll.LastSuccessAge)*time.Second).Round(time.Second), s.MaxPollAge, st.LastPoll.Error))
+	}
+	if err == nil && st.Cursor.Started {
+		if left := time.Duration(st.Cursor.HorizonSeconds * float64(time.Second)); left < s.MinHorizon {
+			problems = append(problems, fmt.Sprintf("complete_until falls out of Stripe's 30-day retention in %s", left.Round(time.Minute)))
+		}
 	}
 	if s.Store != nil {
 		if err := s.Store.Err(); err != nil {

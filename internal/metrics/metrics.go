@@ -1,6 +1,7 @@
 // Package metrics exposes fulfilld's state to Prometheus. Most series are
-// read from the store when scraped, so /metrics and `fulfilld status` never
-// disagree; the rest (polls, action durations) are counted as they happen.
+// the status model (internal/status) read when scraped, so /metrics and
+// `fulfilld status` never disagree; the rest (polls, action durations) are
+// counted as they happen.
 package metrics
 
 import (
@@ -12,10 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"go.etcd.io/bbolt"
 
-	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
-	"github.com/fulfilld/fulfilld/internal/stripeapi"
-	"github.com/fulfilld/fulfilld/poller"
+	"github.com/fulfilld/fulfilld/internal/status"
 )
 
 // Metrics is fulfilld's registry and the series counted as things happen.
@@ -25,7 +24,8 @@ type Metrics struct {
 	actionDuration *prometheus.HistogramVec
 }
 
-// New registers fulfilld's series, the store-backed ones reading db.
+// New registers fulfilld's series, the store-backed ones reading db; now
+// is the host's clock (the status model applies the skew to Stripe's).
 func New(db *bbolt.DB, now func() time.Time) *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
@@ -129,66 +129,49 @@ func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
-	now := c.now()
-	err := c.db.View(func(tx *bbolt.Tx) error {
-		sum, err := fulfill.Summarize(tx)
-		if err != nil {
-			return err
-		}
-		for _, st := range fulfill.States {
-			ch <- prometheus.MustNewConstMetric(descFulfillments, prometheus.GaugeValue, float64(sum.Sessions[st]), string(st))
-		}
-		ch <- prometheus.MustNewConstMetric(descRecovered, prometheus.GaugeValue, float64(sum.Recovered))
-		ch <- prometheus.MustNewConstMetric(descQueue, prometheus.GaugeValue, float64(fulfill.QueueLen(tx)))
-		ch <- prometheus.MustNewConstMetric(descDeadLetters, prometheus.GaugeValue, float64(sum.Sessions[fulfill.StateFailed]), "fulfill")
-		notes, _, err := fulfill.NotifySummary(tx, 0)
-		if err != nil {
-			return err
-		}
-		ch <- prometheus.MustNewConstMetric(descDeadLetters, prometheus.GaugeValue, float64(notes[fulfill.NotifyFailed]), "notify")
-		for _, e := range cursor.Counts(tx) {
-			ch <- prometheus.MustNewConstMetric(descEvents, prometheus.CounterValue, float64(e.Count), e.Type, e.Outcome)
-		}
-		_, bad, err := cursor.BadEvents(tx, 0)
-		if err != nil {
-			return err
-		}
-		ch <- prometheus.MustNewConstMetric(descMalformed, prometheus.GaugeValue, float64(bad))
-		pos, err := cursor.Load(tx)
-		if err != nil {
-			return err
-		}
-		if !pos.IsZero() {
-			ch <- prometheus.MustNewConstMetric(descLag, prometheus.GaugeValue, now.Sub(pos.Settled).Seconds())
-			ch <- prometheus.MustNewConstMetric(descHorizon, prometheus.GaugeValue, pos.Settled.Add(poller.Retention).Sub(now).Seconds())
-		}
-		poll, err := cursor.LoadPoll(tx)
-		if err != nil {
-			return err
-		}
-		if !poll.LastSuccess.IsZero() {
-			ch <- prometheus.MustNewConstMetric(descLastSuccess, prometheus.GaugeValue, float64(poll.LastSuccess.UnixMilli())/1000)
-		}
-		if poll.ClockSkew != nil {
-			ch <- prometheus.MustNewConstMetric(descClockSkew, prometheus.GaugeValue, *poll.ClockSkew)
-		}
-		usage, err := stripeapi.LoadUsage(tx, now)
-		if err != nil {
-			return err
-		}
-		for ep, n := range usage.Total.Requests {
-			ch <- prometheus.MustNewConstMetric(descRequests, prometheus.CounterValue, float64(n), ep)
-		}
-		for st, n := range usage.Total.ByStatus {
-			ch <- prometheus.MustNewConstMetric(descResponses, prometheus.CounterValue, float64(n), st)
-		}
-		ch <- prometheus.MustNewConstMetric(descRateLimited, prometheus.CounterValue, float64(usage.Total.RateLimited))
-		ch <- prometheus.MustNewConstMetric(descReads30d, prometheus.GaugeValue, float64(usage.Last30Days.Total()))
-		return nil
-	})
+	st, err := status.Read(c.db, c.now())
 	failed := 0.0
-	if err != nil && !errors.Is(err, bbolt.ErrDatabaseNotOpen) {
-		failed = 1
+	if err != nil {
+		if !errors.Is(err, bbolt.ErrDatabaseNotOpen) {
+			failed = 1
+		}
+		ch <- prometheus.MustNewConstMetric(descScrapeError, prometheus.GaugeValue, failed)
+		return
 	}
-	ch <- prometheus.MustNewConstMetric(descScrapeError, prometheus.GaugeValue, failed)
+	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
+	}
+	counter := func(d *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, v, labels...)
+	}
+	for _, s := range fulfill.States {
+		gauge(descFulfillments, float64(st.Fulfillments[string(s)]), string(s))
+	}
+	gauge(descRecovered, float64(st.Recovered))
+	gauge(descQueue, float64(st.Queued))
+	gauge(descDeadLetters, float64(st.Fulfillments[string(fulfill.StateFailed)]), "fulfill")
+	gauge(descDeadLetters, float64(st.Notifications[fulfill.NotifyFailed]), "notify")
+	for _, e := range st.Events {
+		counter(descEvents, float64(e.Count), e.Type, e.Outcome)
+	}
+	gauge(descMalformed, float64(st.BadEvents.Count))
+	if st.Cursor.Started {
+		gauge(descLag, st.Cursor.LagSeconds)
+		gauge(descHorizon, st.Cursor.HorizonSeconds)
+	}
+	if st.LastPoll != nil && !st.LastPoll.LastSuccess.IsZero() {
+		gauge(descLastSuccess, float64(st.LastPoll.LastSuccess.UnixMilli())/1000)
+	}
+	if st.ClockSkew != nil {
+		gauge(descClockSkew, *st.ClockSkew)
+	}
+	for ep, n := range st.API.Total.Requests {
+		counter(descRequests, float64(n), ep)
+	}
+	for code, n := range st.API.Total.ByStatus {
+		counter(descResponses, float64(n), code)
+	}
+	counter(descRateLimited, float64(st.API.Total.RateLimited))
+	gauge(descReads30d, float64(st.API.Last30Days.Total()))
+	gauge(descScrapeError, failed)
 }

@@ -98,7 +98,9 @@ func value(mfs map[string]*dto.MetricFamily, name string, want map[string]string
 func TestStoreGauges(t *testing.T) {
 	t.Parallel()
 	db := openStore(t)
-	m := metrics.New(db, func() time.Time { return now })
+	// The host's clock runs 30 minutes ahead of Stripe's (the skew the
+	// last poll saw is -1800 s): lag and horizon are on Stripe's clock.
+	m := metrics.New(db, func() time.Time { return now.Add(30 * time.Minute) })
 	f := &fulfill.Fulfiller{
 		DB: db, Sessions: paidSessions{}, Action: m.Instrument("fulfill", action{}),
 		MaxAttempts: 1, Concurrency: 1, Now: func() time.Time { return now },

@@ -1,4 +1,8 @@
-package daemon
+// Package status is the one model of fulfilld's state that an operator
+// sees: `fulfilld status` (text and --json), the admin socket's answer,
+// /metrics and /healthz all read it, so they never disagree. It reads kept
+// counters and bounded lists only, so its cost does not grow with history.
+package status
 
 import (
 	"encoding/json"
@@ -18,13 +22,14 @@ import (
 	"github.com/fulfilld/fulfilld/poller"
 )
 
-// ReadRecord reads one session's record, read-only.
-func ReadRecord(db *bbolt.DB, id string) (fulfill.Record, error) {
+// Record reads one session's record, read-only; an unknown id is
+// fulfill.ErrUnknownSession.
+func Record(db *bbolt.DB, id string) (fulfill.Record, error) {
 	var rec fulfill.Record
 	var ok bool
 	err := db.View(func(tx *bbolt.Tx) (err error) { rec, ok, err = fulfill.Get(tx, id); return err })
 	if err == nil && !ok {
-		err = &UsageError{fmt.Errorf("status: %s: %w", id, fulfill.ErrUnknownSession)}
+		err = fmt.Errorf("status: %s: %w", id, fulfill.ErrUnknownSession)
 	}
 	return rec, err
 }
@@ -56,8 +61,8 @@ func PrintRecord(w io.Writer, rec fulfill.Record, asJSON bool) error {
 	return nil
 }
 
-// Status is what `fulfilld status` shows.
-type Status struct {
+// Report is what `fulfilld status` shows.
+type Report struct {
 	Store    string       `json:"store"`
 	Cursor   cursorStatus `json:"cursor"`
 	LastPoll *pollStatus  `json:"last_poll"`
@@ -99,6 +104,10 @@ type pollStatus struct {
 	DurationSecs float64 `json:"duration_seconds"`
 	Listed       int     `json:"events_listed"`
 	New          int     `json:"events_new"`
+	// LastSuccess is when the most recent successful poll started (on
+	// Stripe's clock), and LastSuccessAge how long ago that was.
+	LastSuccess    time.Time `json:"last_success,omitzero"`
+	LastSuccessAge float64   `json:"last_success_age_seconds,omitempty"`
 }
 
 type badEventsStatus struct {
@@ -113,22 +122,25 @@ type failureStatus struct {
 	Updated   string `json:"updated"`
 }
 
-// ReadStatus reads what `status` shows from the store: kept counters and
-// bounded lists, so its cost does not grow with history.
-func ReadStatus(db *bbolt.DB, now time.Time) (*Status, error) {
-	st := &Status{Fulfillments: map[string]int{}, PaymentIntents: map[string]int{}}
+// Read reads the report from the store, with now on the host's clock.
+func Read(db *bbolt.DB, now time.Time) (*Report, error) {
+	st := &Report{Fulfillments: map[string]int{}, PaymentIntents: map[string]int{}}
 	err := db.View(func(tx *bbolt.Tx) error {
 		poll, err := cursor.LoadPoll(tx)
 		if err != nil {
 			return err
 		}
-		if !poll.At.IsZero() {
-			st.LastPoll = &pollStatus{Time: poll.At.UTC().Format(time.RFC3339), Outcome: poll.Outcome, Error: poll.Error,
-				DurationSecs: poll.Duration.Seconds(), Listed: poll.Listed, New: poll.New}
-		}
 		if st.ClockSkew = poll.ClockSkew; st.ClockSkew != nil {
 			// complete_until is on Stripe's clock: lag and horizon too.
 			now = now.Add(time.Duration(*st.ClockSkew * float64(time.Second)))
+		}
+		if !poll.At.IsZero() {
+			st.LastPoll = &pollStatus{Time: poll.At.UTC().Format(time.RFC3339), Outcome: poll.Outcome, Error: poll.Error,
+				DurationSecs: poll.Duration.Seconds(), Listed: poll.Listed, New: poll.New}
+			if !poll.LastSuccess.IsZero() {
+				st.LastPoll.LastSuccess = poll.LastSuccess.UTC()
+				st.LastPoll.LastSuccessAge = now.Sub(poll.LastSuccess).Seconds()
+			}
 		}
 		pos, err := cursor.Load(tx)
 		if err != nil {
@@ -197,7 +209,7 @@ func ReadStatus(db *bbolt.DB, now time.Time) (*Status, error) {
 }
 
 // WriteText renders the status for a person.
-func (st *Status) WriteText(w io.Writer) {
+func (st *Report) WriteText(w io.Writer) {
 	// The summary is a table; the lists of ids come after it, so a
 	// 66-character session id does not widen every row.
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
