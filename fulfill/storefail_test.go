@@ -1,7 +1,6 @@
 package fulfill
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -13,6 +12,7 @@ import (
 
 	"go.etcd.io/bbolt"
 
+	"github.com/fulfilld/fulfilld/internal/logtest"
 	"github.com/fulfilld/fulfilld/internal/storehealth"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 )
@@ -72,30 +72,6 @@ func (a *runsAction) count(id string) int {
 	return a.runs[id]
 }
 
-// logLines collects what was logged at ERROR.
-type logLines struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (l *logLines) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.buf.Write(p)
-}
-
-func (l *logLines) errors(containing string) int {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	n := 0
-	for _, line := range strings.Split(l.buf.String(), "\n") {
-		if strings.Contains(line, "level=ERROR") && strings.Contains(line, containing) {
-			n++
-		}
-	}
-	return n
-}
-
 func enqueue(t *testing.T, db *bbolt.DB, now time.Time, ids ...string) {
 	t.Helper()
 	err := db.Update(func(tx *bbolt.Tx) error {
@@ -144,7 +120,7 @@ func TestUnwritableStoreDoesNotSpin(t *testing.T) {
 	enqueue(t, db, now, ids...)
 	store := &flakyStore{DB: db}
 	store.failing.Store(true)
-	var logs logLines
+	var logs logtest.Buffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
 	guard := storehealth.New(store, logger)
 	src, act := &paidSource{}, &runsAction{}
@@ -163,8 +139,8 @@ func TestUnwritableStoreDoesNotSpin(t *testing.T) {
 	if n := store.writes.Load(); n > 10 {
 		t.Errorf("%d refused writes in 2.5s: the queue is not backing off", n)
 	}
-	if n := logs.errors("the store cannot be written"); n != 1 {
-		t.Errorf("%d ERROR lines about the store, want 1:\n%s", n, logs.buf.String())
+	if n := logs.Count("level=ERROR", "the store cannot be written"); n != 1 {
+		t.Errorf("%d ERROR lines about the store, want 1:\n%s", n, logs.String())
 	}
 	if err := guard.Err(); err == nil || !strings.Contains(err.Error(), "no space left") {
 		t.Errorf("guard.Err() = %v, want the disk's error", err)

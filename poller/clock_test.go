@@ -1,17 +1,15 @@
 package poller_test
 
 import (
-	"bytes"
 	"log/slog"
 	"math"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"go.etcd.io/bbolt"
 
 	"github.com/fulfilld/fulfilld/cursor"
+	"github.com/fulfilld/fulfilld/internal/logtest"
 	"github.com/fulfilld/fulfilld/internal/stripesim"
 )
 
@@ -41,7 +39,7 @@ func TestStripesClockDecidesWhatTheStreamCovers(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			stripe := stripesim.NewClock(t0.Add(tt.skew))
 			h := newHarness(t, onStripesClock(stripe))
-			logs := &logBuffer{}
+			logs := &logtest.Buffer{}
 			h.poller.Logger = slog.New(slog.NewTextHandler(logs, nil))
 			advance := func(d time.Duration) {
 				h.clock.Advance(d)
@@ -117,7 +115,7 @@ func TestStripesClockDecidesWhatTheStreamCovers(t *testing.T) {
 			if skew := h.lastPoll().ClockSkew; skew == nil || math.Abs(*skew-tt.skew.Seconds()) > 2 {
 				t.Errorf("last poll recorded clock_skew_seconds %s, want about %.0f", fmtSkew(skew), tt.skew.Seconds())
 			}
-			warns, backs := logs.count("level=WARN", "clock is wrong"), logs.count("level=INFO", "back within")
+			warns, backs := logs.Count("level=WARN", "clock is wrong"), logs.Count("level=INFO", "back within")
 			if warns != tt.warns || backs != tt.backs {
 				t.Errorf("logged %d warnings and %d all-clears about the clock, want %d and %d:\n%s", warns, backs, tt.warns, tt.backs, logs)
 			}
@@ -139,39 +137,6 @@ func fmtSkew(s *float64) string {
 		return "none"
 	}
 	return time.Duration(*s * float64(time.Second)).String()
-}
-
-// logBuffer collects log lines from any goroutine.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-// count is how many lines hold every one of subs.
-func (b *logBuffer) count(subs ...string) int {
-	n := 0
-	for line := range strings.SplitSeq(b.String(), "\n") {
-		all := line != ""
-		for _, s := range subs {
-			all = all && strings.Contains(line, s)
-		}
-		if all {
-			n++
-		}
-	}
-	return n
 }
 
 // TestSweepOnStripesClock: with the host's clock half an hour behind

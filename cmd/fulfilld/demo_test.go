@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/fulfilld/fulfilld/internal/logtest"
 )
 
 // The demo says up front what it shows and for how long, and ends with a
@@ -15,7 +17,7 @@ func TestDemoVerdict(t *testing.T) {
 	t.Parallel()
 	cmd := exec.Command(binPath, "demo", "--duration", "25s")
 	cmd.Dir = t.TempDir()
-	var out, errb syncBuffer
+	var out, errb logtest.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("demo: %v\nstdout:\n%s\nstderr:\n%s", err, out.String(), errb.String())

@@ -17,11 +17,11 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/fulfilld/fulfilld/internal/logtest"
 	"github.com/fulfilld/fulfilld/internal/stripesim"
 )
 
@@ -266,7 +266,7 @@ type proc struct {
 	cmd            *exec.Cmd
 	args           []string
 	start          time.Time
-	stdout, stderr syncBuffer
+	stdout, stderr logtest.Buffer
 	done           chan struct{}
 	took           time.Duration
 	err            error
@@ -344,26 +344,6 @@ func (p *proc) killedBySignal() bool {
 	return ok && ws.Signaled()
 }
 
-// syncBuffer collects a process's output while the test reads it.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-// waitFor polls cond until it holds, stop returns true, or the deadline
-// passes. It reports whether cond held.
 func waitFor(timeout time.Duration, cond func() bool, stop <-chan struct{}) bool {
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()

@@ -1,44 +1,19 @@
 package stripeapi_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/fulfilld/fulfilld/internal/logtest"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/internal/stripesim"
 )
-
-// syncBuffer is a log destination safe for the transport's goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) lines(level string) []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []string
-	for _, l := range strings.Split(s.b.String(), "\n") {
-		if strings.Contains(l, "level="+level) {
-			out = append(out, l)
-		}
-	}
-	return out
-}
 
 // An outage of Stripe is told once when it begins (a WARN with the reason
 // and "retrying") and once when it ends (an INFO), however many requests
@@ -53,7 +28,7 @@ func TestOutageLogsOnceWhenItBeginsAndOnceWhenItEnds(t *testing.T) {
 		return nil
 	}})
 	t.Cleanup(sim.Close)
-	var logs syncBuffer
+	var logs logtest.Buffer
 	c := stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: sim.URL(),
 		Limits: stripeapi.Limits{Global: 1000, Endpoint: 1000}, MaxRetries: 3,
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))})
@@ -64,7 +39,7 @@ func TestOutageLogsOnceWhenItBeginsAndOnceWhenItEnds(t *testing.T) {
 			t.Fatal("a list against a Stripe answering 502 succeeded")
 		}
 	}
-	warns := logs.lines("WARN")
+	warns := logs.Lines("level=WARN")
 	if len(warns) != 1 || !strings.Contains(warns[0], "retrying") || !strings.Contains(warns[0], "HTTP 502") {
 		t.Fatalf("want one WARN naming the reason and retrying, got %d:\n%s", len(warns), strings.Join(warns, "\n"))
 	}
@@ -74,12 +49,12 @@ func TestOutageLogsOnceWhenItBeginsAndOnceWhenItEnds(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	infos := logs.lines("INFO")
+	infos := logs.Lines("level=INFO")
 	if len(infos) != 1 || !strings.Contains(infos[0], "stripe answers again") || !strings.Contains(infos[0], "failed_requests=12") {
 		t.Fatalf("want one INFO when Stripe answers again (after 12 failed requests), got:\n%s", strings.Join(infos, "\n"))
 	}
-	if len(logs.lines("WARN")) != 1 || len(logs.lines("ERROR")) != 0 {
-		t.Fatalf("more WARN/ERROR lines than the one at the start:\n%s", logs.b.String())
+	if len(logs.Lines("level=WARN")) != 1 || len(logs.Lines("level=ERROR")) != 0 {
+		t.Fatalf("more WARN/ERROR lines than the one at the start:\n%s", logs.String())
 	}
 }
 
@@ -92,7 +67,7 @@ func TestUnreachableStripeWarnsAtOnce(t *testing.T) {
 	}
 	addr := l.Addr().String()
 	l.Close() // connections are refused from now on
-	var logs syncBuffer
+	var logs logtest.Buffer
 	c := stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: "http://" + addr,
 		Limits: stripeapi.Limits{Global: 1000, Endpoint: 1000}, MaxRetries: 2,
 		Logger: slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelInfo}))})
@@ -100,8 +75,8 @@ func TestUnreachableStripeWarnsAtOnce(t *testing.T) {
 	if _, err := c.ListEvents(context.Background(), stripeapi.EventQuery{Types: []string{"checkout.session.completed"}}); err == nil {
 		t.Fatal("a list against nothing succeeded")
 	}
-	warns := logs.lines("WARN")
+	warns := logs.Lines("level=WARN")
 	if len(warns) != 1 || !strings.Contains(warns[0], "connection refused") || !strings.Contains(warns[0], "retrying") {
-		t.Fatalf("want one WARN with the reason, got:\n%s", logs.b.String())
+		t.Fatalf("want one WARN with the reason, got:\n%s", logs.String())
 	}
 }
