@@ -131,7 +131,7 @@ func loadSource(dir string) (*Source, error) {
 		return nil, err
 	}
 	src := &Source{SpecVersion: spec.Info.Version, Resources: map[string]obj{}, Schemas: map[string]schema{}}
-	for _, name := range []string{"checkout.session", "payment_intent", "event", "subscription", "setup_intent"} {
+	for _, name := range []string{"checkout.session", "payment_intent", "event", "subscription", "setup_intent", "item"} {
 		raw, ok := fx.Resources[name]
 		if !ok {
 			return nil, fmt.Errorf("fixtures3.json has no %s", name)
@@ -250,6 +250,11 @@ func Generate(src *Source) (map[string][]byte, error) {
 		}
 		g.put("checkout_sessions/"+s.name+".json", o)
 	}
+	// A line item, as expand[]=line_items embeds it, for tests that serve
+	// sessions with their items.
+	item := g.fixture("item")
+	item["id"] = deriveID(item["id"].(string), "checkout_sessions/line_item")
+	g.put("checkout_sessions/line_item.json", item)
 	for _, s := range intents {
 		o, err := g.intent(s, "payment_intents/"+s.name, epoch.Add(-time.Hour), PinnedVersion)
 		if err != nil {
