@@ -11,38 +11,14 @@
 // Events between Settled and the tip are listed once at the tip and once more
 // when Settled passes them (the re-scan), and a seen-set of event ids makes
 // the second listing a no-op. Every function here works inside the caller's
-// bbolt transaction, so events are queued and the position moves in one
+// store transaction (cursor.Tx), so events are queued and the position moves in one
 // commit.
 package cursor
 
 import (
-	"bytes"
-	"encoding/binary"
-	"encoding/json"
-	"fmt"
 	"slices"
-	"sort"
-	"strings"
 	"time"
-
-	"go.etcd.io/bbolt"
 )
-
-var (
-	bucketCursor     = []byte("cursor")
-	bucketSeen       = []byte("seen")         // event id → created (unix, 8 bytes)
-	bucketSeenByTime = []byte("seen_by_time") // created (8 bytes) + event id → nothing
-	bucketStats      = []byte("event_stats")  // "type\x00outcome" → count
-	bucketBad        = []byte("bad_events")   // event id → BadEvent JSON
-
-	keyPosition  = []byte("position")
-	keyPoll      = []byte("last_poll")
-	keySeenCount = []byte("seen_count")
-)
-
-// maxBadEvents bounds the bad events kept: the newest are what an operator
-// acts on, and a stream of garbage must not grow the store without end.
-const maxBadEvents = 1000
 
 // Position is where the stream stands.
 type Position struct {
@@ -181,20 +157,10 @@ type BadEvent struct {
 	SeenAt  time.Time `json:"seen_at"`
 }
 
-// Init creates the buckets this package owns.
-func Init(tx *bbolt.Tx) error {
-	for _, b := range [][]byte{bucketCursor, bucketSeen, bucketSeenByTime, bucketStats, bucketBad} {
-		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-			return fmt.Errorf("create bucket %s: %w", b, err)
-		}
-	}
-	return nil
-}
-
 // Load reads the position; a zero Position means the stream never started.
-func Load(tx *bbolt.Tx) (Position, error) {
-	var p Position
-	if err := getJSON(tx, bucketCursor, keyPosition, &p); err != nil {
+func Load(tx Tx) (Position, error) {
+	p, err := tx.Position()
+	if err != nil {
 		return p, err
 	}
 	if len(p.Scans) == 0 && p.Scan != nil {
@@ -205,112 +171,35 @@ func Load(tx *bbolt.Tx) (Position, error) {
 }
 
 // Save records the position.
-func Save(tx *bbolt.Tx, p Position) error {
+func Save(tx Tx, p Position) error {
 	p.Scans = slices.Clone(p.Scans)
 	p.Rescanned = slices.Clone(p.Rescanned)
 	p.settle()
-	return putJSON(tx, bucketCursor, keyPosition, p)
+	return tx.PutPosition(p)
 }
 
 // LoadPoll reads the last poll's description.
-func LoadPoll(tx *bbolt.Tx) (Poll, error) {
-	var p Poll
-	err := getJSON(tx, bucketCursor, keyPoll, &p)
-	return p, err
-}
+func LoadPoll(tx Tx) (Poll, error) { return tx.LastPoll() }
 
 // SavePoll records the last poll's description.
-func SavePoll(tx *bbolt.Tx, p Poll) error {
-	return putJSON(tx, bucketCursor, keyPoll, p)
-}
+func SavePoll(tx Tx, p Poll) error { return tx.PutLastPoll(p) }
 
 // Seen reports whether the event was already handled.
-func Seen(tx *bbolt.Tx, id string) bool {
-	b := tx.Bucket(bucketSeen)
-	return b != nil && b.Get([]byte(id)) != nil
-}
+func Seen(tx Tx, id string) (bool, error) { return tx.Seen(id) }
 
 // MarkSeen records that the event was handled.
-func MarkSeen(tx *bbolt.Tx, id string, created time.Time) error {
-	var ts [8]byte
-	binary.BigEndian.PutUint64(ts[:], uint64(created.Unix()))
-	seen := tx.Bucket(bucketSeen)
-	if seen.Get([]byte(id)) == nil {
-		if err := addSeen(tx, 1); err != nil {
-			return err
-		}
-	}
-	if err := seen.Put([]byte(id), ts[:]); err != nil {
-		return fmt.Errorf("mark event %s seen: %w", id, err)
-	}
-	return tx.Bucket(bucketSeenByTime).Put(append(ts[:], id...), nil)
-}
-
-// addSeen moves the kept size of the seen-set.
-func addSeen(tx *bbolt.Tx, delta int) error {
-	b := tx.Bucket(bucketCursor)
-	n := 0
-	if v := b.Get(keySeenCount); len(v) == 8 {
-		n = int(binary.BigEndian.Uint64(v))
-	}
-	var buf [8]byte
-	binary.BigEndian.PutUint64(buf[:], uint64(max(n+delta, 0)))
-	return b.Put(keySeenCount, buf[:])
-}
-
-// CountSeen sets the kept size of the seen-set from the set itself: the
-// upgrade of a store from before it was kept.
-func CountSeen(tx *bbolt.Tx) error {
-	n := tx.Bucket(bucketSeen).Stats().KeyN
-	return addSeen(tx, n-SeenCount(tx))
-}
+func MarkSeen(tx Tx, id string, created time.Time) error { return tx.MarkSeen(id, created) }
 
 // Prune forgets seen events created before the given time; no listing
 // reaches back that far any more. It returns how many were forgotten.
-func Prune(tx *bbolt.Tx, before time.Time) (int, error) {
-	var limit [8]byte
-	binary.BigEndian.PutUint64(limit[:], uint64(max(before.Unix(), 0)))
-	seen, byTime := tx.Bucket(bucketSeen), tx.Bucket(bucketSeenByTime)
-	c := byTime.Cursor()
-	n := 0
-	for k, _ := c.First(); k != nil && bytes.Compare(k[:8], limit[:]) < 0; k, _ = c.First() {
-		if err := seen.Delete(k[8:]); err != nil {
-			return n, err
-		}
-		if err := c.Delete(); err != nil {
-			return n, err
-		}
-		n++
-	}
-	return n, addSeen(tx, -n)
-}
+func Prune(tx Tx, before time.Time) (int, error) { return tx.ForgetSeen(before) }
 
 // SeenCount is the size of the seen-set, as kept (reading it costs nothing
 // however large the set is).
-func SeenCount(tx *bbolt.Tx) int {
-	if v := tx.Bucket(bucketCursor).Get(keySeenCount); len(v) == 8 {
-		return int(binary.BigEndian.Uint64(v))
-	}
-	return 0
-}
+func SeenCount(tx Tx) (int, error) { return tx.SeenCount() }
 
 // Count adds to the per-type, per-outcome event counters.
-func Count(tx *bbolt.Tx, counts map[[2]string]int) error {
-	b := tx.Bucket(bucketStats)
-	for k, n := range counts {
-		key := []byte(k[0] + "\x00" + k[1])
-		var cur uint64
-		if v := b.Get(key); len(v) == 8 {
-			cur = binary.BigEndian.Uint64(v)
-		}
-		var buf [8]byte
-		binary.BigEndian.PutUint64(buf[:], cur+uint64(n))
-		if err := b.Put(key, buf[:]); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+func Count(tx Tx, counts map[[2]string]int) error { return tx.CountEvents(counts) }
 
 // EventCount is one row of the event counters.
 type EventCount struct {
@@ -320,99 +209,11 @@ type EventCount struct {
 }
 
 // Counts reads the event counters, sorted by type then outcome.
-func Counts(tx *bbolt.Tx) []EventCount {
-	var out []EventCount
-	_ = tx.Bucket(bucketStats).ForEach(func(k, v []byte) error {
-		typ, outcome, _ := strings.Cut(string(k), "\x00")
-		out = append(out, EventCount{Type: typ, Outcome: outcome, Count: binary.BigEndian.Uint64(v)})
-		return nil
-	})
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].Type != out[j].Type {
-			return out[i].Type < out[j].Type
-		}
-		return out[i].Outcome < out[j].Outcome
-	})
-	return out
-}
+func Counts(tx Tx) ([]EventCount, error) { return tx.EventCounts() }
 
 // RecordBad keeps an event that could not be handled, for the operator.
-func RecordBad(tx *bbolt.Tx, ev BadEvent) error {
-	key := ev.ID
-	if key == "" {
-		key = fmt.Sprintf("unknown-%d", ev.SeenAt.UnixNano())
-	}
-	if err := putJSON(tx, bucketBad, []byte(key), ev); err != nil {
-		return err
-	}
-	return trimBad(tx)
-}
+func RecordBad(tx Tx, ev BadEvent) error { return tx.RecordBad(ev) }
 
-// trimBad drops the oldest bad events past maxBadEvents. It reads at most
-// maxBadEvents+1 small records, and only when a bad event arrives.
-func trimBad(tx *bbolt.Tx) error {
-	b := tx.Bucket(bucketBad)
-	if b.Stats().KeyN <= maxBadEvents {
-		return nil
-	}
-	all, _, err := BadEvents(tx, maxBadEvents+1)
-	if err != nil {
-		return err
-	}
-	for _, ev := range all[maxBadEvents:] {
-		key := ev.ID
-		if key == "" {
-			key = fmt.Sprintf("unknown-%d", ev.SeenAt.UnixNano())
-		}
-		if err := b.Delete([]byte(key)); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// BadEvents lists the recorded bad events, newest first, at most limit.
-func BadEvents(tx *bbolt.Tx, limit int) ([]BadEvent, int, error) {
-	b := tx.Bucket(bucketBad)
-	var all []BadEvent
-	err := b.ForEach(func(_, v []byte) error {
-		var ev BadEvent
-		if err := json.Unmarshal(v, &ev); err != nil {
-			return err
-		}
-		all = append(all, ev)
-		return nil
-	})
-	sort.Slice(all, func(i, j int) bool { return all[i].SeenAt.After(all[j].SeenAt) })
-	total := len(all)
-	if len(all) > limit {
-		all = all[:limit]
-	}
-	return all, total, err
-}
-
-func getJSON(tx *bbolt.Tx, bucket, key []byte, v any) error {
-	b := tx.Bucket(bucket)
-	if b == nil {
-		return nil
-	}
-	raw := b.Get(key)
-	if raw == nil {
-		return nil
-	}
-	if err := json.Unmarshal(raw, v); err != nil {
-		return fmt.Errorf("read %s/%s: %w", bucket, key, err)
-	}
-	return nil
-}
-
-func putJSON(tx *bbolt.Tx, bucket, key []byte, v any) error {
-	raw, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	if err := tx.Bucket(bucket).Put(key, raw); err != nil {
-		return fmt.Errorf("write %s/%s: %w", bucket, key, err)
-	}
-	return nil
-}
+// BadEvents lists the recorded bad events, newest first, at most limit,
+// and how many are kept.
+func BadEvents(tx Tx, limit int) ([]BadEvent, int, error) { return tx.BadEvents(limit) }

@@ -4,7 +4,7 @@
 // Every trigger — an event, a manual `fulfill`, the landing page, a
 // reconciliation sweep — goes through Fulfiller.Fulfill, which holds a
 // per-session claim so that one session's action never runs twice at once.
-// The action runs outside any bbolt transaction; its start is recorded
+// The action runs outside any store transaction; its start is recorded
 // before it runs and its result after, so a crash between the two is seen on
 // restart and the attempt is repeated with the same idempotency key.
 package fulfill
@@ -19,8 +19,6 @@ import (
 	"sync"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 )
 
@@ -28,14 +26,6 @@ import (
 var (
 	ErrUnknownSession = errors.New("no such session in the store")
 )
-
-// DB is the store as this package uses it: bbolt's transactions. The daemon
-// passes a storehealth.Guard, which also says whether writes work (see
-// storeHealth); a plain *bbolt.DB serves too.
-type DB interface {
-	View(fn func(*bbolt.Tx) error) error
-	Update(fn func(*bbolt.Tx) error) error
-}
 
 // storeHealth is a DB that keeps score of its writes. The queues stop
 // taking work while Err is set, and Probe tells them when to go on.
@@ -161,7 +151,7 @@ func (f *Fulfiller) fulfill(ctx context.Context, sessionID, trigger, eventID str
 	}
 	var rec Record
 	var found bool
-	err = f.DB.View(func(tx *bbolt.Tx) error {
+	err = f.DB.View(func(tx Tx) error {
 		rec, found, err = Get(tx, sessionID)
 		return err
 	})
@@ -289,7 +279,7 @@ func (f *Fulfiller) settleUnpaid(rec Record, sess *stripeapi.Session) (Record, e
 	log := f.logger().With("session", rec.SessionID)
 	now := f.now()
 	out := rec
-	err := f.DB.Update(func(tx *bbolt.Tx) error {
+	err := f.DB.Update(func(tx Tx) error {
 		cur, ok, err := Get(tx, rec.SessionID)
 		if err != nil {
 			return err
@@ -301,14 +291,14 @@ func (f *Fulfiller) settleUnpaid(rec Record, sess *stripeapi.Session) (Record, e
 				if err := put(tx, out); err != nil {
 					return err
 				}
-				return sessionQueue.remove(tx, rec.SessionID)
+				return tx.Unschedule(SessionQueue, rec.SessionID)
 			}
 			out.State, out.NextAttempt = StatePending, now
 			log.Info("new events arrived while the session was being read; reading it again")
 			if err := put(tx, out); err != nil {
 				return err
 			}
-			return sessionQueue.schedule(tx, rec.SessionID, now)
+			return tx.Schedule(SessionQueue, rec.SessionID, now)
 		}
 		switch {
 		case rec.State == StatePaymentFailed || rec.State == StateExpired:
@@ -322,7 +312,7 @@ func (f *Fulfiller) settleUnpaid(rec Record, sess *stripeapi.Session) (Record, e
 		if err := put(tx, out); err != nil {
 			return err
 		}
-		return sessionQueue.remove(tx, rec.SessionID)
+		return tx.Unschedule(SessionQueue, rec.SessionID)
 	})
 	return out, err
 }
@@ -333,7 +323,7 @@ const inFlightLease = 24 * time.Hour
 // Recover puts attempts that a crash cut off first in the queue. Call it
 // once at start, before Run.
 func (f *Fulfiller) Recover() (int, error) {
-	return sessionQueue.recoverCutOff(f.DB, func(tx *bbolt.Tx, id string) bool {
+	return recoverCutOff(f.DB, SessionQueue, func(tx Tx, id string) bool {
 		rec, ok, err := Get(tx, id)
 		return err == nil && ok && rec.InFlight
 	})
@@ -351,11 +341,11 @@ func (f *Fulfiller) backoff(attempt int) time.Duration {
 // a result must be recorded even while shutting down.
 func (f *Fulfiller) save(rec Record, next time.Time) error {
 	rec.Updated = f.now()
-	return f.DB.Update(func(tx *bbolt.Tx) error {
+	return f.DB.Update(func(tx Tx) error {
 		if err := put(tx, rec); err != nil {
 			return err
 		}
-		return sessionQueue.place(tx, rec.SessionID, next)
+		return place(tx, SessionQueue, rec.SessionID, next)
 	})
 }
 
@@ -375,7 +365,7 @@ func (f *Fulfiller) retrieve(ctx context.Context, id string, st *stages) (*strip
 // session was read or waited for a slot still count as news.
 func (f *Fulfiller) startAttempt(rec *Record, lease time.Time) error {
 	rec.Updated = f.now()
-	return f.DB.Update(func(tx *bbolt.Tx) error {
+	return f.DB.Update(func(tx Tx) error {
 		if cur, ok, err := Get(tx, rec.SessionID); err != nil {
 			return err
 		} else if ok {
@@ -391,7 +381,7 @@ func (f *Fulfiller) startAttempt(rec *Record, lease time.Time) error {
 		if err := put(tx, *rec); err != nil {
 			return err
 		}
-		return sessionQueue.schedule(tx, rec.SessionID, lease)
+		return tx.Schedule(SessionQueue, rec.SessionID, lease)
 	})
 }
 
@@ -440,7 +430,7 @@ func (f *Fulfiller) Run(ctx context.Context, opts RunOptions) (PassResult, error
 		act:   &gate{limit: func() int { return max(f.Concurrency, 1) }},
 	}
 	w := &worker{
-		db: f.DB, q: sessionQueue, now: f.now, flush: f.results.flush,
+		db: f.DB, q: SessionQueue, now: f.now, flush: f.results.flush,
 		// Enough sessions in progress to keep both stages busy: a
 		// prefetch at most one fetch stage deep ahead of the actions.
 		slots:  func() int { return st.fetch.size() + st.act.size() },
@@ -474,7 +464,7 @@ func (f *Fulfiller) fetchSlots() int {
 func (f *Fulfiller) runQueued(ctx context.Context, id string, st *stages) (Record, error) {
 	var rec Record
 	var ok bool
-	err := f.DB.View(func(tx *bbolt.Tx) (err error) {
+	err := f.DB.View(func(tx Tx) (err error) {
 		rec, ok, err = Get(tx, id)
 		return err
 	})

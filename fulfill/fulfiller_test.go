@@ -1,36 +1,30 @@
-package fulfill
+package fulfill_test
 
 import (
 	"context"
 	"errors"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
+	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/store"
+	"github.com/fulfilld/fulfilld/internal/store/boltstore"
+	"github.com/fulfilld/fulfilld/internal/store/storetest"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 )
 
-func openTestDB(t *testing.T) *bbolt.DB {
-	t.Helper()
-	db, err := bbolt.Open(filepath.Join(t.TempDir(), "f.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if err := db.Update(Init); err != nil {
-		t.Fatal(err)
-	}
-	return db
-}
+// openTestDB is a real store in t.TempDir().
+func openTestDB(t *testing.T) *boltstore.Store { return storetest.Open(t) }
+
+// ledger is the store as the fulfiller sees it.
+func ledger(db *boltstore.Store) fulfill.DB { return store.As[fulfill.Tx](db) }
 
 // racingSource answers like Stripe but, while "on the wire", lets the test
 // record an event the way the poller would, in its own transaction.
 type racingSource struct {
-	db      *bbolt.DB
-	during  func(tx *bbolt.Tx) error
+	db      *boltstore.Store
+	during  func(tx store.Tx) error
 	answers []string // payment_status per call
 	calls   int
 }
@@ -50,9 +44,9 @@ func (s *racingSource) GetSession(_ context.Context, id string) (*stripeapi.Sess
 
 type countingAction struct{ runs int }
 
-func (a *countingAction) Deliver(context.Context, Delivery) (Outcome, error) {
+func (a *countingAction) Deliver(context.Context, fulfill.Delivery) (fulfill.Outcome, error) {
 	a.runs++
-	return Outcome{}, nil
+	return fulfill.Outcome{}, nil
 }
 
 // An event recorded while an attempt is reading the session from Stripe is
@@ -61,34 +55,34 @@ func TestEventsDuringAnAttemptAreNotLost(t *testing.T) {
 	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
 	tests := []struct {
 		name    string
-		during  func(tx *bbolt.Tx) error
+		during  func(tx store.Tx) error
 		answers []string
-		want    State
+		want    fulfill.State
 		runs    int
 	}{
 		{
 			name: "async payment failed while the completed event was being read",
-			during: func(tx *bbolt.Tx) error {
-				_, err := End(tx, "cs_1", StatePaymentFailed, "evt_failed", now)
+			during: func(tx store.Tx) error {
+				_, err := fulfill.End(tx, "cs_1", fulfill.StatePaymentFailed, "evt_failed", now)
 				return err
 			},
 			answers: []string{"unpaid"},
-			want:    StatePaymentFailed,
+			want:    fulfill.StatePaymentFailed,
 		},
 		{
 			name: "async payment succeeded while the completed event was being read",
-			during: func(tx *bbolt.Tx) error {
-				_, err := Enqueue(tx, Request{SessionID: "cs_1", EventID: "evt_paid", Trigger: TriggerEvent, At: now})
+			during: func(tx store.Tx) error {
+				_, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: "cs_1", EventID: "evt_paid", Trigger: fulfill.TriggerEvent, At: now})
 				return err
 			},
 			answers: []string{"unpaid", "paid"},
-			want:    StateFulfilled,
+			want:    fulfill.StateFulfilled,
 			runs:    1,
 		},
 		{
 			name:    "nothing happened meanwhile",
 			answers: []string{"unpaid"},
-			want:    StateAwaitingPayment,
+			want:    fulfill.StateAwaitingPayment,
 		},
 	}
 	for _, tt := range tests {
@@ -96,20 +90,20 @@ func TestEventsDuringAnAttemptAreNotLost(t *testing.T) {
 			db := openTestDB(t)
 			src := &racingSource{db: db, during: tt.during, answers: tt.answers}
 			act := &countingAction{}
-			f := &Fulfiller{DB: db, Sessions: src, Action: act, MaxAttempts: 3, Concurrency: 2, Now: func() time.Time { return now }}
-			if err := db.Update(func(tx *bbolt.Tx) error {
-				_, err := Enqueue(tx, Request{SessionID: "cs_1", EventID: "evt_completed", Trigger: TriggerEvent, At: now})
+			f := &fulfill.Fulfiller{DB: ledger(db), Sessions: src, Action: act, MaxAttempts: 3, Concurrency: 2, Now: func() time.Time { return now }}
+			if err := db.Update(func(tx store.Tx) error {
+				_, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: "cs_1", EventID: "evt_completed", Trigger: fulfill.TriggerEvent, At: now})
 				return err
 			}); err != nil {
 				t.Fatal(err)
 			}
 			wake := make(chan struct{})
 			close(wake)
-			if _, err := f.Run(context.Background(), RunOptions{Wake: wake, UntilIdle: true}); err != nil {
+			if _, err := f.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true}); err != nil {
 				t.Fatal(err)
 			}
-			var rec Record
-			_ = db.View(func(tx *bbolt.Tx) (err error) { rec, _, err = Get(tx, "cs_1"); return err })
+			var rec fulfill.Record
+			_ = db.View(func(tx store.Tx) (err error) { rec, _, err = fulfill.Get(tx, "cs_1"); return err })
 			if rec.State != tt.want || act.runs != tt.runs {
 				t.Fatalf("state %s after %d action runs, want %s after %d", rec.State, act.runs, tt.want, tt.runs)
 			}
@@ -124,7 +118,7 @@ type envAction struct {
 	panic bool
 }
 
-func (a *envAction) Deliver(_ context.Context, d Delivery) (Outcome, error) {
+func (a *envAction) Deliver(_ context.Context, d fulfill.Delivery) (fulfill.Outcome, error) {
 	if a.panic {
 		a.panic = false
 		panic("the action's code has a bug")
@@ -135,7 +129,7 @@ func (a *envAction) Deliver(_ context.Context, d Delivery) (Outcome, error) {
 		env[k] = v
 	}
 	a.envs = append(a.envs, env)
-	return Outcome{}, nil
+	return fulfill.Outcome{}, nil
 }
 
 // FULFILLD_EVENT_ID names the event that asked for the attempt, and is empty
@@ -145,17 +139,17 @@ func TestEventIDOnlyWhenAnEventAsked(t *testing.T) {
 	for _, tt := range []struct {
 		trigger, wantEvent string
 	}{
-		{TriggerEvent, "evt_completed"},
-		{TriggerManual, ""},
-		{TriggerHTTP, ""},
+		{fulfill.TriggerEvent, "evt_completed"},
+		{fulfill.TriggerManual, ""},
+		{fulfill.TriggerHTTP, ""},
 	} {
 		t.Run(tt.trigger, func(t *testing.T) {
 			db := openTestDB(t)
 			act := &envAction{}
-			f := &Fulfiller{DB: db, Sessions: &racingSource{answers: []string{"paid"}}, Action: act, MaxAttempts: 3,
+			f := &fulfill.Fulfiller{DB: ledger(db), Sessions: &racingSource{answers: []string{"paid"}}, Action: act, MaxAttempts: 3,
 				Concurrency: 1, Now: func() time.Time { return now }}
-			if err := db.Update(func(tx *bbolt.Tx) error {
-				_, err := Enqueue(tx, Request{SessionID: "cs_1", EventID: "evt_completed", Trigger: TriggerEvent, At: now})
+			if err := db.Update(func(tx store.Tx) error {
+				_, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: "cs_1", EventID: "evt_completed", Trigger: fulfill.TriggerEvent, At: now})
 				return err
 			}); err != nil {
 				t.Fatal(err)
@@ -176,11 +170,11 @@ func TestPanicInOneAttemptDoesNotStopTheQueue(t *testing.T) {
 	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
 	db := openTestDB(t)
 	act := &envAction{panic: true}
-	f := &Fulfiller{DB: db, Sessions: &racingSource{answers: []string{"paid"}}, Action: act, MaxAttempts: 3,
+	f := &fulfill.Fulfiller{DB: ledger(db), Sessions: &racingSource{answers: []string{"paid"}}, Action: act, MaxAttempts: 3,
 		Concurrency: 1, Now: func() time.Time { return now }}
-	if err := db.Update(func(tx *bbolt.Tx) error {
+	if err := db.Update(func(tx store.Tx) error {
 		for _, id := range []string{"cs_1", "cs_2", "cs_3"} {
-			if _, err := Enqueue(tx, Request{SessionID: id, EventID: "evt_" + id, Trigger: TriggerEvent, At: now}); err != nil {
+			if _, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: id, EventID: "evt_" + id, Trigger: fulfill.TriggerEvent, At: now}); err != nil {
 				return err
 			}
 		}
@@ -190,7 +184,7 @@ func TestPanicInOneAttemptDoesNotStopTheQueue(t *testing.T) {
 	}
 	wake := make(chan struct{})
 	close(wake)
-	if _, err := f.Run(context.Background(), RunOptions{Wake: wake, UntilIdle: true}); err != nil {
+	if _, err := f.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true}); err != nil {
 		t.Fatal(err)
 	}
 	if len(act.envs) != 2 {
@@ -198,9 +192,12 @@ func TestPanicInOneAttemptDoesNotStopTheQueue(t *testing.T) {
 	}
 	// Offered again a minute later, not after the 24 h in-flight lease.
 	var next time.Time
-	_ = db.View(func(tx *bbolt.Tx) error { next = sessionQueue.next(tx); return nil })
-	if !next.Equal(now.Add(panicRetry)) {
-		t.Fatalf("the panicked attempt is due %s, want %s", next, now.Add(panicRetry))
+	_ = db.View(func(tx store.Tx) (err error) {
+		next, err = tx.NextDue(fulfill.SessionQueue, func(string) bool { return false })
+		return err
+	})
+	if !next.Equal(now.Add(time.Minute)) { // panicRetry
+		t.Fatalf("the panicked attempt is due %s, want %s", next, now.Add(time.Minute))
 	}
 	if n, err := f.Recover(); err != nil || n != 1 {
 		t.Fatalf("recover after the panic: %d in flight, %v; want the panicked one", n, err)
@@ -225,11 +222,11 @@ func TestPanickingRetrieveDoesNotWedgeTheQueue(t *testing.T) {
 	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
 	db := openTestDB(t)
 	act := &envAction{}
-	f := &Fulfiller{DB: db, Sessions: panickySource{bad: "cs_bad"}, Action: act, MaxAttempts: 3,
+	f := &fulfill.Fulfiller{DB: ledger(db), Sessions: panickySource{bad: "cs_bad"}, Action: act, MaxAttempts: 3,
 		Concurrency: 1, Now: func() time.Time { return now }}
-	if err := db.Update(func(tx *bbolt.Tx) error {
+	if err := db.Update(func(tx store.Tx) error {
 		for _, id := range []string{"cs_bad", "cs_good1", "cs_good2"} {
-			if _, err := Enqueue(tx, Request{SessionID: id, Trigger: TriggerEvent, At: now}); err != nil {
+			if _, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: id, Trigger: fulfill.TriggerEvent, At: now}); err != nil {
 				return err
 			}
 		}
@@ -241,7 +238,7 @@ func TestPanickingRetrieveDoesNotWedgeTheQueue(t *testing.T) {
 	close(wake)
 	done := make(chan error, 1)
 	go func() {
-		_, err := f.Run(context.Background(), RunOptions{Wake: wake, UntilIdle: true})
+		_, err := f.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true})
 		done <- err
 	}()
 	select {
@@ -260,9 +257,9 @@ func TestPanickingRetrieveDoesNotWedgeTheQueue(t *testing.T) {
 // failingAction fails every attempt.
 type failingAction struct{ runs int }
 
-func (a *failingAction) Deliver(context.Context, Delivery) (Outcome, error) {
+func (a *failingAction) Deliver(context.Context, fulfill.Delivery) (fulfill.Outcome, error) {
 	a.runs++
-	return Outcome{}, errors.New("warehouse down")
+	return fulfill.Outcome{}, errors.New("warehouse down")
 }
 
 // `retry` resets a dead letter's attempts while a manual attempt on it is
@@ -273,23 +270,23 @@ func TestRetryDuringAnAttemptKeepsTheFreshAttempts(t *testing.T) {
 	db := openTestDB(t)
 	act := &failingAction{}
 	src := &racingSource{db: db, answers: []string{"paid"}}
-	f := &Fulfiller{DB: db, Sessions: src, Action: act, MaxAttempts: 3, Concurrency: 1,
+	f := &fulfill.Fulfiller{DB: ledger(db), Sessions: src, Action: act, MaxAttempts: 3, Concurrency: 1,
 		Now: func() time.Time { return now }, Backoff: func(int) time.Duration { return time.Minute }}
-	if err := db.Update(func(tx *bbolt.Tx) error {
-		_, err := Enqueue(tx, Request{SessionID: "cs_1", EventID: "evt_1", Trigger: TriggerEvent, At: now})
+	if err := db.Update(func(tx store.Tx) error {
+		_, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: "cs_1", EventID: "evt_1", Trigger: fulfill.TriggerEvent, At: now})
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
 	for range 3 { // dead-letter it
-		_, _ = f.Fulfill(context.Background(), "cs_1", TriggerEvent, "evt_1")
+		_, _ = f.Fulfill(context.Background(), "cs_1", fulfill.TriggerEvent, "evt_1")
 	}
-	src.during = func(tx *bbolt.Tx) error {
-		_, err := Retry(tx, now, "cs_1")
+	src.during = func(tx store.Tx) error {
+		_, err := fulfill.Retry(tx, now, "cs_1")
 		return err
 	}
-	rec, _ := f.Fulfill(context.Background(), "cs_1", TriggerManual, "")
-	if rec.State != StatePending || rec.Attempts != 1 {
+	rec, _ := f.Fulfill(context.Background(), "cs_1", fulfill.TriggerManual, "")
+	if rec.State != fulfill.StatePending || rec.Attempts != 1 {
 		t.Fatalf("after retry + one failed attempt: %s with %d attempts, want pending with 1", rec.State, rec.Attempts)
 	}
 }

@@ -1,11 +1,8 @@
 package fulfill
 
 import (
-	"encoding/json"
 	"fmt"
 	"time"
-
-	"go.etcd.io/bbolt"
 )
 
 // State is where a session stands. See SPEC.md.
@@ -29,11 +26,6 @@ const (
 	TriggerManual    = "manual"
 	TriggerReconcile = "reconcile"
 	TriggerHTTP      = "http"
-)
-
-var (
-	bucketSessions       = []byte("sessions")        // session id → Record JSON
-	bucketPaymentIntents = []byte("payment_intents") // pi id → PaymentIntent JSON
 )
 
 // Record is the ledger entry of one Checkout Session.
@@ -98,52 +90,15 @@ type PaymentIntent struct {
 	EventID   string    `json:"event_id"`
 	EventType string    `json:"event_type"`
 	At        time.Time `json:"at"` // created time of the event that set it
-}
-
-// Init creates the buckets this package owns.
-func Init(tx *bbolt.Tx) error {
-	for _, b := range [][]byte{bucketSessions, bucketPaymentIntents, bucketNotifications,
-		sessionQueue.items, sessionQueue.index, notifyQueue.items, notifyQueue.index,
-		bucketCounts, bucketFailed, bucketSettled} {
-		if _, err := tx.CreateBucketIfNotExists(b); err != nil {
-			return fmt.Errorf("create bucket %s: %w", b, err)
-		}
-	}
-	return nil
+	// Pruned is set when store.retention passed (see Record.Pruned).
+	Pruned bool `json:"pruned,omitempty"`
 }
 
 // Get reads a session's record; ok is false when there is none.
-func Get(tx *bbolt.Tx, sessionID string) (rec Record, ok bool, err error) {
-	raw := tx.Bucket(bucketSessions).Get([]byte(sessionID))
-	if raw == nil {
-		return Record{}, false, nil
-	}
-	if err := json.Unmarshal(raw, &rec); err != nil {
-		return Record{}, false, fmt.Errorf("read record of %s: %w", sessionID, err)
-	}
-	return rec, true, nil
-}
+func Get(tx Tx, sessionID string) (rec Record, ok bool, err error) { return tx.Session(sessionID) }
 
-// put writes a record, and moves the counters and indexes with it.
-func put(tx *bbolt.Tx, rec Record) error {
-	b := tx.Bucket(bucketSessions)
-	var old Record
-	had := false
-	if prev := b.Get([]byte(rec.SessionID)); prev != nil {
-		if err := json.Unmarshal(prev, &old); err != nil {
-			return fmt.Errorf("read record of %s: %w", rec.SessionID, err)
-		}
-		had = true
-	}
-	raw, err := json.Marshal(rec)
-	if err != nil {
-		return err
-	}
-	if err := b.Put([]byte(rec.SessionID), raw); err != nil {
-		return fmt.Errorf("write record of %s: %w", rec.SessionID, err)
-	}
-	return reindex(tx, kindSession, rec.SessionID, sessionIndexed(old), had, sessionIndexed(rec))
-}
+// put writes a record; the store moves the counters and indexes with it.
+func put(tx Tx, rec Record) error { return tx.PutSession(rec) }
 
 // Request asks for a session to be fulfilled.
 type Request struct {
@@ -158,7 +113,7 @@ type Request struct {
 // transaction (the poller's, so the cursor moves with it). A session already
 // queued, fulfilled or dead-lettered is left as it is. It reports whether
 // the session was newly queued.
-func Enqueue(tx *bbolt.Tx, req Request) (bool, error) {
+func Enqueue(tx Tx, req Request) (bool, error) {
 	rec, ok, err := Get(tx, req.SessionID)
 	if err != nil {
 		return false, err
@@ -168,7 +123,9 @@ func Enqueue(tx *bbolt.Tx, req Request) (bool, error) {
 		case StateFulfilled, StateFailed:
 			return false, nil
 		case StatePending:
-			if sessionQueue.has(tx, req.SessionID) {
+			if _, queued, err := tx.DueAt(SessionQueue, req.SessionID); err != nil {
+				return false, err
+			} else if queued {
 				// An attempt may be running on what it read before this
 				// request: let it see that something arrived.
 				rec.Seq++
@@ -193,12 +150,12 @@ func Enqueue(tx *bbolt.Tx, req Request) (bool, error) {
 	if err := put(tx, rec); err != nil {
 		return false, err
 	}
-	return true, sessionQueue.schedule(tx, req.SessionID, req.At)
+	return true, tx.Schedule(SessionQueue, req.SessionID, req.At)
 }
 
 // End records that a session's payment failed or it expired. A session that
 // was already attempted (it was paid) is not touched.
-func End(tx *bbolt.Tx, sessionID string, state State, eventID string, at time.Time) (bool, error) {
+func End(tx Tx, sessionID string, state State, eventID string, at time.Time) (bool, error) {
 	rec, ok, err := Get(tx, sessionID)
 	if err != nil {
 		return false, err
@@ -215,12 +172,12 @@ func End(tx *bbolt.Tx, sessionID string, state State, eventID string, at time.Ti
 	if err := put(tx, rec); err != nil {
 		return false, err
 	}
-	return true, sessionQueue.remove(tx, sessionID)
+	return true, tx.Unschedule(SessionQueue, sessionID)
 }
 
 // Await records a session found complete but unpaid, when the store has no
 // record of it yet; its async event (or a later sweep) decides.
-func Await(tx *bbolt.Tx, sessionID string, at time.Time) error {
+func Await(tx Tx, sessionID string, at time.Time) error {
 	if _, ok, err := Get(tx, sessionID); err != nil || ok {
 		return err
 	}
@@ -230,43 +187,17 @@ func Await(tx *bbolt.Tx, sessionID string, at time.Time) error {
 
 // RecordPaymentIntent keeps the newest known status of a PaymentIntent;
 // an older event listed late does not overwrite a newer one.
-func RecordPaymentIntent(tx *bbolt.Tx, pi PaymentIntent) error {
-	b := tx.Bucket(bucketPaymentIntents)
-	var old *PaymentIntent
-	if raw := b.Get([]byte(pi.ID)); raw != nil {
-		var cur PaymentIntent
-		if json.Unmarshal(raw, &cur) == nil {
-			if cur.At.After(pi.At) {
-				return nil
-			}
-			if err := addCount(tx, piCount(cur.Status), -1); err != nil {
-				return err
-			}
-			old = &cur
-		}
+func RecordPaymentIntent(tx Tx, pi PaymentIntent) error {
+	cur, ok, err := tx.PaymentIntent(pi.ID)
+	if err == nil && ok && cur.At.After(pi.At) {
+		return nil
 	}
-	raw, err := json.Marshal(pi)
-	if err != nil {
-		return err
-	}
-	if err := b.Put([]byte(pi.ID), raw); err != nil {
-		return err
-	}
-	if err := addCount(tx, piCount(pi.Status), 1); err != nil {
-		return err
-	}
-	return indexPaymentIntent(tx, pi.ID, old, pi.At)
+	// A record that cannot be read is replaced by the news.
+	return tx.PutPaymentIntent(pi)
 }
 
 // GetPaymentIntent reads a PaymentIntent's record.
-func GetPaymentIntent(tx *bbolt.Tx, id string) (PaymentIntent, bool) {
-	raw := tx.Bucket(bucketPaymentIntents).Get([]byte(id))
-	if raw == nil {
-		return PaymentIntent{}, false
-	}
-	var pi PaymentIntent
-	return pi, json.Unmarshal(raw, &pi) == nil
-}
+func GetPaymentIntent(tx Tx, id string) (PaymentIntent, bool, error) { return tx.PaymentIntent(id) }
 
 // Summary counts sessions by state and PaymentIntents by status.
 type Summary struct {
@@ -277,29 +208,20 @@ type Summary struct {
 }
 
 // Summarize reads the counts status shows: kept counters, not a scan.
-func Summarize(tx *bbolt.Tx) (Summary, error) {
-	s := Summary{Sessions: map[State]int{}, PaymentIntents: counts(tx, "pi:")}
-	for _, st := range States {
-		s.Sessions[st] = 0
-	}
-	for k, n := range counts(tx, "session:") {
-		switch k {
-		case "recovered":
-			s.Recovered = n
-		case "in_flight":
-			s.InFlight = n
-		default:
-			s.Sessions[State(k)] = n
-		}
-	}
-	return s, nil
+func Summarize(tx Tx) (Summary, error) {
+	c, err := tx.Counts()
+	return Summary{Sessions: c.Sessions, Recovered: c.Recovered, InFlight: c.InFlight, PaymentIntents: c.PaymentIntents}, err
 }
 
 // Failed returns the dead-lettered sessions, most recently updated first, at
 // most limit (0 = all), from the index: its cost is the number listed.
-func Failed(tx *bbolt.Tx, limit int) ([]Record, error) {
+func Failed(tx Tx, limit int) ([]Record, error) {
+	ids, err := tx.Failed(KindSession, limit)
+	if err != nil {
+		return nil, err
+	}
 	var out []Record
-	for _, id := range recentFailed(tx, kindSession, limit) {
+	for _, id := range ids {
 		rec, ok, err := Get(tx, id)
 		if err != nil {
 			return out, err
@@ -314,9 +236,12 @@ func Failed(tx *bbolt.Tx, limit int) ([]Record, error) {
 // Retry puts dead-lettered sessions back in the queue with a fresh set of
 // attempts. With no ids it retries every failed session. It returns the ids
 // requeued; an id that is not failed is an error naming its state.
-func Retry(tx *bbolt.Tx, now time.Time, ids ...string) ([]string, error) {
+func Retry(tx Tx, now time.Time, ids ...string) ([]string, error) {
 	if len(ids) == 0 {
-		ids = recentFailed(tx, kindSession, 0)
+		var err error
+		if ids, err = tx.Failed(KindSession, 0); err != nil {
+			return nil, err
+		}
 	}
 	var done []string
 	for _, id := range ids {
@@ -334,7 +259,7 @@ func Retry(tx *bbolt.Tx, now time.Time, ids ...string) ([]string, error) {
 		if err := put(tx, rec); err != nil {
 			return done, err
 		}
-		if err := sessionQueue.schedule(tx, id, now); err != nil {
+		if err := tx.Schedule(SessionQueue, id, now); err != nil {
 			return done, err
 		}
 		done = append(done, id)
@@ -343,4 +268,4 @@ func Retry(tx *bbolt.Tx, now time.Time, ids ...string) ([]string, error) {
 }
 
 // QueueLen is how many sessions are queued (due or backing off).
-func QueueLen(tx *bbolt.Tx) int { return sessionQueue.len(tx) }
+func QueueLen(tx Tx) (int, error) { return tx.QueueLen(SessionQueue) }

@@ -7,13 +7,7 @@ import (
 	"log/slog"
 	"strconv"
 	"time"
-
-	"go.etcd.io/bbolt"
 )
-
-// bucketNotifications holds event id → Notification JSON. Entries are kept,
-// so an event listed again (a re-scan, a backfill) never notifies twice.
-var bucketNotifications = []byte("notifications")
 
 // NotifyTypes are the events that tell the customer their payment did not
 // go through (SPEC.md, notify).
@@ -55,9 +49,9 @@ func (n Notification) IdempotencyKey() string { return "fulfilld-notify-" + n.Ev
 
 // EnqueueNotification queues the event's notification, once per event id,
 // inside the caller's transaction.
-func EnqueueNotification(tx *bbolt.Tx, eventID, eventType string, event json.RawMessage, at time.Time) (bool, error) {
-	b := tx.Bucket(bucketNotifications)
-	if b.Get([]byte(eventID)) != nil {
+func EnqueueNotification(tx Tx, eventID, eventType string, event json.RawMessage, at time.Time) (bool, error) {
+	// A record that cannot be read still means the event was queued once.
+	if _, ok, err := tx.Notification(eventID); ok || err != nil {
 		return false, nil
 	}
 	n := Notification{EventID: eventID, EventType: eventType, State: NotifyPending, Created: at, Updated: at,
@@ -65,55 +59,35 @@ func EnqueueNotification(tx *bbolt.Tx, eventID, eventType string, event json.Raw
 	if err := putNotification(tx, n); err != nil {
 		return false, err
 	}
-	return true, notifyQueue.schedule(tx, eventID, at)
+	return true, tx.Schedule(NotifyQueue, eventID, at)
 }
 
-// putNotification writes a notification's record, and moves the counters
-// and indexes with it.
-func putNotification(tx *bbolt.Tx, n Notification) error {
-	b := tx.Bucket(bucketNotifications)
-	var old Notification
-	had := false
-	if prev := b.Get([]byte(n.EventID)); prev != nil {
-		// A record that cannot be read counts as absent: writing this one
-		// repairs it.
-		had = json.Unmarshal(prev, &old) == nil
-	}
-	raw, err := json.Marshal(n)
-	if err != nil {
-		return err
-	}
-	if err := b.Put([]byte(n.EventID), raw); err != nil {
-		return fmt.Errorf("write notification of %s: %w", n.EventID, err)
-	}
-	return reindex(tx, kindNotification, n.EventID, notificationIndexed(old), had, notificationIndexed(n))
-}
+// putNotification writes a notification's record; the store moves the
+// counters and indexes with it.
+func putNotification(tx Tx, n Notification) error { return tx.PutNotification(n) }
 
 // GetNotification reads an event's notification record.
-func GetNotification(tx *bbolt.Tx, eventID string) (Notification, bool, error) {
-	raw := tx.Bucket(bucketNotifications).Get([]byte(eventID))
-	if raw == nil {
-		return Notification{}, false, nil
-	}
-	var n Notification
-	if err := json.Unmarshal(raw, &n); err != nil {
-		return n, false, fmt.Errorf("read notification of %s: %w", eventID, err)
-	}
-	return n, true, nil
+func GetNotification(tx Tx, eventID string) (Notification, bool, error) {
+	return tx.Notification(eventID)
 }
 
 // NotifySummary counts notifications by state (kept counters) and lists the
 // latest failed ones, at most limit, from the dead-letter index.
-func NotifySummary(tx *bbolt.Tx, limit int) (map[string]int, []Notification, error) {
-	c := map[string]int{NotifyPending: 0, NotifySent: 0, NotifyFailed: 0}
-	for k, n := range counts(tx, "notify:") {
-		c[k] = n
+func NotifySummary(tx Tx, limit int) (map[string]int, []Notification, error) {
+	counts, err := tx.Counts()
+	if err != nil {
+		return nil, nil, err
 	}
+	c := counts.Notifications
 	var failed []Notification
 	if limit <= 0 {
 		return c, failed, nil
 	}
-	for _, id := range recentFailed(tx, kindNotification, limit) {
+	ids, err := tx.Failed(KindNotification, limit)
+	if err != nil {
+		return c, failed, err
+	}
+	for _, id := range ids {
 		n, ok, err := GetNotification(tx, id)
 		if err != nil {
 			return c, failed, err
@@ -128,9 +102,12 @@ func NotifySummary(tx *bbolt.Tx, limit int) (map[string]int, []Notification, err
 
 // RetryNotifications puts dead-lettered notifications back in the queue;
 // with no ids, every failed one.
-func RetryNotifications(tx *bbolt.Tx, now time.Time, ids ...string) ([]string, error) {
+func RetryNotifications(tx Tx, now time.Time, ids ...string) ([]string, error) {
 	if len(ids) == 0 {
-		ids = recentFailed(tx, kindNotification, 0)
+		var err error
+		if ids, err = tx.Failed(KindNotification, 0); err != nil {
+			return nil, err
+		}
 	}
 	var done []string
 	for _, id := range ids {
@@ -152,7 +129,7 @@ func RetryNotifications(tx *bbolt.Tx, now time.Time, ids ...string) ([]string, e
 		if err := putNotification(tx, n); err != nil {
 			return done, err
 		}
-		if err := notifyQueue.schedule(tx, id, now); err != nil {
+		if err := tx.Schedule(NotifyQueue, id, now); err != nil {
 			return done, err
 		}
 		done = append(done, id)
@@ -188,7 +165,7 @@ func (n *Notifier) now() time.Time {
 
 // Recover puts deliveries that a crash cut off first in the queue.
 func (n *Notifier) Recover() (int, error) {
-	return notifyQueue.recoverCutOff(n.DB, func(tx *bbolt.Tx, id string) bool {
+	return recoverCutOff(n.DB, NotifyQueue, func(tx Tx, id string) bool {
 		rec, ok, err := GetNotification(tx, id)
 		return err == nil && ok && rec.InFlight
 	})
@@ -196,7 +173,7 @@ func (n *Notifier) Recover() (int, error) {
 
 // Run works the notify queue; see Fulfiller.Run.
 func (n *Notifier) Run(ctx context.Context, opts RunOptions) (PassResult, error) {
-	w := &worker{db: n.DB, q: notifyQueue, concurrency: n.Concurrency, now: n.now, process: n.attempt, logger: n.Logger,
+	w := &worker{db: n.DB, q: NotifyQueue, concurrency: n.Concurrency, now: n.now, process: n.attempt, logger: n.Logger,
 		flush: n.results.flush}
 	return w.run(ctx, opts)
 }
@@ -218,7 +195,7 @@ func (n *Notifier) attempt(ctx context.Context, id string) (outcome, error) {
 	}
 	var rec Notification
 	var ok bool
-	err := n.DB.View(func(tx *bbolt.Tx) (err error) {
+	err := n.DB.View(func(tx Tx) (err error) {
 		rec, ok, err = GetNotification(tx, id)
 		return err
 	})
@@ -228,7 +205,7 @@ func (n *Notifier) attempt(ctx context.Context, id string) (outcome, error) {
 		return outcomeOther, err
 	}
 	if !ok || rec.State != NotifyPending {
-		return outcomeOther, n.DB.Update(func(tx *bbolt.Tx) error { return notifyQueue.remove(tx, id) })
+		return outcomeOther, n.DB.Update(func(tx Tx) error { return tx.Unschedule(NotifyQueue, id) })
 	}
 	rec.Attempts++
 	rec.InFlight = true
@@ -277,10 +254,10 @@ func (n *Notifier) attempt(ctx context.Context, id string) (outcome, error) {
 
 func (n *Notifier) save(rec Notification, next time.Time) error {
 	rec.Updated = n.now()
-	return n.DB.Update(func(tx *bbolt.Tx) error {
+	return n.DB.Update(func(tx Tx) error {
 		if err := putNotification(tx, rec); err != nil {
 			return err
 		}
-		return notifyQueue.place(tx, rec.EventID, next)
+		return place(tx, NotifyQueue, rec.EventID, next)
 	})
 }

@@ -1,4 +1,4 @@
-package fulfill
+package fulfill_test
 
 import (
 	"context"
@@ -7,8 +7,9 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
+	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/store"
+	"github.com/fulfilld/fulfilld/internal/store/boltstore"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 )
 
@@ -53,17 +54,17 @@ func (s *sizedSource) GetSession(ctx context.Context, id string) (*stripeapi.Ses
 // ran, and counts actions running at once.
 type inFlightAction struct {
 	t      *testing.T
-	db     *bbolt.DB
+	db     *boltstore.Store
 	mu     sync.Mutex
 	active int
 	peak   int
 	runs   map[string]int
 }
 
-func (a *inFlightAction) Deliver(_ context.Context, d Delivery) (Outcome, error) {
+func (a *inFlightAction) Deliver(_ context.Context, d fulfill.Delivery) (fulfill.Outcome, error) {
 	id := d.IdempotencyKey[len("fulfilld-"):]
-	var rec Record
-	_ = a.db.View(func(tx *bbolt.Tx) (err error) { rec, _, err = Get(tx, id); return err })
+	var rec fulfill.Record
+	_ = a.db.View(func(tx store.Tx) (err error) { rec, _, err = fulfill.Get(tx, id); return err })
 	if !rec.InFlight {
 		a.t.Errorf("%s: the action ran before its attempt was recorded in flight", id)
 	}
@@ -75,7 +76,7 @@ func (a *inFlightAction) Deliver(_ context.Context, d Delivery) (Outcome, error)
 	a.mu.Lock()
 	a.active--
 	a.mu.Unlock()
-	return Outcome{}, nil
+	return fulfill.Outcome{}, nil
 }
 
 // TestRetrievesArePrefetchedByBudget: the queue keeps as many retrieves in
@@ -87,11 +88,11 @@ func TestRetrievesArePrefetchedByBudget(t *testing.T) {
 	db := openTestDB(t)
 	src := &sizedSource{inFlight: 7, full: make(chan struct{})}
 	act := &inFlightAction{t: t, db: db, runs: map[string]int{}}
-	f := &Fulfiller{DB: db, Sessions: src, Action: act, MaxAttempts: 3, Concurrency: 1, Now: func() time.Time { return now }}
+	f := &fulfill.Fulfiller{DB: ledger(db), Sessions: src, Action: act, MaxAttempts: 3, Concurrency: 1, Now: func() time.Time { return now }}
 	const n = 40
-	if err := db.Update(func(tx *bbolt.Tx) error {
+	if err := db.Update(func(tx store.Tx) error {
 		for i := range n {
-			if _, err := Enqueue(tx, Request{SessionID: fmt.Sprintf("cs_%02d", i), Trigger: TriggerEvent, At: now}); err != nil {
+			if _, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: fmt.Sprintf("cs_%02d", i), Trigger: fulfill.TriggerEvent, At: now}); err != nil {
 				return err
 			}
 		}
@@ -101,7 +102,7 @@ func TestRetrievesArePrefetchedByBudget(t *testing.T) {
 	}
 	wake := make(chan struct{})
 	close(wake)
-	res, err := f.Run(context.Background(), RunOptions{Wake: wake, UntilIdle: true})
+	res, err := f.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,63 +1,39 @@
 package fulfill
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
 	"fmt"
 	"log/slog"
 	"runtime/debug"
 	"sync"
 	"time"
-
-	"go.etcd.io/bbolt"
 )
-
-// queue is a durable queue ordered by due time: items holds
-// due (8 bytes, unix nanos) + id → nothing, index holds id → its items key.
-type queue struct{ items, index []byte }
-
-var (
-	sessionQueue = queue{items: []byte("queue"), index: []byte("queue_index")}
-	notifyQueue  = queue{items: []byte("notify_queue"), index: []byte("notify_queue_index")}
-)
-
-// schedule puts id in the queue, due at the given time, replacing any
-// earlier place it had.
-func (q queue) schedule(tx *bbolt.Tx, id string, due time.Time) error {
-	if err := q.remove(tx, id); err != nil {
-		return err
-	}
-	key := make([]byte, 8, 8+len(id))
-	binary.BigEndian.PutUint64(key, uint64(max(due.UnixNano(), 0)))
-	key = append(key, id...)
-	if err := tx.Bucket(q.items).Put(key, nil); err != nil {
-		return err
-	}
-	return tx.Bucket(q.index).Put([]byte(id), key)
-}
 
 // place puts id in the queue due at next, or takes it out when next is
 // zero.
-func (q queue) place(tx *bbolt.Tx, id string, next time.Time) error {
+func place(tx Tx, q Queue, id string, next time.Time) error {
 	if next.IsZero() {
-		return q.remove(tx, id)
+		return tx.Unschedule(q, id)
 	}
-	return q.schedule(tx, id, next)
+	return tx.Schedule(q, id, next)
 }
 
 // recoverCutOff moves the items whose attempt a crash cut off (inFlight
 // says which) to the front of the queue: they were already being worked
 // on, so they go before the backlog. Only the process holding the store can
 // have been running them, so call it once at start.
-func (q queue) recoverCutOff(db DB, inFlight func(tx *bbolt.Tx, id string) bool) (int, error) {
+func recoverCutOff(db DB, q Queue, inFlight func(tx Tx, id string) bool) (int, error) {
 	n := 0
-	err := db.Update(func(tx *bbolt.Tx) error {
-		for _, id := range q.ids(tx) {
+	err := db.Update(func(tx Tx) error {
+		ids, err := tx.Queued(q)
+		if err != nil {
+			return err
+		}
+		for _, id := range ids {
 			if !inFlight(tx, id) {
 				continue
 			}
-			if err := q.schedule(tx, id, time.Unix(0, 0)); err != nil {
+			if err := tx.Schedule(q, id, time.Unix(0, 0)); err != nil {
 				return err
 			}
 			n++
@@ -65,76 +41,6 @@ func (q queue) recoverCutOff(db DB, inFlight func(tx *bbolt.Tx, id string) bool)
 		return nil
 	})
 	return n, err
-}
-
-func (q queue) remove(tx *bbolt.Tx, id string) error {
-	idx := tx.Bucket(q.index)
-	old := idx.Get([]byte(id))
-	if old == nil {
-		return nil
-	}
-	if err := tx.Bucket(q.items).Delete(bytes.Clone(old)); err != nil {
-		return err
-	}
-	return idx.Delete([]byte(id))
-}
-
-// dueAt is when id is due, if it is queued.
-func (q queue) dueAt(tx *bbolt.Tx, id string) (time.Time, bool) {
-	key := tx.Bucket(q.index).Get([]byte(id))
-	if len(key) < 8 {
-		return time.Time{}, false
-	}
-	return time.Unix(0, int64(binary.BigEndian.Uint64(key[:8]))), true
-}
-
-func (q queue) has(tx *bbolt.Tx, id string) bool {
-	return tx.Bucket(q.index).Get([]byte(id)) != nil
-}
-
-// due lists up to limit ids due at or before now, skipping those skip
-// names, earliest first.
-func (q queue) due(tx *bbolt.Tx, now time.Time, limit int, skip func(string) bool) []string {
-	var ids []string
-	c := tx.Bucket(q.items).Cursor()
-	for k, _ := c.First(); k != nil && len(ids) < limit; k, _ = c.Next() {
-		if int64(binary.BigEndian.Uint64(k[:8])) > now.UnixNano() {
-			break
-		}
-		id := string(k[8:])
-		if skip(id) {
-			continue
-		}
-		ids = append(ids, id)
-	}
-	return ids
-}
-
-// next is when the earliest item is due; zero if the queue is empty.
-func (q queue) next(tx *bbolt.Tx) time.Time {
-	return q.nextExcept(tx, func(string) bool { return false })
-}
-
-// nextExcept is when the earliest item that skip does not name is due.
-func (q queue) nextExcept(tx *bbolt.Tx, skip func(string) bool) time.Time {
-	c := tx.Bucket(q.items).Cursor()
-	for k, _ := c.First(); k != nil; k, _ = c.Next() {
-		if !skip(string(k[8:])) {
-			return time.Unix(0, int64(binary.BigEndian.Uint64(k[:8])))
-		}
-	}
-	return time.Time{}
-}
-
-func (q queue) len(tx *bbolt.Tx) int { return tx.Bucket(q.index).Stats().KeyN }
-
-func (q queue) ids(tx *bbolt.Tx) []string {
-	var ids []string
-	_ = tx.Bucket(q.index).ForEach(func(k, _ []byte) error {
-		ids = append(ids, string(k))
-		return nil
-	})
-	return ids
 }
 
 // RunOptions shape one run of a queue.
@@ -181,7 +87,7 @@ const maxAttemptsPerPass = 3
 // worker keeps up to concurrency items of a queue in progress.
 type worker struct {
 	db          DB
-	q           queue
+	q           Queue
 	concurrency int
 	// slots, when set, replaces concurrency and is asked again each time
 	// the worker looks for work, so the number in progress can follow a
@@ -222,8 +128,8 @@ func (w *worker) storeErr() error {
 // ended in an error without moving it would be offered again at once.
 func (w *worker) dueNow(id string) bool {
 	due := false
-	_ = w.db.View(func(tx *bbolt.Tx) error {
-		if at, ok := w.q.dueAt(tx, id); ok && !at.After(w.now()) {
+	_ = w.db.View(func(tx Tx) error {
+		if at, ok, err := tx.DueAt(w.q, id); err == nil && ok && !at.After(w.now()) {
 			due = true
 		}
 		return nil
@@ -268,7 +174,7 @@ func (w *worker) safeProcess(ctx context.Context, id string) (o outcome, err err
 		if r := recover(); r != nil {
 			err = fmt.Errorf("attempt for %s panicked: %v", id, r)
 			o = outcomeOther
-			serr := w.db.Update(func(tx *bbolt.Tx) error { return w.q.schedule(tx, id, w.now().Add(panicRetry)) })
+			serr := w.db.Update(func(tx Tx) error { return tx.Schedule(w.q, id, w.now().Add(panicRetry)) })
 			if w.logger != nil {
 				w.logger.Error("an attempt panicked; it will be repeated", "id", id, "panic", r,
 					"stack", string(debug.Stack()), "requeue_err", serr)
@@ -349,9 +255,9 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 		slots := w.slotCount()
 		if storeErr == nil && ctx.Err() == nil && len(running) < slots {
 			var ids []string
-			_ = w.db.View(func(tx *bbolt.Tx) error {
-				ids = w.q.due(tx, w.now(), slots-len(running), skip)
-				return nil
+			_ = w.db.View(func(tx Tx) (err error) {
+				ids, err = tx.Due(w.q, w.now(), slots-len(running), skip)
+				return err
 			})
 			for _, id := range ids {
 				running[id] = true
@@ -380,9 +286,10 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 		}
 		if opts.UntilIdle && !polling && len(running) == 0 {
 			var more bool
-			_ = w.db.View(func(tx *bbolt.Tx) error {
-				more = len(w.q.due(tx, w.now(), 1, skip)) > 0
-				return nil
+			_ = w.db.View(func(tx Tx) error {
+				ids, err := tx.Due(w.q, w.now(), 1, skip)
+				more = len(ids) > 0
+				return err
 			})
 			if !more || ctx.Err() != nil {
 				return res, ctx.Err()
@@ -399,12 +306,12 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 			timerC = timer.C
 		case !opts.UntilIdle && len(running) < slots:
 			var next time.Time
-			_ = w.db.View(func(tx *bbolt.Tx) error {
+			_ = w.db.View(func(tx Tx) (err error) {
 				// Items still being attempted are not waited for: they are due
 				// until their action starts, and would wake the loop at once.
 				// Items cooling down after an error wake it when they thaw.
-				next = w.q.nextExcept(tx, func(id string) bool { _, cooling := cool[id]; return running[id] || cooling })
-				return nil
+				next, err = tx.NextDue(w.q, func(id string) bool { _, cooling := cool[id]; return running[id] || cooling })
+				return err
 			})
 			wait := time.Duration(-1)
 			if !next.IsZero() {

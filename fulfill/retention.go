@@ -1,14 +1,9 @@
 package fulfill
 
 import (
-	"bytes"
 	"context"
-	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"time"
-
-	"go.etcd.io/bbolt"
 )
 
 // Retention: records that reached a final state keep their full detail for
@@ -18,48 +13,40 @@ import (
 // still answers "already fulfilled" to every trigger: a session id seen
 // again after retention is never fulfilled twice.
 
-// kindPaymentIntent marks PaymentIntent statuses in the settled index.
-const kindPaymentIntent byte = 'p'
-
 // Prune cuts settled records last updated before the given time down to
 // tombstones, oldest first, at most limit of them in this transaction, and
 // reports how many it pruned and whether more are due. Call it in a loop of
 // small transactions: a writer waits for one batch at most.
-func Prune(tx *bbolt.Tx, before time.Time, limit int) (pruned int, more bool, err error) {
-	idx := tx.Bucket(bucketSettled)
-	c := idx.Cursor()
-	edge := timeKey(before)
-	for k, _ := c.First(); k != nil; k, _ = c.First() {
-		if bytes.Compare(k[:8], edge) >= 0 {
-			return pruned, false, nil
-		}
-		if pruned >= limit {
-			return pruned, true, nil
-		}
-		key := bytes.Clone(k)
-		if err := c.Delete(); err != nil {
-			return pruned, false, err
-		}
-		kind, id := key[8], string(key[9:])
-		switch kind {
-		case kindSession:
-			err = pruneSession(tx, id)
-		case kindNotification:
-			err = pruneNotification(tx, id)
-		case kindPaymentIntent:
-			err = prunePaymentIntent(tx, id)
+func Prune(tx Tx, before time.Time, limit int) (pruned int, more bool, err error) {
+	due, more, err := tx.SettledBefore(before, limit)
+	if err != nil {
+		return 0, false, err
+	}
+	for _, s := range due {
+		switch s.Kind {
+		case KindSession:
+			err = pruneSession(tx, s.ID)
+		case KindNotification:
+			err = pruneNotification(tx, s.ID)
+		case KindPaymentIntent:
+			err = prunePaymentIntent(tx, s.ID)
+		default:
+			err = fmt.Errorf("unknown kind %q", s.Kind)
 		}
 		if err != nil {
-			return pruned, false, fmt.Errorf("prune %s: %w", id, err)
+			return pruned, false, fmt.Errorf("prune %s %s: %w", s.Kind, s.ID, err)
 		}
 		pruned++
 	}
-	return pruned, false, nil
+	return pruned, more, nil
 }
 
-func pruneSession(tx *bbolt.Tx, id string) error {
+// The tombstones. Each is written back (Pruned set), which takes it out of
+// the settled index: a record is pruned once.
+
+func pruneSession(tx Tx, id string) error {
 	rec, ok, err := Get(tx, id)
-	if err != nil || !ok || !rec.Ended() || rec.Pruned {
+	if err != nil || !ok {
 		return err
 	}
 	return put(tx, Record{SessionID: rec.SessionID, State: rec.State, Trigger: rec.Trigger, EventID: rec.EventID,
@@ -67,54 +54,22 @@ func pruneSession(tx *bbolt.Tx, id string) error {
 		FulfilledAt: rec.FulfilledAt, Pruned: true})
 }
 
-func pruneNotification(tx *bbolt.Tx, id string) error {
-	n, ok, err := GetNotification(tx, id)
-	if err != nil || !ok || n.State == NotifyPending || n.Pruned {
+func pruneNotification(tx Tx, id string) error {
+	n, ok, err := tx.Notification(id)
+	if err != nil || !ok {
 		return err
 	}
-	return putNotification(tx, Notification{EventID: n.EventID, EventType: n.EventType, State: n.State,
+	return tx.PutNotification(Notification{EventID: n.EventID, EventType: n.EventType, State: n.State,
 		Attempts: n.Attempts, Created: n.Created, Updated: n.Updated, SentAt: n.SentAt, Pruned: true})
 }
 
-func prunePaymentIntent(tx *bbolt.Tx, id string) error {
-	b := tx.Bucket(bucketPaymentIntents)
-	raw := b.Get([]byte(id))
-	if raw == nil {
-		return nil
-	}
-	var pi PaymentIntent
-	if err := json.Unmarshal(raw, &pi); err != nil {
+func prunePaymentIntent(tx Tx, id string) error {
+	pi, ok, err := tx.PaymentIntent(id)
+	if err != nil || !ok {
 		return err
 	}
-	pi.LastError = ""
-	out, err := json.Marshal(pi)
-	if err != nil {
-		return err
-	}
-	return b.Put([]byte(id), out)
-}
-
-// indexPaymentIntent files a PaymentIntent's status under the time it was
-// set, replacing where an older status was filed.
-func indexPaymentIntent(tx *bbolt.Tx, id string, old *PaymentIntent, at time.Time) error {
-	idx := tx.Bucket(bucketSettled)
-	if old != nil {
-		if err := idx.Delete(settledKey(old.At, kindPaymentIntent, id)); err != nil {
-			return err
-		}
-	}
-	return idx.Put(settledKey(at, kindPaymentIntent, id), nil)
-}
-
-// settledBefore counts the index entries older than before (tests and the
-// benchmark read it; it walks only that part of the index).
-func settledBefore(tx *bbolt.Tx, before time.Time) int {
-	n := 0
-	c := tx.Bucket(bucketSettled).Cursor()
-	for k, _ := c.First(); k != nil && binary.BigEndian.Uint64(k[:8]) < uint64(max(before.UnixNano(), 0)); k, _ = c.Next() {
-		n++
-	}
-	return n
+	pi.LastError, pi.Pruned = "", true
+	return tx.PutPaymentIntent(pi)
 }
 
 // pruneBatch is how many records one pruning transaction cuts down: small
@@ -132,7 +87,7 @@ func PruneSettled(ctx context.Context, db DB, before time.Time) (int, error) {
 		}
 		var n int
 		var more bool
-		err := db.Update(func(tx *bbolt.Tx) (err error) {
+		err := db.Update(func(tx Tx) (err error) {
 			n, more, err = Prune(tx, before, pruneBatch)
 			return err
 		})

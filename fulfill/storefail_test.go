@@ -1,4 +1,4 @@
-package fulfill
+package fulfill_test
 
 import (
 	"context"
@@ -10,9 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
+	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/logtest"
+	"github.com/fulfilld/fulfilld/internal/store"
+	"github.com/fulfilld/fulfilld/internal/store/boltstore"
 	"github.com/fulfilld/fulfilld/internal/storehealth"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 )
@@ -23,17 +24,24 @@ var errDiskFull = errors.New("write fulfilld.db: no space left on device")
 // flakyStore is the storage boundary with a switch: while failing, every
 // write is refused as a full disk refuses it; reads go on.
 type flakyStore struct {
-	*bbolt.DB
+	*boltstore.Store
 	failing atomic.Bool
 	writes  atomic.Int64 // refused writes
 }
 
-func (s *flakyStore) Update(fn func(*bbolt.Tx) error) error {
+func (s *flakyStore) Update(fn func(store.Tx) error) error {
 	if s.failing.Load() {
 		s.writes.Add(1)
 		return errDiskFull
 	}
-	return s.DB.Update(fn)
+	return s.Store.Update(fn)
+}
+
+// guarded is the store under a flaky boundary, with writes scored as the
+// daemon scores them.
+func guarded(db *boltstore.Store, logger *slog.Logger) (*flakyStore, *storehealth.Guard[fulfill.Tx]) {
+	flaky := &flakyStore{Store: db}
+	return flaky, storehealth.New(store.As[fulfill.Tx](flaky), storehealth.NewHealth(logger))
 }
 
 // paidSource answers every retrieve with a paid session and counts them.
@@ -52,7 +60,7 @@ type runsAction struct {
 	during func()
 }
 
-func (a *runsAction) Deliver(_ context.Context, d Delivery) (Outcome, error) {
+func (a *runsAction) Deliver(_ context.Context, d fulfill.Delivery) (fulfill.Outcome, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.runs == nil {
@@ -63,7 +71,7 @@ func (a *runsAction) Deliver(_ context.Context, d Delivery) (Outcome, error) {
 		a.during()
 		a.during = nil
 	}
-	return Outcome{}, nil
+	return fulfill.Outcome{}, nil
 }
 
 func (a *runsAction) count(id string) int {
@@ -72,11 +80,11 @@ func (a *runsAction) count(id string) int {
 	return a.runs[id]
 }
 
-func enqueue(t *testing.T, db *bbolt.DB, now time.Time, ids ...string) {
+func enqueue(t *testing.T, db *boltstore.Store, now time.Time, ids ...string) {
 	t.Helper()
-	err := db.Update(func(tx *bbolt.Tx) error {
+	err := db.Update(func(tx store.Tx) error {
 		for _, id := range ids {
-			if _, err := Enqueue(tx, Request{SessionID: id, EventID: "evt_" + id, Trigger: TriggerEvent, At: now}); err != nil {
+			if _, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: id, EventID: "evt_" + id, Trigger: fulfill.TriggerEvent, At: now}); err != nil {
 				return err
 			}
 		}
@@ -87,10 +95,10 @@ func enqueue(t *testing.T, db *bbolt.DB, now time.Time, ids ...string) {
 	}
 }
 
-func stateOf(t *testing.T, db *bbolt.DB, id string) Record {
+func stateOf(t *testing.T, db *boltstore.Store, id string) fulfill.Record {
 	t.Helper()
-	var rec Record
-	if err := db.View(func(tx *bbolt.Tx) (err error) { rec, _, err = Get(tx, id); return err }); err != nil {
+	var rec fulfill.Record
+	if err := db.View(func(tx store.Tx) (err error) { rec, _, err = fulfill.Get(tx, id); return err }); err != nil {
 		t.Fatal(err)
 	}
 	return rec
@@ -118,25 +126,24 @@ func TestUnwritableStoreDoesNotSpin(t *testing.T) {
 	db := openTestDB(t)
 	ids := []string{"cs_1", "cs_2", "cs_3"}
 	enqueue(t, db, now, ids...)
-	store := &flakyStore{DB: db}
-	store.failing.Store(true)
 	var logs logtest.Buffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
-	guard := storehealth.New(store, logger)
+	flaky, guard := guarded(db, logger)
+	flaky.failing.Store(true)
 	src, act := &paidSource{}, &runsAction{}
-	f := &Fulfiller{DB: guard, Sessions: src, Action: act, MaxAttempts: 3, Concurrency: 4,
+	f := &fulfill.Fulfiller{DB: guard, Sessions: src, Action: act, MaxAttempts: 3, Concurrency: 4,
 		Now: func() time.Time { return now }, Logger: logger}
 
 	// A daemon's queue for a while against the refusing store.
 	ctx, cancel := context.WithTimeout(context.Background(), 2500*time.Millisecond)
 	defer cancel()
-	if _, err := f.Run(ctx, RunOptions{Wake: make(chan struct{})}); !errors.Is(err, context.DeadlineExceeded) {
+	if _, err := f.Run(ctx, fulfill.RunOptions{Wake: make(chan struct{})}); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("run: %v", err)
 	}
 	if n := src.calls.Load(); n > int64(len(ids)) {
 		t.Errorf("%d session retrieves against a store that refuses writes, want at most one per queued session (%d)", n, len(ids))
 	}
-	if n := store.writes.Load(); n > 10 {
+	if n := flaky.writes.Load(); n > 10 {
 		t.Errorf("%d refused writes in 2.5s: the queue is not backing off", n)
 	}
 	if n := logs.Count("level=ERROR", "the store cannot be written"); n != 1 {
@@ -149,17 +156,17 @@ func TestUnwritableStoreDoesNotSpin(t *testing.T) {
 	// A pass (run --once) on the refusing store stops with an error.
 	wake := make(chan struct{})
 	close(wake)
-	if _, err := f.Run(context.Background(), RunOptions{Wake: wake, UntilIdle: true}); !errors.Is(err, storehealth.ErrUnwritable) {
+	if _, err := f.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true}); !errors.Is(err, storehealth.ErrUnwritable) {
 		t.Errorf("a pass on a store that refuses writes returned %v, want ErrUnwritable", err)
 	}
 
 	// The disk is freed: everything is fulfilled, each exactly once.
-	store.failing.Store(false)
-	if _, err := f.Run(context.Background(), RunOptions{Wake: wake, UntilIdle: true}); err != nil {
+	flaky.failing.Store(false)
+	if _, err := f.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true}); err != nil {
 		t.Fatal(err)
 	}
 	for _, id := range ids {
-		if rec := stateOf(t, db, id); rec.State != StateFulfilled || act.count(id) != 1 {
+		if rec := stateOf(t, db, id); rec.State != fulfill.StateFulfilled || act.count(id) != 1 {
 			t.Errorf("%s: %s after %d action runs, want fulfilled after 1", id, rec.State, act.count(id))
 		}
 	}
@@ -175,17 +182,16 @@ func TestResultThatCannotBeSavedIsNotRepeated(t *testing.T) {
 	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
 	db := openTestDB(t)
 	enqueue(t, db, now, "cs_1")
-	store := &flakyStore{DB: db}
-	guard := storehealth.New(store, nil)
+	flaky, guard := guarded(db, nil)
 	src := &paidSource{}
-	act := &runsAction{during: func() { store.failing.Store(true) }}
-	f := &Fulfiller{DB: guard, Sessions: src, Action: act, MaxAttempts: 3, Concurrency: 4,
+	act := &runsAction{during: func() { flaky.failing.Store(true) }}
+	f := &fulfill.Fulfiller{DB: guard, Sessions: src, Action: act, MaxAttempts: 3, Concurrency: 4,
 		Now: func() time.Time { return now }}
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		_, err := f.Run(ctx, RunOptions{Wake: make(chan struct{})})
+		_, err := f.Run(ctx, fulfill.RunOptions{Wake: make(chan struct{})})
 		done <- err
 	}()
 	waitUntil(t, "the result is kept in memory", func() bool { return f.Unsaved() == 1 })
@@ -194,15 +200,15 @@ func TestResultThatCannotBeSavedIsNotRepeated(t *testing.T) {
 	}
 
 	// A person (or the landing page) asks again meanwhile.
-	if _, err := f.Fulfill(context.Background(), "cs_1", TriggerManual, ""); err == nil {
+	if _, err := f.Fulfill(context.Background(), "cs_1", fulfill.TriggerManual, ""); err == nil {
 		t.Error("a manual fulfill while the result is unrecorded succeeded; want an error saying so")
 	}
 	if n := act.count("cs_1"); n != 1 {
 		t.Fatalf("the action ran %d times while its result could not be saved, want 1", n)
 	}
 
-	store.failing.Store(false)
-	waitUntil(t, "the kept result is saved", func() bool { return stateOf(t, db, "cs_1").State == StateFulfilled })
+	flaky.failing.Store(false)
+	waitUntil(t, "the kept result is saved", func() bool { return stateOf(t, db, "cs_1").State == fulfill.StateFulfilled })
 	cancel()
 	<-done
 	if f.Unsaved() != 0 {
@@ -210,11 +216,11 @@ func TestResultThatCannotBeSavedIsNotRepeated(t *testing.T) {
 	}
 
 	// A restart finds nothing cut off and runs nothing again.
-	g := &Fulfiller{DB: db, Sessions: src, Action: act, MaxAttempts: 3, Concurrency: 4, Now: func() time.Time { return now }}
+	g := &fulfill.Fulfiller{DB: ledger(db), Sessions: src, Action: act, MaxAttempts: 3, Concurrency: 4, Now: func() time.Time { return now }}
 	if n, err := g.Recover(); err != nil || n != 0 {
 		t.Errorf("Recover after the result was saved: %d cut off, %v", n, err)
 	}
-	if _, err := g.Fulfill(context.Background(), "cs_1", TriggerManual, ""); err != nil {
+	if _, err := g.Fulfill(context.Background(), "cs_1", fulfill.TriggerManual, ""); err != nil {
 		t.Fatal(err)
 	}
 	if n := act.count("cs_1"); n != 1 {
@@ -227,38 +233,60 @@ func TestResultThatCannotBeSavedIsNotRepeated(t *testing.T) {
 func TestUnreadableNotificationStaysQueued(t *testing.T) {
 	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
 	db := openTestDB(t)
-	if err := db.Update(func(tx *bbolt.Tx) error {
-		if _, err := EnqueueNotification(tx, "evt_1", "checkout.session.expired", []byte(`{"id":"evt_1"}`), now); err != nil {
-			return err
-		}
-		return tx.Bucket(bucketNotifications).Put([]byte("evt_1"), []byte(`{"event_id":`)) // torn
+	if err := db.Update(func(tx store.Tx) error {
+		_, err := fulfill.EnqueueNotification(tx, "evt_1", "checkout.session.expired", []byte(`{"id":"evt_1"}`), now)
+		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
+	torn := &tornNotes{DB: ledger(db)}
+	torn.torn.Store(true)
 	act := &runsAction{}
-	n := &Notifier{DB: db, Action: act, MaxAttempts: 3, Concurrency: 2, Now: func() time.Time { return now }}
+	n := &fulfill.Notifier{DB: torn, Action: act, MaxAttempts: 3, Concurrency: 2, Now: func() time.Time { return now }}
 	wake := make(chan struct{})
 	close(wake)
-	if _, err := n.Run(context.Background(), RunOptions{Wake: wake, UntilIdle: true}); err != nil {
+	if _, err := n.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true}); err != nil {
 		t.Fatal(err)
 	}
 	var queued bool
-	_ = db.View(func(tx *bbolt.Tx) error { queued = notifyQueue.has(tx, "evt_1"); return nil })
-	if !queued {
-		t.Fatal("the notification was dropped from the queue because its record could not be read")
+	_ = db.View(func(tx store.Tx) (err error) { _, queued, err = tx.DueAt(fulfill.NotifyQueue, "evt_1"); return err })
+	if !queued || act.count("notify-evt_1") != 0 {
+		t.Fatalf("queued %v after %d deliveries; want still queued, none delivered", queued, act.count("notify-evt_1"))
 	}
 
-	// The record reads again (restored from a backup, say).
-	if err := db.Update(func(tx *bbolt.Tx) error {
-		return putNotification(tx, Notification{EventID: "evt_1", EventType: "checkout.session.expired",
-			State: NotifyPending, Created: now, Event: []byte(`{"id":"evt_1"}`)})
-	}); err != nil {
-		t.Fatal(err)
-	}
-	if _, err := n.Run(context.Background(), RunOptions{Wake: wake, UntilIdle: true}); err != nil {
+	// The record reads again (the disk's error was passing).
+	torn.torn.Store(false)
+	if _, err := n.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true}); err != nil {
 		t.Fatal(err)
 	}
 	if got := act.count("notify-evt_1"); got != 1 {
 		t.Errorf("notification delivered %d times, want 1", got)
 	}
+}
+
+// tornNotes is the storage boundary with notification records that cannot
+// be read while torn is set (a bad sector, a torn write).
+type tornNotes struct {
+	fulfill.DB
+	torn atomic.Bool
+}
+
+func (d *tornNotes) View(fn func(fulfill.Tx) error) error {
+	return d.DB.View(func(tx fulfill.Tx) error { return fn(tornTx{tx, &d.torn}) })
+}
+
+func (d *tornNotes) Update(fn func(fulfill.Tx) error) error {
+	return d.DB.Update(func(tx fulfill.Tx) error { return fn(tornTx{tx, &d.torn}) })
+}
+
+type tornTx struct {
+	fulfill.Tx
+	torn *atomic.Bool
+}
+
+func (t tornTx) Notification(id string) (fulfill.Notification, bool, error) {
+	if t.torn.Load() {
+		return fulfill.Notification{}, false, errors.New("read notification of " + id + ": unexpected end of JSON input")
+	}
+	return t.Tx.Notification(id)
 }

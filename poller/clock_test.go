@@ -6,10 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/internal/logtest"
+	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/stripesim"
 )
 
@@ -126,7 +125,7 @@ func TestStripesClockDecidesWhatTheStreamCovers(t *testing.T) {
 func (h *harness) lastPoll() cursor.Poll {
 	h.t.Helper()
 	var p cursor.Poll
-	if err := h.db.View(func(tx *bbolt.Tx) (err error) { p, err = cursor.LoadPoll(tx); return err }); err != nil {
+	if err := h.db.View(func(tx store.Tx) (err error) { p, err = cursor.LoadPoll(tx); return err }); err != nil {
 		h.t.Fatal(err)
 	}
 	return p

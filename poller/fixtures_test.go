@@ -13,12 +13,11 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/fixtures"
 	"github.com/fulfilld/fulfilld/internal/store"
+	"github.com/fulfilld/fulfilld/internal/store/boltstore"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/internal/stripesim"
 	"github.com/fulfilld/fulfilld/poller"
@@ -135,14 +134,14 @@ func TestEveryFixtureEventIsHandled(t *testing.T) {
 		newest = max(newest, f.ev.Created)
 	}
 	now := time.Unix(newest, 0).Add(time.Hour)
-	db, err := store.Open(filepath.Join(t.TempDir(), "fulfilld.db"), false, time.Second)
+	db, err := boltstore.Open(filepath.Join(t.TempDir(), "fulfilld.db"), false, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { db.Close() })
 	client := stripeapi.New(stripeapi.Config{APIKey: testKey, APIBase: serveEventFixtures(t, evs).URL,
 		Limits: stripeapi.Limits{Global: 1000, Endpoint: 1000}, Now: func() time.Time { return now }})
-	p := &poller.Poller{DB: db, Events: client, Types: defaultTypes, Lookback: 10 * time.Minute,
+	p := &poller.Poller{DB: store.As[poller.Tx](db), Events: client, Types: defaultTypes, Lookback: 10 * time.Minute,
 		Now: func() time.Time { return now }, Notify: true}
 	ctx := context.Background()
 	if _, err := p.Start(ctx, now.Add(-24*time.Hour)); err != nil {
@@ -157,7 +156,7 @@ func TestEveryFixtureEventIsHandled(t *testing.T) {
 	}
 
 	wantCounts := map[[2]string]uint64{}
-	err = db.View(func(tx *bbolt.Tx) error {
+	err = db.View(func(tx store.Tx) error {
 		for _, f := range evs {
 			obj := f.ev.Data.Object
 			var outcome string
@@ -173,7 +172,7 @@ func TestEveryFixtureEventIsHandled(t *testing.T) {
 				checkSession(t, tx, f, fulfill.StateExpired)
 			case strings.HasPrefix(typ, "payment_intent."):
 				outcome = poller.OutcomeRecorded
-				pi, ok := fulfill.GetPaymentIntent(tx, obj.ID)
+				pi, ok, _ := fulfill.GetPaymentIntent(tx, obj.ID)
 				if !ok {
 					t.Errorf("%s: PaymentIntent %s not recorded", f.name, obj.ID)
 					break
@@ -211,7 +210,11 @@ func TestEveryFixtureEventIsHandled(t *testing.T) {
 			}
 		}
 		gotCounts := map[[2]string]uint64{}
-		for _, c := range cursor.Counts(tx) {
+		counts, err := cursor.Counts(tx)
+		if err != nil {
+			return err
+		}
+		for _, c := range counts {
 			gotCounts[[2]string{c.Type, c.Outcome}] = c.Count
 		}
 		for k, n := range wantCounts {
@@ -241,7 +244,7 @@ func TestEveryFixtureEventIsHandled(t *testing.T) {
 	}
 }
 
-func checkSession(t *testing.T, tx *bbolt.Tx, f eventFixture, want fulfill.State) {
+func checkSession(t *testing.T, tx store.Tx, f eventFixture, want fulfill.State) {
 	t.Helper()
 	id := f.ev.Data.Object.ID
 	rec, ok, err := fulfill.Get(tx, id)

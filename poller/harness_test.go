@@ -10,11 +10,10 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/store"
+	"github.com/fulfilld/fulfilld/internal/store/boltstore"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/internal/stripesim"
 	"github.com/fulfilld/fulfilld/poller"
@@ -31,7 +30,7 @@ type harness struct {
 	t      *testing.T
 	clock  *stripesim.Clock
 	sim    *stripesim.Server
-	db     *bbolt.DB
+	db     *boltstore.Store
 	client *stripeapi.Client
 	poller *poller.Poller
 	ful    *fulfill.Fulfiller
@@ -76,20 +75,20 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 // process start does.
 func (h *harness) open(path string) {
 	h.t.Helper()
-	db, err := store.Open(path, false, time.Second)
+	db, err := boltstore.Open(path, false, time.Second)
 	if err != nil {
 		h.t.Fatal(err)
 	}
 	h.t.Cleanup(func() { db.Close() })
 	h.db = db
 	h.poller = &poller.Poller{
-		DB: db, Events: h.client, Types: defaultTypes, Lookback: 10 * time.Minute, Now: h.clock.Now,
+		DB: store.As[poller.Tx](db), Events: h.client, Types: defaultTypes, Lookback: 10 * time.Minute, Now: h.clock.Now,
 	}
 	if h.stripesClock {
 		h.poller.Clock = poller.ClientClock{Client: h.client}
 	}
 	h.ful = &fulfill.Fulfiller{
-		DB: db, Sessions: h.client, Action: h.action, MaxAttempts: 3, Concurrency: 4, Now: h.clock.Now,
+		DB: store.As[fulfill.Tx](db), Sessions: h.client, Action: h.action, MaxAttempts: 3, Concurrency: 4, Now: h.clock.Now,
 		Backoff: func(int) time.Duration { return time.Minute },
 	}
 }
@@ -161,7 +160,7 @@ func (h *harness) poll(complete bool) (poller.Result, fulfill.PassResult) {
 func (h *harness) record(id string) fulfill.Record {
 	h.t.Helper()
 	var rec fulfill.Record
-	err := h.db.View(func(tx *bbolt.Tx) (err error) {
+	err := h.db.View(func(tx store.Tx) (err error) {
 		rec, _, err = fulfill.Get(tx, id)
 		return err
 	})
@@ -174,7 +173,7 @@ func (h *harness) record(id string) fulfill.Record {
 func (h *harness) position() cursor.Position {
 	h.t.Helper()
 	var pos cursor.Position
-	if err := h.db.View(func(tx *bbolt.Tx) (err error) { pos, err = cursor.Load(tx); return err }); err != nil {
+	if err := h.db.View(func(tx store.Tx) (err error) { pos, err = cursor.Load(tx); return err }); err != nil {
 		h.t.Fatal(err)
 	}
 	return pos

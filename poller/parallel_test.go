@@ -9,10 +9,9 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/poller"
 )
@@ -120,7 +119,7 @@ func fourSlices(h *harness, perSlice [4]int) (time.Time, []string, map[string]ti
 func queued(t *testing.T, h *harness, ids []string) map[string]bool {
 	t.Helper()
 	in := map[string]bool{}
-	if err := h.db.View(func(tx *bbolt.Tx) error {
+	if err := h.db.View(func(tx store.Tx) error {
 		for _, id := range ids {
 			_, ok, err := fulfill.Get(tx, id)
 			if err != nil {
@@ -402,8 +401,8 @@ func TestDryRunListsInParallelAndWritesNothing(t *testing.T) {
 	if pos := h.position(); !pos.IsZero() {
 		t.Errorf("the dry run saved a cursor: %+v", pos)
 	}
-	_ = h.db.View(func(tx *bbolt.Tx) error {
-		if n := fulfill.QueueLen(tx); n != 0 {
+	_ = h.db.View(func(tx store.Tx) error {
+		if n, err := fulfill.QueueLen(tx); err != nil || n != 0 {
 			t.Errorf("dry run queued %d sessions", n)
 		}
 		return nil

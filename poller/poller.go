@@ -7,7 +7,7 @@
 // slices, the range between the cursor's settled time and now − lookback
 // once more: an event that became visible late — Stripe's list is only
 // eventually consistent — is caught there. Every page is committed in one
-// bbolt transaction with the events it queued, so the cursor never passes an
+// store transaction with the events it queued, so the cursor never passes an
 // event that is not durably queued, and a restart re-lists at most the page
 // in progress of each slice (the re-scan keeps every slice's page position)
 // or the tip window.
@@ -29,8 +29,6 @@ import (
 	"strings"
 	"sync"
 	"time"
-
-	"go.etcd.io/bbolt"
 
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
@@ -104,7 +102,7 @@ const maxListConcurrency = 8
 
 // Poller reads the event stream into the store.
 type Poller struct {
-	DB       *bbolt.DB
+	DB       DB
 	Events   EventSource
 	Types    []string
 	Lookback time.Duration
@@ -213,7 +211,7 @@ func (p *Poller) Start(ctx context.Context, since time.Time) (cursor.Position, e
 		return pos, err
 	}
 	now := p.now()
-	start := func(tx *bbolt.Tx) error {
+	start := func(tx Tx) error {
 		var err error
 		if pos, err = cursor.Load(tx); err != nil {
 			return err
@@ -307,7 +305,7 @@ func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
 
 // savePoll records how a poll went, keeping when the last one succeeded.
 func (p *Poller) savePoll(info cursor.Poll) error {
-	return p.update(func(tx *bbolt.Tx) error {
+	return p.update(func(tx Tx) error {
 		prev, err := cursor.LoadPoll(tx)
 		if err != nil {
 			return err
@@ -646,10 +644,14 @@ func (p *Poller) commit(res *Result, page stripeapi.EventPage, phase string, tar
 	queued, fresh, notified, late := 0, 0, 0, 0
 	var settled time.Time
 	counts := map[[2]string]int{}
-	apply := func(tx *bbolt.Tx) error {
+	apply := func(tx Tx) error {
 		for _, ev := range page.Events {
-			if ev.ID != "" && cursor.Seen(tx, ev.ID) {
-				continue
+			if ev.ID != "" {
+				if seen, err := cursor.Seen(tx, ev.ID); err != nil {
+					return err
+				} else if seen {
+					continue
+				}
 			}
 			fresh++
 			if phase == "rescan" && !p.tipCovered.IsZero() && !ev.Created.Before(p.tipCovered) {
@@ -736,7 +738,7 @@ func (p *Poller) load() (cursor.Position, error) {
 		return p.dryPos.Clone(), nil
 	}
 	var pos cursor.Position
-	err := p.DB.View(func(tx *bbolt.Tx) (err error) { pos, err = cursor.Load(tx); return err })
+	err := p.DB.View(func(tx Tx) (err error) { pos, err = cursor.Load(tx); return err })
 	return pos, err
 }
 
@@ -749,7 +751,7 @@ func (p *Poller) clampStored(now time.Time) (bool, error) {
 		return p.clampRetention(&p.dryPos, now), nil
 	}
 	clamped := false
-	err := p.update(func(tx *bbolt.Tx) error {
+	err := p.update(func(tx Tx) error {
 		pos, err := cursor.Load(tx)
 		if err != nil {
 			return err
@@ -772,7 +774,7 @@ func typeLabel(t string) string {
 
 // route turns one event into work. Errors are storage errors only; a bad
 // event is recorded and counted, never fatal.
-func (p *Poller) route(tx *bbolt.Tx, ev stripeapi.Event, now time.Time) (string, error) {
+func (p *Poller) route(tx Tx, ev stripeapi.Event, now time.Time) (string, error) {
 	bad := func(err error) (string, error) {
 		p.log().Warn("malformed event recorded and skipped", "event", ev.ID, "type", ev.Type, "err", err)
 		if p.DryRun {
@@ -846,7 +848,7 @@ func (p *Poller) route(tx *bbolt.Tx, ev stripeapi.Event, now time.Time) (string,
 	return OutcomeIgnored, nil
 }
 
-func (p *Poller) dryRunSession(tx *bbolt.Tx, id string) (string, error) {
+func (p *Poller) dryRunSession(tx Tx, id string) (string, error) {
 	rec, ok, err := fulfill.Get(tx, id)
 	if err != nil {
 		return "", err
@@ -873,7 +875,7 @@ func objectID(raw json.RawMessage, object, prefix string) (string, error) {
 	return obj.ID, nil
 }
 
-func (p *Poller) update(fn func(tx *bbolt.Tx) error) error {
+func (p *Poller) update(fn func(tx Tx) error) error {
 	return p.DB.Update(fn)
 }
 

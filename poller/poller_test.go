@@ -11,10 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/internal/stripesim"
 	"github.com/fulfilld/fulfilld/poller"
@@ -108,13 +107,17 @@ func TestBackfillFulfillsEachPaidSessionOnce(t *testing.T) {
 	if res.Fulfilled != len(want) || res.Failed != 0 {
 		t.Errorf("pass result %+v, want %d fulfilled", res, len(want))
 	}
-	err := h.db.View(func(tx *bbolt.Tx) error {
-		pi, ok := fulfill.GetPaymentIntent(tx, "pi_failed1")
+	err := h.db.View(func(tx store.Tx) error {
+		pi, ok, _ := fulfill.GetPaymentIntent(tx, "pi_failed1")
 		if !ok || pi.Status != "requires_payment_method" || pi.LastError != "Your card was declined." || pi.EventID != piFailed {
 			t.Errorf("payment intent record %+v", pi)
 		}
 		counts := map[string]uint64{}
-		for _, c := range cursor.Counts(tx) {
+		rows, err := cursor.Counts(tx)
+		if err != nil {
+			return err
+		}
+		for _, c := range rows {
 			counts[c.Type+"/"+c.Outcome] += c.Count
 		}
 		if counts["customer.created/ignored"] != 1 {
@@ -267,7 +270,7 @@ func TestFailingActionDoesNotHoldTheStream(t *testing.T) {
 		}
 	}
 	broken.Store(false)
-	if err := h.db.Update(func(tx *bbolt.Tx) error {
+	if err := h.db.Update(func(tx store.Tx) error {
 		_, err := fulfill.Retry(tx, h.clock.Now())
 		return err
 	}); err != nil {
@@ -306,7 +309,7 @@ func TestBadInputIsRecordedNotFatal(t *testing.T) {
 	if rec := h.record("cs_test_unknown1"); rec.State != fulfill.StateFailed {
 		t.Errorf("unknown session: %s", rec.State)
 	}
-	err := h.db.View(func(tx *bbolt.Tx) error {
+	err := h.db.View(func(tx store.Tx) error {
 		bad, n, err := cursor.BadEvents(tx, 10)
 		if err != nil {
 			return err
@@ -403,7 +406,7 @@ func TestRestartReListsAtMostOnePage(t *testing.T) {
 		t.Fatal("nothing new after the restart")
 	}
 	var queued int
-	_ = h.db.View(func(tx *bbolt.Tx) error { queued = fulfill.QueueLen(tx); return nil })
+	_ = h.db.View(func(tx store.Tx) (err error) { queued, err = fulfill.QueueLen(tx); return err })
 	if queued != 1000 {
 		t.Fatalf("%d sessions queued, want 1000", queued)
 	}

@@ -8,8 +8,6 @@ import (
 	"sort"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
@@ -27,12 +25,6 @@ const (
 	ReasonNotFulfilled = "not_fulfilled" // seen, but not fulfilled (e.g. its paying event was missed)
 )
 
-var (
-	bucketReconcile = []byte("reconcile")
-	keyLastSweep    = []byte("last_sweep")
-	keyMisses       = []byte("webhook_misses")
-)
-
 // SessionLister lists Checkout Sessions.
 type SessionLister interface {
 	ListSessions(ctx context.Context, q stripeapi.SessionQuery) (stripeapi.SessionPage, error)
@@ -40,7 +32,7 @@ type SessionLister interface {
 
 // Reconciler runs sweeps.
 type Reconciler struct {
-	DB       *bbolt.DB
+	DB       DB
 	Sessions SessionLister
 	Events   EventSource // for the webhook-miss report; nil skips it
 	Types    []string
@@ -115,12 +107,6 @@ func (r *Reconciler) log() *slog.Logger {
 	return r.Logger
 }
 
-// InitReconcile creates the bucket sweeps are recorded in.
-func InitReconcile(tx *bbolt.Tx) error {
-	_, err := tx.CreateBucketIfNotExists(bucketReconcile)
-	return err
-}
-
 // Sweep lists complete Checkout Sessions created since the given time and
 // queues each paid one the store does not show fulfilled. It may reach past
 // the 30-day event horizon: sessions are listed, not events.
@@ -142,7 +128,7 @@ func (r *Reconciler) Sweep(ctx context.Context, since time.Time) (Sweep, error) 
 		sw.Outcome, sw.Error = "error", err.Error()
 	}
 	if ctx.Err() == nil {
-		if serr := r.DB.Update(func(tx *bbolt.Tx) error { return putJSON(tx, keyLastSweep, sw) }); serr != nil && err == nil {
+		if serr := r.DB.Update(func(tx Tx) error { return tx.PutLastSweep(sw) }); serr != nil && err == nil {
 			err = serr
 		}
 	}
@@ -166,7 +152,7 @@ func (r *Reconciler) sweep(ctx context.Context, sw *Sweep) error {
 	// stream; they are the next sweep's, so "recovered" counts only what
 	// the stream really missed.
 	var settled time.Time
-	if err := r.DB.View(func(tx *bbolt.Tx) error {
+	if err := r.DB.View(func(tx Tx) error {
 		pos, err := cursor.Load(tx)
 		settled = pos.Settled
 		return err
@@ -187,7 +173,7 @@ func (r *Reconciler) sweep(ctx context.Context, sw *Sweep) error {
 		sw.Listed += len(page.Sessions)
 		queued := 0
 		now := r.hostNow() // the queues schedule what is queued on the host's clock
-		err = r.DB.Update(func(tx *bbolt.Tx) error {
+		err = r.DB.Update(func(tx Tx) error {
 			for _, s := range page.Sessions {
 				n, err := r.reconcileOne(tx, s, now, sw)
 				if err != nil {
@@ -212,7 +198,7 @@ func (r *Reconciler) sweep(ctx context.Context, sw *Sweep) error {
 
 // reconcileOne decides about one listed session inside the page's
 // transaction. It returns 1 when it queued the session.
-func (r *Reconciler) reconcileOne(tx *bbolt.Tx, s stripeapi.SessionSummary, now time.Time, sw *Sweep) (int, error) {
+func (r *Reconciler) reconcileOne(tx Tx, s stripeapi.SessionSummary, now time.Time, sw *Sweep) (int, error) {
 	rec, seen, err := fulfill.Get(tx, s.ID)
 	if err != nil {
 		return 0, err
@@ -273,7 +259,7 @@ func (r *Reconciler) reportMisses(ctx context.Context, sw *Sweep) error {
 		if err != nil {
 			return fmt.Errorf("list events with failed webhook deliveries: %w", err)
 		}
-		err = r.DB.View(func(tx *bbolt.Tx) error {
+		err = r.DB.View(func(tx Tx) error {
 			for _, ev := range page.Events {
 				m := WebhookMiss{EventID: ev.ID, Type: ev.Type, Created: ev.Created}
 				var obj struct {
@@ -283,7 +269,9 @@ func (r *Reconciler) reportMisses(ctx context.Context, sw *Sweep) error {
 				m.Object = obj.ID
 				// Handled: the event went through the stream, or the session
 				// is in the ledger (queued, fulfilled or otherwise decided).
-				m.Handled = cursor.Seen(tx, ev.ID)
+				if m.Handled, err = cursor.Seen(tx, ev.ID); err != nil {
+					return err
+				}
 				if rec, ok, _ := fulfill.Get(tx, obj.ID); ok {
 					m.Handled, m.State = true, string(rec.State)
 				}
@@ -311,39 +299,11 @@ func (r *Reconciler) reportMisses(ctx context.Context, sw *Sweep) error {
 		r.log().Warn("Stripe could not deliver some events to a webhook endpoint", "events", misses.Count,
 			"not_handled_by_fulfilld", misses.Unhandled)
 	}
-	return r.DB.Update(func(tx *bbolt.Tx) error { return putJSON(tx, keyMisses, misses) })
+	return r.DB.Update(func(tx Tx) error { return tx.PutWebhookMisses(*misses) })
 }
 
 // LastSweep reads the most recent sweep and the webhook-miss report.
-func LastSweep(tx *bbolt.Tx) (*Sweep, *WebhookMisses, error) {
-	b := tx.Bucket(bucketReconcile)
-	if b == nil {
-		return nil, nil, nil
-	}
-	var sw *Sweep
-	if raw := b.Get(keyLastSweep); raw != nil {
-		sw = &Sweep{}
-		if err := json.Unmarshal(raw, sw); err != nil {
-			return nil, nil, err
-		}
-	}
-	var m *WebhookMisses
-	if raw := b.Get(keyMisses); raw != nil {
-		m = &WebhookMisses{}
-		if err := json.Unmarshal(raw, m); err != nil {
-			return nil, nil, err
-		}
-	}
-	return sw, m, nil
-}
-
-func putJSON(tx *bbolt.Tx, key []byte, v any) error {
-	raw, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	return tx.Bucket(bucketReconcile).Put(key, raw)
-}
+func LastSweep(tx SweepTx) (*Sweep, *WebhookMisses, error) { return tx.LastSweep() }
 
 // agedOutSweepMargin reaches back before an aged-out gap for sessions
 // created before it and paid inside it.
@@ -354,7 +314,7 @@ const agedOutSweepMargin = 48 * time.Hour
 // the gap. It does nothing when there is no gap.
 func (r *Reconciler) SweepAgedOut(ctx context.Context) (bool, error) {
 	var gap *cursor.Range
-	if err := r.DB.View(func(tx *bbolt.Tx) error {
+	if err := r.DB.View(func(tx Tx) error {
 		pos, err := cursor.Load(tx)
 		gap = pos.AgedOut
 		return err
@@ -369,7 +329,7 @@ func (r *Reconciler) SweepAgedOut(ctx context.Context) (bool, error) {
 	if _, err := r.Sweep(ctx, gap.From.Add(-agedOutSweepMargin)); err != nil {
 		return true, err
 	}
-	return true, r.DB.Update(func(tx *bbolt.Tx) error {
+	return true, r.DB.Update(func(tx Tx) error {
 		pos, err := cursor.Load(tx)
 		if err != nil {
 			return err

@@ -11,15 +11,15 @@ import (
 	"time"
 
 	"github.com/stripe/stripe-go/v76/webhook"
-	"go.etcd.io/bbolt"
 
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/stripesim"
 	"github.com/fulfilld/fulfilld/poller"
 )
 
 func (h *harness) reconciler() *poller.Reconciler {
-	r := &poller.Reconciler{DB: h.db, Sessions: h.client, Events: h.client, Types: defaultTypes, Now: h.clock.Now}
+	r := &poller.Reconciler{DB: store.As[poller.Tx](h.db), Sessions: h.client, Events: h.client, Types: defaultTypes, Now: h.clock.Now}
 	if h.stripesClock {
 		r.Clock = poller.ClientClock{Client: h.client}
 	}
@@ -94,7 +94,7 @@ func TestSweepFulfillsWhatTheStreamNeverDelivered(t *testing.T) {
 		t.Errorf("second sweep recovered %v; action total %d", again.Recovered, h.action.total())
 	}
 	var summary fulfill.Summary
-	_ = h.db.View(func(tx *bbolt.Tx) (err error) { summary, err = fulfill.Summarize(tx); return err })
+	_ = h.db.View(func(tx store.Tx) (err error) { summary, err = fulfill.Summarize(tx); return err })
 	if summary.Recovered != len(paid) {
 		t.Errorf("status would show %d recovered, want %d", summary.Recovered, len(paid))
 	}
@@ -250,7 +250,7 @@ func TestNotifyOncePerFailureEventAcrossRestarts(t *testing.T) {
 	rec := &eventRecorder{runs: map[string]int{}}
 	notifyPass := func(since time.Time) {
 		h.poller.Notify = true
-		n := &fulfill.Notifier{DB: h.db, Action: rec, MaxAttempts: 3, Concurrency: 2, Now: h.clock.Now}
+		n := &fulfill.Notifier{DB: store.As[fulfill.Tx](h.db), Action: rec, MaxAttempts: 3, Concurrency: 2, Now: h.clock.Now}
 		if _, err := n.Recover(); err != nil {
 			t.Fatal(err)
 		}
@@ -307,7 +307,7 @@ func TestSignedNotifyVerifiesWithStripeGo(t *testing.T) {
 	expired := h.sim.ExpireSession(b, t0.Add(-time.Hour))
 	h.poller.Notify = true
 	h.pass(t0.Add(-2 * time.Hour))
-	n := &fulfill.Notifier{DB: h.db, Action: &fulfill.URL{URL: srv.URL, Secret: secret, Timeout: 5 * time.Second},
+	n := &fulfill.Notifier{DB: store.As[fulfill.Tx](h.db), Action: &fulfill.URL{URL: srv.URL, Secret: secret, Timeout: 5 * time.Second},
 		MaxAttempts: 2, Concurrency: 1, Now: time.Now}
 	wake := make(chan struct{})
 	close(wake)

@@ -11,12 +11,11 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"go.etcd.io/bbolt"
 
 	"github.com/fulfilld/fulfilld/config"
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/logging"
-	"github.com/fulfilld/fulfilld/internal/store"
+	"github.com/fulfilld/fulfilld/internal/store/boltstore"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/poller"
 )
@@ -107,15 +106,15 @@ func (a *app) setup(overrides map[string]any) error {
 }
 
 // openStore opens the bbolt file, failing fast when another process holds it.
-func (a *app) openStore(readOnly bool) (*bbolt.DB, error) {
+func (a *app) openStore(readOnly bool) (*boltstore.Store, error) {
 	path := a.cfg.Store.Path
 	if readOnly {
 		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
 			return nil, &usageError{fmt.Errorf("store.path: %s does not exist yet; it is created by `fulfilld run`", path)}
 		}
 	}
-	db, err := store.Open(path, readOnly, time.Second)
-	if errors.Is(err, store.ErrHeld) {
+	db, err := boltstore.Open(path, readOnly, time.Second)
+	if errors.Is(err, boltstore.ErrHeld) {
 		return nil, &usageError{fmt.Errorf("store.path: %w (is `fulfilld run` running? stop it, or wait for it to finish)", err)}
 	}
 	return db, err
@@ -201,7 +200,7 @@ func (a *app) notifier(db fulfill.DB) *fulfill.Notifier {
 	}
 }
 
-func (a *app) reconciler(db *bbolt.DB, client *stripeapi.Client) *poller.Reconciler {
+func (a *app) reconciler(db poller.DB, client *stripeapi.Client) *poller.Reconciler {
 	return &poller.Reconciler{
 		DB:       db,
 		Sessions: client,
@@ -213,7 +212,7 @@ func (a *app) reconciler(db *bbolt.DB, client *stripeapi.Client) *poller.Reconci
 	}
 }
 
-func (a *app) poller(db *bbolt.DB, client *stripeapi.Client) *poller.Poller {
+func (a *app) poller(db poller.DB, client *stripeapi.Client) *poller.Poller {
 	return &poller.Poller{
 		DB:       db,
 		Events:   client,

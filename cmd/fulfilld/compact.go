@@ -7,7 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
-	"github.com/fulfilld/fulfilld/internal/store"
+	"github.com/fulfilld/fulfilld/internal/store/boltstore"
 )
 
 func (a *app) compactCommand() *cobra.Command {
@@ -19,8 +19,8 @@ func (a *app) compactCommand() *cobra.Command {
 			if err := a.setup(nil); err != nil {
 				return err
 			}
-			sz, err := store.Compact(a.cfg.Store.Path, time.Second)
-			if errors.Is(err, store.ErrHeld) {
+			sz, err := boltstore.Compact(a.cfg.Store.Path, time.Second)
+			if errors.Is(err, boltstore.ErrHeld) {
 				return &usageError{fmt.Errorf("store.path: %w: stop `fulfilld run` (systemctl stop fulfilld), compact, then start it again", err)}
 			}
 			if err != nil {

@@ -12,6 +12,7 @@ import (
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/daemon"
 	"github.com/fulfilld/fulfilld/internal/status"
+	"github.com/fulfilld/fulfilld/internal/store"
 )
 
 func (a *app) fulfillCommand() *cobra.Command {
@@ -75,7 +76,7 @@ func (a *app) fulfillOne(ctx context.Context, id string) (rec fulfill.Record, fe
 	defer db.Close()
 	client := a.stripeClient()
 	defer daemon.SaveUsage(db, client, a.clock(), a.log)
-	rec, ferr = a.fulfiller(db, client).Fulfill(ctx, id, fulfill.TriggerManual, "")
+	rec, ferr = a.fulfiller(store.As[fulfill.Tx](db), client).Fulfill(ctx, id, fulfill.TriggerManual, "")
 	if ferr != nil && rec.SessionID == "" {
 		return rec, nil, authHint(daemon.FulfillError(id, ferr))
 	}

@@ -7,12 +7,13 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"go.etcd.io/bbolt"
 
 	"github.com/fulfilld/fulfilld/config"
+	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/daemon"
 	"github.com/fulfilld/fulfilld/internal/metrics"
 	"github.com/fulfilld/fulfilld/internal/store"
+	"github.com/fulfilld/fulfilld/internal/store/boltstore"
 	"github.com/fulfilld/fulfilld/internal/storehealth"
 	"github.com/fulfilld/fulfilld/poller"
 )
@@ -40,19 +41,23 @@ func (a *app) runCommand() *cobra.Command {
 }
 
 // newDaemon builds the service over an open store from the configuration.
-func (a *app) newDaemon(db *bbolt.DB) *daemon.Daemon {
+func (a *app) newDaemon(db store.Store) *daemon.Daemon {
 	client := a.stripeClient()
-	guard := storehealth.New(db, a.log.With("component", "store"))
+	// Every write of the queues and the poller is scored in one Health: a
+	// failing disk pauses the queues and shows in /healthz.
+	health := storehealth.NewHealth(a.log.With("component", "store"))
+	queues := storehealth.New(store.As[fulfill.Tx](db), health)
+	stream := storehealth.New(store.As[poller.Tx](db), health)
 	bar := newProgressBar(a.stderr, a.clock)
 	return daemon.New(&daemon.Daemon{
 		Config:     a.cfg,
 		DB:         db,
-		Store:      guard,
+		Health:     health,
 		Client:     client,
-		Poller:     a.poller(db, client),
-		Fulfiller:  a.fulfiller(guard, client),
-		Notifier:   a.notifier(guard),
-		Reconciler: a.reconciler(db, client),
+		Poller:     a.poller(stream, client),
+		Fulfiller:  a.fulfiller(queues, client),
+		Notifier:   a.notifier(queues),
+		Reconciler: a.reconciler(stream, client),
 		Metrics:    metrics.New(db, a.now),
 		Logger:     a.log,
 		Now:        a.now,
@@ -130,7 +135,7 @@ func runSince(value string, now time.Time) (time.Time, error) {
 // dryRun lists what one pass would handle, reading the store (if there is
 // one) and writing nothing.
 func (a *app) dryRun(ctx context.Context, since time.Time) error {
-	var db *bbolt.DB
+	var db *boltstore.Store
 	var err error
 	if _, serr := os.Stat(a.cfg.Store.Path); serr == nil {
 		db, err = a.openStore(true)
@@ -141,13 +146,13 @@ func (a *app) dryRun(ctx context.Context, since time.Time) error {
 			return derr
 		}
 		defer os.RemoveAll(dir)
-		db, err = store.Open(filepath.Join(dir, "dry-run.db"), false, time.Second)
+		db, err = boltstore.Open(filepath.Join(dir, "dry-run.db"), false, time.Second)
 	}
 	if err != nil {
 		return err
 	}
 	defer db.Close()
-	p := a.poller(db, a.stripeClient())
+	p := a.poller(store.As[poller.Tx](db), a.stripeClient())
 	p.DryRun = true
 	if _, err := p.Start(ctx, since); err != nil {
 		return err

@@ -34,6 +34,7 @@ import (
 	"github.com/fulfilld/fulfilld/config"
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/store"
+	"github.com/fulfilld/fulfilld/internal/store/boltstore"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/internal/stripesim"
 	"github.com/fulfilld/fulfilld/poller"
@@ -242,7 +243,7 @@ func runDaemon(ctx context.Context, cfg Config, url, path string, since time.Tim
 		}
 	}
 	// The daemon's own store setup, so its options are what is measured.
-	db, err := store.Open(path, false, time.Second)
+	db, err := boltstore.Open(path, false, time.Second)
 	if err != nil {
 		return out, err
 	}
@@ -252,10 +253,10 @@ func runDaemon(ctx context.Context, cfg Config, url, path string, since time.Tim
 		Logger: log.With("component", "stripe")})
 	act := &noop{runs: map[string]int{}}
 	var listed atomic.Int64
-	p := &poller.Poller{DB: db, Events: c, Types: config.DefaultEventTypes, Lookback: 10 * time.Minute,
+	p := &poller.Poller{DB: store.As[poller.Tx](db), Events: c, Types: config.DefaultEventTypes, Lookback: 10 * time.Minute,
 		Logger:   log.With("component", "poller"),
 		Progress: func(pr poller.Progress) { listed.Store(int64(pr.Listed)) }}
-	f := &fulfill.Fulfiller{DB: db, Sessions: c, Action: act, MaxAttempts: 8, Concurrency: cfg.Concurrency,
+	f := &fulfill.Fulfiller{DB: store.As[fulfill.Tx](db), Sessions: c, Action: act, MaxAttempts: 8, Concurrency: cfg.Concurrency,
 		Logger: log.With("component", "fulfill")}
 
 	mem := watchMemory()

@@ -13,10 +13,9 @@ import (
 	"syscall"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/status"
+	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 )
 
@@ -224,9 +223,9 @@ func (c *Admin) Call(ctx context.Context, method, path string, body, out any) er
 
 // Retry requeues dead letters in the store: the same for the CLI against
 // a stopped store and for the socket.
-func Retry(db *bbolt.DB, now time.Time, req RetryRequest) ([]string, error) {
+func Retry(db store.Store, now time.Time, req RetryRequest) ([]string, error) {
 	var ids []string
-	err := db.Update(func(tx *bbolt.Tx) error {
+	err := db.Update(func(tx store.Tx) error {
 		if req.All || len(req.Sessions) > 0 {
 			done, err := fulfill.Retry(tx, now, req.Sessions...)
 			ids = append(ids, done...)

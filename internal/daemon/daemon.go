@@ -8,9 +8,8 @@ import (
 	"os"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/poller"
 )
@@ -135,10 +134,10 @@ func (d *Daemon) unsavedResults() error {
 		n += d.Notifier.Unsaved()
 	}
 	if n == 0 {
-		return d.Store.Err()
+		return d.Health.Err()
 	}
 	return fmt.Errorf("%d attempt(s) ran but the store refused to record their results (%v); "+
-		"the next start repeats them with the same idempotency keys: free the disk first", n, d.Store.Err())
+		"the next start repeats them with the same idempotency keys: free the disk first", n, d.Health.Err())
 }
 
 // Once is one complete pass (`run --once`): the poll and the queues side by side, the
@@ -179,7 +178,7 @@ func (d *Daemon) Once(parent context.Context) error {
 // prevents a repeat, in small transactions.
 func (d *Daemon) Prune(ctx context.Context) error {
 	before := d.now().Add(-d.Config.Store.Retention)
-	n, err := fulfill.PruneSettled(ctx, d.Store, before)
+	n, err := fulfill.PruneSettled(ctx, d.Fulfiller.DB, before)
 	if n > 0 {
 		d.Logger.Info("pruned settled records past store.retention to what prevents a repeat",
 			"records", n, "retention", d.Config.Store.Retention, "settled_before", before.UTC().Format(time.RFC3339))
@@ -212,7 +211,7 @@ func (d *Daemon) pollWithinReadBudget() bool {
 		d.reads = &stripeapi.ReadPacer{Budget: int64(budget)}
 	}
 	var used int64
-	err := d.DB.View(func(tx *bbolt.Tx) error {
+	err := d.DB.View(func(tx store.Tx) error {
 		r, err := stripeapi.LoadUsage(tx, d.now())
 		used = r.Last30Days.Total()
 		return err

@@ -15,11 +15,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/fulfilld/fulfilld/config"
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/metrics"
+	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/storehealth"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/poller"
@@ -29,10 +28,11 @@ import (
 // builds the parts; New wires them together.
 type Daemon struct {
 	Config *config.Config
-	DB     *bbolt.DB
-	// Store is DB as the queues write to it: it keeps score of whether
-	// writes work, so a failing disk pauses them and shows in /healthz.
-	Store      *storehealth.Guard
+	DB     store.Store
+	// Health keeps score of whether the store takes writes: the queues'
+	// and the poller's stores (storehealth guards) report to it, so a
+	// failing disk pauses the queues and shows in /healthz.
+	Health     *storehealth.Health
 	Client     *stripeapi.Client
 	Poller     *poller.Poller
 	Fulfiller  *fulfill.Fulfiller
@@ -91,9 +91,9 @@ func (d *Daemon) SaveUsage() { SaveUsage(d.DB, d.Client, d.now(), d.Logger) }
 
 // SaveUsage moves a client's request counts into the store, for the
 // commands that use a client without a Daemon.
-func SaveUsage(db *bbolt.DB, client *stripeapi.Client, now time.Time, logger *slog.Logger) {
+func SaveUsage(db store.Store, client *stripeapi.Client, now time.Time, logger *slog.Logger) {
 	u := client.Transport.TakeUsage()
-	err := db.Update(func(tx *bbolt.Tx) error { return stripeapi.SaveUsage(tx, now, u) })
+	err := db.Update(func(tx store.Tx) error { return stripeapi.SaveUsage(tx, now, u) })
 	if err != nil && logger != nil {
 		logger.Warn("could not record API usage", "err", err)
 	}

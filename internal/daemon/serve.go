@@ -11,10 +11,10 @@ import (
 
 	sddaemon "github.com/coreos/go-systemd/v22/daemon"
 	"github.com/robfig/cron/v3"
-	"go.etcd.io/bbolt"
 
 	"github.com/fulfilld/fulfilld/config"
 	"github.com/fulfilld/fulfilld/internal/httpapi"
+	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 )
 
@@ -72,7 +72,7 @@ func (d *Daemon) Serve(parent context.Context) error {
 			DB: d.DB, Registry: d.Metrics.Registry, Fulfill: d.Fulfiller, Work: work,
 			MaxPollAge: 3*interval(pollSched, d.now()) + time.Minute, MinHorizon: 48 * time.Hour,
 			Wait: 10 * time.Second, Now: d.Now, Logger: d.Logger.With("component", "http"),
-			Store: d.Store,
+			Store: d.Health,
 		}
 		servers = append(servers, d.startServer(l, api.Handler(), "http"))
 		d.Logger.Info("serving /metrics, /healthz, /readyz and POST /fulfill/{session_id}", "listen", l.Addr().String())
@@ -211,7 +211,7 @@ func (d *Daemon) alive() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- d.DB.View(func(*bbolt.Tx) error { return nil }) }()
+	go func() { done <- d.DB.View(func(store.Tx) error { return nil }) }()
 	select {
 	case err := <-done:
 		return err

@@ -19,10 +19,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"go.etcd.io/bbolt"
 
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/status"
+	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 )
 
@@ -34,7 +34,7 @@ type Fulfiller interface {
 // Server answers the endpoints. Ready is set by the daemon once its first
 // poll completed.
 type Server struct {
-	DB       *bbolt.DB
+	DB       status.Store
 	Registry *prometheus.Registry
 	Fulfill  Fulfiller
 	// Work is the daemon's context: a fulfillment started by a request
@@ -209,7 +209,7 @@ func (s *Server) fulfill(w http.ResponseWriter, r *http.Request) {
 		}
 	case <-timer.C:
 		var rec fulfill.Record
-		_ = s.DB.View(func(tx *bbolt.Tx) (err error) { rec, _, err = fulfill.Get(tx, id); return err })
+		_ = s.DB.View(func(tx store.Tx) (err error) { rec, _, err = fulfill.Get(tx, id); return err })
 		if rec.SessionID == "" {
 			rec = fulfill.Record{SessionID: id, State: fulfill.StatePending}
 		}

@@ -13,11 +13,12 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"go.etcd.io/bbolt"
 
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/httpapi"
+	"github.com/fulfilld/fulfilld/internal/store"
+	"github.com/fulfilld/fulfilld/internal/store/boltstore"
 	"github.com/fulfilld/fulfilld/internal/store/storetest"
 	"github.com/fulfilld/fulfilld/internal/storehealth"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
@@ -28,10 +29,10 @@ import (
 var now = time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)
 
 // openStore opens a real bbolt store with fulfilld's buckets.
-func openStore(t *testing.T) *bbolt.DB { return storetest.Open(t) }
+func openStore(t *testing.T) *boltstore.Store { return storetest.Open(t) }
 
 // newServer is the server as serve.go wires it, on a fresh store.
-func newServer(t *testing.T, f httpapi.Fulfiller) (*httpapi.Server, *bbolt.DB) {
+func newServer(t *testing.T, f httpapi.Fulfiller) (*httpapi.Server, *boltstore.Store) {
 	t.Helper()
 	db := openStore(t)
 	work, stop := context.WithCancel(context.Background())
@@ -101,7 +102,7 @@ func TestHealthz(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			t.Parallel()
 			s, db := newServer(t, nil)
-			if err := db.Update(func(tx *bbolt.Tx) error {
+			if err := db.Update(func(tx store.Tx) error {
 				if tt.poll != nil {
 					if err := cursor.SavePoll(tx, *tt.poll); err != nil {
 						return err
@@ -155,7 +156,7 @@ func TestHealthzClosedStore(t *testing.T) {
 func TestHealthzUnwritableStore(t *testing.T) {
 	t.Parallel()
 	s, db := newServer(t, nil)
-	if err := db.Update(func(tx *bbolt.Tx) error {
+	if err := db.Update(func(tx store.Tx) error {
 		if err := cursor.Save(tx, cursor.Position{Settled: now, Tip: now}); err != nil {
 			return err
 		}
@@ -163,12 +164,13 @@ func TestHealthzUnwritableStore(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	guard := storehealth.New(refusingStore{db}, nil)
-	s.Store = guard
+	health := storehealth.NewHealth(nil)
+	guard := storehealth.New[store.Tx](refusingStore{db}, health)
+	s.Store = health
 	if code, body := serve(t, s, http.MethodGet, "/healthz"); code != http.StatusOK {
 		t.Fatalf("GET /healthz before any write failed = %d %v, want 200", code, body)
 	}
-	if err := guard.Update(func(*bbolt.Tx) error { return nil }); err == nil {
+	if err := guard.Update(func(store.Tx) error { return nil }); err == nil {
 		t.Fatal("the refusing store took a write")
 	}
 	code, body := serve(t, s, http.MethodGet, "/healthz")
@@ -178,9 +180,9 @@ func TestHealthzUnwritableStore(t *testing.T) {
 }
 
 // refusingStore refuses every write as a full disk does.
-type refusingStore struct{ *bbolt.DB }
+type refusingStore struct{ *boltstore.Store }
 
-func (refusingStore) Update(func(*bbolt.Tx) error) error {
+func (refusingStore) Update(func(store.Tx) error) error {
 	return errors.New("write fulfilld.db: no space left on device")
 }
 
@@ -342,7 +344,7 @@ func TestLandingPageFulfillSlow(t *testing.T) {
 	}}
 	s, db := newServer(t, f)
 	s.Wait = 50 * time.Millisecond
-	if err := db.Update(func(tx *bbolt.Tx) error {
+	if err := db.Update(func(tx store.Tx) error {
 		_, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: id, Trigger: fulfill.TriggerEvent, EventID: "evt_1", At: now})
 		return err
 	}); err != nil {

@@ -26,7 +26,7 @@ type Metrics struct {
 
 // New registers fulfilld's series, the store-backed ones reading db; now
 // is the host's clock (the status model applies the skew to Stripe's).
-func New(db *bbolt.DB, now func() time.Time) *Metrics {
+func New(db status.Store, now func() time.Time) *Metrics {
 	m := &Metrics{
 		Registry: prometheus.NewRegistry(),
 		polls: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -116,7 +116,7 @@ var (
 
 // storeCollector reads the store on every scrape.
 type storeCollector struct {
-	db  *bbolt.DB
+	db  status.Store
 	now func() time.Time
 }
 

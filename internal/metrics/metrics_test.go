@@ -12,11 +12,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	dto "github.com/prometheus/client_model/go"
-	"go.etcd.io/bbolt"
 
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/metrics"
+	"github.com/fulfilld/fulfilld/internal/store"
+	"github.com/fulfilld/fulfilld/internal/store/boltstore"
 	"github.com/fulfilld/fulfilld/internal/store/storetest"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/poller"
@@ -24,7 +25,7 @@ import (
 
 var now = time.Date(2026, 3, 14, 12, 0, 0, 0, time.UTC)
 
-func openStore(t *testing.T) *bbolt.DB { return storetest.Open(t) }
+func openStore(t *testing.T) *boltstore.Store { return storetest.Open(t) }
 
 // paidSessions answers every retrieve with a paid session.
 type paidSessions struct{}
@@ -102,7 +103,7 @@ func TestStoreGauges(t *testing.T) {
 	// last poll saw is -1800 s): lag and horizon are on Stripe's clock.
 	m := metrics.New(db, func() time.Time { return now.Add(30 * time.Minute) })
 	f := &fulfill.Fulfiller{
-		DB: db, Sessions: paidSessions{}, Action: m.Instrument("fulfill", action{}),
+		DB: store.As[fulfill.Tx](db), Sessions: paidSessions{}, Action: m.Instrument("fulfill", action{}),
 		MaxAttempts: 1, Concurrency: 1, Now: func() time.Time { return now },
 	}
 	ctx := context.Background()
@@ -110,7 +111,7 @@ func TestStoreGauges(t *testing.T) {
 		_, _ = f.Fulfill(ctx, id, fulfill.TriggerManual, "")
 	}
 	settled := now.Add(-3 * time.Minute)
-	err := db.Update(func(tx *bbolt.Tx) error {
+	err := db.Update(func(tx store.Tx) error {
 		for _, req := range []fulfill.Request{
 			{SessionID: "cs_pending1", EventID: "evt_1", Trigger: fulfill.TriggerEvent, At: now},
 			{SessionID: "cs_pending2", EventID: "evt_2", Trigger: fulfill.TriggerEvent, At: now.Add(time.Hour)},
@@ -159,9 +160,11 @@ func TestStoreGauges(t *testing.T) {
 
 	var sum fulfill.Summary
 	var queued int
-	if err := db.View(func(tx *bbolt.Tx) (err error) {
-		sum, err = fulfill.Summarize(tx)
-		queued = fulfill.QueueLen(tx)
+	if err := db.View(func(tx store.Tx) (err error) {
+		if sum, err = fulfill.Summarize(tx); err != nil {
+			return err
+		}
+		queued, err = fulfill.QueueLen(tx)
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -255,20 +258,18 @@ func TestEmptyStore(t *testing.T) {
 // fulfilld_store_scrape_error, and the scrape itself still succeeds.
 func TestStoreUnreadable(t *testing.T) {
 	t.Parallel()
-	db := openStore(t)
-	// A cursor position that is not JSON: the scrape reads it and fails.
-	// (Session records are not read by a scrape at all: their counts are
-	// kept.)
-	if err := db.Update(func(tx *bbolt.Tx) error {
-		return tx.Bucket([]byte("cursor")).Put([]byte("position"), []byte("{not json"))
-	}); err != nil {
-		t.Fatal(err)
-	}
-	m := metrics.New(db, func() time.Time { return now })
+	m := metrics.New(unreadable{}, func() time.Time { return now })
 	mfs := gather(t, m.Registry)
 	if got, ok := value(mfs, "fulfilld_store_scrape_error", nil); !ok || got != 1 {
 		t.Errorf("fulfilld_store_scrape_error = %v (present %v) with a garbled cursor, want 1", got, ok)
 	}
+}
+
+// unreadable is a store whose reads fail, as an I/O error makes them.
+type unreadable struct{}
+
+func (unreadable) View(func(store.Tx) error) error {
+	return errors.New("read fulfilld.db: input/output error")
 }
 
 // TestLint: every series follows Prometheus naming conventions (units,
@@ -278,7 +279,7 @@ func TestLint(t *testing.T) {
 	t.Parallel()
 	db := openStore(t)
 	m := metrics.New(db, func() time.Time { return now })
-	if err := db.Update(func(tx *bbolt.Tx) error {
+	if err := db.Update(func(tx store.Tx) error {
 		if err := cursor.Save(tx, cursor.Position{Settled: now.Add(-time.Minute), Tip: now}); err != nil {
 			return err
 		}

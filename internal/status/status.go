@@ -14,20 +14,24 @@ import (
 	"text/tabwriter"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/poller"
 )
 
 // Record reads one session's record, read-only; an unknown id is
 // fulfill.ErrUnknownSession.
-func Record(db *bbolt.DB, id string) (fulfill.Record, error) {
+// Store is what the status model reads.
+type Store interface {
+	View(fn func(store.Tx) error) error
+}
+
+func Record(db Store, id string) (fulfill.Record, error) {
 	var rec fulfill.Record
 	var ok bool
-	err := db.View(func(tx *bbolt.Tx) (err error) { rec, ok, err = fulfill.Get(tx, id); return err })
+	err := db.View(func(tx store.Tx) (err error) { rec, ok, err = fulfill.Get(tx, id); return err })
 	if err == nil && !ok {
 		err = fmt.Errorf("status: %s: %w", id, fulfill.ErrUnknownSession)
 	}
@@ -123,9 +127,9 @@ type failureStatus struct {
 }
 
 // Read reads the report from the store, with now on the host's clock.
-func Read(db *bbolt.DB, now time.Time) (*Report, error) {
+func Read(db Store, now time.Time) (*Report, error) {
 	st := &Report{Fulfillments: map[string]int{}, PaymentIntents: map[string]int{}}
-	err := db.View(func(tx *bbolt.Tx) error {
+	err := db.View(func(tx store.Tx) error {
 		poll, err := cursor.LoadPoll(tx)
 		if err != nil {
 			return err
@@ -159,7 +163,9 @@ func Read(db *bbolt.DB, now time.Time) (*Report, error) {
 				st.Cursor.Tip = pos.Tip.UTC().Format(time.RFC3339)
 			}
 		}
-		st.Cursor.SeenEvents = cursor.SeenCount(tx)
+		if st.Cursor.SeenEvents, err = cursor.SeenCount(tx); err != nil {
+			return err
+		}
 		sum, err := fulfill.Summarize(tx)
 		if err != nil {
 			return err
@@ -168,8 +174,12 @@ func Read(db *bbolt.DB, now time.Time) (*Report, error) {
 			st.Fulfillments[string(s)] = n
 		}
 		st.Recovered, st.InFlight, st.PaymentIntents = sum.Recovered, sum.InFlight, sum.PaymentIntents
-		st.Queued = fulfill.QueueLen(tx)
-		st.Events = cursor.Counts(tx)
+		if st.Queued, err = fulfill.QueueLen(tx); err != nil {
+			return err
+		}
+		if st.Events, err = cursor.Counts(tx); err != nil {
+			return err
+		}
 		if st.BadEvents.Recent, st.BadEvents.Count, err = cursor.BadEvents(tx, 10); err != nil {
 			return err
 		}

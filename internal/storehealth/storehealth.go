@@ -21,17 +21,17 @@ import (
 // returned.
 var ErrUnwritable = errors.New("the store cannot be written")
 
-// Store is what Guard wraps: bbolt's transactions (a *bbolt.DB, or a test's
-// wrapper that fails on purpose).
-type Store interface {
-	View(fn func(*bbolt.Tx) error) error
-	Update(fn func(*bbolt.Tx) error) error
+// Store is what a Guard wraps: a store seen through a user's transaction
+// type T (store.As), or a test's wrapper that fails on purpose.
+type Store[T any] interface {
+	View(fn func(T) error) error
+	Update(fn func(T) error) error
 }
 
-// Guard passes transactions through to the store and keeps score of
-// whether writes succeed. It is safe for concurrent use.
-type Guard struct {
-	store  Store
+// Health keeps score of whether the store takes writes, for every Guard
+// over it: one failing disk pauses every queue and shows once in the log
+// and in /healthz. It is safe for concurrent use.
+type Health struct {
 	logger *slog.Logger
 	now    func() time.Time
 
@@ -41,84 +41,100 @@ type Guard struct {
 	failures int
 }
 
-// New wraps store. logger gets one ERROR when writes start failing and one
-// INFO when they work again.
-func New(store Store, logger *slog.Logger) *Guard {
+// NewHealth returns a score keeper; logger gets one ERROR when writes start
+// failing and one INFO when they work again.
+func NewHealth(logger *slog.Logger) *Health {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Guard{store: store, logger: logger, now: time.Now}
+	return &Health{logger: logger, now: time.Now}
+}
+
+// Guard passes transactions through to the store and tells Health whether
+// writes succeed.
+type Guard[T any] struct {
+	store  Store[T]
+	health *Health
+}
+
+// New wraps store; writes are scored in health.
+func New[T any](store Store[T], health *Health) *Guard[T] {
+	return &Guard[T]{store: store, health: health}
 }
 
 // View runs a read-only transaction.
-func (g *Guard) View(fn func(*bbolt.Tx) error) error { return g.store.View(fn) }
+func (g *Guard[T]) View(fn func(T) error) error { return g.store.View(fn) }
 
 // Update runs a read-write transaction. An error of the write itself is
 // returned wrapped in ErrUnwritable and marks the store as failing; an
 // error fn returned is returned as it is.
-func (g *Guard) Update(fn func(*bbolt.Tx) error) error {
+func (g *Guard[T]) Update(fn func(T) error) error {
 	var fnErr error
 	ran := false
-	err := g.store.Update(func(tx *bbolt.Tx) error {
+	err := g.store.Update(func(tx T) error {
 		ran = true
 		fnErr = fn(tx)
 		return fnErr
 	})
 	switch {
 	case err == nil:
-		g.ok()
+		g.health.ok()
 		return nil
 	case ran && fnErr != nil:
-		// fn decided; bbolt returns fn's error after rolling back.
+		// fn decided; the store returns fn's error after rolling back.
 		return err
 	case errors.Is(err, bbolt.ErrDatabaseNotOpen):
 		// Closed while shutting down: not the disk's fault.
 		return err
 	}
-	g.fail(err)
+	g.health.fail(err)
 	return fmt.Errorf("%w: %w", ErrUnwritable, err)
 }
 
 // Probe tries an empty write, to learn whether the store takes writes
-// again. bbolt commits even an empty transaction to disk (its meta page).
-func (g *Guard) Probe() error {
-	return g.Update(func(*bbolt.Tx) error { return nil })
+// again (bbolt commits even an empty transaction to disk: its meta page).
+func (g *Guard[T]) Probe() error {
+	return g.Update(func(T) error { return nil })
 }
 
 // Err is nil while writes work; otherwise it says since when they fail and
 // why.
-func (g *Guard) Err() error {
-	g.mu.Lock()
-	defer g.mu.Unlock()
-	if g.failing == nil {
+func (g *Guard[T]) Err() error { return g.health.Err() }
+
+// Err is nil while writes work; otherwise it says since when they fail and
+// why.
+func (h *Health) Err() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.failing == nil {
 		return nil
 	}
 	return fmt.Errorf("%w: writes failing since %s (%d refused): %w",
-		ErrUnwritable, g.since.UTC().Format(time.RFC3339), g.failures, g.failing)
+		ErrUnwritable, h.since.UTC().Format(time.RFC3339), h.failures, h.failing)
 }
 
-func (g *Guard) fail(err error) {
-	g.mu.Lock()
-	first := g.failing == nil
+func (h *Health) fail(err error) {
+	h.mu.Lock()
+	first := h.failing == nil
 	if first {
-		g.failing, g.since = err, g.now()
+		h.failing, h.since = err, h.now()
 	}
-	g.failures++
-	g.mu.Unlock()
+	h.failures++
+	h.mu.Unlock()
 	if first {
-		g.logger.Error("the store cannot be written: no new work is started until it can; "+
+		h.logger.Error("the store cannot be written: no new work is started until it can; "+
 			"results already in hand are kept and saved when it recovers (check free disk space and the file system)",
 			"err", err)
 	}
 }
 
-func (g *Guard) ok() {
-	g.mu.Lock()
-	was, since, n := g.failing, g.since, g.failures
-	g.failing, g.failures = nil, 0
-	g.mu.Unlock()
+func (h *Health) ok() {
+	h.mu.Lock()
+	was, since, n := h.failing, h.since, h.failures
+	h.failing, h.failures = nil, 0
+	h.mu.Unlock()
 	if was != nil {
-		g.logger.Info("the store takes writes again; resuming work",
-			"failing_for", g.now().Sub(since).Round(time.Second), "failed_writes", n)
+		h.logger.Info("the store takes writes again; resuming work",
+			"failing_for", h.now().Sub(since).Round(time.Second), "failed_writes", n)
 	}
 }

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
@@ -13,11 +12,12 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
 	"github.com/fulfilld/fulfilld/config"
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/store"
+	"github.com/fulfilld/fulfilld/internal/store/boltstore"
+	"github.com/fulfilld/fulfilld/internal/store/storetest"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/internal/stripesim"
 	"github.com/fulfilld/fulfilld/poller"
@@ -201,7 +201,7 @@ func TestSuggestedInFlightFollowsBudgetAndLatency(t *testing.T) {
 // daemon is the poller and fulfiller over one store, as `run --once` wires
 // them.
 type daemon struct {
-	db     *bbolt.DB
+	db     *boltstore.Store
 	client *stripeapi.Client
 	poller *poller.Poller
 	ful    *fulfill.Fulfiller
@@ -210,21 +210,12 @@ type daemon struct {
 
 func newDaemon(t *testing.T, c *stripeapi.Client) *daemon {
 	t.Helper()
-	db, err := bbolt.Open(filepath.Join(t.TempDir(), "fulfilld.db"), 0o600, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	if err := db.Update(func(tx *bbolt.Tx) error {
-		return errors.Join(cursor.Init(tx), fulfill.Init(tx), poller.InitReconcile(tx))
-	}); err != nil {
-		t.Fatal(err)
-	}
+	db := storetest.Open(t)
 	act := &countingAction{runs: map[string]int{}}
 	return &daemon{
 		db: db, client: c, action: act,
-		poller: &poller.Poller{DB: db, Events: c, Types: config.DefaultEventTypes, Lookback: 10 * time.Minute},
-		ful: &fulfill.Fulfiller{DB: db, Sessions: c, Action: act, MaxAttempts: 8, Concurrency: 2,
+		poller: &poller.Poller{DB: store.As[poller.Tx](db), Events: c, Types: config.DefaultEventTypes, Lookback: 10 * time.Minute},
+		ful: &fulfill.Fulfiller{DB: store.As[fulfill.Tx](db), Sessions: c, Action: act, MaxAttempts: 8, Concurrency: 2,
 			Backoff: func(int) time.Duration { return 10 * time.Millisecond }},
 	}
 }
@@ -335,7 +326,7 @@ func TestRateLimitFarAboveStripesLosesNothing(t *testing.T) {
 			t.Errorf("%s: action ran %d times, want once", id, n)
 		}
 		var rec fulfill.Record
-		_ = d.db.View(func(tx *bbolt.Tx) (err error) { rec, _, err = fulfill.Get(tx, id); return err })
+		_ = d.db.View(func(tx store.Tx) (err error) { rec, _, err = fulfill.Get(tx, id); return err })
 		if rec.State != fulfill.StateFulfilled {
 			t.Errorf("%s: state %s", id, rec.State)
 		}
@@ -367,7 +358,7 @@ func TestShutdownDuringLongBackoff(t *testing.T) {
 	c.Transport.MaxBackoff = time.Minute
 	d := newDaemon(t, c)
 	queued := "cs_test_queued"
-	if err := d.db.Update(func(tx *bbolt.Tx) error {
+	if err := d.db.Update(func(tx store.Tx) error {
 		_, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: queued, Trigger: fulfill.TriggerEvent, At: time.Now()})
 		return err
 	}); err != nil {
@@ -410,9 +401,11 @@ func TestShutdownDuringLongBackoff(t *testing.T) {
 	}
 	var rec fulfill.Record
 	var inQueue int
-	_ = d.db.View(func(tx *bbolt.Tx) (err error) {
-		rec, _, err = fulfill.Get(tx, queued)
-		inQueue = fulfill.QueueLen(tx)
+	_ = d.db.View(func(tx store.Tx) (err error) {
+		if rec, _, err = fulfill.Get(tx, queued); err != nil {
+			return err
+		}
+		inQueue, err = fulfill.QueueLen(tx)
 		return err
 	})
 	if rec.State != fulfill.StatePending || rec.InFlight || rec.Attempts != 0 || inQueue != 1 {
@@ -423,10 +416,10 @@ func TestShutdownDuringLongBackoff(t *testing.T) {
 	}
 }
 
-func position(t *testing.T, db *bbolt.DB) cursor.Position {
+func position(t *testing.T, db *boltstore.Store) cursor.Position {
 	t.Helper()
 	var pos cursor.Position
-	if err := db.View(func(tx *bbolt.Tx) (err error) { pos, err = cursor.Load(tx); return err }); err != nil {
+	if err := db.View(func(tx store.Tx) (err error) { pos, err = cursor.Load(tx); return err }); err != nil {
 		t.Fatal(err)
 	}
 	return pos

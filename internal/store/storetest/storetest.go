@@ -1,6 +1,7 @@
 // Package storetest opens real stores for tests, as bbolt's own
 // internal/btesting does: a fresh file in t.TempDir() with every bucket,
-// closed when the test ends.
+// closed when the test ends. The contract suite every backend must pass is
+// in contract.go.
 package storetest
 
 import (
@@ -8,18 +9,16 @@ import (
 	"testing"
 	"time"
 
-	"go.etcd.io/bbolt"
-
-	"github.com/fulfilld/fulfilld/internal/store"
+	"github.com/fulfilld/fulfilld/internal/store/boltstore"
 )
 
-// Open returns a fresh store that is closed when the test ends.
-func Open(t testing.TB) *bbolt.DB {
+// Open returns a fresh bbolt store that is closed when the test ends.
+func Open(t testing.TB) *boltstore.Store {
 	t.Helper()
-	db, err := store.Open(filepath.Join(t.TempDir(), "fulfilld.db"), false, time.Second)
+	s, err := boltstore.Open(filepath.Join(t.TempDir(), "fulfilld.db"), false, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { db.Close() })
-	return db
+	t.Cleanup(func() { s.Close() })
+	return s
 }

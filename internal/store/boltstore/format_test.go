@@ -1,4 +1,4 @@
-package store_test
+package boltstore
 
 import (
 	"encoding/binary"
@@ -79,21 +79,23 @@ func TestOldStoreUpgradedInPlace(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "fulfilld.db")
 	oldStore(t, path)
 
-	if _, err := store.Open(path, true, time.Second); !errors.Is(err, store.ErrFormat) {
+	if _, err := Open(path, true, time.Second); !errors.Is(err, ErrFormat) {
 		t.Fatalf("read-only open of an old store: %v, want ErrFormat with a hint", err)
 	}
-	db, err := store.Open(path, false, time.Second)
+	db, err := Open(path, false, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var sum fulfill.Summary
 	var failed []fulfill.Record
 	var seen int
-	if err := db.View(func(tx *bbolt.Tx) (err error) {
+	if err := db.View(func(tx store.Tx) (err error) {
 		if sum, err = fulfill.Summarize(tx); err != nil {
 			return err
 		}
-		seen = cursor.SeenCount(tx)
+		if seen, err = cursor.SeenCount(tx); err != nil {
+			return err
+		}
 		failed, err = fulfill.Failed(tx, 10)
 		return err
 	}); err != nil {
@@ -108,7 +110,7 @@ func TestOldStoreUpgradedInPlace(t *testing.T) {
 		t.Errorf("after the upgrade: failures %+v, seen %d; want cs_dead and 3", failed, seen)
 	}
 	// Now read-only opens work too.
-	ro, err := store.Open(path, true, time.Second)
+	ro, err := Open(path, true, time.Second)
 	if err != nil {
 		t.Fatalf("read-only open after the upgrade: %v", err)
 	}
@@ -118,20 +120,20 @@ func TestOldStoreUpgradedInPlace(t *testing.T) {
 // TestNewerStoreRefused: a store from a newer fulfilld is not touched.
 func TestNewerStoreRefused(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "fulfilld.db")
-	db, err := store.Open(path, false, time.Second)
+	db, err := Open(path, false, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := db.Update(func(tx *bbolt.Tx) error {
+	if err := db.db.Update(func(tx *bbolt.Tx) error {
 		var v [8]byte
-		binary.BigEndian.PutUint64(v[:], store.Format+1)
+		binary.BigEndian.PutUint64(v[:], Format+1)
 		return tx.Bucket([]byte("meta")).Put([]byte("format"), v[:])
 	}); err != nil {
 		t.Fatal(err)
 	}
 	db.Close()
 	for _, ro := range []bool{false, true} {
-		if _, err := store.Open(path, ro, time.Second); !errors.Is(err, store.ErrFormat) {
+		if _, err := Open(path, ro, time.Second); !errors.Is(err, ErrFormat) {
 			t.Errorf("open (read-only %v) of a newer store: %v, want ErrFormat", ro, err)
 		}
 	}

@@ -1,4 +1,4 @@
-package store_test
+package boltstore
 
 import (
 	"errors"
@@ -18,14 +18,14 @@ import (
 // way settled history leaves a bbolt file: large, and mostly free pages.
 func fill(t *testing.T, path string, n, keep int) {
 	t.Helper()
-	db, err := store.Open(path, false, time.Second)
+	db, err := Open(path, false, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
 	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
 	for start := 0; start < n; start += 1000 {
-		if err := db.Update(func(tx *bbolt.Tx) error {
+		if err := db.Update(func(tx store.Tx) error {
 			for i := start; i < min(start+1000, n); i++ {
 				id := fmt.Sprintf("cs_test_%06d", i)
 				if _, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: id, EventID: "evt_" + id, Trigger: fulfill.TriggerEvent, At: now}); err != nil {
@@ -37,7 +37,7 @@ func fill(t *testing.T, path string, n, keep int) {
 			t.Fatal(err)
 		}
 	}
-	if err := db.Update(func(tx *bbolt.Tx) error {
+	if err := db.db.Update(func(tx *bbolt.Tx) error {
 		b := tx.Bucket([]byte("sessions"))
 		for i := keep; i < n; i++ {
 			if err := b.Delete([]byte(fmt.Sprintf("cs_test_%06d", i))); err != nil {
@@ -55,7 +55,7 @@ func fill(t *testing.T, path string, n, keep int) {
 func TestCompactShrinksAndKeepsEverything(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "fulfilld.db")
 	fill(t, path, 20000, 10)
-	sz, err := store.Compact(path, time.Second)
+	sz, err := Compact(path, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -69,12 +69,12 @@ func TestCompactShrinksAndKeepsEverything(t *testing.T) {
 	if info.Mode().Perm() != 0o600 || info.Size() != sz.After {
 		t.Errorf("after compaction: mode %v size %d, want 0600 and %d", info.Mode().Perm(), info.Size(), sz.After)
 	}
-	db, err := store.Open(path, true, time.Second)
+	db, err := Open(path, true, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	_ = db.View(func(tx *bbolt.Tx) error {
+	_ = db.View(func(tx store.Tx) error {
 		for i := range 10 {
 			id := fmt.Sprintf("cs_test_%06d", i)
 			if rec, ok, err := fulfill.Get(tx, id); err != nil || !ok || rec.State != fulfill.StatePending {
@@ -92,12 +92,12 @@ func TestCompactShrinksAndKeepsEverything(t *testing.T) {
 // must not copy a file that is being written.
 func TestCompactRefusesAHeldStore(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "fulfilld.db")
-	db, err := store.Open(path, false, time.Second)
+	db, err := Open(path, false, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer db.Close()
-	if _, err := store.Compact(path, 100*time.Millisecond); !errors.Is(err, store.ErrHeld) {
+	if _, err := Compact(path, 100*time.Millisecond); !errors.Is(err, ErrHeld) {
 		t.Fatalf("compact of a held store: %v, want ErrHeld", err)
 	}
 }
@@ -108,13 +108,13 @@ func TestCompactRefusesAHeldStore(t *testing.T) {
 func TestOpenFollowsAReplacedFile(t *testing.T) {
 	dir := t.TempDir()
 	path := filepath.Join(dir, "fulfilld.db")
-	holder, err := store.Open(path, false, time.Second)
+	holder, err := Open(path, false, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	opened := make(chan *bbolt.DB, 1)
+	opened := make(chan *Store, 1)
 	go func() {
-		db, err := store.Open(path, false, 10*time.Second)
+		db, err := Open(path, false, 10*time.Second)
 		if err != nil {
 			t.Error(err)
 		}
@@ -123,11 +123,11 @@ func TestOpenFollowsAReplacedFile(t *testing.T) {
 	// The replacement: another store with a marker, renamed over the path
 	// while the holder still has the old file's lock.
 	other := filepath.Join(dir, "new.db")
-	ndb, err := store.Open(other, false, time.Second)
+	ndb, err := Open(other, false, time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := ndb.Update(func(tx *bbolt.Tx) error {
+	if err := ndb.Update(func(tx store.Tx) error {
 		_, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: "cs_marker", Trigger: fulfill.TriggerManual, At: time.Now()})
 		return err
 	}); err != nil {
@@ -143,7 +143,7 @@ func TestOpenFollowsAReplacedFile(t *testing.T) {
 		t.FailNow()
 	}
 	defer db.Close()
-	_ = db.View(func(tx *bbolt.Tx) error {
+	_ = db.View(func(tx store.Tx) error {
 		if _, ok, _ := fulfill.Get(tx, "cs_marker"); !ok {
 			t.Error("the waiting open holds the replaced file, not the store at the path")
 		}

@@ -1,4 +1,4 @@
-package store
+package boltstore
 
 import (
 	"errors"
@@ -32,11 +32,12 @@ func Compact(path string, wait time.Duration) (Sizes, error) {
 		return sz, fmt.Errorf("compact: %w", err)
 	}
 	sz.Before = info.Size()
-	src, err := Open(path, false, wait)
+	opened, err := Open(path, false, wait)
 	if err != nil {
 		return sz, err
 	}
-	defer src.Close()
+	defer opened.Close()
+	src := opened.db
 
 	tmp := path + ".compact"
 	_ = os.Remove(tmp) // a leftover of a compaction that was cut off

@@ -1,0 +1,30 @@
+package cursor
+
+import "time"
+
+// Tx is the storage the stream's position needs, inside one transaction
+// of the caller's, so events are queued and the position moves in one
+// commit. The store (internal/store) implements it for each engine.
+type Tx interface {
+	// Position is the position as stored; Load reads it for use.
+	Position() (Position, error)
+	PutPosition(Position) error
+	LastPoll() (Poll, error)
+	PutLastPoll(Poll) error
+
+	// The seen-set: event ids already handled, with their created time.
+	Seen(eventID string) (bool, error)
+	MarkSeen(eventID string, created time.Time) error
+	// ForgetSeen drops ids created before the given time and says how many.
+	ForgetSeen(before time.Time) (int, error)
+	SeenCount() (int, error)
+
+	// CountEvents adds to the per-type, per-outcome event counters.
+	CountEvents(counts map[[2]string]int) error
+	// EventCounts reads them, sorted by type then outcome.
+	EventCounts() ([]EventCount, error)
+	// RecordBad keeps a bad event; the store keeps the newest few only.
+	RecordBad(BadEvent) error
+	// BadEvents lists them newest first, at most limit, and how many are kept.
+	BadEvents(limit int) ([]BadEvent, int, error)
+}

@@ -1,0 +1,82 @@
+package fulfill
+
+import "time"
+
+// Queue names one of the durable queues: items ordered by due time.
+type Queue string
+
+// The queues.
+const (
+	SessionQueue Queue = "sessions"      // sessions to attempt
+	NotifyQueue  Queue = "notifications" // notifications to deliver
+)
+
+// Kinds of record the store keeps indexes of.
+const (
+	KindSession       = "session"
+	KindNotification  = "notification"
+	KindPaymentIntent = "payment_intent"
+)
+
+// Settled names a record that reached a final state: a candidate for
+// retention.
+type Settled struct {
+	Kind string
+	ID   string
+}
+
+// Counts are the kept counters: what status, /metrics and /healthz show,
+// read without reading the records.
+type Counts struct {
+	Sessions       map[State]int
+	Recovered      int
+	InFlight       int
+	PaymentIntents map[string]int
+	Notifications  map[string]int
+}
+
+// Tx is the storage the ledger and the queues need, inside one
+// transaction. The store (internal/store) implements it for each engine,
+// and owns what follows from each write: every Put moves the kept
+// counters, the dead-letter index and the settled index with the record,
+// in the same transaction.
+type Tx interface {
+	Session(id string) (Record, bool, error)
+	PutSession(Record) error
+	Notification(eventID string) (Notification, bool, error)
+	PutNotification(Notification) error
+	PaymentIntent(id string) (PaymentIntent, bool, error)
+	PutPaymentIntent(PaymentIntent) error
+
+	// Schedule puts id in the queue due at the given time, replacing any
+	// earlier place it had; Unschedule takes it out.
+	Schedule(q Queue, id string, due time.Time) error
+	Unschedule(q Queue, id string) error
+	// DueAt is when id is due, if it is queued.
+	DueAt(q Queue, id string) (time.Time, bool, error)
+	// Due lists up to limit ids due at or before now, earliest first,
+	// passing over those skip names.
+	Due(q Queue, now time.Time, limit int, skip func(id string) bool) ([]string, error)
+	// NextDue is when the earliest item skip does not name is due; zero
+	// when there is none.
+	NextDue(q Queue, skip func(id string) bool) (time.Time, error)
+	QueueLen(q Queue) (int, error)
+	// Queued lists every id in the queue (recovery after a crash).
+	Queued(q Queue) ([]string, error)
+
+	Counts() (Counts, error)
+	// Failed lists the dead letters of a kind, most recently updated
+	// first, at most limit (0: all).
+	Failed(kind string, limit int) ([]string, error)
+	// SettledBefore lists records that settled before the given time,
+	// oldest first, at most limit, and whether there are more.
+	SettledBefore(before time.Time, limit int) ([]Settled, bool, error)
+}
+
+// DB is the store as this package uses it. The daemon passes one that
+// also keeps score of its writes (storehealth), which the queues read
+// through storeHealth.
+type DB interface {
+	View(fn func(Tx) error) error
+	Update(fn func(Tx) error) error
+}

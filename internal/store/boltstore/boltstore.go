@@ -1,0 +1,257 @@
+// Package boltstore is fulfilld's store in one bbolt file: the default,
+// for one host. It owns the schema — the buckets, how each record is
+// encoded, the counters and indexes kept beside the records, retention's
+// index and the on-disk format version — and implements the transaction
+// interfaces that cursor, fulfill, poller and stripeapi declare
+// (internal/store.Tx is all of them).
+//
+// bbolt lets one process hold the file; Open fails with ErrHeld while
+// another does. Values read inside a transaction are copied out before it
+// ends.
+package boltstore
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"go.etcd.io/bbolt"
+
+	"github.com/fulfilld/fulfilld/internal/store"
+)
+
+// Sentinel errors.
+var (
+	// ErrHeld means another process has the store open (bbolt's file lock).
+	ErrHeld = errors.New("held by another process")
+	// ErrFormat means the file's format is not one this binary can use as
+	// it is.
+	ErrFormat = errors.New("store format")
+)
+
+// Format is the on-disk format this binary writes. Each version names what
+// it added; Open upgrades an older file in place, in one transaction.
+//
+//	1: buckets of records, queues and the cursor (no format key yet)
+//	2: counters and time indexes kept beside the records, the seen-set's
+//	   size kept, bad events and API usage days bounded
+const Format = 2
+
+// The buckets. Keys and values are described beside each.
+var (
+	bucketMeta       = []byte("meta")            // "format" → uint64
+	bucketCursor     = []byte("cursor")          // "position", "last_poll" → JSON; "seen_count" → uint64
+	bucketSeen       = []byte("seen")            // event id → created (unix, 8 bytes)
+	bucketSeenByTime = []byte("seen_by_time")    // created (8 bytes) + event id → nothing
+	bucketEventStats = []byte("event_stats")     // "type\x00outcome" → uint64
+	bucketBad        = []byte("bad_events")      // event id → BadEvent JSON
+	bucketSessions   = []byte("sessions")        // session id → Record JSON
+	bucketIntents    = []byte("payment_intents") // pi id → PaymentIntent JSON
+	bucketNotes      = []byte("notifications")   // event id → Notification JSON
+	bucketCounts     = []byte("fulfill_counts")  // "session:<state>", "pi:<status>", "notify:<state>", … → uint64
+	bucketFailed     = []byte("failed_index")    // kind byte + updated (8 bytes) + id → nothing
+	bucketSettled    = []byte("settled_index")   // settled (8 bytes) + kind byte + id → nothing
+	bucketUsage      = []byte("api_usage")       // "2026-11-22" or keyFolded → Usage JSON
+	bucketReconcile  = []byte("reconcile")       // "last_sweep", "webhook_misses" → JSON
+
+	keyFormat    = []byte("format")
+	keyPosition  = []byte("position")
+	keyPoll      = []byte("last_poll")
+	keySeenCount = []byte("seen_count")
+	keyLastSweep = []byte("last_sweep")
+	keyMisses    = []byte("webhook_misses")
+)
+
+// queues maps a queue to its two buckets: items (due (8 bytes, unix nanos)
+// + id → nothing) and index (id → its items key).
+var queues = map[string]struct{ items, index []byte }{
+	"sessions":      {[]byte("queue"), []byte("queue_index")},
+	"notifications": {[]byte("notify_queue"), []byte("notify_queue_index")},
+}
+
+func allBuckets() [][]byte {
+	bs := [][]byte{bucketMeta, bucketCursor, bucketSeen, bucketSeenByTime, bucketEventStats, bucketBad,
+		bucketSessions, bucketIntents, bucketNotes, bucketCounts, bucketFailed, bucketSettled, bucketUsage,
+		bucketReconcile}
+	for _, q := range queues {
+		bs = append(bs, q.items, q.index)
+	}
+	return bs
+}
+
+// Store is an open bbolt file.
+type Store struct {
+	db *bbolt.DB
+}
+
+// Open opens the store at path, created with mode 0600, waiting at most
+// wait for another process's lock. A read-write open creates what is
+// missing and upgrades an older format; a read-only one creates nothing
+// and refuses a format it would misread.
+func Open(path string, readOnly bool, wait time.Duration) (*Store, error) {
+	var db *bbolt.DB
+	for try := 1; ; try++ {
+		var file *os.File
+		var err error
+		db, err = bbolt.Open(path, 0o600, &bbolt.Options{Timeout: wait, ReadOnly: readOnly,
+			OpenFile: func(name string, flag int, mode os.FileMode) (*os.File, error) {
+				file, err = os.OpenFile(name, flag, mode)
+				return file, err
+			}})
+		if errors.Is(err, bbolt.ErrTimeout) {
+			return nil, fmt.Errorf("%s is %w", path, ErrHeld)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("open store %s: %w", path, err)
+		}
+		// A compaction renames a new file over the path while it holds the
+		// old one's lock; whoever waited for that lock holds a file that
+		// is no longer the store. Open the one that is.
+		if replaced(path, file) && try < 5 {
+			db.Close()
+			continue
+		}
+		break
+	}
+	if readOnly {
+		if err := db.View(checkFormat); err != nil {
+			db.Close()
+			return nil, fmt.Errorf("open store %s: %w", path, err)
+		}
+		return &Store{db: db}, nil
+	}
+	if err := db.Update(func(tx *bbolt.Tx) error {
+		for _, b := range allBuckets() {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return fmt.Errorf("create bucket %s: %w", b, err)
+			}
+		}
+		return migrate(&Tx{tx: tx})
+	}); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("prepare store %s: %w", path, err)
+	}
+	return &Store{db: db}, nil
+}
+
+// replaced reports whether path no longer names the file that was opened.
+func replaced(path string, opened *os.File) bool {
+	if opened == nil {
+		return false
+	}
+	a, err := opened.Stat()
+	if err != nil {
+		return false
+	}
+	b, err := os.Stat(path)
+	return err == nil && !os.SameFile(a, b)
+}
+
+// Close closes the file.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Path is the file's path.
+func (s *Store) Path() string { return s.db.Path() }
+
+// View runs fn in a read-only transaction.
+func (s *Store) View(fn func(store.Tx) error) error {
+	return s.db.View(func(tx *bbolt.Tx) error { return fn(&Tx{tx: tx}) })
+}
+
+// Update runs fn in a read-write transaction; an error rolls it back.
+// Nothing with side effects outside the store may run inside fn: bbolt may
+// not have committed when it returns.
+func (s *Store) Update(fn func(store.Tx) error) error {
+	return s.db.Update(func(tx *bbolt.Tx) error { return fn(&Tx{tx: tx}) })
+}
+
+// Check that *Tx is every user's transaction.
+var _ store.Tx = (*Tx)(nil)
+
+// Tx is one transaction. Its methods implement store.Tx: cursor.Tx,
+// fulfill.Tx, poller.SweepTx and stripeapi.UsageTx.
+type Tx struct {
+	tx *bbolt.Tx
+}
+
+func (t *Tx) b(name []byte) *bbolt.Bucket { return t.tx.Bucket(name) }
+
+// formatOf reads a file's format: 1 for one from before it was kept.
+func formatOf(tx *bbolt.Tx) int {
+	b := tx.Bucket(bucketMeta)
+	if b == nil {
+		return 1
+	}
+	v := b.Get(keyFormat)
+	if len(v) != 8 {
+		return 1
+	}
+	return int(binary.BigEndian.Uint64(v))
+}
+
+func newerFormat(v int) error {
+	return fmt.Errorf("%w %d is newer than this fulfilld knows (%d): run the newer fulfilld, or restore a backup taken before the upgrade",
+		ErrFormat, v, Format)
+}
+
+// migrate brings the file to Format, refusing one written by a newer
+// binary: it may hold what this one would misread or destroy.
+func migrate(t *Tx) error {
+	v := formatOf(t.tx)
+	switch {
+	case v > Format:
+		return newerFormat(v)
+	case v == Format:
+		return nil
+	}
+	if v < 2 {
+		if err := t.recount(); err != nil {
+			return fmt.Errorf("upgrade to format 2: %w", err)
+		}
+	}
+	return putUint(t.b(bucketMeta), keyFormat, Format)
+}
+
+// checkFormat is migrate for a read-only open: it cannot upgrade, so an
+// older file is refused with what to do.
+func checkFormat(tx *bbolt.Tx) error {
+	switch v := formatOf(tx); {
+	case v > Format:
+		return newerFormat(v)
+	case v < Format:
+		return fmt.Errorf("%w %d predates this fulfilld (%d): start `fulfilld run` (or `fulfilld compact`) once to upgrade it in place",
+			ErrFormat, v, Format)
+	}
+	return nil
+}
+
+func getUint(b *bbolt.Bucket, key []byte) uint64 {
+	if v := b.Get(key); len(v) == 8 {
+		return binary.BigEndian.Uint64(v)
+	}
+	return 0
+}
+
+func putUint(b *bbolt.Bucket, key []byte, n uint64) error {
+	var buf [8]byte
+	binary.BigEndian.PutUint64(buf[:], n)
+	return b.Put(key, buf[:])
+}
+
+// addUint adds delta to a counter; it never goes below zero.
+func addUint(b *bbolt.Bucket, key []byte, delta int64) error {
+	if delta == 0 {
+		return nil
+	}
+	return putUint(b, key, uint64(max(int64(getUint(b, key))+delta, 0)))
+}
+
+func timeKey(t time.Time) []byte {
+	var b [8]byte
+	binary.BigEndian.PutUint64(b[:], uint64(max(t.UnixNano(), 0)))
+	return b[:]
+}
+
+func keyTime(k []byte) time.Time { return time.Unix(0, int64(binary.BigEndian.Uint64(k[:8]))) }

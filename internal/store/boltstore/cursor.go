@@ -1,0 +1,183 @@
+package boltstore
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/fulfilld/fulfilld/cursor"
+)
+
+// maxBadEvents bounds the bad events kept: the newest are what an operator
+// acts on, and a stream of garbage must not grow the store without end.
+const maxBadEvents = 1000
+
+func (t *Tx) getJSON(bucket, key []byte, v any) (bool, error) {
+	raw := t.b(bucket).Get(key)
+	if raw == nil {
+		return false, nil
+	}
+	if err := json.Unmarshal(raw, v); err != nil {
+		return false, fmt.Errorf("read %s/%s: %w", bucket, key, err)
+	}
+	return true, nil
+}
+
+func (t *Tx) putJSON(bucket, key []byte, v any) error {
+	raw, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	if err := t.b(bucket).Put(key, raw); err != nil {
+		return fmt.Errorf("write %s/%s: %w", bucket, key, err)
+	}
+	return nil
+}
+
+// Position implements cursor.Tx.
+func (t *Tx) Position() (cursor.Position, error) {
+	var p cursor.Position
+	_, err := t.getJSON(bucketCursor, keyPosition, &p)
+	return p, err
+}
+
+// PutPosition implements cursor.Tx.
+func (t *Tx) PutPosition(p cursor.Position) error { return t.putJSON(bucketCursor, keyPosition, p) }
+
+// LastPoll implements cursor.Tx.
+func (t *Tx) LastPoll() (cursor.Poll, error) {
+	var p cursor.Poll
+	_, err := t.getJSON(bucketCursor, keyPoll, &p)
+	return p, err
+}
+
+// PutLastPoll implements cursor.Tx.
+func (t *Tx) PutLastPoll(p cursor.Poll) error { return t.putJSON(bucketCursor, keyPoll, p) }
+
+// Seen implements cursor.Tx.
+func (t *Tx) Seen(id string) (bool, error) { return t.b(bucketSeen).Get([]byte(id)) != nil, nil }
+
+// MarkSeen implements cursor.Tx.
+func (t *Tx) MarkSeen(id string, created time.Time) error {
+	var ts [8]byte
+	binary.BigEndian.PutUint64(ts[:], uint64(max(created.Unix(), 0)))
+	seen := t.b(bucketSeen)
+	if old := seen.Get([]byte(id)); old != nil {
+		if bytes.Equal(old, ts[:]) {
+			return nil
+		}
+		if err := t.b(bucketSeenByTime).Delete(append(bytes.Clone(old), id...)); err != nil {
+			return err
+		}
+	} else if err := addUint(t.b(bucketCursor), keySeenCount, 1); err != nil {
+		return err
+	}
+	if err := seen.Put([]byte(id), ts[:]); err != nil {
+		return fmt.Errorf("mark event %s seen: %w", id, err)
+	}
+	return t.b(bucketSeenByTime).Put(append(ts[:], id...), nil)
+}
+
+// ForgetSeen implements cursor.Tx.
+func (t *Tx) ForgetSeen(before time.Time) (int, error) {
+	var limit [8]byte
+	binary.BigEndian.PutUint64(limit[:], uint64(max(before.Unix(), 0)))
+	seen, byTime := t.b(bucketSeen), t.b(bucketSeenByTime)
+	c := byTime.Cursor()
+	n := 0
+	for k, _ := c.First(); k != nil && bytes.Compare(k[:8], limit[:]) < 0; k, _ = c.First() {
+		if err := seen.Delete(bytes.Clone(k[8:])); err != nil {
+			return n, err
+		}
+		if err := c.Delete(); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, addUint(t.b(bucketCursor), keySeenCount, -int64(n))
+}
+
+// SeenCount implements cursor.Tx: the kept size, which costs nothing to
+// read however large the set is.
+func (t *Tx) SeenCount() (int, error) { return int(getUint(t.b(bucketCursor), keySeenCount)), nil }
+
+// CountEvents implements cursor.Tx.
+func (t *Tx) CountEvents(counts map[[2]string]int) error {
+	b := t.b(bucketEventStats)
+	for k, n := range counts {
+		if err := addUint(b, []byte(k[0]+"\x00"+k[1]), int64(n)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// EventCounts implements cursor.Tx.
+func (t *Tx) EventCounts() ([]cursor.EventCount, error) {
+	out := []cursor.EventCount{}
+	err := t.b(bucketEventStats).ForEach(func(k, v []byte) error {
+		typ, outcome, _ := strings.Cut(string(k), "\x00")
+		out = append(out, cursor.EventCount{Type: typ, Outcome: outcome, Count: binary.BigEndian.Uint64(v)})
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].Type != out[j].Type {
+			return out[i].Type < out[j].Type
+		}
+		return out[i].Outcome < out[j].Outcome
+	})
+	return out, err
+}
+
+func badKey(ev cursor.BadEvent) []byte {
+	if ev.ID == "" {
+		return fmt.Appendf(nil, "unknown-%d", ev.SeenAt.UnixNano())
+	}
+	return []byte(ev.ID)
+}
+
+// RecordBad implements cursor.Tx. Past maxBadEvents the oldest go; that
+// reads at most maxBadEvents+1 small records, and only when a bad event
+// arrives.
+func (t *Tx) RecordBad(ev cursor.BadEvent) error {
+	if err := t.putJSON(bucketBad, badKey(ev), ev); err != nil {
+		return err
+	}
+	b := t.b(bucketBad)
+	if b.Stats().KeyN <= maxBadEvents {
+		return nil
+	}
+	all, _, err := t.BadEvents(maxBadEvents + 1)
+	if err != nil {
+		return err
+	}
+	for _, old := range all[maxBadEvents:] {
+		if err := b.Delete(badKey(old)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// BadEvents implements cursor.Tx.
+func (t *Tx) BadEvents(limit int) ([]cursor.BadEvent, int, error) {
+	var all []cursor.BadEvent
+	err := t.b(bucketBad).ForEach(func(_, v []byte) error {
+		var ev cursor.BadEvent
+		if err := json.Unmarshal(v, &ev); err != nil {
+			return err
+		}
+		all = append(all, ev)
+		return nil
+	})
+	sort.Slice(all, func(i, j int) bool { return all[i].SeenAt.After(all[j].SeenAt) })
+	total := len(all)
+	if len(all) > limit {
+		all = all[:limit]
+	}
+	return all, total, err
+}

@@ -1,0 +1,288 @@
+package boltstore
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/fulfilld/fulfilld/fulfill"
+)
+
+// Every write of a session, notification or PaymentIntent status moves, in
+// the same transaction, the counters (fulfill_counts) and two indexes:
+//   - failed_index: dead letters, by kind and time, so status lists the
+//     latest few without reading the rest;
+//   - settled_index: records in a final state and not yet pruned, oldest
+//     first, so retention finds what is old enough without reading what is
+//     not.
+
+// Index kinds, one byte each in the index keys.
+var kindByte = map[string]byte{
+	fulfill.KindSession:       's',
+	fulfill.KindNotification:  'n',
+	fulfill.KindPaymentIntent: 'p',
+}
+
+var byteKind = map[byte]string{'s': fulfill.KindSession, 'n': fulfill.KindNotification, 'p': fulfill.KindPaymentIntent}
+
+const (
+	countRecovered = "session:recovered"
+	countInFlight  = "session:in_flight"
+)
+
+// indexed is what the counters and indexes need to know of a record.
+type indexed struct {
+	counts  []string // counters this record adds one to
+	failed  bool
+	settled bool // in a final state and not pruned: a candidate for retention
+	at      time.Time
+}
+
+func sessionIndexed(r fulfill.Record) indexed {
+	x := indexed{counts: []string{"session:" + string(r.State)}, failed: r.State == fulfill.StateFailed,
+		settled: r.Ended() && !r.Pruned, at: r.Updated}
+	if r.Recovered {
+		x.counts = append(x.counts, countRecovered)
+	}
+	if r.InFlight {
+		x.counts = append(x.counts, countInFlight)
+	}
+	return x
+}
+
+func notificationIndexed(n fulfill.Notification) indexed {
+	return indexed{counts: []string{"notify:" + n.State}, failed: n.State == fulfill.NotifyFailed,
+		settled: (n.State == fulfill.NotifySent || n.State == fulfill.NotifyFailed) && !n.Pruned, at: n.Updated}
+}
+
+func intentIndexed(pi fulfill.PaymentIntent) indexed {
+	return indexed{counts: []string{"pi:" + pi.Status}, settled: !pi.Pruned, at: pi.At}
+}
+
+func failedKey(kind byte, at time.Time, id string) []byte {
+	return append(append([]byte{kind}, timeKey(at)...), id...)
+}
+
+func settledKey(at time.Time, kind byte, id string) []byte {
+	return append(append(timeKey(at), kind), id...)
+}
+
+// reindex moves a record's counts and index entries from what it was (had
+// says whether it existed) to what it is now.
+func (t *Tx) reindex(kind string, id string, old indexed, had bool, cur indexed) error {
+	k := kindByte[kind]
+	counts, failed, settled := t.b(bucketCounts), t.b(bucketFailed), t.b(bucketSettled)
+	if had {
+		for _, c := range old.counts {
+			if err := addUint(counts, []byte(c), -1); err != nil {
+				return err
+			}
+		}
+		if old.failed {
+			if err := failed.Delete(failedKey(k, old.at, id)); err != nil {
+				return err
+			}
+		}
+		if old.settled {
+			if err := settled.Delete(settledKey(old.at, k, id)); err != nil {
+				return err
+			}
+		}
+	}
+	for _, c := range cur.counts {
+		if err := addUint(counts, []byte(c), 1); err != nil {
+			return err
+		}
+	}
+	if cur.failed {
+		if err := failed.Put(failedKey(k, cur.at, id), nil); err != nil {
+			return err
+		}
+	}
+	if cur.settled {
+		if err := settled.Put(settledKey(cur.at, k, id), nil); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Session implements fulfill.Tx.
+func (t *Tx) Session(id string) (fulfill.Record, bool, error) {
+	var r fulfill.Record
+	ok, err := t.getJSON(bucketSessions, []byte(id), &r)
+	if err != nil {
+		return fulfill.Record{}, false, fmt.Errorf("read record of %s: %w", id, err)
+	}
+	return r, ok, nil
+}
+
+// PutSession implements fulfill.Tx.
+func (t *Tx) PutSession(r fulfill.Record) error {
+	old, had, err := t.Session(r.SessionID)
+	if err != nil {
+		return err
+	}
+	if err := t.putJSON(bucketSessions, []byte(r.SessionID), r); err != nil {
+		return fmt.Errorf("write record of %s: %w", r.SessionID, err)
+	}
+	return t.reindex(fulfill.KindSession, r.SessionID, sessionIndexed(old), had, sessionIndexed(r))
+}
+
+// Notification implements fulfill.Tx.
+func (t *Tx) Notification(id string) (fulfill.Notification, bool, error) {
+	var n fulfill.Notification
+	ok, err := t.getJSON(bucketNotes, []byte(id), &n)
+	if err != nil {
+		return fulfill.Notification{}, false, fmt.Errorf("read notification of %s: %w", id, err)
+	}
+	return n, ok, nil
+}
+
+// PutNotification implements fulfill.Tx. A record that cannot be read
+// counts as absent: writing this one repairs it.
+func (t *Tx) PutNotification(n fulfill.Notification) error {
+	old, had, err := t.Notification(n.EventID)
+	if err != nil {
+		had = false
+	}
+	if err := t.putJSON(bucketNotes, []byte(n.EventID), n); err != nil {
+		return fmt.Errorf("write notification of %s: %w", n.EventID, err)
+	}
+	return t.reindex(fulfill.KindNotification, n.EventID, notificationIndexed(old), had, notificationIndexed(n))
+}
+
+// PaymentIntent implements fulfill.Tx.
+func (t *Tx) PaymentIntent(id string) (fulfill.PaymentIntent, bool, error) {
+	var pi fulfill.PaymentIntent
+	ok, err := t.getJSON(bucketIntents, []byte(id), &pi)
+	return pi, ok, err
+}
+
+// PutPaymentIntent implements fulfill.Tx.
+func (t *Tx) PutPaymentIntent(pi fulfill.PaymentIntent) error {
+	old, had, err := t.PaymentIntent(pi.ID)
+	if err != nil {
+		had = false
+	}
+	if err := t.putJSON(bucketIntents, []byte(pi.ID), pi); err != nil {
+		return err
+	}
+	return t.reindex(fulfill.KindPaymentIntent, pi.ID, intentIndexed(old), had, intentIndexed(pi))
+}
+
+// Counts implements fulfill.Tx: kept counters, not a scan.
+func (t *Tx) Counts() (fulfill.Counts, error) {
+	c := fulfill.Counts{Sessions: map[fulfill.State]int{}, PaymentIntents: map[string]int{},
+		Notifications: map[string]int{fulfill.NotifyPending: 0, fulfill.NotifySent: 0, fulfill.NotifyFailed: 0}}
+	for _, s := range fulfill.States {
+		c.Sessions[s] = 0
+	}
+	err := t.b(bucketCounts).ForEach(func(k, v []byte) error {
+		n := int(binary.BigEndian.Uint64(v))
+		group, name, _ := strings.Cut(string(k), ":")
+		switch {
+		case string(k) == countRecovered:
+			c.Recovered = n
+		case string(k) == countInFlight:
+			c.InFlight = n
+		case group == "session":
+			c.Sessions[fulfill.State(name)] = n
+		case group == "pi" && n > 0:
+			c.PaymentIntents[name] = n
+		case group == "notify":
+			c.Notifications[name] = n
+		case group == "queue":
+			// QueueLen reads these.
+		}
+		return nil
+	})
+	return c, err
+}
+
+// Failed implements fulfill.Tx, from the dead-letter index.
+func (t *Tx) Failed(kind string, limit int) ([]string, error) {
+	k := kindByte[kind]
+	var ids []string
+	c := t.b(bucketFailed).Cursor()
+	// Seek past the kind's last key, then step back over its entries.
+	key, _ := c.Seek([]byte{k + 1})
+	if key == nil {
+		key, _ = c.Last()
+	} else {
+		key, _ = c.Prev()
+	}
+	for ; key != nil && key[0] == k && (limit <= 0 || len(ids) < limit); key, _ = c.Prev() {
+		ids = append(ids, string(key[9:]))
+	}
+	return ids, nil
+}
+
+// SettledBefore implements fulfill.Tx, from the settled index.
+func (t *Tx) SettledBefore(before time.Time, limit int) ([]fulfill.Settled, bool, error) {
+	var out []fulfill.Settled
+	edge := timeKey(before)
+	c := t.b(bucketSettled).Cursor()
+	for k, _ := c.First(); k != nil && bytes.Compare(k[:8], edge) < 0; k, _ = c.Next() {
+		if len(out) >= limit {
+			return out, true, nil
+		}
+		out = append(out, fulfill.Settled{Kind: byteKind[k[8]], ID: string(k[9:])})
+	}
+	return out, false, nil
+}
+
+// recount rebuilds every counter and index from the records: the upgrade
+// of a file written before they were kept.
+func (t *Tx) recount() error {
+	for _, name := range [][]byte{bucketCounts, bucketFailed, bucketSettled} {
+		if t.tx.Bucket(name) != nil {
+			if err := t.tx.DeleteBucket(name); err != nil {
+				return err
+			}
+		}
+		if _, err := t.tx.CreateBucket(name); err != nil {
+			return err
+		}
+	}
+	if err := t.b(bucketSessions).ForEach(func(k, v []byte) error {
+		var r fulfill.Record
+		if err := json.Unmarshal(v, &r); err != nil {
+			return fmt.Errorf("record of %s: %w", k, err)
+		}
+		return t.reindex(fulfill.KindSession, string(k), indexed{}, false, sessionIndexed(r))
+	}); err != nil {
+		return err
+	}
+	if err := t.b(bucketNotes).ForEach(func(k, v []byte) error {
+		var n fulfill.Notification
+		if err := json.Unmarshal(v, &n); err != nil {
+			return fmt.Errorf("notification of %s: %w", k, err)
+		}
+		return t.reindex(fulfill.KindNotification, string(k), indexed{}, false, notificationIndexed(n))
+	}); err != nil {
+		return err
+	}
+	if err := t.b(bucketIntents).ForEach(func(k, v []byte) error {
+		var pi fulfill.PaymentIntent
+		if err := json.Unmarshal(v, &pi); err != nil {
+			return fmt.Errorf("payment intent %s: %w", k, err)
+		}
+		return t.reindex(fulfill.KindPaymentIntent, string(k), indexed{}, false, intentIndexed(pi))
+	}); err != nil {
+		return err
+	}
+	for name, b := range queues {
+		if err := putUint(t.b(bucketCounts), queueCount(fulfill.Queue(name)), uint64(t.b(b.index).Stats().KeyN)); err != nil {
+			return err
+		}
+	}
+	return putUint(t.b(bucketCursor), keySeenCount, uint64(t.b(bucketSeen).Stats().KeyN))
+}
+
+// Recount is recount for tests: the kept counters and indexes must equal a
+// count made from the records themselves.
+func (t *Tx) Recount() error { return t.recount() }
