@@ -74,6 +74,10 @@ type Fulfiller struct {
 // repeated (same idempotency key) only if the process ends first.
 func (f *Fulfiller) Unsaved() int { return f.results.len() }
 
+// SaveKept tries once more to record the results kept in memory; a process
+// about to end calls it before it reports what stays unsaved.
+func (f *Fulfiller) SaveKept() error { return f.results.flush() }
+
 // DefaultBackoff doubles from 30 s to at most an hour, less up to a quarter
 // for jitter: with the default eight attempts the last comes 48-64 minutes
 // after the first, so an operator's endpoint may be down for most of an
@@ -205,7 +209,8 @@ func (f *Fulfiller) attempt(ctx context.Context, rec Record, st *stages) (Record
 		// spending one of the action's attempts.
 		next := f.now().Add(f.backoff(rec.Attempts + 1))
 		rec.LastError, rec.NextAttempt = err.Error(), next
-		log.Warn("could not retrieve checkout session; will retry", "err", err, "next_attempt", next)
+		// Debug: the Stripe client already said, once, that Stripe is away.
+		log.Debug("could not retrieve checkout session; will retry", "err", err, "next_attempt", next)
 		return rec, errors.Join(f.save(rec, next), err)
 	}
 	rec.PaymentStatus, rec.LineItems = sess.PaymentStatus, sess.LineItems
@@ -430,7 +435,7 @@ func (f *Fulfiller) Run(ctx context.Context, opts RunOptions) (PassResult, error
 		act:   &gate{limit: func() int { return max(f.Concurrency, 1) }},
 	}
 	w := &worker{
-		db: f.DB, q: SessionQueue, now: f.now, flush: f.results.flush,
+		db: f.DB, q: SessionQueue, now: f.now, flush: f.results.flush, kept: f.results.len,
 		// Enough sessions in progress to keep both stages busy: a
 		// prefetch at most one fetch stage deep ahead of the actions.
 		slots:  func() int { return st.fetch.size() + st.act.size() },

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"strconv"
+	"sync"
 	"time"
 )
 
@@ -150,11 +151,18 @@ type Notifier struct {
 
 	// results are deliveries that ran but could not be recorded yet.
 	results unsaved
+	// unreadable remembers the events whose record could not be read and
+	// was reported.
+	unreadable sync.Map
 }
 
 // Unsaved is how many deliveries ran but could not be recorded yet; see
 // Fulfiller.Unsaved.
 func (n *Notifier) Unsaved() int { return n.results.len() }
+
+// SaveKept tries once more to record the kept results; see
+// Fulfiller.SaveKept.
+func (n *Notifier) SaveKept() error { return n.results.flush() }
 
 func (n *Notifier) now() time.Time {
 	if n.Now != nil {
@@ -174,7 +182,7 @@ func (n *Notifier) Recover() (int, error) {
 // Run works the notify queue; see Fulfiller.Run.
 func (n *Notifier) Run(ctx context.Context, opts RunOptions) (PassResult, error) {
 	w := &worker{db: n.DB, q: NotifyQueue, concurrency: n.Concurrency, now: n.now, process: n.attempt, logger: n.Logger,
-		flush: n.results.flush}
+		flush: n.results.flush, kept: n.results.len}
 	return w.run(ctx, opts)
 }
 
@@ -200,8 +208,11 @@ func (n *Notifier) attempt(ctx context.Context, id string) (outcome, error) {
 		return err
 	})
 	if err != nil {
-		// Not lost: it stays queued and is offered again after a cooldown.
-		log.Error("could not read the notification's record; it stays queued", "err", err)
+		// Not lost: it stays queued and is offered again after a cooldown;
+		// said once per event, not at every cooldown.
+		if _, said := n.unreadable.LoadOrStore(id, true); !said {
+			log.Error("could not read the notification's record; it stays queued", "err", err)
+		}
 		return outcomeOther, err
 	}
 	if !ok || rec.State != NotifyPending {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime/debug"
+	"sort"
 	"sync"
 	"time"
 )
@@ -98,9 +99,10 @@ type worker struct {
 	process func(ctx context.Context, id string) (outcome, error)
 	fatal   func(error) bool
 	logger  *slog.Logger
-	// flush saves the results kept while the store refused writes; it is
-	// called when a probe finds the store writable again.
+	// flush saves the results kept while the store refused writes, kept
+	// says how many there are; the worker flushes as soon as writes work.
 	flush func() error
+	kept  func() int
 }
 
 // Pauses of the worker. An item whose attempt ended in an error and left
@@ -137,29 +139,24 @@ func (w *worker) dueNow(id string) bool {
 	return due
 }
 
-// probe asks the store whether it takes writes again and, when it does,
-// saves the results kept meanwhile.
+// probe asks the store whether it may take writes again. A kept result is
+// the best probe: saving it is a real write, and the one that matters.
 func (w *worker) probe() bool {
 	h, ok := w.db.(storeHealth)
 	if !ok {
 		return true
 	}
-	if h.Probe() != nil {
-		return false
+	if w.kept != nil && w.kept() > 0 {
+		return w.flush() == nil
 	}
-	if w.flush != nil {
-		if err := w.flush(); err != nil {
-			return false
-		}
-	}
-	return true
+	return h.Probe() == nil
 }
 
-// finished is an item whose attempt ended; failed when it ended in an
-// error (not a shutdown).
+// finished is an item whose attempt ended; err is set when it ended in an
+// error (not a shutdown) that left it due.
 type finished struct {
-	id     string
-	failed bool
+	id  string
+	err error
 }
 
 // panicRetry is how soon an item whose attempt panicked is offered again.
@@ -205,12 +202,17 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 		done     = make(chan finished)
 		wake     = opts.Wake
 		polling  = true
-		// cool holds items whose last attempt ended in an error, until
-		// when (real time: a cooldown, not a schedule), and strikes how
-		// many in a row.
+		// cool holds items whose last attempt ended in an error and left
+		// them due, until when (real time: a cooldown, not a schedule);
+		// strikes counts such errors in a row, lastErr keeps the last.
 		cool    = map[string]time.Time{}
 		strikes = map[string]int{}
+		lastErr = map[string]error{}
 		probeIn = probeWait
+		// halfOpen lets one item through after a probe found the store
+		// writable: the store counts as working again only once a real
+		// write succeeds (an empty probe can commit on a full disk).
+		halfOpen = false
 	)
 	attemptCtx, cancelAttempts := context.WithCancel(context.WithoutCancel(ctx))
 	defer cancelAttempts()
@@ -243,8 +245,13 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 	}
 	for {
 		storeErr := w.storeErr()
+		if storeErr == nil && w.kept != nil && w.kept() > 0 {
+			// Writes work (whoever's write proved it): record what was
+			// kept before anything else runs.
+			_ = w.flush()
+		}
 		if storeErr != nil && opts.UntilIdle && w.probe() {
-			storeErr = nil
+			storeErr, halfOpen = nil, false
 		}
 		if storeErr != nil && opts.UntilIdle {
 			// A pass cannot complete on a store that refuses writes: stop,
@@ -253,6 +260,9 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 			return res, fmt.Errorf("stop the pass: %w", storeErr)
 		}
 		slots := w.slotCount()
+		if storeErr != nil && halfOpen && len(running) == 0 {
+			slots, storeErr, halfOpen = 1, nil, false
+		}
 		if storeErr == nil && ctx.Err() == nil && len(running) < slots {
 			var ids []string
 			_ = w.db.View(func(tx Tx) (err error) {
@@ -280,7 +290,11 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 						fatal = err
 					}
 					mu.Unlock()
-					done <- finished{id: id, failed: err != nil && attemptCtx.Err() == nil && w.dueNow(id)}
+					f := finished{id: id}
+					if err != nil && attemptCtx.Err() == nil && w.dueNow(id) {
+						f.err = err
+					}
+					done <- f
 				}()
 			}
 		}
@@ -291,8 +305,16 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 				more = len(ids) > 0
 				return err
 			})
-			if !more || ctx.Err() != nil {
+			if ctx.Err() != nil {
 				return res, ctx.Err()
+			}
+			if !more {
+				// Items whose attempt errored and stayed due are work this
+				// pass could not do: not a success for cron.
+				if len(lastErr) > 0 {
+					return res, stuckError(lastErr)
+				}
+				return res, nil
 			}
 			continue
 		}
@@ -317,10 +339,19 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 			if !next.IsZero() {
 				wait = max(next.Sub(w.now()), 10*time.Millisecond)
 			}
-			for _, until := range cool {
-				if d := max(time.Until(until), 10*time.Millisecond); wait < 0 || d < wait {
-					wait = d
+			for id, until := range cool {
+				if !time.Now().Before(until) {
+					// Thawed, and not due (the queue's own time covers it
+					// if it is): forget it, or the loop wakes every 10 ms.
+					delete(cool, id)
+					continue
 				}
+				if d := time.Until(until); wait < 0 || d < wait {
+					wait = max(d, 10*time.Millisecond)
+				}
+			}
+			if w.kept != nil && w.kept() > 0 && (wait < 0 || wait > probeWait) {
+				wait = probeWait // try the kept results again
 			}
 			if wait >= 0 {
 				timer = time.NewTimer(wait)
@@ -330,11 +361,13 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 		select {
 		case f := <-done:
 			id := f.id
-			if f.failed {
+			if f.err != nil {
 				strikes[id]++
+				lastErr[id] = f.err
 				cool[id] = time.Now().Add(min(errorCooldown<<min(strikes[id]-1, 10), maxErrorCooldown))
 			} else {
 				delete(strikes, id)
+				delete(lastErr, id)
 				delete(cool, id)
 			}
 			delete(running, id)
@@ -345,7 +378,7 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 		case <-timerC:
 			if probing {
 				if w.probe() {
-					probeIn = probeWait
+					halfOpen = true
 				} else {
 					probeIn = min(probeIn*2, maxProbeWait)
 				}
@@ -357,6 +390,9 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 		if timer != nil {
 			timer.Stop()
 		}
+		if storeErr == nil && w.storeErr() == nil {
+			probeIn = probeWait
+		}
 		mu.Lock()
 		err := fatal
 		mu.Unlock()
@@ -365,6 +401,18 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 			return res, err
 		}
 	}
+}
+
+// stuckError sums up the items a pass left due because their attempts
+// errored.
+func stuckError(errs map[string]error) error {
+	ids := make([]string, 0, len(errs))
+	for id := range errs {
+		ids = append(ids, id)
+	}
+	sort.Strings(ids)
+	return fmt.Errorf("%d item(s) could not be attempted in this pass and stay queued (%s: %w)",
+		len(ids), ids[0], errs[ids[0]])
 }
 
 // gate admits up to limit() holders at once; the limit is asked again at

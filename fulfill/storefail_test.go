@@ -245,8 +245,11 @@ func TestUnreadableNotificationStaysQueued(t *testing.T) {
 	n := &fulfill.Notifier{DB: torn, Action: act, MaxAttempts: 3, Concurrency: 2, Now: func() time.Time { return now }}
 	wake := make(chan struct{})
 	close(wake)
-	if _, err := n.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true}); err != nil {
-		t.Fatal(err)
+	// A pass (run --once) that could not attempt it does not call itself
+	// complete.
+	if _, err := n.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true}); err == nil ||
+		!strings.Contains(err.Error(), "could not be attempted") {
+		t.Fatalf("a pass that could not read a queued notification returned %v, want an error saying so", err)
 	}
 	var queued bool
 	_ = db.View(func(tx store.Tx) (err error) { _, queued, err = tx.DueAt(fulfill.NotifyQueue, "evt_1"); return err })
@@ -289,4 +292,158 @@ func (t tornTx) Notification(id string) (fulfill.Notification, bool, error) {
 		return fulfill.Notification{}, false, errors.New("read notification of " + id + ": unexpected end of JSON input")
 	}
 	return t.Tx.Notification(id)
+}
+
+// The disk fills during A's action and frees up while B's runs: B's save
+// succeeds and so clears the store's failing state. A's kept result is
+// still saved at once — not left in memory for a restart to repeat.
+func TestKeptResultSavedWhenAnotherWriteSucceeds(t *testing.T) {
+	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+	db := openTestDB(t)
+	enqueue(t, db, now, "cs_a", "cs_b")
+	flaky, guard := guarded(db, nil)
+	releaseB := make(chan struct{})
+	act := &gatedAction{runs: map[string]int{}, gate: map[string]func(){
+		"cs_a": func() { flaky.failing.Store(true) },
+		"cs_b": func() { <-releaseB },
+	}}
+	f := &fulfill.Fulfiller{DB: guard, Sessions: &paidSource{}, Action: act, MaxAttempts: 3, Concurrency: 2,
+		Now: func() time.Time { return now }}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := f.Run(ctx, fulfill.RunOptions{Wake: make(chan struct{})})
+		done <- err
+	}()
+	waitUntil(t, "A's result is kept in memory", func() bool { return f.Unsaved() == 1 })
+	flaky.failing.Store(false)
+	close(releaseB)
+	waitUntil(t, "A's kept result is saved", func() bool { return stateOf(t, db, "cs_a").State == fulfill.StateFulfilled })
+	cancel()
+	<-done
+
+	g := &fulfill.Fulfiller{DB: ledger(db), Sessions: &paidSource{}, Action: act, MaxAttempts: 3, Concurrency: 2,
+		Now: func() time.Time { return now }}
+	if n, err := g.Recover(); err != nil || n != 0 {
+		t.Errorf("a restart finds %d attempts cut off (%v), want none", n, err)
+	}
+	if act.count("cs_a") != 1 || act.count("cs_b") != 1 {
+		t.Errorf("actions ran %v, want each once", act.runs)
+	}
+}
+
+// A real full disk: an empty transaction still commits (bbolt rewrites its
+// meta page in place), only writes of data fail. The probe's success must
+// not count as recovery: one ERROR in the log, never a "writes again", and
+// no flood of new work.
+func TestFullDiskWhereEmptyCommitsSucceed(t *testing.T) {
+	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+	db := openTestDB(t)
+	ids := []string{"cs_1", "cs_2", "cs_3"}
+	enqueue(t, db, now, ids...)
+	disk := &fullDisk{Store: db}
+	disk.full.Store(true)
+	var logs logtest.Buffer
+	logger := slog.New(slog.NewTextHandler(&logs, nil))
+	guard := storehealth.New(store.As[fulfill.Tx](disk), storehealth.NewHealth(logger))
+	src, act := &paidSource{}, &runsAction{}
+	f := &fulfill.Fulfiller{DB: guard, Sessions: src, Action: act, MaxAttempts: 3, Concurrency: 4,
+		Now: func() time.Time { return now }, Logger: logger}
+	ctx, cancel := context.WithTimeout(context.Background(), 3500*time.Millisecond)
+	defer cancel()
+	_, _ = f.Run(ctx, fulfill.RunOptions{Wake: make(chan struct{})})
+	if n := logs.Count("level=ERROR", "the store cannot be written"); n != 1 {
+		t.Errorf("%d ERROR lines about the store, want 1:\n%s", n, logs.String())
+	}
+	if n := logs.Count("writes again"); n != 0 {
+		t.Errorf("the log says the store recovered %d times on a disk that stayed full:\n%s", n, logs.String())
+	}
+	// One retrieve per queued session before the failure is known, then one
+	// per probe that lets a single item through (1 s, 2 s apart).
+	if n := src.calls.Load(); n > int64(len(ids))+3 {
+		t.Errorf("%d session retrieves against a full disk, want at most %d", n, len(ids)+3)
+	}
+	for _, id := range ids {
+		if act.count(id) != 0 {
+			t.Errorf("%s's action ran %d times though its start could not be recorded", id, act.count(id))
+		}
+	}
+	if guard.Err() == nil {
+		t.Error("the store counts as working on a full disk")
+	}
+}
+
+// gatedAction runs a session's gate (once) while "in the action".
+type gatedAction struct {
+	mu   sync.Mutex
+	runs map[string]int
+	gate map[string]func()
+}
+
+func (a *gatedAction) Deliver(_ context.Context, d fulfill.Delivery) (fulfill.Outcome, error) {
+	id := strings.TrimPrefix(d.IdempotencyKey, "fulfilld-")
+	a.mu.Lock()
+	a.runs[id]++
+	g := a.gate[id]
+	delete(a.gate, id)
+	a.mu.Unlock()
+	if g != nil {
+		g()
+	}
+	return fulfill.Outcome{}, nil
+}
+
+func (a *gatedAction) count(id string) int {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.runs[id]
+}
+
+// fullDisk is the storage boundary of a full disk: a transaction that
+// writes data fails at commit; an empty one commits.
+type fullDisk struct {
+	store.Store
+	full atomic.Bool
+}
+
+var errRollback = errors.New("roll back: the disk is full")
+
+func (s *fullDisk) Update(fn func(store.Tx) error) error {
+	if !s.full.Load() {
+		return s.Store.Update(fn)
+	}
+	wrote := false
+	err := s.Store.Update(func(tx store.Tx) error {
+		if err := fn(writeSpy{Tx: tx, wrote: &wrote}); err != nil {
+			return err
+		}
+		if wrote {
+			return errRollback
+		}
+		return nil
+	})
+	if errors.Is(err, errRollback) {
+		return errDiskFull
+	}
+	return err
+}
+
+// writeSpy notes whether a transaction wrote anything.
+type writeSpy struct {
+	store.Tx
+	wrote *bool
+}
+
+func (w writeSpy) PutSession(r fulfill.Record) error { *w.wrote = true; return w.Tx.PutSession(r) }
+func (w writeSpy) PutNotification(n fulfill.Notification) error {
+	*w.wrote = true
+	return w.Tx.PutNotification(n)
+}
+func (w writeSpy) Schedule(q fulfill.Queue, id string, due time.Time) error {
+	*w.wrote = true
+	return w.Tx.Schedule(q, id, due)
+}
+func (w writeSpy) Unschedule(q fulfill.Queue, id string) error {
+	*w.wrote = true
+	return w.Tx.Unschedule(q, id)
 }

@@ -1,6 +1,7 @@
 package poller_test
 
 import (
+	"context"
 	"log/slog"
 	"math"
 	"testing"
@@ -9,7 +10,9 @@ import (
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/internal/logtest"
 	"github.com/fulfilld/fulfilld/internal/store"
+	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/internal/stripesim"
+	"github.com/fulfilld/fulfilld/poller"
 )
 
 // TestStripesClockDecidesWhatTheStreamCovers: the simulated Stripe runs on
@@ -161,5 +164,30 @@ func TestSweepOnStripesClock(t *testing.T) {
 				t.Errorf("sweep at %s until %s, want Stripe's now %s", sw.At, sw.Until, stripe.Now())
 			}
 		})
+	}
+}
+
+// TestStartWithACursorNeedsNoStripe: a daemon restarted while Stripe is
+// unreachable starts (and works its queues) on the stored cursor; only a
+// first start, which needs Stripe's "now", asks Stripe first.
+func TestStartWithACursorNeedsNoStripe(t *testing.T) {
+	h := newHarness(t)
+	h.pass(time.Time{}) // the first start: a cursor exists from here on
+	nowhere := stripeapi.New(stripeapi.Config{APIKey: testKey, APIBase: "http://127.0.0.1:1",
+		Limits: stripeapi.Limits{Global: 1000, Endpoint: 1000}, MaxRetries: 1})
+	nowhere.Transport.MinBackoff, nowhere.Transport.MaxBackoff = time.Millisecond, time.Millisecond
+	h.poller.Events, h.poller.Clock = nowhere, poller.ClientClock{Client: nowhere}
+	if _, err := h.poller.Start(context.Background(), time.Time{}); err != nil {
+		t.Fatalf("start on a stored cursor with Stripe unreachable: %v", err)
+	}
+	if n := nowhere.Transport.Sent(); n != 0 {
+		t.Errorf("start on a stored cursor sent %d requests, want none", n)
+	}
+
+	// A first start does need Stripe, and says so.
+	h2 := newHarness(t)
+	h2.poller.Events, h2.poller.Clock = nowhere, poller.ClientClock{Client: nowhere}
+	if _, err := h2.poller.Start(context.Background(), time.Time{}); err == nil {
+		t.Error("a first start with Stripe unreachable succeeded; it cannot know where \"now\" is")
 	}
 }

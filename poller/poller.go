@@ -187,6 +187,15 @@ func (p *Poller) sync(ctx context.Context) error {
 	return p.Clock.Sync(ctx)
 }
 
+// clockKnown reports whether now() is Stripe's time (or the test's).
+func (p *Poller) clockKnown() bool {
+	if p.Clock == nil {
+		return true
+	}
+	_, ok := p.Clock.Skew()
+	return ok
+}
+
 func (p *Poller) log() *slog.Logger {
 	if p.Logger == nil {
 		return slog.New(slog.DiscardHandler)
@@ -200,15 +209,23 @@ func (p *Poller) log() *slog.Logger {
 // (the seen-set and the ledger make re-listing safe).
 func (p *Poller) Start(ctx context.Context, since time.Time) (cursor.Position, error) {
 	var pos cursor.Position
-	if err := p.sync(ctx); err != nil {
-		// The first request of the first poll failed (an unreachable
-		// Stripe, a rejected key): status shows why, as for any poll.
-		if !p.DryRun && ctx.Err() == nil {
-			if serr := p.savePoll(cursor.Poll{At: p.now(), Outcome: "error", Error: err.Error()}); serr != nil {
-				return pos, errors.Join(err, serr)
-			}
-		}
+	if err := p.DB.View(func(tx Tx) (err error) { pos, err = cursor.Load(tx); return err }); err != nil {
 		return pos, err
+	}
+	// Stripe's "now" is needed only to begin a stream that has no cursor
+	// and no --since; with either, the first poll learns Stripe's clock, and
+	// the daemon starts (and works its queues) while Stripe is away.
+	if pos.IsZero() && since.IsZero() {
+		if err := p.sync(ctx); err != nil {
+			// The first request of the first poll failed (an unreachable
+			// Stripe, a rejected key): status shows why, as for any poll.
+			if !p.DryRun && ctx.Err() == nil {
+				if serr := p.savePoll(cursor.Poll{At: p.now(), Outcome: "error", Error: err.Error()}); serr != nil {
+					return pos, errors.Join(err, serr)
+				}
+			}
+			return pos, err
+		}
 	}
 	now := p.now()
 	start := func(tx Tx) error {
@@ -230,7 +247,11 @@ func (p *Poller) Start(ctx context.Context, since time.Time) (cursor.Position, e
 			pos.Settled = since
 			pos.ResetScan()
 		}
-		p.clampRetention(&pos, now)
+		if p.clockKnown() {
+			// With an unknown clock the first poll checks the retention
+			// edge instead: the host's clock may be far off.
+			p.clampRetention(&pos, now)
+		}
 		if p.DryRun {
 			p.mu.Lock()
 			p.dryPos = pos

@@ -194,12 +194,13 @@ compares Stripe's records with what the action received.
 		return err
 	}
 	fmt.Fprintf(out, "\n%s\n", v)
-	fmt.Fprint(out, `
+	self := selfName()
+	fmt.Fprintf(out, `
 Try it on your own Stripe sandbox (README.md, "Try it on your Stripe sandbox in five minutes"):
-  fulfilld init                       # writes fulfilld.yaml and a sample action
+  %-35s # writes fulfilld.yaml and a sample action
   export STRIPE_API_KEY=rk_test_...   # a sandbox restricted key: Events and Checkout Sessions, read
-  fulfilld run --once --since 1h --config fulfilld.yaml
-`)
+  %s run --once --since 1h --config fulfilld.yaml
+`, self+" init", self)
 	if !v.ok() {
 		return &exitError{code: exitFailure, err: fmt.Errorf("demo: the verdict failed: %s", v.line())}
 	}

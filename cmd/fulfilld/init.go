@@ -106,11 +106,22 @@ func (a *app) init(dir string, force bool) error {
 	}
 	fmt.Fprintf(a.stdout, "wrote %s and %s\n\nnext:\n"+
 		"  export STRIPE_API_KEY=rk_test_...   # a sandbox key with Events: read and Checkout Sessions: read\n"+
-		"  fulfilld run --once --since 1h --config %s\n"+
+		"  %s run --once --since 1h --config %s\n"+
 		"  ls %s   # one JSON file per paid session the action received\n",
-		rel(cfgPath), rel(action), rel(cfgPath), rel(received))
+		rel(cfgPath), rel(action), selfName(), rel(cfgPath), rel(received))
 	return nil
 }
 
 // shellQuote quotes s for /bin/sh.
 func shellQuote(s string) string { return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'" }
+
+// selfName is how to run this binary again, for hints meant to be pasted:
+// the path it was started by (./fulfilld), or plain fulfilld when it was
+// found on PATH or built by `go run`.
+func selfName() string {
+	name := os.Args[0]
+	if !strings.Contains(name, "/") || strings.Contains(name, "go-build") {
+		return "fulfilld"
+	}
+	return name
+}

@@ -44,6 +44,9 @@ type adminError struct {
 	Code  int    `json:"code"`
 }
 
+// errStopping answers what would start new work while the daemon stops.
+var errStopping = errors.New("the daemon is stopping; try again when it has started again (status works meanwhile)")
+
 // errOncePass answers the commands that change things while a `run --once`
 // pass holds the store: it has no scheduler to hand the work to.
 var errOncePass = errors.New("a `fulfilld run --once` pass holds the store; try again when it ends (status works meanwhile)")
@@ -52,6 +55,17 @@ var errOncePass = errors.New("a `fulfilld run --once` pass holds the store; try 
 // serves what reads (status) and refuses what would change things.
 func (d *Daemon) adminHandler(work context.Context, once bool) http.Handler {
 	mux := http.NewServeMux()
+	// Work asked for once the daemon is stopping would be cut off at the
+	// end of the grace and repeated on the next start: refuse it instead.
+	refuseWhileStopping := func(h http.HandlerFunc) http.HandlerFunc {
+		return func(w http.ResponseWriter, r *http.Request) {
+			if d.stopping.Load() {
+				d.adminFail(w, errStopping)
+				return
+			}
+			h(w, r)
+		}
+	}
 	if once {
 		refuse := func(w http.ResponseWriter, _ *http.Request) { d.adminFail(w, errOncePass) }
 		mux.HandleFunc("POST /fulfill/{id}", refuse)
@@ -81,7 +95,7 @@ func (d *Daemon) adminHandler(work context.Context, once bool) http.Handler {
 	if once {
 		return mux
 	}
-	mux.HandleFunc("POST /fulfill/{id}", func(w http.ResponseWriter, r *http.Request) {
+	mux.HandleFunc("POST /fulfill/{id}", refuseWhileStopping(func(w http.ResponseWriter, r *http.Request) {
 		// On the daemon's context: the operator's Ctrl-C does not cut the
 		// action off half-way.
 		id := r.PathValue("id")
@@ -92,8 +106,8 @@ func (d *Daemon) adminHandler(work context.Context, once bool) http.Handler {
 			return
 		}
 		writeAdmin(w, FulfillAnswer{Record: rec, Error: errString(err)})
-	})
-	mux.HandleFunc("POST /retry", func(w http.ResponseWriter, r *http.Request) {
+	}))
+	mux.HandleFunc("POST /retry", refuseWhileStopping(func(w http.ResponseWriter, r *http.Request) {
 		var req RetryRequest
 		if err := json.NewDecoder(r.Body).Decode(&req); err != nil {
 			d.adminFail(w, &UsageError{err})
@@ -106,8 +120,8 @@ func (d *Daemon) adminHandler(work context.Context, once bool) http.Handler {
 		}
 		d.wake()
 		writeAdmin(w, ids)
-	})
-	mux.HandleFunc("POST /reconcile", func(w http.ResponseWriter, r *http.Request) {
+	}))
+	mux.HandleFunc("POST /reconcile", refuseWhileStopping(func(w http.ResponseWriter, r *http.Request) {
 		var since time.Time
 		if err := json.NewDecoder(r.Body).Decode(&since); err != nil {
 			d.adminFail(w, &UsageError{err})
@@ -120,7 +134,7 @@ func (d *Daemon) adminHandler(work context.Context, once bool) http.Handler {
 			return
 		}
 		writeAdmin(w, sw)
-	})
+	}))
 	return mux
 }
 

@@ -116,6 +116,9 @@ func (d *Daemon) pass(parent context.Context, list func(ctx context.Context) err
 	res, werr := wait()
 	switch {
 	case parent.Err() != nil:
+		if uerr := d.unsavedResults(); uerr != nil && d.Fulfiller.Unsaved()+d.notifierUnsaved() > 0 {
+			return res, fmt.Errorf("%w; %w", ErrInterrupted, uerr)
+		}
 		return res, ErrInterrupted
 	case lerr != nil:
 		return res, lerr
@@ -129,6 +132,11 @@ func (d *Daemon) pass(parent context.Context, list func(ctx context.Context) err
 // refused to record: the process is about to end, so the next start
 // repeats them (with the same idempotency keys), as after a crash.
 func (d *Daemon) unsavedResults() error {
+	// One more try: the disk may have recovered since the queues last wrote.
+	_ = d.Fulfiller.SaveKept()
+	if d.Notifier != nil {
+		_ = d.Notifier.SaveKept()
+	}
 	n := d.Fulfiller.Unsaved()
 	if d.Notifier != nil {
 		n += d.Notifier.Unsaved()
@@ -153,7 +161,7 @@ func (d *Daemon) Once(parent context.Context) error {
 		}
 		return perr
 	})
-	if err == ErrInterrupted {
+	if errors.Is(err, ErrInterrupted) {
 		return err
 	}
 	counts := []any{"events_listed", pres.Listed, "events_new", pres.New, "sessions_queued", pres.Queued,
@@ -244,4 +252,11 @@ func (d *Daemon) Reconcile(parent context.Context, from time.Time) (sw poller.Sw
 		return serr
 	})
 	return sw, swept, res, err
+}
+
+func (d *Daemon) notifierUnsaved() int {
+	if d.Notifier == nil {
+		return 0
+	}
+	return d.Notifier.Unsaved()
 }

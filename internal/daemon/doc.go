@@ -51,10 +51,15 @@ type Daemon struct {
 
 	// wake tells the running queues that work was queued.
 	wake func()
-	// heartbeat is when the poll last showed progress (unix nanos), and
+	// heartbeat is when the poll last showed progress (nanoseconds since
+	// started, on the monotonic clock: a host clock that jumps must not
+	// starve the watchdog), and
 	// polling whether one is running: the systemd watchdog reads them.
 	heartbeat atomic.Int64
+	started   time.Time
 	polling   atomic.Bool
+	// stopping is set when a signal arrived: new work is refused.
+	stopping atomic.Bool
 	// reads paces polls under stripe.monthly_read_budget; see pollWithinReadBudget.
 	reads *stripeapi.ReadPacer
 	// jobFailures counts each scheduled job's failures in a row (jobDone).
@@ -67,6 +72,7 @@ type Daemon struct {
 // and progress (when set) is told about each committed page.
 func New(d *Daemon, progress func(poller.Progress)) *Daemon {
 	d.wake = func() {}
+	d.started = time.Now()
 	if d.Now == nil {
 		d.Now = time.Now
 	}
@@ -76,7 +82,7 @@ func New(d *Daemon, progress func(poller.Progress)) *Daemon {
 	}
 	d.Poller.Notify = d.Notifier != nil
 	d.Poller.Progress = func(p poller.Progress) {
-		d.heartbeat.Store(d.now().UnixNano())
+		d.beat()
 		if progress != nil {
 			progress(p)
 		}
@@ -109,4 +115,12 @@ func (e *UsageError) Unwrap() error { return e.Err }
 // isCanceled reports a shutdown, which is not an error.
 func isCanceled(ctx context.Context, err error) bool {
 	return ctx.Err() != nil && errors.Is(err, context.Canceled)
+}
+
+// beat notes that the poll showed progress.
+func (d *Daemon) beat() { d.heartbeat.Store(int64(time.Since(d.started))) }
+
+// sinceBeat is how long ago the poll last showed progress.
+func (d *Daemon) sinceBeat() time.Duration {
+	return time.Since(d.started) - time.Duration(d.heartbeat.Load())
 }

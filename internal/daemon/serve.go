@@ -85,7 +85,7 @@ func (d *Daemon) Serve(parent context.Context) error {
 			return
 		}
 		d.polling.Store(true)
-		d.heartbeat.Store(d.now().UnixNano())
+		d.beat()
 		defer d.polling.Store(false)
 		res, err := d.Poller.Poll(ctx, false)
 		if err == nil {
@@ -129,6 +129,12 @@ func (d *Daemon) Serve(parent context.Context) error {
 		"store", d.Config.Store.Path, "admin_socket", d.Socket, "api_version", stripeapi.APIVersion)
 
 	<-ctx.Done()
+	// From here on, what would start an action is refused (it would be cut
+	// off at the end of the grace and repeated on the next start).
+	d.stopping.Store(true)
+	if api != nil {
+		api.Stopping.Store(true)
+	}
 	// One grace for everything that runs an action: the queues', and what
 	// the landing page and the admin socket started.
 	graceEnds := time.Now().Add(d.Config.Fulfill.Timeout)
@@ -204,7 +210,7 @@ func (d *Daemon) watchdog(ctx context.Context) {
 // alive reports why the daemon's loops look stuck, if they do.
 func (d *Daemon) alive() error {
 	if d.polling.Load() {
-		if since := d.now().Sub(time.Unix(0, d.heartbeat.Load())); since > stuckAfter {
+		if since := d.sinceBeat(); since > stuckAfter {
 			return errors.New("the running poll has shown no progress for " + since.Round(time.Second).String())
 		}
 	}

@@ -53,6 +53,10 @@ type Server struct {
 	Now    func() time.Time
 	Logger *slog.Logger
 	Ready  atomic.Bool
+	// Stopping is set by a daemon that is shutting down: POST /fulfill is
+	// answered 503 instead of starting an action the shutdown would cut
+	// off.
+	Stopping atomic.Bool
 	// Store, when set, says whether the store takes writes (nil error) or
 	// why not; /healthz fails while it does not.
 	Store interface{ Err() error }
@@ -162,6 +166,11 @@ func (s *Server) fulfill(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("session_id")
 	if !strings.HasPrefix(id, "cs_") || len(id) > 255 {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "not a Checkout Session id (they start with cs_)"})
+		return
+	}
+	if s.Stopping.Load() {
+		w.Header().Set("Retry-After", "30")
+		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "shutting down; try again shortly (the order is fulfilled by the poller in any case)"})
 		return
 	}
 	s.slotsOnce.Do(func() { s.slots = make(chan struct{}, cmp.Or(s.MaxInFlight, 16)) })

@@ -429,3 +429,22 @@ func TestLandingPageIsBounded(t *testing.T) {
 		t.Fatalf("a panicking fulfillment: %d, want 503", got)
 	}
 }
+
+// TestLandingPageWhileStopping: once the daemon is stopping, a landing page
+// is told to come back instead of starting an action that the shutdown
+// would cut off and the next start would repeat.
+func TestLandingPageWhileStopping(t *testing.T) {
+	t.Parallel()
+	called := false
+	s, _ := newServer(t, &fakeFulfiller{fn: func(context.Context, string) (fulfill.Record, error) {
+		called = true
+		return fulfill.Record{}, nil
+	}})
+	s.Stopping.Store(true)
+	rr := httptest.NewRecorder()
+	s.Handler().ServeHTTP(rr, httptest.NewRequest(http.MethodPost, "/fulfill/cs_test_1", nil))
+	if rr.Code != http.StatusServiceUnavailable || rr.Header().Get("Retry-After") == "" || called {
+		t.Errorf("POST while stopping = %d (Retry-After %q), fulfiller called %v; want 503 with Retry-After and no attempt",
+			rr.Code, rr.Header().Get("Retry-After"), called)
+	}
+}

@@ -3,6 +3,8 @@ package logging
 import (
 	"io"
 	"sync"
+
+	"golang.org/x/term"
 )
 
 // Line is a terminal shared by log records and one status line that is
@@ -16,10 +18,27 @@ type Line struct {
 	w      io.Writer
 	term   bool
 	status string // what is drawn now; "" when nothing is
+	// Width, when set, is the terminal's width in columns: a status line
+	// longer than it would wrap, and "erase to the end of the line" would
+	// then leave its first row behind at every redraw. It is cut to fit.
+	Width func() int
 }
 
-// NewLine wraps w, usually stderr.
-func NewLine(w io.Writer) *Line { return NewLineOn(w, IsTerminal(w)) }
+// NewLine wraps w, usually stderr; on a terminal, status lines are cut to
+// its width.
+func NewLine(w io.Writer) *Line {
+	l := NewLineOn(w, IsTerminal(w))
+	if f, ok := w.(interface{ Fd() uintptr }); ok && l.term {
+		l.Width = func() int {
+			cols, _, err := term.GetSize(int(f.Fd()))
+			if err != nil {
+				return 0
+			}
+			return cols
+		}
+	}
+	return l
+}
 
 // NewLineOn wraps w and draws status lines only if terminal is true; tests
 // use it to see what a terminal would get.
@@ -60,6 +79,11 @@ func (l *Line) Status(s string) {
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	if l.Width != nil {
+		if cols := l.Width(); cols > 1 {
+			s = fit(s, cols-1) // the last column would wrap on some terminals
+		}
+	}
 	if s == l.status {
 		return
 	}
@@ -73,3 +97,13 @@ func (l *Line) Status(s string) {
 
 // Clear removes the status line, e.g. before the program's last words.
 func (l *Line) Clear() { l.Status("") }
+
+// fit cuts s to at most n characters (runes: the bar is drawn with
+// multi-byte block characters), ending in "…" when cut.
+func fit(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n-1]) + "…"
+}

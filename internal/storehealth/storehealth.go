@@ -91,10 +91,15 @@ func (g *Guard[T]) Update(fn func(T) error) error {
 	return fmt.Errorf("%w: %w", ErrUnwritable, err)
 }
 
-// Probe tries an empty write, to learn whether the store takes writes
-// again (bbolt commits even an empty transaction to disk: its meta page).
+// Probe tries an empty write, to learn whether the store may take writes
+// again. Its success is not scored: an empty transaction can commit on a
+// full disk (bbolt rewrites its meta page in place), so the store counts as
+// working again only when a real write succeeds.
 func (g *Guard[T]) Probe() error {
-	return g.Update(func(T) error { return nil })
+	if err := g.store.Update(func(T) error { return nil }); err != nil {
+		return fmt.Errorf("%w: %w", ErrUnwritable, err)
+	}
+	return nil
 }
 
 // Err is nil while writes work; otherwise it says since when they fail and
