@@ -265,24 +265,31 @@ func CountSeen(tx *bbolt.Tx) error {
 	return addSeen(tx, n-SeenCount(tx))
 }
 
-// Prune forgets seen events created before the given time; no listing
-// reaches back that far any more. It returns how many were forgotten.
-func Prune(tx *bbolt.Tx, before time.Time) (int, error) {
-	var limit [8]byte
-	binary.BigEndian.PutUint64(limit[:], uint64(max(before.Unix(), 0)))
+// Prune forgets up to limit seen events created before the given time; no
+// listing reaches back that far any more. It returns how many were
+// forgotten. The limit bounds the transaction: the seen-set is keyed by
+// event id, which carries no order, so each id forgotten dirties a leaf
+// page of its own, and the transaction holds every dirty page in memory
+// until it commits. Callers prune a little at every commit instead.
+func Prune(tx *bbolt.Tx, before time.Time, limit int) (int, error) {
+	var edge [8]byte
+	binary.BigEndian.PutUint64(edge[:], uint64(max(before.Unix(), 0)))
 	seen, byTime := tx.Bucket(bucketSeen), tx.Bucket(bucketSeenByTime)
+	// Collect first, then delete: deleting under a cursor moves it.
+	var keys [][]byte
 	c := byTime.Cursor()
-	n := 0
-	for k, _ := c.First(); k != nil && bytes.Compare(k[:8], limit[:]) < 0; k, _ = c.First() {
-		if err := seen.Delete(k[8:]); err != nil {
-			return n, err
-		}
-		if err := c.Delete(); err != nil {
-			return n, err
-		}
-		n++
+	for k, _ := c.First(); k != nil && len(keys) < limit && bytes.Compare(k[:8], edge[:]) < 0; k, _ = c.Next() {
+		keys = append(keys, bytes.Clone(k))
 	}
-	return n, addSeen(tx, -n)
+	for _, k := range keys {
+		if err := seen.Delete(k[8:]); err != nil {
+			return 0, err
+		}
+		if err := byTime.Delete(k); err != nil {
+			return 0, err
+		}
+	}
+	return len(keys), addSeen(tx, -len(keys))
 }
 
 // SeenCount is the size of the seen-set, as kept (reading it costs nothing
