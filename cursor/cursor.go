@@ -190,9 +190,13 @@ func Seen(tx Tx, id string) (bool, error) { return tx.Seen(id) }
 // MarkSeen records that the event was handled.
 func MarkSeen(tx Tx, id string, created time.Time) error { return tx.MarkSeen(id, created) }
 
-// Prune forgets seen events created before the given time; no listing
-// reaches back that far any more. It returns how many were forgotten.
-func Prune(tx Tx, before time.Time) (int, error) { return tx.ForgetSeen(before) }
+// Prune forgets up to limit seen events created before the given time; no
+// listing reaches back that far any more. It returns how many were
+// forgotten. The limit bounds the transaction: the seen-set is keyed by
+// event id, which carries no order, so each id forgotten dirties a page of
+// its own, and a transaction holds every dirty page in memory until it
+// commits. Callers prune a little at every commit instead.
+func Prune(tx Tx, before time.Time, limit int) (int, error) { return tx.ForgetSeen(before, limit) }
 
 // SeenCount is the size of the seen-set, as kept (reading it costs nothing
 // however large the set is).

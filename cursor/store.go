@@ -15,8 +15,9 @@ type Tx interface {
 	// The seen-set: event ids already handled, with their created time.
 	Seen(eventID string) (bool, error)
 	MarkSeen(eventID string, created time.Time) error
-	// ForgetSeen drops ids created before the given time and says how many.
-	ForgetSeen(before time.Time) (int, error)
+	// ForgetSeen drops up to limit ids created before the given time,
+	// oldest first, and says how many.
+	ForgetSeen(before time.Time, limit int) (int, error)
 	SeenCount() (int, error)
 
 	// CountEvents adds to the per-type, per-outcome event counters.

@@ -50,6 +50,11 @@ func RetentionEdge(now time.Time) time.Time { return now.Add(-Retention) }
 // pruneMargin is how far behind the settled time seen event ids are kept.
 const pruneMargin = time.Hour
 
+// prunePerCommit bounds the seen event ids one page's commit forgets: twice
+// a page, so the seen-set shrinks back faster than listing grows it, and a
+// transaction stays small however far Settled moved.
+const prunePerCommit = 200
+
 // Event types with a meaning here.
 const (
 	TypeCompleted          = "checkout.session.completed"
@@ -716,10 +721,12 @@ func (p *Poller) commit(res *Result, page stripeapi.EventPage, phase string, tar
 		if err != nil {
 			return err
 		}
-		if move(&pos) {
-			if _, err := cursor.Prune(tx, pos.Settled.Add(-p.Lookback-pruneMargin)); err != nil {
-				return fmt.Errorf("prune seen events: %w", err)
-			}
+		move(&pos)
+		// A little at every commit, not all at once when Settled moves: in
+		// a backfill Settled jumps over a whole slice, and forgetting all
+		// of it in one transaction held the seen-set's pages in memory.
+		if _, err := cursor.Prune(tx, pos.Settled.Add(-p.Lookback-pruneMargin), prunePerCommit); err != nil {
+			return fmt.Errorf("prune seen events: %w", err)
 		}
 		settled = pos.Settled
 		return cursor.Save(tx, pos)

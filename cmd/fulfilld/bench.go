@@ -62,6 +62,8 @@ func (a *app) benchCommand() *cobra.Command {
 	f.StringVar(&cfg.Store, "store", "", "directory for the bbolt files (default: a temporary one, removed after)")
 	f.BoolVar(&cfg.Docs, "docs-loop", true, "also time the docs-literal loop on the same data (in parallel, on its own simulator)")
 	f.BoolVar(&cfg.Ceiling, "ceiling", true, "also measure the local ceiling: a poll with no latency and no limits")
+	f.StringVar(&cfg.CPUProfile, "cpuprofile", "", "write the daemon path's CPU profile to this file (the local ceiling's to FILE.ceiling)")
+	f.StringVar(&cfg.HeapProfile, "heapprofile", "", "write a heap profile taken at the daemon path's anonymous-memory peak to this file (the ceiling's to FILE.ceiling)")
 	cmd.AddCommand(a.benchSimCommand())
 	return cmd
 }

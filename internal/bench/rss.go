@@ -2,7 +2,9 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"os"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -19,6 +21,10 @@ type Memory struct {
 	// sampled during the phase; the rest of Peak is file-backed, mostly
 	// the bbolt store's memory map, which the kernel can drop at will.
 	PeakAnon int64
+	// PeakFile is the largest file-backed resident memory sampled during
+	// the phase: pages of the store's memory map (and of the binary) that
+	// the kernel can drop and read again at will.
+	PeakFile int64
 	// Reset tells whether VmHWM could be reset for the phase; if not, Peak
 	// covers the whole process so far.
 	Reset bool
@@ -31,11 +37,22 @@ type memWatch struct {
 	done  sync.WaitGroup
 	mu    sync.Mutex
 	anon  int64
+	file  int64
+	// heap, when profiling, is the heap profile taken when anonymous
+	// memory last grew past its peak by profileStep.
+	profile bool
+	heap    []byte
+	heapAt  int64
 }
 
-// watchMemory resets the high-water mark and starts sampling.
-func watchMemory() *memWatch {
-	w := &memWatch{stop: make(chan struct{})}
+// profileStep is how much anonymous memory must grow past the last
+// profiled peak before another heap profile is taken.
+const profileStep = 4 << 20
+
+// watchMemory resets the high-water mark and starts sampling; with
+// profile, it also keeps a heap profile taken near the anonymous peak.
+func watchMemory(profile bool) *memWatch {
+	w := &memWatch{stop: make(chan struct{}), profile: profile}
 	// "5" resets VmHWM to the current RSS (Linux ≥ 4.0).
 	w.reset = os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) == nil
 	w.done.Add(1)
@@ -44,10 +61,19 @@ func watchMemory() *memWatch {
 		t := time.NewTicker(50 * time.Millisecond)
 		defer t.Stop()
 		for {
-			if v := procStatus()["RssAnon"]; v > 0 {
-				w.mu.Lock()
-				w.anon = max(w.anon, v)
-				w.mu.Unlock()
+			st := procStatus()
+			w.mu.Lock()
+			w.anon = max(w.anon, st["RssAnon"])
+			w.file = max(w.file, st["RssFile"])
+			grew := w.profile && w.anon >= w.heapAt+profileStep
+			w.mu.Unlock()
+			if grew {
+				var b bytes.Buffer
+				if pprof.Lookup("heap").WriteTo(&b, 0) == nil {
+					w.mu.Lock()
+					w.heap, w.heapAt = b.Bytes(), w.anon
+					w.mu.Unlock()
+				}
 			}
 			select {
 			case <-w.stop:
@@ -64,7 +90,7 @@ func (w *memWatch) finish() Memory {
 	close(w.stop)
 	w.done.Wait()
 	st := procStatus()
-	m := Memory{Peak: st["VmHWM"], PeakAnon: max(w.anon, st["RssAnon"]), Reset: w.reset}
+	m := Memory{Peak: st["VmHWM"], PeakAnon: max(w.anon, st["RssAnon"]), PeakFile: max(w.file, st["RssFile"]), Reset: w.reset}
 	if m.Peak == 0 {
 		var ru syscall.Rusage
 		if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) == nil {

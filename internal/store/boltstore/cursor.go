@@ -83,22 +83,26 @@ func (t *Tx) MarkSeen(id string, created time.Time) error {
 }
 
 // ForgetSeen implements cursor.Tx.
-func (t *Tx) ForgetSeen(before time.Time) (int, error) {
-	var limit [8]byte
-	binary.BigEndian.PutUint64(limit[:], uint64(max(before.Unix(), 0)))
+func (t *Tx) ForgetSeen(before time.Time, limit int) (int, error) {
+	var edge [8]byte
+	binary.BigEndian.PutUint64(edge[:], uint64(max(before.Unix(), 0)))
 	seen, byTime := t.b(bucketSeen), t.b(bucketSeenByTime)
+	// Collect first, then delete: deleting under a cursor moves it, and
+	// going back to the first key after each delete walks emptied pages.
+	var keys [][]byte
 	c := byTime.Cursor()
-	n := 0
-	for k, _ := c.First(); k != nil && bytes.Compare(k[:8], limit[:]) < 0; k, _ = c.First() {
-		if err := seen.Delete(bytes.Clone(k[8:])); err != nil {
-			return n, err
-		}
-		if err := c.Delete(); err != nil {
-			return n, err
-		}
-		n++
+	for k, _ := c.First(); k != nil && len(keys) < limit && bytes.Compare(k[:8], edge[:]) < 0; k, _ = c.Next() {
+		keys = append(keys, bytes.Clone(k))
 	}
-	return n, addUint(t.b(bucketCursor), keySeenCount, -int64(n))
+	for _, k := range keys {
+		if err := seen.Delete(k[8:]); err != nil {
+			return 0, err
+		}
+		if err := byTime.Delete(k); err != nil {
+			return 0, err
+		}
+	}
+	return len(keys), addUint(t.b(bucketCursor), keySeenCount, -int64(len(keys)))
 }
 
 // SeenCount implements cursor.Tx: the kept size, which costs nothing to

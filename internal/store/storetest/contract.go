@@ -124,8 +124,11 @@ func testCursor(t *testing.T, s store.Store) {
 		if n, _ := tx.SeenCount(); n != 5 {
 			t.Errorf("seen count %d, want 5", n)
 		}
-		if n, err := tx.ForgetSeen(t0.Add(2 * time.Hour)); err != nil || n != 2 {
-			t.Errorf("forgot %d seen events (%v), want the 2 created before", n, err)
+		if n, err := tx.ForgetSeen(t0.Add(4*time.Hour), 2); err != nil || n != 2 {
+			t.Errorf("forgot %d seen events (%v), want the limit, 2", n, err)
+		}
+		if n, err := tx.ForgetSeen(t0.Add(2*time.Hour), 100); err != nil || n != 0 {
+			t.Errorf("forgot %d more seen events (%v), want none: the 2 oldest went first", n, err)
 		}
 		if seen, _ := tx.Seen("evt_1"); seen {
 			t.Error("a forgotten event is still seen")
