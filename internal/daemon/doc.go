@@ -76,6 +76,9 @@ func New(d *Daemon, progress func(poller.Progress)) *Daemon {
 	if d.Now == nil {
 		d.Now = time.Now
 	}
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
 	d.Fulfiller.Action = d.Metrics.Instrument("fulfill", d.Fulfiller.Action)
 	if d.Notifier != nil {
 		d.Notifier.Action = d.Metrics.Instrument("notify", d.Notifier.Action)
