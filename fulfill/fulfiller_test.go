@@ -193,7 +193,7 @@ func TestPanicInOneAttemptDoesNotStopTheQueue(t *testing.T) {
 	// Offered again a minute later, not after the 24 h in-flight lease.
 	var next time.Time
 	_ = db.View(func(tx store.Tx) (err error) {
-		next, err = tx.NextDue(fulfill.SessionQueue, func(string) bool { return false })
+		next, err = tx.NextDue(fulfill.SessionQueue, nil)
 		return err
 	})
 	if !next.Equal(now.Add(time.Minute)) { // panicRetry

@@ -97,8 +97,16 @@ type PaymentIntent struct {
 // Get reads a session's record; ok is false when there is none.
 func Get(tx Tx, sessionID string) (rec Record, ok bool, err error) { return tx.Session(sessionID) }
 
-// put writes a record; the store moves the counters and indexes with it.
-func put(tx Tx, rec Record) error { return tx.PutSession(rec) }
+// put writes a record; the store moves the counters and indexes with it. A
+// record that leaves a final state (a retried dead letter, an expired
+// session paid after all) is no longer a tombstone: when it settles again,
+// retention prunes it again.
+func put(tx Tx, rec Record) error {
+	if !rec.Ended() {
+		rec.Pruned = false
+	}
+	return tx.PutSession(rec)
+}
 
 // Request asks for a session to be fulfilled.
 type Request struct {

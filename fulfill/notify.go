@@ -65,7 +65,12 @@ func EnqueueNotification(tx Tx, eventID, eventType string, event json.RawMessage
 
 // putNotification writes a notification's record; the store moves the
 // counters and indexes with it.
-func putNotification(tx Tx, n Notification) error { return tx.PutNotification(n) }
+func putNotification(tx Tx, n Notification) error {
+	if n.State == NotifyPending {
+		n.Pruned = false
+	}
+	return tx.PutNotification(n)
+}
 
 // GetNotification reads an event's notification record.
 func GetNotification(tx Tx, eventID string) (Notification, bool, error) {
@@ -104,7 +109,8 @@ func NotifySummary(tx Tx, limit int) (map[string]int, []Notification, error) {
 // RetryNotifications puts dead-lettered notifications back in the queue;
 // with no ids, every failed one.
 func RetryNotifications(tx Tx, now time.Time, ids ...string) ([]string, error) {
-	if len(ids) == 0 {
+	all := len(ids) == 0
+	if all {
 		var err error
 		if ids, err = tx.Failed(KindNotification, 0); err != nil {
 			return nil, err
@@ -123,6 +129,9 @@ func RetryNotifications(tx Tx, now time.Time, ids ...string) ([]string, error) {
 			return done, fmt.Errorf("retry %s: its notification is %s, not failed", id, n.State)
 		}
 		if len(n.Event) == 0 {
+			if all {
+				continue // pruned: --failed requeues what can still be delivered
+			}
 			return done, fmt.Errorf("retry %s: its event body was pruned after store.retention; "+
 				"Stripe keeps events for 30 days, so it can no longer be delivered from here", id)
 		}

@@ -234,14 +234,26 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 	// In a pass an item is attempted again only when it is due again at
 	// once (new events arrived while it was looked at); the bound stops a
 	// loop.
-	skip := func(id string) bool {
-		if until, ok := cool[id]; ok {
-			if time.Now().Before(until) {
-				return true
-			}
-			delete(cool, id)
+	skipped := func() map[string]bool {
+		ex := make(map[string]bool, len(running)+len(cool))
+		for id := range running {
+			ex[id] = true
 		}
-		return running[id] || opts.UntilIdle && attempts[id] >= maxAttemptsPerPass
+		for id, until := range cool {
+			if time.Now().Before(until) {
+				ex[id] = true
+			} else {
+				delete(cool, id)
+			}
+		}
+		if opts.UntilIdle {
+			for id, n := range attempts {
+				if n >= maxAttemptsPerPass {
+					ex[id] = true
+				}
+			}
+		}
+		return ex
 	}
 	for {
 		storeErr := w.storeErr()
@@ -266,7 +278,7 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 		if storeErr == nil && ctx.Err() == nil && len(running) < slots {
 			var ids []string
 			_ = w.db.View(func(tx Tx) (err error) {
-				ids, err = tx.Due(w.q, w.now(), slots-len(running), skip)
+				ids, err = tx.Due(w.q, w.now(), slots-len(running), skipped())
 				return err
 			})
 			for _, id := range ids {
@@ -301,7 +313,7 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 		if opts.UntilIdle && !polling && len(running) == 0 {
 			var more bool
 			_ = w.db.View(func(tx Tx) error {
-				ids, err := tx.Due(w.q, w.now(), 1, skip)
+				ids, err := tx.Due(w.q, w.now(), 1, skipped())
 				more = len(ids) > 0
 				return err
 			})
@@ -332,7 +344,14 @@ func (w *worker) run(ctx context.Context, opts RunOptions) (PassResult, error) {
 				// Items still being attempted are not waited for: they are due
 				// until their action starts, and would wake the loop at once.
 				// Items cooling down after an error wake it when they thaw.
-				next, err = tx.NextDue(w.q, func(id string) bool { _, cooling := cool[id]; return running[id] || cooling })
+				ex := make(map[string]bool, len(running)+len(cool))
+				for id := range running {
+					ex[id] = true
+				}
+				for id := range cool {
+					ex[id] = true
+				}
+				next, err = tx.NextDue(w.q, ex)
 				return err
 			})
 			wait := time.Duration(-1)

@@ -2,6 +2,7 @@ package fulfill
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 )
@@ -34,7 +35,12 @@ func Prune(tx Tx, before time.Time, limit int) (pruned int, more bool, err error
 			err = fmt.Errorf("unknown kind %q", s.Kind)
 		}
 		if err != nil {
-			return pruned, false, fmt.Errorf("prune %s %s: %w", s.Kind, s.ID, err)
+			// A record that cannot be read is passed over, not retried at
+			// every run: everything behind it would never be pruned.
+			if derr := tx.DropSettled(s); derr != nil {
+				return pruned, false, fmt.Errorf("prune %s %s: %w", s.Kind, s.ID, errors.Join(err, derr))
+			}
+			continue
 		}
 		pruned++
 	}

@@ -1,6 +1,8 @@
 package fulfill_test
 
 import (
+	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -59,5 +61,124 @@ func TestRetentionNeverRepeats(t *testing.T) {
 	}
 	if queued || act.count("cs_old") != 1 {
 		t.Errorf("after retention: queued again %v, action ran %d times; want not queued, once in all", queued, act.count("cs_old"))
+	}
+}
+
+// TestRetriedTombstoneIsPrunedAgain: a dead letter pruned to a tombstone,
+// then retried and fulfilled, keeps new output; retention prunes it again.
+func TestRetriedTombstoneIsPrunedAgain(t *testing.T) {
+	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+	db := storetest.Open(t)
+	prune := func(at time.Time) int {
+		var n int
+		if err := db.Update(func(tx store.Tx) (err error) { n, _, err = fulfill.Prune(tx, at, 100); return err }); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	if err := db.Update(func(tx store.Tx) error {
+		return tx.PutSession(fulfill.Record{SessionID: "cs_dead", State: fulfill.StateFailed, Attempts: 8,
+			LastError: "exit 1", Output: "card for Jane Doe", Created: now, Updated: now})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n := prune(now.Add(time.Hour)); n != 1 {
+		t.Fatalf("pruned %d, want the dead letter", n)
+	}
+	later := now.Add(100 * 24 * time.Hour)
+	if err := db.Update(func(tx store.Tx) error { _, err := fulfill.Retry(tx, later, "cs_dead"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	f := &fulfill.Fulfiller{DB: store.As[fulfill.Tx](db), Sessions: &paidSource{}, Action: &runsAction{}, MaxAttempts: 3,
+		Concurrency: 1, Now: func() time.Time { return later }}
+	if _, err := f.Fulfill(t.Context(), "cs_dead", fulfill.TriggerManual, ""); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.Update(func(tx store.Tx) error {
+		rec, _, _ := tx.Session("cs_dead")
+		rec.Output = "shipped to Jane Doe"
+		return tx.PutSession(rec)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n := prune(later.Add(time.Hour)); n != 1 {
+		t.Errorf("retention pruned %d after the retried session settled again, want 1", n)
+	}
+	if rec := stateOf(t, db, "cs_dead"); rec.Output != "" || rec.State != fulfill.StateFulfilled {
+		t.Errorf("after the second retention: %+v; want a fulfilled tombstone", rec)
+	}
+}
+
+// TestPruneSkipsAnUnreadableRecord: one record that cannot be read does not
+// stop retention for every record settled after it.
+func TestPruneSkipsAnUnreadableRecord(t *testing.T) {
+	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+	db := storetest.Open(t)
+	if err := db.Update(func(tx store.Tx) error {
+		for i := range 3 {
+			if err := tx.PutSession(fulfill.Record{SessionID: fmt.Sprintf("cs_%d", i), State: fulfill.StateFulfilled,
+				Output: "pii", Updated: now.Add(time.Duration(i) * time.Minute)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var n int
+	if err := db.Update(func(tx store.Tx) (err error) {
+		n, _, err = fulfill.Prune(badSession{Tx: tx, bad: "cs_0"}, now.Add(time.Hour), 100)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 || stateOf(t, db, "cs_2").Output != "" {
+		t.Errorf("pruned %d with cs_0 unreadable, want the other 2", n)
+	}
+	if err := db.Update(func(tx store.Tx) (err error) { n, _, err = fulfill.Prune(tx, now.Add(time.Hour), 100); return err }); err != nil || n != 0 {
+		t.Errorf("a second run pruned %d (%v): the unreadable one is passed over once, not at every run", n, err)
+	}
+}
+
+// badSession is the storage boundary with one session record that cannot
+// be read.
+type badSession struct {
+	store.Tx
+	bad string
+}
+
+func (b badSession) Session(id string) (fulfill.Record, bool, error) {
+	if id == b.bad {
+		return fulfill.Record{}, false, errors.New("read record of " + id + ": unexpected end of JSON input")
+	}
+	return b.Tx.Session(id)
+}
+
+// TestRetryFailedSkipsPrunedNotifications: `retry --failed` requeues every
+// dead letter that can still be delivered, even when a notification whose
+// body retention removed is among them.
+func TestRetryFailedSkipsPrunedNotifications(t *testing.T) {
+	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+	db := storetest.Open(t)
+	if err := db.Update(func(tx store.Tx) error {
+		if err := tx.PutSession(fulfill.Record{SessionID: "cs_dead", State: fulfill.StateFailed, Updated: now}); err != nil {
+			return err
+		}
+		return tx.PutNotification(fulfill.Notification{EventID: "evt_old", State: fulfill.NotifyFailed, Updated: now, Pruned: true})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var sessions, notes []string
+	if err := db.Update(func(tx store.Tx) (err error) {
+		if sessions, err = fulfill.Retry(tx, now); err != nil {
+			return err
+		}
+		notes, err = fulfill.RetryNotifications(tx, now)
+		return err
+	}); err != nil {
+		t.Fatalf("retry --failed: %v", err)
+	}
+	if len(sessions) != 1 || len(notes) != 0 {
+		t.Errorf("requeued sessions %v and notifications %v; want cs_dead and none", sessions, notes)
 	}
 }

@@ -23,6 +23,7 @@ const (
 type Settled struct {
 	Kind string
 	ID   string
+	At   time.Time // when it settled, as the index has it
 }
 
 // Counts are the kept counters: what status, /metrics and /healthz show,
@@ -55,11 +56,11 @@ type Tx interface {
 	// DueAt is when id is due, if it is queued.
 	DueAt(q Queue, id string) (time.Time, bool, error)
 	// Due lists up to limit ids due at or before now, earliest first,
-	// passing over those skip names.
-	Due(q Queue, now time.Time, limit int, skip func(id string) bool) ([]string, error)
-	// NextDue is when the earliest item skip does not name is due; zero
-	// when there is none.
-	NextDue(q Queue, skip func(id string) bool) (time.Time, error)
+	// passing over those in exclude (a few: those being worked on).
+	Due(q Queue, now time.Time, limit int, exclude map[string]bool) ([]string, error)
+	// NextDue is when the earliest item not in exclude is due; zero when
+	// there is none.
+	NextDue(q Queue, exclude map[string]bool) (time.Time, error)
 	QueueLen(q Queue) (int, error)
 	// Queued lists every id in the queue (recovery after a crash).
 	Queued(q Queue) ([]string, error)
@@ -71,9 +72,17 @@ type Tx interface {
 	// SettledBefore lists records that settled before the given time,
 	// oldest first, at most limit, and whether there are more.
 	SettledBefore(before time.Time, limit int) ([]Settled, bool, error)
+	// DropSettled takes one entry out of the settled index without
+	// touching its record: retention passes over a record it cannot read
+	// instead of stopping at it for ever.
+	DropSettled(Settled) error
 }
 
-// DB is the store as this package uses it. The daemon passes one that
+// DB is the store as this package uses it. Update must be serializable:
+// the ledger's rules read and then write (Enqueue, an attempt's start), so
+// transactions must behave as if run one at a time. bbolt has one writer;
+// a SQL backend locks rows or uses serializable isolation, and may run fn
+// again after a conflict, so fn has no effect outside the transaction. The daemon passes one that
 // also keeps score of its writes (storehealth), which the queues read
 // through storeHealth.
 type DB interface {

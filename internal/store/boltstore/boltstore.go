@@ -37,7 +37,8 @@ var (
 //	1: buckets of records, queues and the cursor (no format key yet)
 //	2: counters and time indexes kept beside the records, the seen-set's
 //	   size kept, bad events and API usage days bounded
-const Format = 2
+//	3: queue lengths kept as counters too (format 2 files had none)
+const Format = 3
 
 // The buckets. Keys and values are described beside each.
 var (
@@ -206,9 +207,14 @@ func migrate(t *Tx) error {
 	case v == Format:
 		return nil
 	}
-	if v < 2 {
+	if v < 3 {
+		// Counts everything once: counters, indexes, queue lengths, the
+		// seen-set's size; and cuts bad events to their bound.
 		if err := t.recount(); err != nil {
-			return fmt.Errorf("upgrade to format 2: %w", err)
+			return fmt.Errorf("upgrade to format %d: %w", Format, err)
+		}
+		if err := t.trimBad(); err != nil {
+			return fmt.Errorf("upgrade to format %d: %w", Format, err)
 		}
 	}
 	return putUint(t.b(bucketMeta), keyFormat, Format)

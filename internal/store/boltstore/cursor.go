@@ -2,6 +2,7 @@ package boltstore
 
 import (
 	"bytes"
+	"math"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
@@ -145,20 +146,22 @@ func badKey(ev cursor.BadEvent) []byte {
 }
 
 // RecordBad implements cursor.Tx. Past maxBadEvents the oldest go; that
-// reads at most maxBadEvents+1 small records, and only when a bad event
-// arrives.
+// reads the kept ones (at most maxBadEvents+1 small records), and only
+// when a bad event arrives.
 func (t *Tx) RecordBad(ev cursor.BadEvent) error {
 	if err := t.putJSON(bucketBad, badKey(ev), ev); err != nil {
 		return err
 	}
-	b := t.b(bucketBad)
-	if b.Stats().KeyN <= maxBadEvents {
-		return nil
-	}
-	all, _, err := t.BadEvents(maxBadEvents + 1)
-	if err != nil {
+	return t.trimBad()
+}
+
+// trimBad keeps the newest maxBadEvents bad events.
+func (t *Tx) trimBad() error {
+	all, total, err := t.BadEvents(math.MaxInt)
+	if err != nil || total <= maxBadEvents {
 		return err
 	}
+	b := t.b(bucketBad)
 	for _, old := range all[maxBadEvents:] {
 		if err := b.Delete(badKey(old)); err != nil {
 			return err

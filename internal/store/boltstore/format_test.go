@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"path/filepath"
 	"testing"
 	"time"
@@ -66,6 +67,25 @@ func oldStore(t *testing.T, path string) {
 				return err
 			}
 		}
+		// Two sessions queued, as the old queue kept them.
+		items, _ := tx.CreateBucketIfNotExists([]byte("queue"))
+		index, _ := tx.CreateBucketIfNotExists([]byte("queue_index"))
+		for _, id := range []string{"cs_wait", "cs_other"} {
+			key := append(append([]byte(nil), ts[:]...), id...)
+			if err := items.Put(key, nil); err != nil {
+				return err
+			}
+			if err := index.Put([]byte(id), key); err != nil {
+				return err
+			}
+		}
+		// More bad events than are kept now.
+		for i := range 1100 {
+			id := fmt.Sprintf("evt_bad%04d", i)
+			if err := put(tx, "bad_events", id, cursor.BadEvent{ID: id, SeenAt: now.Add(time.Duration(i) * time.Second)}); err != nil {
+				return err
+			}
+		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
@@ -88,7 +108,7 @@ func TestOldStoreUpgradedInPlace(t *testing.T) {
 	}
 	var sum fulfill.Summary
 	var failed []fulfill.Record
-	var seen int
+	var seen, queued, bad int
 	if err := db.View(func(tx store.Tx) (err error) {
 		if sum, err = fulfill.Summarize(tx); err != nil {
 			return err
@@ -96,12 +116,21 @@ func TestOldStoreUpgradedInPlace(t *testing.T) {
 		if seen, err = cursor.SeenCount(tx); err != nil {
 			return err
 		}
-		failed, err = fulfill.Failed(tx, 10)
+		if failed, err = fulfill.Failed(tx, 10); err != nil {
+			return err
+		}
+		if queued, err = fulfill.QueueLen(tx); err != nil {
+			return err
+		}
+		_, bad, err = tx.BadEvents(1)
 		return err
 	}); err != nil {
 		t.Fatal(err)
 	}
 	db.Close()
+	if queued != 2 || bad != 1000 {
+		t.Errorf("after the upgrade: queue length %d, %d bad events kept; want 2 and 1000", queued, bad)
+	}
 	if sum.Sessions[fulfill.StateFulfilled] != 2 || sum.Sessions[fulfill.StateFailed] != 1 ||
 		sum.Sessions[fulfill.StateAwaitingPayment] != 1 || sum.Recovered != 1 || sum.PaymentIntents["succeeded"] != 1 {
 		t.Errorf("counts after the upgrade: %+v", sum)

@@ -230,9 +230,18 @@ func (t *Tx) SettledBefore(before time.Time, limit int) ([]fulfill.Settled, bool
 		if len(out) >= limit {
 			return out, true, nil
 		}
-		out = append(out, fulfill.Settled{Kind: byteKind[k[8]], ID: string(k[9:])})
+		out = append(out, fulfill.Settled{Kind: byteKind[k[8]], ID: string(k[9:]), At: keyTime(k)})
 	}
 	return out, false, nil
+}
+
+// DropSettled implements fulfill.Tx.
+func (t *Tx) DropSettled(s fulfill.Settled) error {
+	k, ok := kindByte[s.Kind]
+	if !ok {
+		return fmt.Errorf("no record kind %q", s.Kind)
+	}
+	return t.b(bucketSettled).Delete(settledKey(s.At, k, s.ID))
 }
 
 // recount rebuilds every counter and index from the records: the upgrade

@@ -76,7 +76,7 @@ func (t *Tx) DueAt(q fulfill.Queue, id string) (time.Time, bool, error) {
 }
 
 // Due implements fulfill.Tx.
-func (t *Tx) Due(q fulfill.Queue, now time.Time, limit int, skip func(string) bool) ([]string, error) {
+func (t *Tx) Due(q fulfill.Queue, now time.Time, limit int, exclude map[string]bool) ([]string, error) {
 	items, _, err := t.queue(q)
 	if err != nil {
 		return nil, err
@@ -87,7 +87,7 @@ func (t *Tx) Due(q fulfill.Queue, now time.Time, limit int, skip func(string) bo
 		if keyTime(k).After(now) {
 			break
 		}
-		if id := string(k[8:]); !skip(id) {
+		if id := string(k[8:]); !exclude[id] {
 			ids = append(ids, id)
 		}
 	}
@@ -95,14 +95,14 @@ func (t *Tx) Due(q fulfill.Queue, now time.Time, limit int, skip func(string) bo
 }
 
 // NextDue implements fulfill.Tx.
-func (t *Tx) NextDue(q fulfill.Queue, skip func(string) bool) (time.Time, error) {
+func (t *Tx) NextDue(q fulfill.Queue, exclude map[string]bool) (time.Time, error) {
 	items, _, err := t.queue(q)
 	if err != nil {
 		return time.Time{}, err
 	}
 	c := items.Cursor()
 	for k, _ := c.First(); k != nil; k, _ = c.Next() {
-		if !skip(string(k[8:])) {
+		if !exclude[string(k[8:])] {
 			return keyTime(k), nil
 		}
 	}

@@ -21,6 +21,9 @@ import (
 // engine: open returns a fresh, empty store that the test may close.
 func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("rollback keeps nothing", func(t *testing.T) { testRollback(t, open(t)) })
+	t.Run("records come back as written", func(t *testing.T) { testRoundTrip(t, open(t)) })
+	t.Run("indexes honour their limits", func(t *testing.T) { testLimits(t, open(t)) })
+	t.Run("bad events are bounded", func(t *testing.T) { testBadBound(t, open(t)) })
 	t.Run("cursor", func(t *testing.T) { testCursor(t, open(t)) })
 	t.Run("queues", func(t *testing.T) { testQueues(t, open(t)) })
 	t.Run("kept counts equal the records", func(t *testing.T) { testCounts(t, open) })
@@ -154,7 +157,7 @@ func testCursor(t *testing.T, s store.Store) {
 
 func testQueues(t *testing.T, s store.Store) {
 	q := fulfill.SessionQueue
-	none := func(string) bool { return false }
+	var none map[string]bool
 	update(t, s, func(tx store.Tx) error {
 		for i, id := range []string{"c", "a", "b"} {
 			if err := tx.Schedule(q, id, t0.Add(time.Duration(i)*time.Minute)); err != nil {
@@ -171,11 +174,11 @@ func testQueues(t *testing.T, s store.Store) {
 		if err != nil || !slices.Equal(due, []string{"c", "b"}) {
 			t.Errorf("due %v (%v), want [c b] earliest first", due, err)
 		}
-		due, _ = tx.Due(q, t0.Add(time.Hour), 10, func(id string) bool { return id == "c" })
+		due, _ = tx.Due(q, t0.Add(time.Hour), 10, map[string]bool{"c": true})
 		if !slices.Equal(due, []string{"b", "a"}) {
 			t.Errorf("due skipping c: %v, want [b a]", due)
 		}
-		next, _ := tx.NextDue(q, func(id string) bool { return id == "c" })
+		next, _ := tx.NextDue(q, map[string]bool{"c": true})
 		if !next.Equal(t0.Add(2 * time.Minute)) {
 			t.Errorf("next due %v, want b's", next)
 		}
@@ -420,6 +423,102 @@ func testSweeps(t *testing.T, s store.Store) {
 		sw, m, err := tx.LastSweep()
 		if err != nil || sw == nil || sw.Listed != 7 || sw.Recovered[poller.ReasonNeverSeen] != 1 || m == nil || m.Count != 2 {
 			t.Errorf("last sweep read back as %+v, misses %+v (%v)", sw, m, err)
+		}
+		return nil
+	})
+}
+
+// Every field a record holds comes back as written: the action's kept
+// output, the in-flight mark a restart depends on, a notification's body.
+func testRoundTrip(t *testing.T, s store.Store) {
+	rec := fulfill.Record{SessionID: "cs_1", State: fulfill.StatePending, Trigger: fulfill.TriggerHTTP, EventID: "evt_1",
+		PaymentStatus: "paid", LineItems: 3, Attempts: 2, InFlight: true, NextAttempt: t0.Add(time.Hour),
+		LastError: "exit 1", Output: "shipped", Recovered: true, Seq: 7, Created: t0, Updated: t0.Add(time.Minute)}
+	note := fulfill.Notification{EventID: "evt_2", EventType: "checkout.session.expired", State: fulfill.NotifyPending,
+		Attempts: 1, InFlight: true, NextAttempt: t0, LastError: "500", Output: "o", Created: t0, Updated: t0,
+		Event: []byte(`{"id":"evt_2","object":"event"}`)}
+	pi := fulfill.PaymentIntent{ID: "pi_1", Status: "requires_payment_method", LastError: "Your card was declined.",
+		EventID: "evt_3", EventType: "payment_intent.payment_failed", At: t0}
+	update(t, s, func(tx store.Tx) error {
+		if err := tx.PutSession(rec); err != nil {
+			return err
+		}
+		if err := tx.PutNotification(note); err != nil {
+			return err
+		}
+		return tx.PutPaymentIntent(pi)
+	})
+	view(t, s, func(tx store.Tx) error {
+		got, ok, err := tx.Session("cs_1")
+		if err != nil || !ok || !sameRecord(got, rec) {
+			t.Errorf("session read back as %+v (%v, %v), want %+v", got, ok, err, rec)
+		}
+		gotN, ok, err := tx.Notification("evt_2")
+		if err != nil || !ok || string(gotN.Event) != string(note.Event) || !gotN.InFlight || gotN.Output != "o" || gotN.Attempts != 1 {
+			t.Errorf("notification read back as %+v (%v, %v)", gotN, ok, err)
+		}
+		gotP, ok, err := tx.PaymentIntent("pi_1")
+		if err != nil || !ok || gotP.LastError != pi.LastError || gotP.Status != pi.Status || !gotP.At.Equal(pi.At) {
+			t.Errorf("payment intent read back as %+v (%v, %v)", gotP, ok, err)
+		}
+		if _, ok, _ := tx.Session("cs_none"); ok {
+			t.Error("a session never written is found")
+		}
+		return nil
+	})
+}
+
+func sameRecord(a, b fulfill.Record) bool {
+	return a.SessionID == b.SessionID && a.State == b.State && a.Trigger == b.Trigger && a.EventID == b.EventID &&
+		a.PaymentStatus == b.PaymentStatus && a.LineItems == b.LineItems && a.Attempts == b.Attempts &&
+		a.InFlight == b.InFlight && a.NextAttempt.Equal(b.NextAttempt) && a.LastError == b.LastError &&
+		a.Output == b.Output && a.Recovered == b.Recovered && a.Seq == b.Seq && a.Created.Equal(b.Created) &&
+		a.Updated.Equal(b.Updated) && a.FulfilledAt.Equal(b.FulfilledAt) && a.Pruned == b.Pruned
+}
+
+// Failed and SettledBefore return what they are asked for and say when
+// there is more: status and retention rely on it.
+func testLimits(t *testing.T, s store.Store) {
+	update(t, s, func(tx store.Tx) error {
+		for i := range 5 {
+			if err := tx.PutSession(fulfill.Record{SessionID: fmt.Sprintf("cs_%d", i), State: fulfill.StateFailed,
+				Updated: t0.Add(time.Duration(i) * time.Minute)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	view(t, s, func(tx store.Tx) error {
+		ids, err := tx.Failed(fulfill.KindSession, 2)
+		if err != nil || !slices.Equal(ids, []string{"cs_4", "cs_3"}) {
+			t.Errorf("latest 2 failed: %v (%v), want [cs_4 cs_3]", ids, err)
+		}
+		due, more, err := tx.SettledBefore(t0.Add(time.Hour), 3)
+		if err != nil || len(due) != 3 || !more || due[0].ID != "cs_0" || due[0].Kind != fulfill.KindSession {
+			t.Errorf("settled, 3 at a time: %+v more %v (%v); want cs_0.. first and more", due, more, err)
+		}
+		due, more, _ = tx.SettledBefore(t0.Add(2*time.Minute), 10)
+		if len(due) != 2 || more {
+			t.Errorf("settled before the third: %+v more %v; want 2 and no more", due, more)
+		}
+		return nil
+	})
+}
+
+// Bad events are kept to the newest 1,000, however many arrive.
+func testBadBound(t *testing.T, s store.Store) {
+	update(t, s, func(tx store.Tx) error {
+		for i := range 1010 {
+			if err := tx.RecordBad(cursor.BadEvent{ID: fmt.Sprintf("evt_bad%04d", i), SeenAt: t0.Add(time.Duration(i) * time.Second)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	view(t, s, func(tx store.Tx) error {
+		recent, total, err := tx.BadEvents(1)
+		if err != nil || total != 1000 || len(recent) != 1 || recent[0].ID != "evt_bad1009" {
+			t.Errorf("bad events: %d kept, newest %+v (%v); want 1000 and evt_bad1009", total, recent, err)
 		}
 		return nil
 	})
