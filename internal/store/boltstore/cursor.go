@@ -2,10 +2,10 @@ package boltstore
 
 import (
 	"bytes"
-	"math"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"math"
 	"sort"
 	"strings"
 	"time"
