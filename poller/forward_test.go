@@ -2,10 +2,12 @@ package poller_test
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -200,5 +202,64 @@ func TestForwardSurvivesAReceiverDownForAWhile(t *testing.T) {
 		if n != 1 {
 			t.Errorf("%s delivered %d times after a backfill, want once", id, n)
 		}
+	}
+}
+
+// TestMeasureForwardThroughput measures deliveries per second to a local
+// receiver while the event list answers at Stripe-like latency (250 ms a
+// page). It is a measurement, not a check: FULFILLD_MEASURE=1 runs it.
+func TestMeasureForwardThroughput(t *testing.T) {
+	if os.Getenv("FULFILLD_MEASURE") == "" {
+		t.Skip("a measurement; set FULFILLD_MEASURE=1 to run it")
+	}
+	for _, concurrency := range []int{4, 16} {
+		h := newHarness(t, func(o *stripesim.Options, _ *harness) {
+			o.Latency = func() time.Duration { return 250 * time.Millisecond }
+		})
+		var mu sync.Mutex
+		got := 0
+		srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			io.Copy(io.Discard, r.Body)
+			mu.Lock()
+			got++
+			mu.Unlock()
+		}))
+		const n = 2000
+		for i := range n {
+			at := t0.Add(-3*time.Hour + time.Duration(i)*time.Second)
+			h.sim.PaymentIntentEvent("payment_intent.processing", fmt.Sprintf("pi_%d", i), at, "")
+		}
+		d := h.forwarder(srv.URL)
+		d.Concurrency = concurrency
+		wake := make(chan struct{}, 1)
+		h.poller.Wake = func() {
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		}
+		start := time.Now()
+		done := make(chan fulfill.PassResult)
+		go func() {
+			res, err := d.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true})
+			if err != nil {
+				t.Error(err)
+			}
+			done <- res
+		}()
+		if _, err := h.poller.Start(context.Background(), t0.Add(-4*time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		res, err := h.poller.Poll(context.Background(), true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		listed := time.Since(start)
+		close(wake)
+		pass := <-done
+		took := time.Since(start)
+		srv.Close()
+		t.Logf("concurrency %d: %d events listed in %d pages (%.1fs); %d delivered (%d received) in %.1fs: %.0f deliveries/s",
+			concurrency, res.Listed, res.Pages, listed.Seconds(), pass.Fulfilled, got, took.Seconds(), float64(pass.Fulfilled)/took.Seconds())
 	}
 }
