@@ -43,6 +43,7 @@ type Config struct {
 	Store     Store
 	Fulfill   Fulfill
 	Notify    Notify
+	Forward   Forward
 	Reconcile Reconcile
 	HTTP      HTTP
 }
@@ -96,6 +97,14 @@ type Notify struct {
 	Command []string
 	URL     string
 	Secret  string
+}
+
+// Forward relays listed events to an existing webhook endpoint, signed as
+// Stripe signs them.
+type Forward struct {
+	URL    string
+	Secret string   // that endpoint's signing secret (whsec_…)
+	Types  []string // default: every type in events.types
 }
 
 // Reconcile is the periodic sweep over recent Checkout Sessions.
@@ -153,14 +162,35 @@ func (c *Config) RequireAPIKey() error {
 // The commands that run actions in this process call it (`run` unless
 // --dry-run, and `fulfill` and `reconcile` when no daemon runs).
 func (c *Config) RequireAction() error {
-	if len(c.Fulfill.Command) == 0 && c.Fulfill.URL == "" {
-		return &Error{Key: "fulfill", Msg: "no fulfillment action; set fulfill.command (an argv list) " +
-			"or fulfill.url, or use --dry-run to only record what would be fulfilled"}
+	if !c.HasFulfillAction() && c.Forward.URL == "" {
+		return &Error{Key: "fulfill", Msg: "no action; set fulfill.command (an argv list) or fulfill.url, " +
+			"or forward.url to relay events to a webhook handler you already have, " +
+			"or use --dry-run to only record what would be fulfilled"}
 	}
 	if err := checkProgram("fulfill.command", c.Fulfill.Command); err != nil {
 		return err
 	}
 	return checkProgram("notify.command", c.Notify.Command)
+}
+
+// HasFulfillAction reports whether fulfilld runs an action of its own for
+// paid sessions; without one, and with forward.url, it only relays.
+func (c *Config) HasFulfillAction() bool { return len(c.Fulfill.Command) > 0 || c.Fulfill.URL != "" }
+
+// RelayOnly reports forward alone: fulfilld relays events to forward.url
+// and runs no action of its own. (Without forward either, as in a dry run,
+// it still records what it would fulfil.)
+func (c *Config) RelayOnly() bool { return !c.HasFulfillAction() && c.Forward.URL != "" }
+
+// RequireFulfillAction refuses to fulfil a session by hand (`fulfill`,
+// `reconcile`) when fulfilld has no action of its own: with forward alone,
+// the shop's handler fulfils, and fulfilld must not guess how.
+func (c *Config) RequireFulfillAction() error {
+	if !c.HasFulfillAction() {
+		return &Error{Key: "fulfill", Msg: "no fulfillment action; set fulfill.command (an argv list) or fulfill.url " +
+			"(with forward alone, the webhook handler at forward.url fulfils)"}
+	}
+	return c.RequireAction()
 }
 
 // LiveMode reports whether the API key is a live-mode key.

@@ -71,6 +71,7 @@ func defaults() Config {
 		Schedule:  "@every 30s",
 		Store:     Store{Path: "fulfilld.db", Retention: 90 * 24 * time.Hour},
 		Fulfill:   Fulfill{Timeout: 30 * time.Second, Concurrency: 4, MaxAttempts: 8},
+		Forward:   Forward{Types: slices.Clone(DefaultEventTypes)},
 		Reconcile: Reconcile{Schedule: "@every 1h", Window: 72 * time.Hour},
 	}
 }
@@ -129,6 +130,7 @@ func TestFullExample(t *testing.T) {
 			URL:     "https://hooks.example.com/payment-failed",
 			Secret:  "notify-signing-secret-fixture",
 		},
+		Forward:   Forward{Types: []string{"checkout.session.completed", "checkout.session.async_payment_succeeded", "checkout.session.async_payment_failed", "checkout.session.expired", "payment_intent.payment_failed"}},
 		Reconcile: Reconcile{Schedule: "@every 2h", Window: 96 * time.Hour},
 		HTTP:      HTTP{Listen: "127.0.0.1:9464"},
 	}
@@ -213,6 +215,9 @@ func TestEveryKeyFromEnv(t *testing.T) {
 		"FULFILLD_FULFILL_MAX_ATTEMPTS": "3",
 		"FULFILLD_NOTIFY_COMMAND":       `["/usr/local/bin/tell customer", "--why"]`,
 		"FULFILLD_NOTIFY_SECRET":        "envnotify_0123456789abcdef",
+		"FULFILLD_FORWARD_URL":          "http://127.0.0.1:4242/webhook",
+		"FULFILLD_FORWARD_SECRET":       "whsec_envforward_0123456789",
+		"FULFILLD_FORWARD_TYPES":        "checkout.session.completed,payment_intent.payment_failed",
 		"FULFILLD_RECONCILE_SCHEDULE":   "@daily",
 		"FULFILLD_RECONCILE_WINDOW":     "24h",
 		"FULFILLD_HTTP_LISTEN":          ":9000",
@@ -222,10 +227,12 @@ func TestEveryKeyFromEnv(t *testing.T) {
 		Stripe: Stripe{APIKey: "rk_test_envkey", APIBase: "http://127.0.0.1:12111", Account: "acct_env", RateLimit: 2.5},
 		Events: Events{Types: []string{"checkout.session.completed", "checkout.session.async_payment_succeeded",
 			"checkout.session.async_payment_failed", "checkout.session.expired", "payment_intent.payment_failed"}, Lookback: 20 * time.Minute},
-		Schedule:  "*/5 * * * *",
-		Store:     Store{Path: "env.db", Retention: 36 * time.Hour},
-		Fulfill:   Fulfill{URL: "https://shop.example.com/fulfill", Secret: "whsec_envfulfill_0123456789", Timeout: time.Minute, Concurrency: 8, MaxAttempts: 3},
-		Notify:    Notify{Command: []string{"/usr/local/bin/tell customer", "--why"}, Secret: "envnotify_0123456789abcdef"},
+		Schedule: "*/5 * * * *",
+		Store:    Store{Path: "env.db", Retention: 36 * time.Hour},
+		Fulfill:  Fulfill{URL: "https://shop.example.com/fulfill", Secret: "whsec_envfulfill_0123456789", Timeout: time.Minute, Concurrency: 8, MaxAttempts: 3},
+		Notify:   Notify{Command: []string{"/usr/local/bin/tell customer", "--why"}, Secret: "envnotify_0123456789abcdef"},
+		Forward: Forward{URL: "http://127.0.0.1:4242/webhook", Secret: "whsec_envforward_0123456789",
+			Types: []string{"checkout.session.completed", "payment_intent.payment_failed"}},
 		Reconcile: Reconcile{Schedule: "@daily", Window: 24 * time.Hour},
 		HTTP:      HTTP{Listen: "127.0.0.1:9000"},
 	}

@@ -47,6 +47,9 @@ var keys = []key{
 	{path: "notify.command", kind: kindList},
 	{path: "notify.url", kind: kindString},
 	{path: "notify.secret", kind: kindString, secret: true},
+	{path: "forward.url", kind: kindString},
+	{path: "forward.secret", kind: kindString, secret: true},
+	{path: "forward.types", kind: kindList}, // empty: every type in events.types
 	{path: "reconcile.schedule", kind: kindString, def: "@every 1h"},
 	{path: "reconcile.window", kind: kindDuration, def: 72 * time.Hour},
 	{path: "http.listen", kind: kindString},

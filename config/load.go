@@ -220,7 +220,7 @@ func splitList(k key, s string) ([]string, error) {
 		}
 		return list, nil
 	}
-	if k.path == "events.types" {
+	if k.path == "events.types" || k.path == "forward.types" {
 		var list []string
 		for _, t := range strings.Split(s, ",") {
 			if t = strings.TrimSpace(t); t != "" {
@@ -262,6 +262,11 @@ func (d *decoder) decode() *Config {
 			URL:     d.str("notify.url"),
 			Secret:  d.str("notify.secret"),
 		},
+		Forward: Forward{
+			URL:    d.str("forward.url"),
+			Secret: d.str("forward.secret"),
+			Types:  d.list("forward.types"),
+		},
 		Reconcile: Reconcile{
 			Schedule: d.str("reconcile.schedule"),
 			Window:   d.dur("reconcile.window"),
@@ -270,6 +275,9 @@ func (d *decoder) decode() *Config {
 	}
 	if len(c.Events.Types) == 0 {
 		c.Events.Types = slices.Clone(DefaultEventTypes)
+	}
+	if len(c.Forward.Types) == 0 {
+		c.Forward.Types = slices.Clone(c.Events.Types)
 	}
 	return c
 }

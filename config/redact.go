@@ -31,7 +31,8 @@ func (c *Config) Secrets() []string {
 	add(c.Stripe.APIKey)
 	add(c.Fulfill.Secret)
 	add(c.Notify.Secret)
-	for _, raw := range []string{c.Stripe.APIBase, c.Fulfill.URL, c.Notify.URL} {
+	add(c.Forward.Secret)
+	for _, raw := range []string{c.Stripe.APIBase, c.Fulfill.URL, c.Notify.URL, c.Forward.URL} {
 		if u, err := url.Parse(raw); err == nil && u.User != nil {
 			if p, ok := u.User.Password(); ok {
 				add(p)
@@ -66,6 +67,7 @@ type (
 	plainStripe  Stripe
 	plainFulfill Fulfill
 	plainNotify  Notify
+	plainForward Forward
 )
 
 func (s Stripe) redact() plainStripe {
@@ -84,6 +86,28 @@ func (n Notify) redact() plainNotify {
 	n.Secret = hide(n.Secret)
 	n.URL = hideURL(n.URL)
 	return plainNotify(n)
+}
+
+func (fw Forward) redact() plainForward {
+	fw.Secret = hide(fw.Secret)
+	fw.URL = hideURL(fw.URL)
+	return plainForward(fw)
+}
+
+// Format prints fw with the signing secret redacted.
+func (fw Forward) Format(f fmt.State, verb rune) { format(f, verb, "Forward", fw.redact()) }
+
+// MarshalJSON encodes fw with the signing secret redacted.
+func (fw Forward) MarshalJSON() ([]byte, error) { return json.Marshal(fw.redact()) }
+
+// LogValue logs fw by its config key names, with the signing secret redacted.
+func (fw Forward) LogValue() slog.Value {
+	r := fw.redact()
+	return slog.GroupValue(
+		slog.String("url", r.URL),
+		slog.String("secret", r.Secret),
+		slog.Any("types", r.Types),
+	)
 }
 
 // Format prints s with the API key redacted, for every verb, so that
@@ -160,6 +184,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Group("store", slog.String("path", c.Store.Path)),
 		slog.Any("fulfill", c.Fulfill),
 		slog.Any("notify", c.Notify),
+		slog.Any("forward", c.Forward),
 		slog.Group("reconcile", slog.String("schedule", c.Reconcile.Schedule), slog.Duration("window", c.Reconcile.Window)),
 		slog.Group("http", slog.String("listen", c.HTTP.Listen)),
 	)

@@ -147,6 +147,7 @@ func (d *decoder) validate(c *Config) *Error {
 	d.validateAction("notify", c.Notify.Command, c.Notify.URL)
 	d.validateSecret("fulfill.secret", f.Secret)
 	d.validateSecret("notify.secret", c.Notify.Secret)
+	d.validateForward(c)
 
 	d.validateSchedule("reconcile.schedule", c.Reconcile.Schedule)
 	if c.Reconcile.Window <= 0 {
@@ -207,6 +208,34 @@ func (d *decoder) requireTypes(c *Config) {
 	if len(missing) > 0 {
 		d.fail("events.types", "leaves out %s: the configured action would never hear of those payments; "+
 			"add them, or leave events.types empty for the default", strings.Join(missing, ", "))
+	}
+}
+
+// validateForward checks forward.url like the other URLs, its secret like
+// the other secrets, and that forward.types only names listed types: a
+// type fulfilld does not list would never be forwarded.
+func (d *decoder) validateForward(c *Config) {
+	fw := c.Forward
+	if fw.URL != "" {
+		if u, ok := httpURL(fw.URL); !ok {
+			d.fail("forward.url", "must be an absolute http:// or https:// URL, such as http://127.0.0.1:4242/webhook")
+		} else if u.Fragment != "" {
+			d.fail("forward.url", "must not have a #fragment")
+		}
+	}
+	d.validateSecret("forward.secret", fw.Secret)
+	if fw.Secret != "" && fw.URL == "" {
+		d.fail("forward.secret", "is set but forward.url is not; set forward.url to the endpoint this secret signs for")
+	}
+	var unlisted []string
+	for _, t := range fw.Types {
+		if !slices.Contains(c.Events.Types, t) {
+			unlisted = append(unlisted, t)
+		}
+	}
+	if len(unlisted) > 0 {
+		d.fail("forward.types", "names %s, which events.types does not list, so it would never be forwarded; "+
+			"add it to events.types or leave forward.types empty for all of events.types", strings.Join(unlisted, ", "))
 	}
 }
 

@@ -170,6 +170,9 @@ type URL struct {
 	Client    *http.Client  // nil = a client with sane transport timeouts that does not follow redirects
 	Now       func() time.Time
 	MaxOutput int // bytes kept of the response body; default 64 KiB
+	// ContentType is the request's Content-Type; default application/json.
+	// Forwarding sends what Stripe sends: application/json; charset=utf-8.
+	ContentType string
 }
 
 // Deliver POSTs d.Body. Any 2xx is success; the status decides even if the
@@ -186,7 +189,11 @@ func (u *URL) Deliver(ctx context.Context, d Delivery) (Outcome, error) {
 		// The parse error would quote the whole URL, which may carry a token.
 		return out, fmt.Errorf("action url %s is not valid (check fulfill.url): %w", where, urlErrorCause(err))
 	}
-	req.Header.Set("Content-Type", "application/json")
+	contentType := u.ContentType
+	if contentType == "" {
+		contentType = "application/json"
+	}
+	req.Header.Set("Content-Type", contentType)
 	req.Header.Set("User-Agent", "fulfilld")
 	if d.IdempotencyKey != "" {
 		req.Header.Set("Idempotency-Key", d.IdempotencyKey)

@@ -27,8 +27,8 @@ func Prune(tx Tx, before time.Time, limit int) (pruned int, more bool, err error
 		switch s.Kind {
 		case KindSession:
 			err = pruneSession(tx, s.ID)
-		case KindNotification:
-			err = pruneNotification(tx, s.ID)
+		case KindDelivery:
+			err = pruneDelivery(tx, s.ID)
 		case KindPaymentIntent:
 			err = prunePaymentIntent(tx, s.ID)
 		default:
@@ -60,12 +60,12 @@ func pruneSession(tx Tx, id string) error {
 		FulfilledAt: rec.FulfilledAt, Pruned: true})
 }
 
-func pruneNotification(tx Tx, id string) error {
-	n, ok, err := tx.Notification(id)
+func pruneDelivery(tx Tx, key string) error {
+	n, ok, err := tx.EventDelivery(key)
 	if err != nil || !ok {
 		return err
 	}
-	return tx.PutNotification(Notification{EventID: n.EventID, EventType: n.EventType, State: n.State,
+	return tx.PutEventDelivery(EventDelivery{Destination: n.Destination, EventID: n.EventID, EventType: n.EventType, State: n.State,
 		Attempts: n.Attempts, Created: n.Created, Updated: n.Updated, SentAt: n.SentAt, Pruned: true})
 }
 

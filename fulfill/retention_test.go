@@ -164,7 +164,8 @@ func TestRetryFailedSkipsPrunedNotifications(t *testing.T) {
 		if err := tx.PutSession(fulfill.Record{SessionID: "cs_dead", State: fulfill.StateFailed, Updated: now}); err != nil {
 			return err
 		}
-		return tx.PutNotification(fulfill.Notification{EventID: "evt_old", State: fulfill.NotifyFailed, Updated: now, Pruned: true})
+		return tx.PutEventDelivery(fulfill.EventDelivery{Destination: fulfill.DestNotify, EventID: "evt_old",
+			State: fulfill.DeliveryFailed, Updated: now, Pruned: true})
 	}); err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +174,7 @@ func TestRetryFailedSkipsPrunedNotifications(t *testing.T) {
 		if sessions, err = fulfill.Retry(tx, now); err != nil {
 			return err
 		}
-		notes, err = fulfill.RetryNotifications(tx, now)
+		notes, err = fulfill.RetryDeliveries(tx, now)
 		return err
 	}); err != nil {
 		t.Fatalf("retry --failed: %v", err)

@@ -7,14 +7,14 @@ type Queue string
 
 // The queues.
 const (
-	SessionQueue Queue = "sessions"      // sessions to attempt
-	NotifyQueue  Queue = "notifications" // notifications to deliver
+	SessionQueue  Queue = "sessions"   // sessions to attempt
+	DeliveryQueue Queue = "deliveries" // events to deliver (notify, forward), by DeliveryKey
 )
 
 // Kinds of record the store keeps indexes of.
 const (
 	KindSession       = "session"
-	KindNotification  = "notification"
+	KindDelivery      = "delivery" // an event's delivery to a destination
 	KindPaymentIntent = "payment_intent"
 )
 
@@ -33,7 +33,8 @@ type Counts struct {
 	Recovered      int
 	InFlight       int
 	PaymentIntents map[string]int
-	Notifications  map[string]int
+	// Deliveries counts event deliveries by destination, then state.
+	Deliveries map[string]map[string]int
 }
 
 // Tx is the storage the ledger and the queues need, inside one
@@ -44,8 +45,9 @@ type Counts struct {
 type Tx interface {
 	Session(id string) (Record, bool, error)
 	PutSession(Record) error
-	Notification(eventID string) (Notification, bool, error)
-	PutNotification(Notification) error
+	// EventDelivery reads a delivery by its DeliveryKey.
+	EventDelivery(key string) (EventDelivery, bool, error)
+	PutEventDelivery(EventDelivery) error
 	PaymentIntent(id string) (PaymentIntent, bool, error)
 	PutPaymentIntent(PaymentIntent) error
 

@@ -234,7 +234,7 @@ func TestUnreadableNotificationStaysQueued(t *testing.T) {
 	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
 	db := openTestDB(t)
 	if err := db.Update(func(tx store.Tx) error {
-		_, err := fulfill.EnqueueNotification(tx, "evt_1", "checkout.session.expired", []byte(`{"id":"evt_1"}`), now)
+		_, err := fulfill.EnqueueDelivery(tx, fulfill.DestNotify, "evt_1", "checkout.session.expired", []byte(`{"id":"evt_1"}`), now)
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -242,7 +242,7 @@ func TestUnreadableNotificationStaysQueued(t *testing.T) {
 	torn := &tornNotes{DB: ledger(db)}
 	torn.torn.Store(true)
 	act := &runsAction{}
-	n := &fulfill.Notifier{DB: torn, Action: act, MaxAttempts: 3, Concurrency: 2, Now: func() time.Time { return now }}
+	n := &fulfill.Deliverer{DB: torn, Destinations: map[string]fulfill.Action{fulfill.DestNotify: act}, MaxAttempts: 3, Concurrency: 2, Now: func() time.Time { return now }}
 	wake := make(chan struct{})
 	close(wake)
 	// A pass (run --once) that could not attempt it does not call itself
@@ -252,7 +252,10 @@ func TestUnreadableNotificationStaysQueued(t *testing.T) {
 		t.Fatalf("a pass that could not read a queued notification returned %v, want an error saying so", err)
 	}
 	var queued bool
-	_ = db.View(func(tx store.Tx) (err error) { _, queued, err = tx.DueAt(fulfill.NotifyQueue, "evt_1"); return err })
+	_ = db.View(func(tx store.Tx) (err error) {
+		_, queued, err = tx.DueAt(fulfill.DeliveryQueue, "notify:evt_1")
+		return err
+	})
 	if !queued || act.count("notify-evt_1") != 0 {
 		t.Fatalf("queued %v after %d deliveries; want still queued, none delivered", queued, act.count("notify-evt_1"))
 	}
@@ -287,11 +290,11 @@ type tornTx struct {
 	torn *atomic.Bool
 }
 
-func (t tornTx) Notification(id string) (fulfill.Notification, bool, error) {
+func (t tornTx) EventDelivery(id string) (fulfill.EventDelivery, bool, error) {
 	if t.torn.Load() {
-		return fulfill.Notification{}, false, errors.New("read notification of " + id + ": unexpected end of JSON input")
+		return fulfill.EventDelivery{}, false, errors.New("read delivery " + id + ": unexpected end of JSON input")
 	}
-	return t.Tx.Notification(id)
+	return t.Tx.EventDelivery(id)
 }
 
 // The disk fills during A's action and frees up while B's runs: B's save
@@ -435,9 +438,9 @@ type writeSpy struct {
 }
 
 func (w writeSpy) PutSession(r fulfill.Record) error { *w.wrote = true; return w.Tx.PutSession(r) }
-func (w writeSpy) PutNotification(n fulfill.Notification) error {
+func (w writeSpy) PutEventDelivery(n fulfill.EventDelivery) error {
 	*w.wrote = true
-	return w.Tx.PutNotification(n)
+	return w.Tx.PutEventDelivery(n)
 }
 func (w writeSpy) Schedule(q fulfill.Queue, id string, due time.Time) error {
 	*w.wrote = true

@@ -142,7 +142,7 @@ func TestEveryFixtureEventIsHandled(t *testing.T) {
 	client := stripeapi.New(stripeapi.Config{APIKey: testKey, APIBase: serveEventFixtures(t, evs).URL,
 		Limits: stripeapi.Limits{Global: 1000, Endpoint: 1000}, Now: func() time.Time { return now }})
 	p := &poller.Poller{DB: store.As[poller.Tx](db), Events: client, Types: defaultTypes, Lookback: 10 * time.Minute,
-		Now: func() time.Time { return now }, Notify: true}
+		Now: func() time.Time { return now }, Routes: fulfill.NotifyRoutes()}
 	ctx := context.Background()
 	if _, err := p.Start(ctx, now.Add(-24*time.Hour)); err != nil {
 		t.Fatal(err)
@@ -196,7 +196,7 @@ func TestEveryFixtureEventIsHandled(t *testing.T) {
 			}
 			wantCounts[[2]string{f.ev.Type, outcome}]++
 
-			n, ok, err := fulfill.GetNotification(tx, f.ev.ID)
+			n, ok, err := fulfill.GetDelivery(tx, fulfill.DestNotify, f.ev.ID)
 			if err != nil {
 				return err
 			}

@@ -129,9 +129,14 @@ type Poller struct {
 	Logger *slog.Logger
 	// Wake is called after a commit that queued work.
 	Wake func()
-	// Notify queues a notification for each payment-failure event
-	// (fulfill.NotifyTypes), once per event id.
-	Notify bool
+	// Routes queues a delivery of each listed event to the destinations
+	// (notify, forward) that its type is routed to, once per event id and
+	// destination, in the same commit as the page; malformed events are
+	// not delivered.
+	Routes fulfill.Routes
+	// RelayOnly is set when fulfilld runs no action of its own (forward
+	// alone): sessions are not queued for fulfilment.
+	RelayOnly bool
 	// Progress, when set, is told about each committed page, from one
 	// goroutine at a time.
 	Progress func(Progress)
@@ -695,11 +700,16 @@ func (p *Poller) commit(res *Result, page stripeapi.EventPage, phase string, tar
 				p.log().Info("dry run: would handle event", "event", ev.ID, "type", ev.Type, "outcome", outcome)
 				continue
 			}
-			if p.Notify && fulfill.NotifyTypes[ev.Type] && outcome != OutcomeMalformed {
-				if _, err := fulfill.EnqueueNotification(tx, ev.ID, ev.Type, ev.Raw, now); err != nil {
-					return fmt.Errorf("event %s: %w", ev.ID, err)
+			if outcome != OutcomeMalformed {
+				for _, dest := range p.Routes[ev.Type] {
+					added, err := fulfill.EnqueueDelivery(tx, dest, ev.ID, ev.Type, ev.Raw, now)
+					if err != nil {
+						return fmt.Errorf("event %s: %w", ev.ID, err)
+					}
+					if added {
+						notified++
+					}
 				}
-				notified++
 			}
 			if ev.ID != "" {
 				if err := cursor.MarkSeen(tx, ev.ID, ev.Created); err != nil {
@@ -820,6 +830,11 @@ func (p *Poller) route(tx Tx, ev stripeapi.Event, now time.Time) (string, error)
 		id, err := objectID(ev.Object, "checkout.session", "cs_")
 		if err != nil {
 			return bad(err)
+		}
+		if p.RelayOnly {
+			// No action of fulfilld's own: the forward destination (the
+			// shop's own handler) fulfils.
+			return OutcomeIgnored, nil
 		}
 		if p.DryRun {
 			return p.dryRunSession(tx, id)

@@ -249,8 +249,8 @@ func TestNotifyOncePerFailureEventAcrossRestarts(t *testing.T) {
 	h := newHarness(t)
 	rec := &eventRecorder{runs: map[string]int{}}
 	notifyPass := func(since time.Time) {
-		h.poller.Notify = true
-		n := &fulfill.Notifier{DB: store.As[fulfill.Tx](h.db), Action: rec, MaxAttempts: 3, Concurrency: 2, Now: h.clock.Now}
+		h.poller.Routes = fulfill.NotifyRoutes()
+		n := &fulfill.Deliverer{DB: store.As[fulfill.Tx](h.db), Destinations: map[string]fulfill.Action{fulfill.DestNotify: rec}, MaxAttempts: 3, Concurrency: 2, Now: h.clock.Now}
 		if _, err := n.Recover(); err != nil {
 			t.Fatal(err)
 		}
@@ -305,9 +305,9 @@ func TestSignedNotifyVerifiesWithStripeGo(t *testing.T) {
 	defer srv.Close()
 	b := h.sim.CreateSession(stripesim.SessionParams{Created: t0.Add(-3 * time.Hour), LineItems: 1})
 	expired := h.sim.ExpireSession(b, t0.Add(-time.Hour))
-	h.poller.Notify = true
+	h.poller.Routes = fulfill.NotifyRoutes()
 	h.pass(t0.Add(-2 * time.Hour))
-	n := &fulfill.Notifier{DB: store.As[fulfill.Tx](h.db), Action: &fulfill.URL{URL: srv.URL, Secret: secret, Timeout: 5 * time.Second},
+	n := &fulfill.Deliverer{DB: store.As[fulfill.Tx](h.db), Destinations: map[string]fulfill.Action{fulfill.DestNotify: &fulfill.URL{URL: srv.URL, Secret: secret, Timeout: 5 * time.Second}},
 		MaxAttempts: 2, Concurrency: 1, Now: time.Now}
 	wake := make(chan struct{})
 	close(wake)

@@ -184,19 +184,30 @@ func (a *app) fulfiller(db fulfill.DB, client *stripeapi.Client) *fulfill.Fulfil
 	}
 }
 
-// notifier is nil when notify is not configured.
-func (a *app) notifier(db fulfill.DB) *fulfill.Notifier {
-	n := a.cfg.Notify
-	if len(n.Command) == 0 && n.URL == "" {
+// deliverer is nil when neither notify nor forward is configured. Both
+// are destinations of the one delivery queue.
+func (a *app) deliverer(db fulfill.DB) *fulfill.Deliverer {
+	dests, routes := map[string]fulfill.Action{}, fulfill.Routes{}
+	if n := a.cfg.Notify; len(n.Command) > 0 || n.URL != "" {
+		dests[fulfill.DestNotify] = a.action(n.Command, n.URL, n.Secret)
+		routes = fulfill.NotifyRoutes()
+	}
+	if fw := a.cfg.Forward; fw.URL != "" {
+		dests[fulfill.DestForward] = &fulfill.URL{URL: fw.URL, Secret: fw.Secret, Timeout: a.cfg.Fulfill.Timeout,
+			ContentType: "application/json; charset=utf-8"}
+		routes.Add(fulfill.DestForward, fw.Types...)
+	}
+	if len(dests) == 0 {
 		return nil
 	}
-	return &fulfill.Notifier{
-		DB:          db,
-		Action:      a.action(n.Command, n.URL, n.Secret),
-		MaxAttempts: a.cfg.Fulfill.MaxAttempts,
-		Concurrency: a.cfg.Fulfill.Concurrency,
-		Now:         a.now,
-		Logger:      a.log.With("component", "notify"),
+	return &fulfill.Deliverer{
+		DB:           db,
+		Destinations: dests,
+		Routes:       routes,
+		MaxAttempts:  a.cfg.Fulfill.MaxAttempts,
+		Concurrency:  a.cfg.Fulfill.Concurrency,
+		Now:          a.now,
+		Logger:       a.log.With("component", "deliver"),
 	}
 }
 
@@ -209,18 +220,21 @@ func (a *app) reconciler(db poller.DB, client *stripeapi.Client) *poller.Reconci
 		Now:      a.now,
 		Clock:    poller.ClientClock{Client: client},
 		Logger:   a.log.With("component", "reconcile"),
+		// With forward alone the shop's handler fulfils; fulfilld relays.
+		RelayOnly: a.cfg.RelayOnly(),
 	}
 }
 
 func (a *app) poller(db poller.DB, client *stripeapi.Client) *poller.Poller {
 	return &poller.Poller{
-		DB:       db,
-		Events:   client,
-		Types:    a.cfg.Events.Types,
-		Lookback: a.cfg.Events.Lookback,
-		Now:      a.now,
-		Clock:    poller.ClientClock{Client: client},
-		Logger:   a.log.With("component", "poller"),
+		DB:        db,
+		Events:    client,
+		Types:     a.cfg.Events.Types,
+		Lookback:  a.cfg.Events.Lookback,
+		Now:       a.now,
+		Clock:     poller.ClientClock{Client: client},
+		Logger:    a.log.With("component", "poller"),
+		RelayOnly: a.cfg.RelayOnly(),
 	}
 }
 

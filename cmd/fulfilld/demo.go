@@ -160,8 +160,8 @@ compares Stripe's records with what the action received.
 	d := a.newDaemon(db)
 	// Retries a few seconds apart instead of from 30 s, so they show.
 	d.Fulfiller.Backoff = func(int) time.Duration { return 2 * time.Second }
-	if d.Notifier != nil {
-		d.Notifier.Backoff = d.Fulfiller.Backoff
+	if d.Deliverer != nil {
+		d.Deliverer.Backoff = d.Fulfiller.Backoff
 	}
 	if _, err := d.Poller.Start(ctx, now.Add(-time.Hour)); err != nil {
 		db.Close()

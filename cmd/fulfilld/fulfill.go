@@ -66,7 +66,7 @@ func (a *app) fulfillOne(ctx context.Context, id string) (rec fulfill.Record, fe
 	if err := a.cfg.RequireAPIKey(); err != nil {
 		return rec, nil, err
 	}
-	if err := a.cfg.RequireAction(); err != nil {
+	if err := a.cfg.RequireFulfillAction(); err != nil {
 		return rec, nil, err
 	}
 	db, err := a.openStore(false)

@@ -66,7 +66,7 @@ func (a *app) reconcile(ctx context.Context, since string) error {
 	if err := a.cfg.RequireAPIKey(); err != nil {
 		return err
 	}
-	if err := a.cfg.RequireAction(); err != nil {
+	if err := a.cfg.RequireFulfillAction(); err != nil {
 		return err
 	}
 	db, err := a.openStore(false)

@@ -56,7 +56,7 @@ func (a *app) newDaemon(db store.Store) *daemon.Daemon {
 		Client:     client,
 		Poller:     a.poller(stream, client),
 		Fulfiller:  a.fulfiller(queues, client),
-		Notifier:   a.notifier(queues),
+		Deliverer:  a.deliverer(queues),
 		Reconciler: a.reconciler(stream, client),
 		Metrics:    metrics.New(db, a.now),
 		Logger:     a.log,

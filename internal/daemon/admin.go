@@ -248,7 +248,7 @@ func Retry(db store.Store, now time.Time, req RetryRequest) ([]string, error) {
 			}
 		}
 		if req.All || len(req.Events) > 0 {
-			done, err := fulfill.RetryNotifications(tx, now, req.Events...)
+			done, err := fulfill.RetryDeliveries(tx, now, req.Events...)
 			ids = append(ids, done...)
 			return err
 		}

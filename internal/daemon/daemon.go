@@ -32,16 +32,16 @@ func (w wakers) close() {
 	}
 }
 
-// workers starts the fulfillment queue and, when configured, the notify
-// queue. wait returns their combined result once both returned.
+// workers starts the fulfillment queue and, when configured, the delivery
+// queue (notify, forward). wait returns their combined result once both returned.
 func (d *Daemon) workers(ctx context.Context, untilIdle bool) (w wakers, wait func() (fulfill.PassResult, error)) {
 	type result struct {
 		res fulfill.PassResult
 		err error
 	}
 	runs := []func(context.Context, fulfill.RunOptions) (fulfill.PassResult, error){d.Fulfiller.Run}
-	if d.Notifier != nil {
-		runs = append(runs, d.Notifier.Run)
+	if d.Deliverer != nil {
+		runs = append(runs, d.Deliverer.Run)
 	}
 	results := make(chan result, len(runs))
 	for _, run := range runs {
@@ -73,8 +73,8 @@ func (d *Daemon) Recover() error {
 	if err != nil {
 		return err
 	}
-	if d.Notifier != nil {
-		m, err := d.Notifier.Recover()
+	if d.Deliverer != nil {
+		m, err := d.Deliverer.Recover()
 		if err != nil {
 			return err
 		}
@@ -116,7 +116,7 @@ func (d *Daemon) pass(parent context.Context, list func(ctx context.Context) err
 	res, werr := wait()
 	switch {
 	case parent.Err() != nil:
-		if uerr := d.unsavedResults(); uerr != nil && d.Fulfiller.Unsaved()+d.notifierUnsaved() > 0 {
+		if uerr := d.unsavedResults(); uerr != nil && d.Fulfiller.Unsaved()+d.delivererUnsaved() > 0 {
 			return res, fmt.Errorf("%w; %w", ErrInterrupted, uerr)
 		}
 		return res, ErrInterrupted
@@ -134,12 +134,12 @@ func (d *Daemon) pass(parent context.Context, list func(ctx context.Context) err
 func (d *Daemon) unsavedResults() error {
 	// One more try: the disk may have recovered since the queues last wrote.
 	_ = d.Fulfiller.SaveKept()
-	if d.Notifier != nil {
-		_ = d.Notifier.SaveKept()
+	if d.Deliverer != nil {
+		_ = d.Deliverer.SaveKept()
 	}
 	n := d.Fulfiller.Unsaved()
-	if d.Notifier != nil {
-		n += d.Notifier.Unsaved()
+	if d.Deliverer != nil {
+		n += d.Deliverer.Unsaved()
 	}
 	if n == 0 {
 		return d.Health.Err()
@@ -254,9 +254,9 @@ func (d *Daemon) Reconcile(parent context.Context, from time.Time) (sw poller.Sw
 	return sw, swept, res, err
 }
 
-func (d *Daemon) notifierUnsaved() int {
-	if d.Notifier == nil {
+func (d *Daemon) delivererUnsaved() int {
+	if d.Deliverer == nil {
 		return 0
 	}
-	return d.Notifier.Unsaved()
+	return d.Deliverer.Unsaved()
 }

@@ -36,7 +36,7 @@ type Daemon struct {
 	Client     *stripeapi.Client
 	Poller     *poller.Poller
 	Fulfiller  *fulfill.Fulfiller
-	Notifier   *fulfill.Notifier // nil without notify
+	Deliverer  *fulfill.Deliverer // nil without notify or forward
 	Reconciler *poller.Reconciler
 	Metrics    *metrics.Metrics
 	Logger     *slog.Logger
@@ -68,7 +68,7 @@ type Daemon struct {
 }
 
 // New wires the parts: the queues' writes go through Store, the actions
-// are instrumented, the poller queues notifications when notify is set,
+// are instrumented, the poller queues event deliveries when notify or forward is set,
 // and progress (when set) is told about each committed page.
 func New(d *Daemon, progress func(poller.Progress)) *Daemon {
 	d.wake = func() {}
@@ -80,10 +80,12 @@ func New(d *Daemon, progress func(poller.Progress)) *Daemon {
 		d.Logger = slog.New(slog.DiscardHandler)
 	}
 	d.Fulfiller.Action = d.Metrics.Instrument("fulfill", d.Fulfiller.Action)
-	if d.Notifier != nil {
-		d.Notifier.Action = d.Metrics.Instrument("notify", d.Notifier.Action)
+	if d.Deliverer != nil {
+		for dest, action := range d.Deliverer.Destinations {
+			d.Deliverer.Destinations[dest] = d.Metrics.Instrument(dest, action)
+		}
+		d.Poller.Routes = d.Deliverer.Routes
 	}
-	d.Poller.Notify = d.Notifier != nil
 	d.Poller.Progress = func(p poller.Progress) {
 		d.beat()
 		if progress != nil {

@@ -89,7 +89,7 @@ var (
 	descQueue = prometheus.NewDesc("fulfilld_queue_depth",
 		"Sessions queued for an attempt, due now or backing off.", nil, nil)
 	descDeadLetters = prometheus.NewDesc("fulfilld_dead_letters",
-		"Dead-lettered deliveries waiting for `fulfilld retry`, by kind (fulfill, notify).", []string{"kind"}, nil)
+		"Dead-lettered deliveries waiting for `fulfilld retry`, by kind (fulfill, notify, forward).", []string{"kind"}, nil)
 	descEvents = prometheus.NewDesc("fulfilld_events_total",
 		"Events taken from the stream, by type and outcome.", []string{"type", "outcome"}, nil)
 	descMalformed = prometheus.NewDesc("fulfilld_malformed_events",
@@ -150,7 +150,9 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descRecovered, float64(st.Recovered))
 	gauge(descQueue, float64(st.Queued))
 	gauge(descDeadLetters, float64(st.Fulfillments[string(fulfill.StateFailed)]), "fulfill")
-	gauge(descDeadLetters, float64(st.Notifications[fulfill.NotifyFailed]), "notify")
+	for _, dest := range fulfill.Destinations {
+		gauge(descDeadLetters, float64(st.Deliveries[dest][fulfill.DeliveryFailed]), dest)
+	}
 	for _, e := range st.Events {
 		counter(descEvents, float64(e.Count), e.Type, e.Outcome)
 	}

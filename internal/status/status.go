@@ -72,20 +72,23 @@ type Report struct {
 	LastPoll *pollStatus  `json:"last_poll"`
 	// ClockSkew is Stripe's clock minus this host's, in seconds, as the
 	// last poll saw it; null before a poll observed it.
-	ClockSkew      *float64               `json:"clock_skew_seconds"`
-	Fulfillments   map[string]int         `json:"fulfillments"`
-	Recovered      int                    `json:"recovered"`
-	InFlight       int                    `json:"in_flight"`
-	Queued         int                    `json:"queued"`
-	PaymentIntents map[string]int         `json:"payment_intents"`
-	Events         []cursor.EventCount    `json:"events"`
-	BadEvents      badEventsStatus        `json:"bad_events"`
-	Failures       []failureStatus        `json:"failures"`
-	API            stripeapi.UsageReport  `json:"api"`
-	Notifications  map[string]int         `json:"notifications"`
-	NotifyFailures []fulfill.Notification `json:"notify_failures"`
-	LastSweep      *poller.Sweep          `json:"last_reconcile"`
-	WebhookMisses  *poller.WebhookMisses  `json:"webhook_misses"`
+	ClockSkew      *float64              `json:"clock_skew_seconds"`
+	Fulfillments   map[string]int        `json:"fulfillments"`
+	Recovered      int                   `json:"recovered"`
+	InFlight       int                   `json:"in_flight"`
+	Queued         int                   `json:"queued"`
+	PaymentIntents map[string]int        `json:"payment_intents"`
+	Events         []cursor.EventCount   `json:"events"`
+	BadEvents      badEventsStatus       `json:"bad_events"`
+	Failures       []failureStatus       `json:"failures"`
+	API            stripeapi.UsageReport `json:"api"`
+	// Deliveries counts event deliveries by destination (forward,
+	// notify) and state; Notifications is its notify part, as before.
+	Deliveries       map[string]map[string]int `json:"deliveries"`
+	Notifications    map[string]int            `json:"notifications"`
+	DeliveryFailures []fulfill.EventDelivery   `json:"delivery_failures"`
+	LastSweep        *poller.Sweep             `json:"last_reconcile"`
+	WebhookMisses    *poller.WebhookMisses     `json:"webhook_misses"`
 }
 
 type cursorStatus struct {
@@ -191,9 +194,10 @@ func Read(db Store, now time.Time) (*Report, error) {
 			st.Failures = append(st.Failures, failureStatus{SessionID: r.SessionID, Attempts: r.Attempts,
 				LastError: r.LastError, Updated: r.Updated.UTC().Format(time.RFC3339)})
 		}
-		if st.Notifications, st.NotifyFailures, err = fulfill.NotifySummary(tx, 20); err != nil {
+		if st.Deliveries, st.DeliveryFailures, err = fulfill.DeliverySummary(tx, 20); err != nil {
 			return err
 		}
+		st.Notifications = st.Deliveries[fulfill.DestNotify]
 		if st.LastSweep, st.WebhookMisses, err = poller.LastSweep(tx); err != nil {
 			return err
 		}
@@ -212,8 +216,8 @@ func Read(db Store, now time.Time) (*Report, error) {
 	if st.Failures == nil {
 		st.Failures = []failureStatus{}
 	}
-	if st.NotifyFailures == nil {
-		st.NotifyFailures = []fulfill.Notification{}
+	if st.DeliveryFailures == nil {
+		st.DeliveryFailures = []fulfill.EventDelivery{}
 	}
 	return st, err
 }
@@ -262,8 +266,11 @@ func (st *Report) WriteText(w io.Writer) {
 			fmt.Fprintf(tw, "  %s %s\t%d\n", e.Type, e.Outcome, e.Count)
 		}
 	}
-	if n := st.Notifications; n[fulfill.NotifyPending]+n[fulfill.NotifySent]+n[fulfill.NotifyFailed] > 0 {
-		fmt.Fprintf(tw, "notifications\t%d sent, %d pending, %d failed\n", n[fulfill.NotifySent], n[fulfill.NotifyPending], n[fulfill.NotifyFailed])
+	for _, dest := range fulfill.Destinations {
+		name := map[string]string{fulfill.DestNotify: "notifications", fulfill.DestForward: "forwarded events"}[dest]
+		if n := st.Deliveries[dest]; n[fulfill.DeliveryPending]+n[fulfill.DeliverySent]+n[fulfill.DeliveryFailed] > 0 {
+			fmt.Fprintf(tw, "%s\t%d sent, %d pending, %d failed\n", name, n[fulfill.DeliverySent], n[fulfill.DeliveryPending], n[fulfill.DeliveryFailed])
+		}
 	}
 	if sw := st.LastSweep; sw != nil {
 		fmt.Fprintf(tw, "last reconcile\t%s %s, %d sessions swept since %s, recovered %d never seen + %d not fulfilled, %d fulfilled ahead of the stream\n",
@@ -283,10 +290,10 @@ func (st *Report) WriteText(w io.Writer) {
 			fmt.Fprintf(w, "  %s  %d attempts  %s\n", f.SessionID, f.Attempts, oneLine(f.LastError, 160))
 		}
 	}
-	if len(st.NotifyFailures) > 0 {
-		fmt.Fprintf(w, "\nnotifications failed (dead letter); `fulfilld retry evt_…` or --failed requeues them\n")
-		for _, f := range st.NotifyFailures {
-			fmt.Fprintf(w, "  %s  %s  %s\n", f.EventID, f.EventType, oneLine(f.LastError, 160))
+	if len(st.DeliveryFailures) > 0 {
+		fmt.Fprintf(w, "\nevent deliveries failed (dead letter); `fulfilld retry evt_…` or --failed requeues them\n")
+		for _, f := range st.DeliveryFailures {
+			fmt.Fprintf(w, "  %s  %s  %s  %s\n", f.EventID, f.Destination, f.EventType, oneLine(f.LastError, 160))
 		}
 	}
 	if st.BadEvents.Count > 0 {

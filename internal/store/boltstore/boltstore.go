@@ -38,7 +38,10 @@ var (
 //	2: counters and time indexes kept beside the records, the seen-set's
 //	   size kept, bad events and API usage days bounded
 //	3: queue lengths kept as counters too (format 2 files had none)
-const Format = 3
+//	4: notifications generalized to event deliveries keyed by destination
+//	   and event id ("notify:evt_…", "forward:evt_…"), in the records, the
+//	   delivery queue and the counters ("delivery:<dest>:<state>")
+const Format = 4
 
 // The buckets. Keys and values are described beside each.
 var (
@@ -50,8 +53,8 @@ var (
 	bucketBad        = []byte("bad_events")      // event id → BadEvent JSON
 	bucketSessions   = []byte("sessions")        // session id → Record JSON
 	bucketIntents    = []byte("payment_intents") // pi id → PaymentIntent JSON
-	bucketNotes      = []byte("notifications")   // event id → Notification JSON
-	bucketCounts     = []byte("fulfill_counts")  // "session:<state>", "pi:<status>", "notify:<state>", … → uint64
+	bucketDeliveries = []byte("notifications")   // "<destination>:<event id>" → EventDelivery JSON (the name from format 2)
+	bucketCounts     = []byte("fulfill_counts")  // "session:<state>", "pi:<status>", "delivery:<dest>:<state>", … → uint64
 	bucketFailed     = []byte("failed_index")    // kind byte + updated (8 bytes) + id → nothing
 	bucketSettled    = []byte("settled_index")   // settled (8 bytes) + kind byte + id → nothing
 	bucketUsage      = []byte("api_usage")       // "2026-11-22" or keyFolded → Usage JSON
@@ -68,13 +71,13 @@ var (
 // queues maps a queue to its two buckets: items (due (8 bytes, unix nanos)
 // + id → nothing) and index (id → its items key).
 var queues = map[string]struct{ items, index []byte }{
-	"sessions":      {[]byte("queue"), []byte("queue_index")},
-	"notifications": {[]byte("notify_queue"), []byte("notify_queue_index")},
+	"sessions":   {[]byte("queue"), []byte("queue_index")},
+	"deliveries": {[]byte("notify_queue"), []byte("notify_queue_index")}, // the buckets' names from format 2
 }
 
 func allBuckets() [][]byte {
 	bs := [][]byte{bucketMeta, bucketCursor, bucketSeen, bucketSeenByTime, bucketEventStats, bucketBad,
-		bucketSessions, bucketIntents, bucketNotes, bucketCounts, bucketFailed, bucketSettled, bucketUsage,
+		bucketSessions, bucketIntents, bucketDeliveries, bucketCounts, bucketFailed, bucketSettled, bucketUsage,
 		bucketReconcile}
 	for _, q := range queues {
 		bs = append(bs, q.items, q.index)
@@ -207,9 +210,13 @@ func migrate(t *Tx) error {
 	case v == Format:
 		return nil
 	}
-	if v < 3 {
-		// Counts everything once: counters, indexes, queue lengths, the
-		// seen-set's size; and cuts bad events to their bound.
+	if v < 4 {
+		// Rekeys notifications as deliveries (a no-op for records already
+		// rekeyed), then counts everything once: counters, indexes, queue
+		// lengths, the seen-set's size; and cuts bad events to their bound.
+		if err := t.keyDeliveries(); err != nil {
+			return fmt.Errorf("upgrade to format %d: %w", Format, err)
+		}
 		if err := t.recount(); err != nil {
 			return fmt.Errorf("upgrade to format %d: %w", Format, err)
 		}

@@ -11,7 +11,7 @@ import (
 	"github.com/fulfilld/fulfilld/fulfill"
 )
 
-// Every write of a session, notification or PaymentIntent status moves, in
+// Every write of a session, event delivery or PaymentIntent status moves, in
 // the same transaction, the counters (fulfill_counts) and two indexes:
 //   - failed_index: dead letters, by kind and time, so status lists the
 //     latest few without reading the rest;
@@ -22,11 +22,11 @@ import (
 // Index kinds, one byte each in the index keys.
 var kindByte = map[string]byte{
 	fulfill.KindSession:       's',
-	fulfill.KindNotification:  'n',
+	fulfill.KindDelivery:      'n',
 	fulfill.KindPaymentIntent: 'p',
 }
 
-var byteKind = map[byte]string{'s': fulfill.KindSession, 'n': fulfill.KindNotification, 'p': fulfill.KindPaymentIntent}
+var byteKind = map[byte]string{'s': fulfill.KindSession, 'n': fulfill.KindDelivery, 'p': fulfill.KindPaymentIntent}
 
 const (
 	countRecovered = "session:recovered"
@@ -53,9 +53,12 @@ func sessionIndexed(r fulfill.Record) indexed {
 	return x
 }
 
-func notificationIndexed(n fulfill.Notification) indexed {
-	return indexed{counts: []string{"notify:" + n.State}, failed: n.State == fulfill.NotifyFailed,
-		settled: (n.State == fulfill.NotifySent || n.State == fulfill.NotifyFailed) && !n.Pruned, at: n.Updated}
+// deliveryCount is the counter of a destination's deliveries in a state.
+func deliveryCount(dest, state string) string { return "delivery:" + dest + ":" + state }
+
+func deliveryIndexed(n fulfill.EventDelivery) indexed {
+	return indexed{counts: []string{deliveryCount(n.Destination, n.State)}, failed: n.State == fulfill.DeliveryFailed,
+		settled: (n.State == fulfill.DeliverySent || n.State == fulfill.DeliveryFailed) && !n.Pruned, at: n.Updated}
 }
 
 func intentIndexed(pi fulfill.PaymentIntent) indexed {
@@ -132,27 +135,31 @@ func (t *Tx) PutSession(r fulfill.Record) error {
 	return t.reindex(fulfill.KindSession, r.SessionID, sessionIndexed(old), had, sessionIndexed(r))
 }
 
-// Notification implements fulfill.Tx.
-func (t *Tx) Notification(id string) (fulfill.Notification, bool, error) {
-	var n fulfill.Notification
-	ok, err := t.getJSON(bucketNotes, []byte(id), &n)
+// EventDelivery implements fulfill.Tx.
+func (t *Tx) EventDelivery(key string) (fulfill.EventDelivery, bool, error) {
+	var n fulfill.EventDelivery
+	ok, err := t.getJSON(bucketDeliveries, []byte(key), &n)
 	if err != nil {
-		return fulfill.Notification{}, false, fmt.Errorf("read notification of %s: %w", id, err)
+		return fulfill.EventDelivery{}, false, fmt.Errorf("read delivery %s: %w", key, err)
 	}
 	return n, ok, nil
 }
 
-// PutNotification implements fulfill.Tx. A record that cannot be read
+// PutEventDelivery implements fulfill.Tx. A record that cannot be read
 // counts as absent: writing this one repairs it.
-func (t *Tx) PutNotification(n fulfill.Notification) error {
-	old, had, err := t.Notification(n.EventID)
+func (t *Tx) PutEventDelivery(n fulfill.EventDelivery) error {
+	if n.Destination == "" || n.EventID == "" {
+		return fmt.Errorf("write delivery of %q to %q: the event id and the destination are required", n.EventID, n.Destination)
+	}
+	key := n.Key()
+	old, had, err := t.EventDelivery(key)
 	if err != nil {
 		had = false
 	}
-	if err := t.putJSON(bucketNotes, []byte(n.EventID), n); err != nil {
-		return fmt.Errorf("write notification of %s: %w", n.EventID, err)
+	if err := t.putJSON(bucketDeliveries, []byte(key), n); err != nil {
+		return fmt.Errorf("write delivery %s: %w", key, err)
 	}
-	return t.reindex(fulfill.KindNotification, n.EventID, notificationIndexed(old), had, notificationIndexed(n))
+	return t.reindex(fulfill.KindDelivery, key, deliveryIndexed(old), had, deliveryIndexed(n))
 }
 
 // PaymentIntent implements fulfill.Tx.
@@ -177,9 +184,15 @@ func (t *Tx) PutPaymentIntent(pi fulfill.PaymentIntent) error {
 // Counts implements fulfill.Tx: kept counters, not a scan.
 func (t *Tx) Counts() (fulfill.Counts, error) {
 	c := fulfill.Counts{Sessions: map[fulfill.State]int{}, PaymentIntents: map[string]int{},
-		Notifications: map[string]int{fulfill.NotifyPending: 0, fulfill.NotifySent: 0, fulfill.NotifyFailed: 0}}
+		Deliveries: map[string]map[string]int{}}
 	for _, s := range fulfill.States {
 		c.Sessions[s] = 0
+	}
+	for _, d := range fulfill.Destinations {
+		c.Deliveries[d] = map[string]int{}
+		for _, s := range fulfill.DeliveryStates {
+			c.Deliveries[d][s] = 0
+		}
 	}
 	err := t.b(bucketCounts).ForEach(func(k, v []byte) error {
 		n := int(binary.BigEndian.Uint64(v))
@@ -193,8 +206,12 @@ func (t *Tx) Counts() (fulfill.Counts, error) {
 			c.Sessions[fulfill.State(name)] = n
 		case group == "pi" && n > 0:
 			c.PaymentIntents[name] = n
-		case group == "notify":
-			c.Notifications[name] = n
+		case group == "delivery":
+			dest, state, _ := strings.Cut(name, ":")
+			if c.Deliveries[dest] == nil {
+				c.Deliveries[dest] = map[string]int{}
+			}
+			c.Deliveries[dest][state] = n
 		case group == "queue":
 			// QueueLen reads these.
 		}
@@ -266,12 +283,12 @@ func (t *Tx) recount() error {
 	}); err != nil {
 		return err
 	}
-	if err := t.b(bucketNotes).ForEach(func(k, v []byte) error {
-		var n fulfill.Notification
+	if err := t.b(bucketDeliveries).ForEach(func(k, v []byte) error {
+		var n fulfill.EventDelivery
 		if err := json.Unmarshal(v, &n); err != nil {
-			return fmt.Errorf("notification of %s: %w", k, err)
+			return fmt.Errorf("delivery %s: %w", k, err)
 		}
-		return t.reindex(fulfill.KindNotification, string(k), indexed{}, false, notificationIndexed(n))
+		return t.reindex(fulfill.KindDelivery, string(k), indexed{}, false, deliveryIndexed(n))
 	}); err != nil {
 		return err
 	}
@@ -295,3 +312,72 @@ func (t *Tx) recount() error {
 // Recount is recount for tests: the kept counters and indexes must equal a
 // count made from the records themselves.
 func (t *Tx) Recount() error { return t.recount() }
+
+// keyDeliveries is the upgrade to format 3: a notification was kept under
+// its event id alone, in the record bucket and the queue; it becomes the
+// notify destination's delivery of that event, under its DeliveryKey, due
+// when it was due. The counters and indexes are rebuilt by recount after.
+func (t *Tx) keyDeliveries() error {
+	records := t.b(bucketDeliveries)
+	type moved struct {
+		old, key []byte
+		val      []byte
+	}
+	var todo []moved
+	if err := records.ForEach(func(k, v []byte) error {
+		if bytes.IndexByte(k, ':') >= 0 {
+			return nil // already a DeliveryKey
+		}
+		var fields map[string]json.RawMessage
+		if err := json.Unmarshal(v, &fields); err != nil {
+			return fmt.Errorf("notification of %s: %w", k, err)
+		}
+		fields["destination"] = json.RawMessage(`"` + fulfill.DestNotify + `"`)
+		nv, err := json.Marshal(fields)
+		if err != nil {
+			return err
+		}
+		todo = append(todo, moved{old: bytes.Clone(k), key: []byte(fulfill.DeliveryKey(fulfill.DestNotify, string(k))), val: nv})
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, m := range todo {
+		if err := records.Delete(m.old); err != nil {
+			return err
+		}
+		if err := records.Put(m.key, m.val); err != nil {
+			return err
+		}
+	}
+	items, index, err := t.queue(fulfill.DeliveryQueue)
+	if err != nil {
+		return err
+	}
+	var queued []moved
+	if err := index.ForEach(func(k, v []byte) error {
+		if bytes.IndexByte(k, ':') < 0 && len(v) >= 8 {
+			queued = append(queued, moved{old: bytes.Clone(k), val: bytes.Clone(v)})
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, q := range queued {
+		if err := items.Delete(q.val); err != nil {
+			return err
+		}
+		if err := index.Delete(q.old); err != nil {
+			return err
+		}
+		key := fulfill.DeliveryKey(fulfill.DestNotify, string(q.old))
+		item := append(bytes.Clone(q.val[:8]), key...)
+		if err := items.Put(item, nil); err != nil {
+			return err
+		}
+		if err := index.Put([]byte(key), item); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -167,7 +167,7 @@ func testQueues(t *testing.T, s store.Store) {
 		if err := tx.Schedule(q, "a", t0.Add(10*time.Minute)); err != nil { // moved, not doubled
 			return err
 		}
-		return tx.Schedule(fulfill.NotifyQueue, "evt_1", t0) // another queue
+		return tx.Schedule(fulfill.DeliveryQueue, "forward:evt_1", t0) // another queue
 	})
 	view(t, s, func(tx store.Tx) error {
 		due, err := tx.Due(q, t0.Add(5*time.Minute), 10, none)
@@ -202,8 +202,8 @@ func testQueues(t *testing.T, s store.Store) {
 	view(t, s, func(tx store.Tx) error {
 		n, _ := tx.QueueLen(q)
 		_, ok, _ := tx.DueAt(q, "b")
-		if m, _ := tx.QueueLen(fulfill.NotifyQueue); n != 2 || ok || m != 1 {
-			t.Errorf("after unscheduling b: length %d, b queued %v, notify queue %d", n, ok, m)
+		if m, _ := tx.QueueLen(fulfill.DeliveryQueue); n != 2 || ok || m != 1 {
+			t.Errorf("after unscheduling b: length %d, b queued %v, delivery queue %d", n, ok, m)
 		}
 		return nil
 	})
@@ -259,14 +259,15 @@ func testCounts(t *testing.T, open func(t *testing.T) store.Store) {
 							return nil // not failed: refused, nothing changed
 						}
 					case 7:
-						_, err = fulfill.EnqueueNotification(tx, evt, "checkout.session.expired", []byte(`{"id":"`+evt+`"}`), now)
+						_, err = fulfill.EnqueueDelivery(tx, fulfill.Destinations[rng.IntN(len(fulfill.Destinations))], evt,
+							"checkout.session.expired", []byte(`{"id":"`+evt+`"}`), now)
 					case 8:
-						n, ok, gerr := tx.Notification(evt)
+						n, ok, gerr := fulfill.GetDelivery(tx, fulfill.Destinations[rng.IntN(len(fulfill.Destinations))], evt)
 						if gerr != nil || !ok {
 							return gerr
 						}
-						n.State, n.Updated = []string{fulfill.NotifySent, fulfill.NotifyFailed, fulfill.NotifyPending}[rng.IntN(3)], now
-						err = tx.PutNotification(n)
+						n.State, n.Updated = fulfill.DeliveryStates[rng.IntN(len(fulfill.DeliveryStates))], now
+						err = tx.PutEventDelivery(n)
 					case 9:
 						err = fulfill.RecordPaymentIntent(tx, fulfill.PaymentIntent{ID: "pi_" + id, EventID: evt, At: now,
 							Status: []string{"succeeded", "processing", "requires_payment_method", "canceled"}[rng.IntN(4)]})
@@ -295,9 +296,15 @@ func testCounts(t *testing.T, open func(t *testing.T) store.Store) {
 func checkCounts(t *testing.T, tx store.Tx, sessions, events int, now time.Time) {
 	t.Helper()
 	want := fulfill.Counts{Sessions: map[fulfill.State]int{}, PaymentIntents: map[string]int{},
-		Notifications: map[string]int{fulfill.NotifyPending: 0, fulfill.NotifySent: 0, fulfill.NotifyFailed: 0}}
+		Deliveries: map[string]map[string]int{}}
 	for _, st := range fulfill.States {
 		want.Sessions[st] = 0
+	}
+	for _, d := range fulfill.Destinations {
+		want.Deliveries[d] = map[string]int{}
+		for _, st := range fulfill.DeliveryStates {
+			want.Deliveries[d][st] = 0
+		}
 	}
 	type dated struct {
 		id string
@@ -337,17 +344,23 @@ func checkCounts(t *testing.T, tx store.Tx, sessions, events int, now time.Time)
 		}
 	}
 	for i := range events {
-		id := fmt.Sprintf("evt_%d", i)
-		n, ok, err := tx.Notification(id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if ok {
-			want.Notifications[n.State]++
-			if n.State == fulfill.NotifyFailed {
-				failedNotes = append(failedNotes, dated{id, n.Updated})
+		for _, dest := range fulfill.Destinations {
+			id := fmt.Sprintf("evt_%d", i)
+			n, ok, err := fulfill.GetDelivery(tx, dest, id)
+			if err != nil {
+				t.Fatal(err)
 			}
-			if (n.State == fulfill.NotifySent || n.State == fulfill.NotifyFailed) && !n.Pruned && n.Updated.Before(edge) {
+			if !ok {
+				continue
+			}
+			if n.Destination != dest || n.EventID != id {
+				t.Errorf("delivery %s of %s reads back as %s of %s", dest, id, n.Destination, n.EventID)
+			}
+			want.Deliveries[dest][n.State]++
+			if n.State == fulfill.DeliveryFailed {
+				failedNotes = append(failedNotes, dated{n.Key(), n.Updated})
+			}
+			if (n.State == fulfill.DeliverySent || n.State == fulfill.DeliveryFailed) && !n.Pruned && n.Updated.Before(edge) {
 				settled++
 			}
 		}
@@ -357,7 +370,7 @@ func checkCounts(t *testing.T, tx store.Tx, sessions, events int, now time.Time)
 		t.Fatal(err)
 	}
 	if !maps.Equal(got.Sessions, want.Sessions) || !maps.Equal(got.PaymentIntents, want.PaymentIntents) ||
-		!maps.Equal(got.Notifications, want.Notifications) || got.Recovered != want.Recovered || got.InFlight != want.InFlight {
+		!maps.EqualFunc(got.Deliveries, want.Deliveries, maps.Equal) || got.Recovered != want.Recovered || got.InFlight != want.InFlight {
 		t.Errorf("kept counts differ from the records:\nkept    %+v\nrecords %+v", got, want)
 	}
 	newestFirst := func(ds []dated) []string {
@@ -371,13 +384,14 @@ func checkCounts(t *testing.T, tx store.Tx, sessions, events int, now time.Time)
 	if ids, _ := tx.Failed(fulfill.KindSession, 0); !slices.Equal(ids, newestFirst(failedSessions)) {
 		t.Errorf("failed sessions %v, want %v", ids, newestFirst(failedSessions))
 	}
-	if ids, _ := tx.Failed(fulfill.KindNotification, 0); !slices.Equal(ids, newestFirst(failedNotes)) {
-		t.Errorf("failed notifications %v, want %v", ids, newestFirst(failedNotes))
+	if ids, _ := tx.Failed(fulfill.KindDelivery, 0); !slices.Equal(ids, newestFirst(failedNotes)) {
+		t.Errorf("failed deliveries %v, want %v", ids, newestFirst(failedNotes))
 	}
 	if due, _, _ := tx.SettledBefore(edge, 1<<20); len(due) != settled {
 		t.Errorf("%d records settled before %s in the index, %d in the records", len(due), edge, settled)
 	}
-	if want.Sessions[fulfill.StateFulfilled] == 0 || want.Notifications[fulfill.NotifySent] == 0 || len(failedSessions) == 0 || settled == 0 {
+	if want.Sessions[fulfill.StateFulfilled] == 0 || want.Deliveries[fulfill.DestNotify][fulfill.DeliverySent] == 0 ||
+		want.Deliveries[fulfill.DestForward][fulfill.DeliverySent] == 0 || len(failedSessions) == 0 || settled == 0 {
 		t.Errorf("the mix did not reach every state: %+v, %d settled", want, settled)
 	}
 	ids, _ := tx.Queued(fulfill.SessionQueue)
@@ -434,7 +448,7 @@ func testRoundTrip(t *testing.T, s store.Store) {
 	rec := fulfill.Record{SessionID: "cs_1", State: fulfill.StatePending, Trigger: fulfill.TriggerHTTP, EventID: "evt_1",
 		PaymentStatus: "paid", LineItems: 3, Attempts: 2, InFlight: true, NextAttempt: t0.Add(time.Hour),
 		LastError: "exit 1", Output: "shipped", Recovered: true, Seq: 7, Created: t0, Updated: t0.Add(time.Minute)}
-	note := fulfill.Notification{EventID: "evt_2", EventType: "checkout.session.expired", State: fulfill.NotifyPending,
+	note := fulfill.EventDelivery{Destination: fulfill.DestNotify, EventID: "evt_2", EventType: "checkout.session.expired", State: fulfill.DeliveryPending,
 		Attempts: 1, InFlight: true, NextAttempt: t0, LastError: "500", Output: "o", Created: t0, Updated: t0,
 		Event: []byte(`{"id":"evt_2","object":"event"}`)}
 	pi := fulfill.PaymentIntent{ID: "pi_1", Status: "requires_payment_method", LastError: "Your card was declined.",
@@ -443,7 +457,7 @@ func testRoundTrip(t *testing.T, s store.Store) {
 		if err := tx.PutSession(rec); err != nil {
 			return err
 		}
-		if err := tx.PutNotification(note); err != nil {
+		if err := tx.PutEventDelivery(note); err != nil {
 			return err
 		}
 		return tx.PutPaymentIntent(pi)
@@ -453,7 +467,7 @@ func testRoundTrip(t *testing.T, s store.Store) {
 		if err != nil || !ok || !sameRecord(got, rec) {
 			t.Errorf("session read back as %+v (%v, %v), want %+v", got, ok, err, rec)
 		}
-		gotN, ok, err := tx.Notification("evt_2")
+		gotN, ok, err := tx.EventDelivery(note.Key())
 		if err != nil || !ok || string(gotN.Event) != string(note.Event) || !gotN.InFlight || gotN.Output != "o" || gotN.Attempts != 1 {
 			t.Errorf("notification read back as %+v (%v, %v)", gotN, ok, err)
 		}
