@@ -84,12 +84,15 @@ type Store struct {
 
 // Fulfill is the operator's action for a paid session: a command or a URL.
 type Fulfill struct {
-	Command     []string // argv, no shell
-	URL         string
-	Secret      string // signs URL deliveries
-	Timeout     time.Duration
-	Concurrency int
-	MaxAttempts int
+	// PaymentIntents also fulfils PaymentIntents that no Checkout Session
+	// owns (payment_intent.succeeded; Payment Element payments).
+	PaymentIntents bool
+	Command        []string // argv, no shell
+	URL            string
+	Secret         string // signs URL deliveries
+	Timeout        time.Duration
+	Concurrency    int
+	MaxAttempts    int
 }
 
 // Notify is the optional action for payment failures and expiries.

@@ -199,37 +199,38 @@ func TestPrecedence(t *testing.T) {
 // added to Config but not bound to the environment is caught.
 func TestEveryKeyFromEnv(t *testing.T) {
 	vars := map[string]string{
-		"FULFILLD_STRIPE_API_KEY":       "rk_test_envkey",
-		"FULFILLD_STRIPE_API_BASE":      "http://127.0.0.1:12111/",
-		"FULFILLD_STRIPE_ACCOUNT":       "acct_env",
-		"FULFILLD_STRIPE_RATE_LIMIT":    "2.5",
-		"FULFILLD_EVENTS_TYPES":         "checkout.session.completed, checkout.session.async_payment_succeeded, checkout.session.async_payment_failed, checkout.session.expired, payment_intent.payment_failed",
-		"FULFILLD_EVENTS_LOOKBACK":      "20m",
-		"FULFILLD_SCHEDULE":             "*/5 * * * *",
-		"FULFILLD_STORE_PATH":           "env.db",
-		"FULFILLD_STORE_RETENTION":      "1d12h",
-		"FULFILLD_FULFILL_URL":          "https://shop.example.com/fulfill",
-		"FULFILLD_FULFILL_SECRET":       "whsec_envfulfill_0123456789",
-		"FULFILLD_FULFILL_TIMEOUT":      "1m",
-		"FULFILLD_FULFILL_CONCURRENCY":  "8",
-		"FULFILLD_FULFILL_MAX_ATTEMPTS": "3",
-		"FULFILLD_NOTIFY_COMMAND":       `["/usr/local/bin/tell customer", "--why"]`,
-		"FULFILLD_NOTIFY_SECRET":        "envnotify_0123456789abcdef",
-		"FULFILLD_FORWARD_URL":          "http://127.0.0.1:4242/webhook",
-		"FULFILLD_FORWARD_SECRET":       "whsec_envforward_0123456789",
-		"FULFILLD_FORWARD_TYPES":        "checkout.session.completed,payment_intent.payment_failed",
-		"FULFILLD_RECONCILE_SCHEDULE":   "@daily",
-		"FULFILLD_RECONCILE_WINDOW":     "24h",
-		"FULFILLD_HTTP_LISTEN":          ":9000",
+		"FULFILLD_STRIPE_API_KEY":          "rk_test_envkey",
+		"FULFILLD_STRIPE_API_BASE":         "http://127.0.0.1:12111/",
+		"FULFILLD_STRIPE_ACCOUNT":          "acct_env",
+		"FULFILLD_STRIPE_RATE_LIMIT":       "2.5",
+		"FULFILLD_EVENTS_TYPES":            "checkout.session.completed, checkout.session.async_payment_succeeded, checkout.session.async_payment_failed, checkout.session.expired, payment_intent.payment_failed, payment_intent.succeeded",
+		"FULFILLD_EVENTS_LOOKBACK":         "20m",
+		"FULFILLD_SCHEDULE":                "*/5 * * * *",
+		"FULFILLD_STORE_PATH":              "env.db",
+		"FULFILLD_STORE_RETENTION":         "1d12h",
+		"FULFILLD_FULFILL_PAYMENT_INTENTS": "true",
+		"FULFILLD_FULFILL_URL":             "https://shop.example.com/fulfill",
+		"FULFILLD_FULFILL_SECRET":          "whsec_envfulfill_0123456789",
+		"FULFILLD_FULFILL_TIMEOUT":         "1m",
+		"FULFILLD_FULFILL_CONCURRENCY":     "8",
+		"FULFILLD_FULFILL_MAX_ATTEMPTS":    "3",
+		"FULFILLD_NOTIFY_COMMAND":          `["/usr/local/bin/tell customer", "--why"]`,
+		"FULFILLD_NOTIFY_SECRET":           "envnotify_0123456789abcdef",
+		"FULFILLD_FORWARD_URL":             "http://127.0.0.1:4242/webhook",
+		"FULFILLD_FORWARD_SECRET":          "whsec_envforward_0123456789",
+		"FULFILLD_FORWARD_TYPES":           "checkout.session.completed,payment_intent.payment_failed",
+		"FULFILLD_RECONCILE_SCHEDULE":      "@daily",
+		"FULFILLD_RECONCILE_WINDOW":        "24h",
+		"FULFILLD_HTTP_LISTEN":             ":9000",
 	}
 	got := mustLoad(t, Source{LookupEnv: env(vars)})
 	want := Config{
 		Stripe: Stripe{APIKey: "rk_test_envkey", APIBase: "http://127.0.0.1:12111", Account: "acct_env", RateLimit: 2.5},
 		Events: Events{Types: []string{"checkout.session.completed", "checkout.session.async_payment_succeeded",
-			"checkout.session.async_payment_failed", "checkout.session.expired", "payment_intent.payment_failed"}, Lookback: 20 * time.Minute},
+			"checkout.session.async_payment_failed", "checkout.session.expired", "payment_intent.payment_failed", "payment_intent.succeeded"}, Lookback: 20 * time.Minute},
 		Schedule: "*/5 * * * *",
 		Store:    Store{Path: "env.db", Retention: 36 * time.Hour},
-		Fulfill:  Fulfill{URL: "https://shop.example.com/fulfill", Secret: "whsec_envfulfill_0123456789", Timeout: time.Minute, Concurrency: 8, MaxAttempts: 3},
+		Fulfill:  Fulfill{PaymentIntents: true, URL: "https://shop.example.com/fulfill", Secret: "whsec_envfulfill_0123456789", Timeout: time.Minute, Concurrency: 8, MaxAttempts: 3},
 		Notify:   Notify{Command: []string{"/usr/local/bin/tell customer", "--why"}, Secret: "envnotify_0123456789abcdef"},
 		Forward: Forward{URL: "http://127.0.0.1:4242/webhook", Secret: "whsec_envforward_0123456789",
 			Types: []string{"checkout.session.completed", "payment_intent.payment_failed"}},
@@ -483,4 +484,32 @@ func TestMonthlyReadBudget(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestPaymentIntentsKey: fulfill.payment_intents is off unless set, reads
+// true/false from a file and words from the environment, refuses anything
+// else, and needs payment_intent.succeeded among the listed types.
+func TestPaymentIntentsKey(t *testing.T) {
+	if c := mustLoad(t, Source{LookupEnv: noEnv}); c.Fulfill.PaymentIntents {
+		t.Error("fulfill.payment_intents is on by default")
+	}
+	file := writeFile(t, "f.yaml", "fulfill:\n  payment_intents: true\n")
+	if c := mustLoad(t, Source{File: file, LookupEnv: noEnv}); !c.Fulfill.PaymentIntents {
+		t.Error("payment_intents: true in a file was not read")
+	}
+	for _, word := range []string{"true", "1", "false", "0"} {
+		c := mustLoad(t, Source{LookupEnv: env(map[string]string{"FULFILLD_FULFILL_PAYMENT_INTENTS": word})})
+		if want := word == "true" || word == "1"; c.Fulfill.PaymentIntents != want {
+			t.Errorf("FULFILLD_FULFILL_PAYMENT_INTENTS=%s: got %v", word, c.Fulfill.PaymentIntents)
+		}
+	}
+	ce := loadErr(t, Source{LookupEnv: env(map[string]string{"FULFILLD_FULFILL_PAYMENT_INTENTS": "yes please"})}, "fulfill.payment_intents")
+	if !strings.Contains(ce.Msg, "true or false") {
+		t.Errorf("message does not say what is accepted: %v", ce)
+	}
+	loadErr(t, Source{LookupEnv: noEnv, Overrides: map[string]any{
+		"fulfill.payment_intents": true,
+		"fulfill.url":             "https://shop.example.com/fulfill",
+		"events.types":            []string{"checkout.session.completed", "checkout.session.async_payment_succeeded"},
+	}}, "events.types")
 }

@@ -14,6 +14,7 @@ const (
 	kindDuration
 	kindInt
 	kindFloat
+	kindBool
 )
 
 // key is one setting. The table below is the single list of what fulfilld
@@ -38,6 +39,7 @@ var keys = []key{
 	{path: "schedule", kind: kindString, def: "@every 30s"},
 	{path: "store.path", kind: kindString, def: "fulfilld.db"},
 	{path: "store.retention", kind: kindDuration, def: 90 * 24 * time.Hour},
+	{path: "fulfill.payment_intents", kind: kindBool, def: false},
 	{path: "fulfill.command", kind: kindList},
 	{path: "fulfill.url", kind: kindString},
 	{path: "fulfill.secret", kind: kindString, secret: true},
@@ -212,6 +214,8 @@ func describe(k kind) string {
 		return "a whole number"
 	case kindFloat:
 		return "a number"
+	case kindBool:
+		return "true or false"
 	default:
 		return "a string"
 	}

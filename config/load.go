@@ -250,12 +250,13 @@ func (d *decoder) decode() *Config {
 		Schedule: d.str("schedule"),
 		Store:    Store{Path: d.str("store.path"), Retention: d.dur("store.retention")},
 		Fulfill: Fulfill{
-			Command:     d.list("fulfill.command"),
-			URL:         d.str("fulfill.url"),
-			Secret:      d.str("fulfill.secret"),
-			Timeout:     d.dur("fulfill.timeout"),
-			Concurrency: d.int("fulfill.concurrency"),
-			MaxAttempts: d.int("fulfill.max_attempts"),
+			PaymentIntents: d.bool("fulfill.payment_intents"),
+			Command:        d.list("fulfill.command"),
+			URL:            d.str("fulfill.url"),
+			Secret:         d.str("fulfill.secret"),
+			Timeout:        d.dur("fulfill.timeout"),
+			Concurrency:    d.int("fulfill.concurrency"),
+			MaxAttempts:    d.int("fulfill.max_attempts"),
 		},
 		Notify: Notify{
 			Command: d.list("notify.command"),
@@ -372,6 +373,24 @@ func (d *decoder) int(path string) int {
 	}
 	d.fail(path, "must be %s%s", describe(k.kind), echo(k, val))
 	return 0
+}
+
+// bool reads true or false; from the environment or --set it is the
+// word (strconv.ParseBool's spellings: 1, t, true, 0, f, false, …).
+func (d *decoder) bool(path string) bool {
+	k, val := d.get(path)
+	switch x := val.(type) {
+	case nil:
+		return false
+	case bool:
+		return x
+	case string:
+		if b, err := strconv.ParseBool(strings.TrimSpace(x)); err == nil {
+			return b
+		}
+	}
+	d.fail(path, "must be %s%s", describe(k.kind), echo(k, val))
+	return false
 }
 
 func (d *decoder) float(path string) float64 {

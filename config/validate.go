@@ -202,6 +202,9 @@ func (d *decoder) requireTypes(c *Config) {
 	if len(c.Fulfill.Command) > 0 || c.Fulfill.URL != "" {
 		check("fulfill", fulfillTypes)
 	}
+	if c.Fulfill.PaymentIntents && (len(c.Fulfill.Command) > 0 || c.Fulfill.URL != "") {
+		check("fulfill.payment_intents", []string{"payment_intent.succeeded"})
+	}
 	if len(c.Notify.Command) > 0 || c.Notify.URL != "" {
 		check("notify", notifyTypes)
 	}
