@@ -502,7 +502,7 @@ func wrap(op string, err error) error {
 		e.Msg = "the API key was not accepted; check stripe.api_key, STRIPE_API_KEY or stripe.api_key_file"
 	case se.HTTPStatusCode == http.StatusForbidden:
 		e.kind = ErrAuth
-		e.Msg = "the API key lacks a permission fulfilld needs (restricted keys need read access to Events and Checkout Sessions)"
+		e.Msg = "the API key lacks a permission fulfilld needs (restricted keys need read access to Events and Checkout Sessions, and to PaymentIntents with fulfill.payment_intents)"
 	case se.HTTPStatusCode == http.StatusNotFound || se.Code == stripe.ErrorCodeResourceMissing && se.HTTPStatusCode < 500:
 		e.kind = ErrNotFound
 	case se.HTTPStatusCode == http.StatusBadRequest && isAgedOut(se.Msg):

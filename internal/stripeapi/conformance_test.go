@@ -134,6 +134,21 @@ func TestConformanceWithStripeMock(t *testing.T) {
 				return err
 			},
 		},
+		{
+			name: "retrieve a PaymentIntent (fulfill.payment_intents)", path: "/v1/payment_intents/pi_1NG8Du2eZvKYlo2C",
+			call: func() error {
+				_, err := c.GetPaymentIntent(ctx, "pi_1NG8Du2eZvKYlo2C")
+				return err
+			},
+		},
+		{
+			name: "the session that owns a PaymentIntent", path: "/v1/checkout/sessions",
+			query: []string{"payment_intent=pi_1NG8Du2eZvKYlo2C", "limit=1"},
+			call: func() error {
+				_, err := c.SessionOwning(ctx, "pi_1NG8Du2eZvKYlo2C")
+				return err
+			},
+		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
