@@ -48,8 +48,11 @@ type retrieveSizer interface {
 
 // Fulfiller runs fulfillments.
 type Fulfiller struct {
-	DB          DB
-	Sessions    SessionSource
+	DB       DB
+	Sessions SessionSource
+	// Intents, when set (fulfill.payment_intents), lets the ledger fulfil
+	// PaymentIntents that no Checkout Session owns; see intents.go.
+	Intents     IntentSource
 	Action      Action
 	MaxAttempts int
 	// Concurrency bounds how many actions Run keeps running at once. The
@@ -187,6 +190,9 @@ func (f *Fulfiller) fulfill(ctx context.Context, sessionID, trigger, eventID str
 // slot and the action for an action slot; both waits, and the retrieve,
 // end at once when the run stops — only a running action gets the grace.
 func (f *Fulfiller) attempt(ctx context.Context, rec Record, st *stages) (Record, error) {
+	if IsPaymentIntentID(rec.SessionID) {
+		return f.attemptIntent(ctx, rec, st)
+	}
 	log := f.logger().With("session", rec.SessionID)
 	stop := st.stopCtx(ctx)
 	sess, err := f.retrieve(stop, rec.SessionID, st)
@@ -214,12 +220,22 @@ func (f *Fulfiller) attempt(ctx context.Context, rec Record, st *stages) (Record
 		return rec, errors.Join(f.save(rec, next), err)
 	}
 	rec.PaymentStatus, rec.LineItems = sess.PaymentStatus, sess.LineItems
+	f.noteOwner(rec.SessionID, sess.PaymentIntent)
 	switch sess.PaymentStatus {
 	case "paid", "no_payment_required":
 	default:
 		return f.settleUnpaid(rec, sess)
 	}
+	return f.act(ctx, rec, st, sess.JSON, []string{"FULFILLD_SESSION_ID=" + rec.SessionID})
+}
 
+// act runs the action once for a paid record (a session, or a
+// PaymentIntent that no session owns) with body on stdin and ids (the
+// FULFILLD_*_ID variables) in its environment, and records the result.
+// The caller holds the claim.
+func (f *Fulfiller) act(ctx context.Context, rec Record, st *stages, body []byte, ids []string) (Record, error) {
+	log := f.logger().With(recordLogKey(rec), rec.SessionID)
+	stop := st.stopCtx(ctx)
 	// Paid is final, so a session read while actions were busy is still
 	// good when a slot frees.
 	if err := st.gate(true).acquire(stop); err != nil {
@@ -233,15 +249,14 @@ func (f *Fulfiller) attempt(ctx context.Context, rec Record, st *stages) (Record
 	if err := f.startAttempt(&rec, f.now().Add(inFlightLease)); err != nil {
 		return rec, err
 	}
-	env := []string{
-		"FULFILLD_SESSION_ID=" + rec.SessionID,
-		"FULFILLD_EVENT_ID=" + rec.triggeringEvent(),
-		"FULFILLD_TRIGGER=" + rec.Trigger,
-		"FULFILLD_IDEMPOTENCY_KEY=" + rec.IdempotencyKey(),
-		"FULFILLD_ATTEMPT=" + strconv.Itoa(rec.Attempts),
-	}
-	log.Info("running fulfillment action", "attempt", rec.Attempts, "trigger", rec.Trigger, "line_items", sess.LineItems)
-	out, actErr := f.Action.Deliver(ctx, Delivery{Body: sess.JSON, Env: env, IdempotencyKey: rec.IdempotencyKey()})
+	env := append(ids[:len(ids):len(ids)],
+		"FULFILLD_EVENT_ID="+rec.triggeringEvent(),
+		"FULFILLD_TRIGGER="+rec.Trigger,
+		"FULFILLD_IDEMPOTENCY_KEY="+rec.IdempotencyKey(),
+		"FULFILLD_ATTEMPT="+strconv.Itoa(rec.Attempts),
+	)
+	log.Info("running fulfillment action", "attempt", rec.Attempts, "trigger", rec.Trigger, "line_items", rec.LineItems)
+	out, actErr := f.Action.Deliver(ctx, Delivery{Body: body, Env: env, IdempotencyKey: rec.IdempotencyKey()})
 	rec.InFlight, rec.Output = false, out.Output
 	var next time.Time
 	switch {

@@ -15,10 +15,19 @@ const (
 	StateFailed          State = "failed"           // dead letter: out of attempts, or the session is gone
 	StatePaymentFailed   State = "payment_failed"   // async payment failed; never fulfilled
 	StateExpired         State = "expired"          // expired unpaid; never fulfilled
+	// StateOwned ends a PaymentIntent's record when a Checkout Session owns
+	// the PaymentIntent: the session's own fulfilment does the work, so the
+	// action never runs for the PaymentIntent. Only PaymentIntent records
+	// reach it (see intents.go).
+	StateOwned State = "owned"
 )
 
 // States lists every state, in the order status reports them.
 var States = []State{StatePending, StateAwaitingPayment, StateFulfilled, StateFailed, StatePaymentFailed, StateExpired}
+
+// IntentStates lists the states of a PaymentIntent's record
+// (fulfill.payment_intents), in the order status reports them.
+var IntentStates = []State{StatePending, StateAwaitingPayment, StateFulfilled, StateFailed, StateExpired, StateOwned}
 
 // Triggers: what asked for a fulfillment (FULFILLD_TRIGGER).
 const (
@@ -28,9 +37,21 @@ const (
 	TriggerHTTP      = "http"
 )
 
-// Record is the ledger entry of one Checkout Session.
+// Record is the ledger entry of one Checkout Session, or, with
+// fulfill.payment_intents, of one PaymentIntent that is fulfilled on its
+// own (Object says which; see intents.go). Both kinds share the ledger, the
+// queue, the claims, the attempts, the backoff and the dead letter: their
+// ids (cs_…, pi_…) never collide.
 type Record struct {
-	SessionID     string `json:"session_id"`
+	// SessionID is the record's id: a Checkout Session's, or a
+	// PaymentIntent's when Object is ObjectPaymentIntent.
+	SessionID string `json:"session_id"`
+	// Object is empty for a Checkout Session, ObjectPaymentIntent for a
+	// PaymentIntent.
+	Object string `json:"object,omitempty"`
+	// Owner is the Checkout Session that owns a PaymentIntent (state
+	// owned): that session is fulfilled instead.
+	Owner         string `json:"owner,omitempty"`
 	State         State  `json:"state"`
 	Trigger       string `json:"trigger"`
 	EventID       string `json:"event_id,omitempty"`
@@ -76,7 +97,7 @@ func (r Record) triggeringEvent() string {
 // Ended reports whether the session will never be fulfilled by the queue.
 func (r Record) Ended() bool {
 	switch r.State {
-	case StateFulfilled, StateFailed, StatePaymentFailed, StateExpired:
+	case StateFulfilled, StateFailed, StatePaymentFailed, StateExpired, StateOwned:
 		return true
 	}
 	return false
@@ -102,6 +123,9 @@ func Get(tx Tx, sessionID string) (rec Record, ok bool, err error) { return tx.S
 // session paid after all) is no longer a tombstone: when it settles again,
 // retention prunes it again.
 func put(tx Tx, rec Record) error {
+	if IsPaymentIntentID(rec.SessionID) {
+		rec.Object = ObjectPaymentIntent
+	}
 	if !rec.Ended() {
 		rec.Pruned = false
 	}
@@ -128,7 +152,7 @@ func Enqueue(tx Tx, req Request) (bool, error) {
 	}
 	if ok {
 		switch rec.State {
-		case StateFulfilled, StateFailed:
+		case StateFulfilled, StateFailed, StateOwned:
 			return false, nil
 		case StatePending:
 			if _, queued, err := tx.DueAt(SessionQueue, req.SessionID); err != nil {

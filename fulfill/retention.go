@@ -55,7 +55,7 @@ func pruneSession(tx Tx, id string) error {
 	if err != nil || !ok {
 		return err
 	}
-	return put(tx, Record{SessionID: rec.SessionID, State: rec.State, Trigger: rec.Trigger, EventID: rec.EventID,
+	return put(tx, Record{SessionID: rec.SessionID, Object: rec.Object, Owner: rec.Owner, State: rec.State, Trigger: rec.Trigger, EventID: rec.EventID,
 		Attempts: rec.Attempts, Recovered: rec.Recovered, Seq: rec.Seq, Created: rec.Created, Updated: rec.Updated,
 		FulfilledAt: rec.FulfilledAt, Pruned: true})
 }

@@ -29,10 +29,14 @@ type Settled struct {
 // Counts are the kept counters: what status, /metrics and /healthz show,
 // read without reading the records.
 type Counts struct {
-	Sessions       map[State]int
-	Recovered      int
-	InFlight       int
-	PaymentIntents map[string]int
+	Sessions map[State]int
+	// IntentFulfillments counts the PaymentIntents fulfilled on their own
+	// (fulfill.payment_intents) by state, owned included; Sessions does
+	// not count them.
+	IntentFulfillments map[State]int
+	Recovered          int
+	InFlight           int
+	PaymentIntents     map[string]int
 	// Deliveries counts event deliveries by destination, then state.
 	Deliveries map[string]map[string]int
 }

@@ -38,6 +38,8 @@ type harness struct {
 	// stripesClock wires the poller to Stripe's clock as the client learns
 	// it, instead of the host's (h.clock).
 	stripesClock bool
+	// intents turns fulfill.payment_intents on.
+	intents bool
 }
 
 type harnessOpt func(*stripesim.Options, *harness)
@@ -90,6 +92,9 @@ func (h *harness) open(path string) {
 	h.ful = &fulfill.Fulfiller{
 		DB: store.As[fulfill.Tx](db), Sessions: h.client, Action: h.action, MaxAttempts: 3, Concurrency: 4, Now: h.clock.Now,
 		Backoff: func(int) time.Duration { return time.Minute },
+	}
+	if h.intents {
+		h.poller.PaymentIntents, h.ful.Intents = true, h.client
 	}
 }
 
@@ -194,6 +199,9 @@ type run struct {
 	EventID        string
 	LineItems      int
 	HasMore        bool
+	// Env is the action's FULFILLD_* environment, Body its stdin.
+	Env  map[string]string
+	Body []byte
 }
 
 // recorder is the operator's action, in process: it records every call and
@@ -227,6 +235,9 @@ func (r *recorder) Deliver(ctx context.Context, d fulfill.Delivery) (fulfill.Out
 		return fulfill.Outcome{}, fmt.Errorf("body is not JSON: %w", err)
 	}
 	id := env["FULFILLD_SESSION_ID"]
+	if id == "" {
+		id = env["FULFILLD_PAYMENT_INTENT_ID"]
+	}
 	r.mu.Lock()
 	r.active[id]++
 	if r.active[id] > 1 {
@@ -235,7 +246,7 @@ func (r *recorder) Deliver(ctx context.Context, d fulfill.Delivery) (fulfill.Out
 	r.runs[id] = append(r.runs[id], run{
 		Attempt: env["FULFILLD_ATTEMPT"], IdempotencyKey: env["FULFILLD_IDEMPOTENCY_KEY"],
 		Trigger: env["FULFILLD_TRIGGER"], EventID: env["FULFILLD_EVENT_ID"],
-		LineItems: len(body.LineItems.Data), HasMore: body.LineItems.HasMore,
+		LineItems: len(body.LineItems.Data), HasMore: body.LineItems.HasMore, Env: env, Body: d.Body,
 	})
 	fail, block := r.fail, r.block
 	r.mu.Unlock()

@@ -61,6 +61,7 @@ const (
 	TypeAsyncSucceeded     = "checkout.session.async_payment_succeeded"
 	TypeAsyncFailed        = "checkout.session.async_payment_failed"
 	TypeExpired            = "checkout.session.expired"
+	TypeIntentSucceeded    = "payment_intent.succeeded"
 	paymentIntentTypeStart = "payment_intent."
 )
 
@@ -137,6 +138,10 @@ type Poller struct {
 	// RelayOnly is set when fulfilld runs no action of its own (forward
 	// alone): sessions are not queued for fulfilment.
 	RelayOnly bool
+	// PaymentIntents (fulfill.payment_intents) queues the PaymentIntent of
+	// each payment_intent.succeeded for fulfilment too; its attempt finds
+	// out whether a Checkout Session owns it (fulfill/intents.go).
+	PaymentIntents bool
 	// Progress, when set, is told about each committed page, from one
 	// goroutine at a time.
 	Progress func(Progress)
@@ -886,7 +891,13 @@ func (p *Poller) route(tx Tx, ev stripeapi.Event, now time.Time) (string, error)
 		if obj.LastPaymentError != nil {
 			pi.LastError = obj.LastPaymentError.Message
 		}
-		return OutcomeRecorded, fulfill.RecordPaymentIntent(tx, pi)
+		if err := fulfill.RecordPaymentIntent(tx, pi); err != nil {
+			return "", err
+		}
+		if ev.Type != TypeIntentSucceeded || !p.PaymentIntents || p.RelayOnly {
+			return OutcomeRecorded, nil
+		}
+		return p.enqueueIntent(tx, obj.ID, ev.ID, now)
 	}
 	return OutcomeIgnored, nil
 }

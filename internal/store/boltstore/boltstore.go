@@ -54,7 +54,7 @@ var (
 	bucketSessions   = []byte("sessions")        // session id → Record JSON
 	bucketIntents    = []byte("payment_intents") // pi id → PaymentIntent JSON
 	bucketDeliveries = []byte("notifications")   // "<destination>:<event id>" → EventDelivery JSON (the name from format 2)
-	bucketCounts     = []byte("fulfill_counts")  // "session:<state>", "pi:<status>", "delivery:<dest>:<state>", … → uint64
+	bucketCounts     = []byte("fulfill_counts")  // "session:<state>", "pi_fulfill:<state>", "pi:<status>", "delivery:<dest>:<state>", … → uint64
 	bucketFailed     = []byte("failed_index")    // kind byte + updated (8 bytes) + id → nothing
 	bucketSettled    = []byte("settled_index")   // settled (8 bytes) + kind byte + id → nothing
 	bucketUsage      = []byte("api_usage")       // "2026-11-22" or keyFolded → Usage JSON

@@ -41,8 +41,16 @@ type indexed struct {
 	at      time.Time
 }
 
+// intentCount is the counter of PaymentIntent fulfilments
+// (fulfill.payment_intents) in a state: kept apart from sessions'.
+const intentCount = "pi_fulfill"
+
 func sessionIndexed(r fulfill.Record) indexed {
-	x := indexed{counts: []string{"session:" + string(r.State)}, failed: r.State == fulfill.StateFailed,
+	group := "session:"
+	if fulfill.IsPaymentIntentID(r.SessionID) {
+		group = intentCount + ":"
+	}
+	x := indexed{counts: []string{group + string(r.State)}, failed: r.State == fulfill.StateFailed,
 		settled: r.Ended() && !r.Pruned, at: r.Updated}
 	if r.Recovered {
 		x.counts = append(x.counts, countRecovered)
@@ -183,10 +191,13 @@ func (t *Tx) PutPaymentIntent(pi fulfill.PaymentIntent) error {
 
 // Counts implements fulfill.Tx: kept counters, not a scan.
 func (t *Tx) Counts() (fulfill.Counts, error) {
-	c := fulfill.Counts{Sessions: map[fulfill.State]int{}, PaymentIntents: map[string]int{},
-		Deliveries: map[string]map[string]int{}}
+	c := fulfill.Counts{Sessions: map[fulfill.State]int{}, IntentFulfillments: map[fulfill.State]int{},
+		PaymentIntents: map[string]int{}, Deliveries: map[string]map[string]int{}}
 	for _, s := range fulfill.States {
 		c.Sessions[s] = 0
+	}
+	for _, s := range fulfill.IntentStates {
+		c.IntentFulfillments[s] = 0
 	}
 	for _, d := range fulfill.Destinations {
 		c.Deliveries[d] = map[string]int{}
@@ -204,6 +215,8 @@ func (t *Tx) Counts() (fulfill.Counts, error) {
 			c.InFlight = n
 		case group == "session":
 			c.Sessions[fulfill.State(name)] = n
+		case group == intentCount:
+			c.IntentFulfillments[fulfill.State(name)] = n
 		case group == "pi" && n > 0:
 			c.PaymentIntents[name] = n
 		case group == "delivery":

@@ -226,6 +226,11 @@ func testCounts(t *testing.T, open func(t *testing.T) store.Store) {
 			for step := range 2000 {
 				now = now.Add(time.Duration(rng.IntN(120)) * time.Second)
 				id := fmt.Sprintf("cs_%d", rng.IntN(sessions))
+				if rng.IntN(4) == 0 {
+					// A PaymentIntent fulfilled on its own shares the
+					// ledger and is counted apart.
+					id = fmt.Sprintf("pi_f%d", rng.IntN(sessions))
+				}
 				evt := fmt.Sprintf("evt_%d", rng.IntN(events))
 				crash := rng.IntN(10) == 0
 				err := s.Update(func(tx store.Tx) error {
@@ -243,7 +248,12 @@ func testCounts(t *testing.T, open func(t *testing.T) store.Store) {
 							return gerr
 						}
 						rec.Updated = now
-						switch rng.IntN(4) {
+						switch rng.IntN(5) {
+						case 4:
+							if !fulfill.IsPaymentIntentID(id) {
+								return nil
+							}
+							rec.InFlight, rec.State, rec.Owner = false, fulfill.StateOwned, "cs_owner"
 						case 0:
 							rec.InFlight, rec.Attempts = true, rec.Attempts+1
 						case 1:
@@ -269,7 +279,11 @@ func testCounts(t *testing.T, open func(t *testing.T) store.Store) {
 						n.State, n.Updated = fulfill.DeliveryStates[rng.IntN(len(fulfill.DeliveryStates))], now
 						err = tx.PutEventDelivery(n)
 					case 9:
-						err = fulfill.RecordPaymentIntent(tx, fulfill.PaymentIntent{ID: "pi_" + id, EventID: evt, At: now,
+						piID := "pi_" + id
+						if fulfill.IsPaymentIntentID(id) {
+							piID = id // its status beside its fulfilment
+						}
+						err = fulfill.RecordPaymentIntent(tx, fulfill.PaymentIntent{ID: piID, EventID: evt, At: now,
 							Status: []string{"succeeded", "processing", "requires_payment_method", "canceled"}[rng.IntN(4)]})
 					case 10:
 						_, _, err = fulfill.Prune(tx, now.Add(-time.Hour), 5)
@@ -295,10 +309,13 @@ func testCounts(t *testing.T, open func(t *testing.T) store.Store) {
 // store keeps.
 func checkCounts(t *testing.T, tx store.Tx, sessions, events int, now time.Time) {
 	t.Helper()
-	want := fulfill.Counts{Sessions: map[fulfill.State]int{}, PaymentIntents: map[string]int{},
-		Deliveries: map[string]map[string]int{}}
+	want := fulfill.Counts{Sessions: map[fulfill.State]int{}, IntentFulfillments: map[fulfill.State]int{},
+		PaymentIntents: map[string]int{}, Deliveries: map[string]map[string]int{}}
 	for _, st := range fulfill.States {
 		want.Sessions[st] = 0
+	}
+	for _, st := range fulfill.IntentStates {
+		want.IntentFulfillments[st] = 0
 	}
 	for _, d := range fulfill.Destinations {
 		want.Deliveries[d] = map[string]int{}
@@ -315,6 +332,28 @@ func checkCounts(t *testing.T, tx store.Tx, sessions, events int, now time.Time)
 	edge := now.Add(time.Second) // everything settled and not pruned yet
 	for i := range sessions {
 		id := fmt.Sprintf("cs_%d", i)
+		piRec, ok, err := tx.Session(fmt.Sprintf("pi_f%d", i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ok {
+			want.IntentFulfillments[piRec.State]++
+			if piRec.Recovered {
+				want.Recovered++
+			}
+			if piRec.InFlight {
+				want.InFlight++
+			}
+			if piRec.State == fulfill.StateFailed {
+				failedSessions = append(failedSessions, dated{piRec.SessionID, piRec.Updated})
+			}
+			if piRec.Ended() && !piRec.Pruned && piRec.Updated.Before(edge) {
+				settled++
+			}
+			if piRec.Object != fulfill.ObjectPaymentIntent || piRec.State == fulfill.StateOwned && piRec.Owner == "" {
+				t.Errorf("a PaymentIntent's record lost what it is: %+v", piRec)
+			}
+		}
 		rec, ok, err := tx.Session(id)
 		if err != nil {
 			t.Fatal(err)
@@ -334,12 +373,14 @@ func checkCounts(t *testing.T, tx store.Tx, sessions, events int, now time.Time)
 				settled++
 			}
 		}
-		if pi, ok, err := tx.PaymentIntent("pi_" + id); err != nil {
-			t.Fatal(err)
-		} else if ok {
-			want.PaymentIntents[pi.Status]++
-			if !pi.Pruned && pi.At.Before(edge) {
-				settled++
+		for _, piID := range []string{"pi_" + id, fmt.Sprintf("pi_f%d", i)} {
+			if pi, ok, err := tx.PaymentIntent(piID); err != nil {
+				t.Fatal(err)
+			} else if ok {
+				want.PaymentIntents[pi.Status]++
+				if !pi.Pruned && pi.At.Before(edge) {
+					settled++
+				}
 			}
 		}
 	}
@@ -370,6 +411,7 @@ func checkCounts(t *testing.T, tx store.Tx, sessions, events int, now time.Time)
 		t.Fatal(err)
 	}
 	if !maps.Equal(got.Sessions, want.Sessions) || !maps.Equal(got.PaymentIntents, want.PaymentIntents) ||
+		!maps.Equal(got.IntentFulfillments, want.IntentFulfillments) ||
 		!maps.EqualFunc(got.Deliveries, want.Deliveries, maps.Equal) || got.Recovered != want.Recovered || got.InFlight != want.InFlight {
 		t.Errorf("kept counts differ from the records:\nkept    %+v\nrecords %+v", got, want)
 	}
@@ -390,7 +432,8 @@ func checkCounts(t *testing.T, tx store.Tx, sessions, events int, now time.Time)
 	if due, _, _ := tx.SettledBefore(edge, 1<<20); len(due) != settled {
 		t.Errorf("%d records settled before %s in the index, %d in the records", len(due), edge, settled)
 	}
-	if want.Sessions[fulfill.StateFulfilled] == 0 || want.Deliveries[fulfill.DestNotify][fulfill.DeliverySent] == 0 ||
+	if want.Sessions[fulfill.StateFulfilled] == 0 || want.IntentFulfillments[fulfill.StateOwned] == 0 ||
+		want.IntentFulfillments[fulfill.StateFulfilled] == 0 || want.Deliveries[fulfill.DestNotify][fulfill.DeliverySent] == 0 ||
 		want.Deliveries[fulfill.DestForward][fulfill.DeliverySent] == 0 || len(failedSessions) == 0 || settled == 0 {
 		t.Errorf("the mix did not reach every state: %+v, %d settled", want, settled)
 	}
