@@ -234,6 +234,7 @@ func GetPaymentIntent(tx Tx, id string) (PaymentIntent, bool, error) { return tx
 // Summary counts sessions by state and PaymentIntents by status.
 type Summary struct {
 	Sessions       map[State]int  `json:"fulfillments"`
+	Intents        map[State]int  `json:"payment_intent_fulfillments"`
 	Recovered      int            `json:"recovered"`
 	InFlight       int            `json:"in_flight"`
 	PaymentIntents map[string]int `json:"payment_intents"`
@@ -242,7 +243,7 @@ type Summary struct {
 // Summarize reads the counts status shows: kept counters, not a scan.
 func Summarize(tx Tx) (Summary, error) {
 	c, err := tx.Counts()
-	return Summary{Sessions: c.Sessions, Recovered: c.Recovered, InFlight: c.InFlight, PaymentIntents: c.PaymentIntents}, err
+	return Summary{Sessions: c.Sessions, Intents: c.IntentFulfillments, Recovered: c.Recovered, InFlight: c.InFlight, PaymentIntents: c.PaymentIntents}, err
 }
 
 // Failed returns the dead-lettered sessions, most recently updated first, at

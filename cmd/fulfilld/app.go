@@ -176,6 +176,7 @@ func (a *app) fulfiller(db fulfill.DB, client *stripeapi.Client) *fulfill.Fulfil
 	return &fulfill.Fulfiller{
 		DB:          db,
 		Sessions:    client,
+		Intents:     a.intents(client),
 		Action:      a.action(a.cfg.Fulfill.Command, a.cfg.Fulfill.URL, a.cfg.Fulfill.Secret),
 		MaxAttempts: a.cfg.Fulfill.MaxAttempts,
 		Concurrency: a.cfg.Fulfill.Concurrency,
@@ -235,7 +236,18 @@ func (a *app) poller(db poller.DB, client *stripeapi.Client) *poller.Poller {
 		Clock:     poller.ClientClock{Client: client},
 		Logger:    a.log.With("component", "poller"),
 		RelayOnly: a.cfg.RelayOnly(),
+
+		PaymentIntents: a.cfg.Fulfill.PaymentIntents,
 	}
+}
+
+// intents is the fulfiller's PaymentIntent source: nil (not a nil
+// pointer in an interface) unless fulfill.payment_intents is on.
+func (a *app) intents(client *stripeapi.Client) fulfill.IntentSource {
+	if !a.cfg.Fulfill.PaymentIntents {
+		return nil
+	}
+	return client
 }
 
 func (a *app) socketPath() string { return a.cfg.Store.Path + ".sock" }

@@ -77,7 +77,7 @@ func TestRefusedAtStart(t *testing.T) {
 		{name: "retry with neither ids nor --failed", key: "-", args: []string{"retry"}, want: []string{"retry", "--failed"}},
 		{name: "retry with both ids and --failed", key: "-", args: []string{"retry", "--failed", "cs_test_abc"},
 			want: []string{"retry", "--failed"}},
-		{name: "retry not a session id", key: "-", args: []string{"retry", "pi_123"}, want: []string{"pi_123", "cs_"}},
+		{name: "retry not a session id", key: "-", args: []string{"retry", "in_123"}, want: []string{"in_123", "cs_"}},
 		{name: "unknown flag", key: "-", args: []string{"run", "--onse"}, want: []string{"--onse"}},
 		{name: "unknown command", key: "-", args: []string{"fulfil", "cs_test_abc"}, want: []string{"fulfil", "did you mean"}, multiline: true},
 		{name: "bad log level", key: "-", args: []string{"--log-level", "loud", "run", "--once"}, want: []string{"--log-level", "loud"}},
@@ -751,5 +751,81 @@ func TestHostClockAheadOfStripes(t *testing.T) {
 	text := h.fulfilld("status")
 	if !strings.Contains(text.stdout, "clock skew") || !strings.Contains(text.stdout, "Stripe is 40m") || !strings.Contains(text.stdout, "behind") {
 		t.Errorf("status does not show the skew:\n%s", text.stdout)
+	}
+}
+
+// TestPaymentIntentCommands: with fulfill.payment_intents, `fulfill pi_…`,
+// `status pi_…` and `retry pi_…` work like their cs_… forms; a Checkout
+// payment's PaymentIntent is reported as owned by its session and never
+// runs the action; with the setting off, `fulfill pi_…` is refused.
+func TestPaymentIntentCommands(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t, harnessOptions{config: func(c *configFile) { c.MaxAttempts, c.PaymentIntents = 1, true }})
+	now := time.Now()
+	const manual, broken = "pi_3ManualElement0001", "pi_3BrokenElement0002"
+	h.sim.PaymentIntentEvent("payment_intent.succeeded", manual, now.Add(-20*time.Minute), "")
+	h.sim.PaymentIntentEvent("payment_intent.succeeded", broken, now.Add(-15*time.Minute), "")
+	cs := h.paidSession(now.Add(-10*time.Minute), 2)
+	owned := h.sim.PaymentIntentID(cs)
+	h.sim.PaymentIntentEvent("payment_intent.succeeded", owned, now.Add(-10*time.Minute), "")
+	h.behave(broken, "fail")
+
+	for range 2 {
+		if r := h.fulfilld("fulfill", manual); r.code != 0 || !strings.Contains(r.stdout, manual+": fulfilled") {
+			t.Fatalf("fulfill %s: want exit 0 and \"%s: fulfilled\":\n%s", manual, manual, r)
+		}
+	}
+	runs := runsBySession(h.actionRuns())
+	if rs := runs[manual]; len(rs) != 1 || rs[0].trigger != "manual" || rs[0].key != "fulfilld-"+manual || rs[0].attempt != 1 {
+		t.Fatalf("two `fulfill %s` ran %+v; want one manual run keyed fulfilld-%s", manual, rs, manual)
+	}
+	body, err := os.ReadFile(h.path(filepath.Join("bodies", manual+".json")))
+	if err != nil || !strings.Contains(string(body), `"object":"payment_intent"`) || !strings.Contains(string(body), manual) {
+		t.Errorf("the action's stdin is not the PaymentIntent: %.200s (%v)", body, err)
+	}
+	if r := h.fulfilld("fulfill", owned); r.code != 0 || !strings.Contains(r.stdout, "owned by "+cs) {
+		t.Errorf("fulfill of a Checkout payment's PaymentIntent: want exit 0 and \"owned by %s\":\n%s", cs, r)
+	}
+
+	pass := h.fulfilld("run", "--once", "--since", "1h")
+	if pass.code != 1 {
+		t.Errorf("a pass in which a PaymentIntent's fulfilment ended failed: exit %d, want 1:\n%s", pass.code, pass)
+	}
+	runs = runsBySession(h.actionRuns())
+	if len(runs[manual]) != 1 || len(runs[cs]) != 1 || len(runs[owned]) != 0 || len(runs[broken]) != 0 {
+		t.Errorf("after the pass: runs %s %d, %s %d, %s %d, %s %d; want 1, 1, 0, 0",
+			manual, len(runs[manual]), cs, len(runs[cs]), owned, len(runs[owned]), broken, len(runs[broken]))
+	}
+	if r := h.fulfilld("status", owned); r.code != 0 || !strings.Contains(r.stdout, "owned by "+cs) {
+		t.Errorf("status %s:\n%s", owned, r)
+	}
+	if r := h.fulfilld("status", broken); r.code != 0 || !strings.Contains(r.stdout, broken+": failed") {
+		t.Errorf("status %s:\n%s", broken, r)
+	}
+	var st struct {
+		Intents map[string]int `json:"payment_intent_fulfillments"`
+	}
+	if _, raw := h.status(); json.Unmarshal([]byte(raw), &st) != nil ||
+		st.Intents["fulfilled"] != 1 || st.Intents["failed"] != 1 || st.Intents["owned"] != 1 {
+		t.Errorf("status --json payment_intent_fulfillments = %v; want 1 fulfilled, 1 failed, 1 owned", st.Intents)
+	}
+
+	if r := h.fulfilld("retry", broken); r.code != 0 || !strings.Contains(r.stdout, broken) {
+		t.Fatalf("retry %s:\n%s", broken, r)
+	}
+	h.behaveNormally(broken)
+	if again := h.fulfilld("run", "--once"); again.code != 0 {
+		t.Fatalf("pass after the retry:\n%s", again)
+	}
+	if rs := runsBySession(h.actionRuns())[broken]; len(rs) != 1 || rs[0].attempt != 1 || rs[0].trigger != "event" {
+		t.Errorf("after retry and a pass, %s ran %+v; want once, attempt 1, trigger event", broken, rs)
+	}
+	if r := h.fulfilld("retry", owned); r.code != 2 {
+		t.Errorf("retry of an owned PaymentIntent: exit %d, want 2:\n%s", r.code, r)
+	}
+
+	off := h.fulfilld("--set", "fulfill.payment_intents=false", "fulfill", "pi_3AnotherElement0003")
+	if off.code != 2 || !strings.Contains(off.stderr, "fulfill.payment_intents") {
+		t.Errorf("fulfill pi_… with the setting off: want exit 2 naming fulfill.payment_intents:\n%s", off)
 	}
 }

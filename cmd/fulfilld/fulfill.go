@@ -18,16 +18,20 @@ import (
 func (a *app) fulfillCommand() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "fulfill cs_…",
-		Short: "Fulfill one session now (idempotent: a fulfilled session is not run again)",
+		Use:   "fulfill cs_…|pi_…",
+		Short: "Fulfill one session (or, with fulfill.payment_intents, PaymentIntent) now (idempotent: a fulfilled one is not run again)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := args[0]
-			if !strings.HasPrefix(id, "cs_") {
-				return usagef("fulfill: %q is not a Checkout Session id (they start with cs_)", id)
+			if !strings.HasPrefix(id, "cs_") && !fulfill.IsPaymentIntentID(id) {
+				return usagef("fulfill: %q is not a Checkout Session id (cs_…) or a PaymentIntent id (pi_…)", id)
 			}
 			if err := a.setup(nil); err != nil {
 				return err
+			}
+			if fulfill.IsPaymentIntentID(id) && !a.cfg.Fulfill.PaymentIntents {
+				return usagef("fulfill: %s is a PaymentIntent, and fulfill.payment_intents is off; "+
+					"set it to true to fulfil PaymentIntents that no Checkout Session owns", id)
 			}
 			rec, ferr, err := a.fulfillOne(cmd.Context(), id)
 			if err != nil {
@@ -86,21 +90,21 @@ func (a *app) fulfillOne(ctx context.Context, id string) (rec fulfill.Record, fe
 func (a *app) retryCommand() *cobra.Command {
 	var all bool
 	cmd := &cobra.Command{
-		Use:   "retry [cs_… | evt_… | --failed]",
-		Short: "Put dead-lettered fulfillments (cs_…) or notifications (evt_…) back in the queue",
+		Use:   "retry [cs_… | pi_… | evt_… | --failed]",
+		Short: "Put dead-lettered fulfillments (cs_…, pi_…) or notifications (evt_…) back in the queue",
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if all == (len(args) > 0) {
-				return usagef("retry: give either ids (cs_… sessions, evt_… notifications) or --failed")
+				return usagef("retry: give either ids (cs_… sessions, pi_… PaymentIntents, evt_… notifications) or --failed")
 			}
 			var sessions, events []string
 			for _, id := range args {
 				switch {
-				case strings.HasPrefix(id, "cs_"):
+				case strings.HasPrefix(id, "cs_"), fulfill.IsPaymentIntentID(id):
 					sessions = append(sessions, id)
 				case strings.HasPrefix(id, "evt_"):
 					events = append(events, id)
 				default:
-					return usagef("retry: %q is neither a Checkout Session id (cs_…) nor an event id (evt_…)", id)
+					return usagef("retry: %q is neither a Checkout Session id (cs_…), a PaymentIntent id (pi_…) nor an event id (evt_…)", id)
 				}
 			}
 			if err := a.setup(nil); err != nil {

@@ -91,7 +91,9 @@ type configFile struct {
 	Concurrency int
 	Schedule    string
 	Lookback    string
-	Extra       string
+	// PaymentIntents sets fulfill.payment_intents.
+	PaymentIntents bool
+	Extra          string
 }
 
 func (c configFile) yaml() string {
@@ -102,6 +104,9 @@ func (c configFile) yaml() string {
 	}
 	fmt.Fprintf(&b, "store:\n  path: %q\n", c.StorePath)
 	b.WriteString("fulfill:\n")
+	if c.PaymentIntents {
+		b.WriteString("  payment_intents: true\n")
+	}
 	if len(c.Command) > 0 {
 		q := make([]string, len(c.Command))
 		for i, a := range c.Command {

@@ -560,14 +560,14 @@ func TestLandingPageConcurrentWithPoller(t *testing.T) {
 
 	t.Run("not a session id", func(t *testing.T) {
 		var body map[string]any
-		resp, err := httpClient.Post(base+"/fulfill/pi_3Nabc", "application/json", nil)
+		resp, err := httpClient.Post(base+"/fulfill/in_3Nabc", "application/json", nil)
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer resp.Body.Close()
 		_ = json.NewDecoder(resp.Body).Decode(&body)
 		if resp.StatusCode != http.StatusBadRequest || !strings.Contains(fmt.Sprint(body["error"]), "cs_") {
-			t.Errorf("POST /fulfill/pi_3Nabc = %s %v, want 400 saying ids start with cs_", resp.Status, body)
+			t.Errorf("POST /fulfill/in_3Nabc = %s %v, want 400 saying ids start with cs_", resp.Status, body)
 		}
 	})
 	t.Run("unknown session", func(t *testing.T) {

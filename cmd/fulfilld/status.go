@@ -17,12 +17,12 @@ import (
 func (a *app) statusCommand() *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
-		Use:   "status [cs_…] [--json]",
+		Use:   "status [cs_…|pi_…] [--json]",
 		Short: "Show the cursor, the last poll, fulfillments by state, failures and API usage; or one session's record",
 		Args:  cobra.MaximumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if len(args) == 1 && !strings.HasPrefix(args[0], "cs_") {
-				return usagef("status: %q is not a Checkout Session id (they start with cs_)", args[0])
+			if len(args) == 1 && !strings.HasPrefix(args[0], "cs_") && !fulfill.IsPaymentIntentID(args[0]) {
+				return usagef("status: %q is not a Checkout Session id (cs_…) or a PaymentIntent id (pi_…)", args[0])
 			}
 			if err := a.setup(nil); err != nil {
 				return err

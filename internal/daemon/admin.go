@@ -264,8 +264,13 @@ func Retry(db store.Store, now time.Time, req RetryRequest) ([]string, error) {
 // FulfillError explains a fulfill that left no record: a wrong id is usage;
 // a rejected key or Stripe being down is a runtime failure.
 func FulfillError(id string, err error) error {
-	if errors.Is(err, stripeapi.ErrNotFound) {
+	switch {
+	case errors.Is(err, stripeapi.ErrNotFound) && fulfill.IsPaymentIntentID(id):
+		return &UsageError{fmt.Errorf("fulfill: Stripe has no payment intent %s (check the id and the key's account or mode)", id)}
+	case errors.Is(err, stripeapi.ErrNotFound):
 		return &UsageError{fmt.Errorf("fulfill: Stripe has no checkout session %s (check the id and the key's account or mode)", id)}
+	case errors.Is(err, fulfill.ErrIntentsOff):
+		return &UsageError{fmt.Errorf("fulfill %s: %w", id, err)}
 	}
 	return err
 }

@@ -164,8 +164,8 @@ func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
 // the answer comes when it ends or after Wait, whichever is first.
 func (s *Server) fulfill(w http.ResponseWriter, r *http.Request) {
 	id := r.PathValue("session_id")
-	if !strings.HasPrefix(id, "cs_") || len(id) > 255 {
-		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "not a Checkout Session id (they start with cs_)"})
+	if !strings.HasPrefix(id, "cs_") && !fulfill.IsPaymentIntentID(id) || len(id) > 255 {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"error": "not a Checkout Session id (cs_…) or a PaymentIntent id (pi_…)"})
 		return
 	}
 	if s.Stopping.Load() {
@@ -209,7 +209,9 @@ func (s *Server) fulfill(w http.ResponseWriter, r *http.Request) {
 		case res.err == nil || res.rec.SessionID != "" && !errors.Is(res.err, context.Canceled):
 			writeJSON(w, http.StatusOK, answer(res.rec))
 		case errors.Is(res.err, stripeapi.ErrNotFound):
-			writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such checkout session"})
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": "no such checkout session or payment intent"})
+		case errors.Is(res.err, fulfill.ErrIntentsOff):
+			writeJSON(w, http.StatusNotFound, map[string]string{"error": "PaymentIntents are fulfilled through their Checkout Session here (fulfill.payment_intents is off)"})
 		default:
 			if s.Logger != nil {
 				s.Logger.Warn("landing-page fulfillment did not complete", "session", id, "err", res.err)

@@ -276,7 +276,7 @@ func TestLandingPageFulfill(t *testing.T) {
 			fn: func(context.Context, string) (fulfill.Record, error) {
 				return fulfill.Record{SessionID: id, State: fulfill.StatePending}, context.Canceled
 			}},
-		{name: "not a session id", path: "/fulfill/pi_123", code: http.StatusBadRequest, wantErr: "cs_", noCall: true},
+		{name: "not a session id", path: "/fulfill/in_123", code: http.StatusBadRequest, wantErr: "cs_", noCall: true},
 		{name: "id too long", path: "/fulfill/cs_" + strings.Repeat("x", 300), code: http.StatusBadRequest, wantErr: "cs_", noCall: true},
 	}
 	for _, tt := range tests {
@@ -446,5 +446,37 @@ func TestLandingPageWhileStopping(t *testing.T) {
 	if rr.Code != http.StatusServiceUnavailable || rr.Header().Get("Retry-After") == "" || called {
 		t.Errorf("POST while stopping = %d (Retry-After %q), fulfiller called %v; want 503 with Retry-After and no attempt",
 			rr.Code, rr.Header().Get("Retry-After"), called)
+	}
+}
+
+// POST /fulfill/pi_… is the landing page of a Payment Element payment:
+// the same path, answered the same way; while fulfill.payment_intents is
+// off the PaymentIntent is not fulfilled on its own, which is a 404.
+func TestLandingPagePaymentIntent(t *testing.T) {
+	t.Parallel()
+	const pi = "pi_3PaymentElement0001"
+	tests := []struct {
+		name  string
+		err   error
+		code  int
+		state string
+	}{
+		{name: "fulfilled", code: http.StatusOK, state: "fulfilled"},
+		{name: "payment_intents off", err: fulfill.ErrIntentsOff, code: http.StatusNotFound},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s, _ := newServer(t, &fakeFulfiller{fn: func(_ context.Context, id string) (fulfill.Record, error) {
+				if tt.err != nil {
+					return fulfill.Record{}, tt.err
+				}
+				return fulfill.Record{SessionID: id, Object: fulfill.ObjectPaymentIntent, State: fulfill.StateFulfilled, Attempts: 1}, nil
+			}})
+			code, body := serve(t, s, http.MethodPost, "/fulfill/"+pi)
+			if code != tt.code || tt.state != "" && (body["state"] != tt.state || body["session_id"] != pi) {
+				t.Errorf("POST /fulfill/%s = %d %v, want %d %s", pi, code, body, tt.code, tt.state)
+			}
+		})
 	}
 }

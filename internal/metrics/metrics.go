@@ -149,7 +149,7 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	gauge(descRecovered, float64(st.Recovered))
 	gauge(descQueue, float64(st.Queued))
-	gauge(descDeadLetters, float64(st.Fulfillments[string(fulfill.StateFailed)]), "fulfill")
+	gauge(descDeadLetters, float64(st.Fulfillments[string(fulfill.StateFailed)]+st.IntentFulfillments[string(fulfill.StateFailed)]), "fulfill")
 	for _, dest := range fulfill.Destinations {
 		gauge(descDeadLetters, float64(st.Deliveries[dest][fulfill.DeliveryFailed]), dest)
 	}

@@ -8,7 +8,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"math"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -45,6 +47,11 @@ func PrintRecord(w io.Writer, rec fulfill.Record, asJSON bool) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(rec)
 	}
+	if rec.State == fulfill.StateOwned {
+		fmt.Fprintf(w, "%s: owned by %s, a Checkout Session: fulfilled as that session, never on its own (`fulfilld status %s`)\n",
+			rec.SessionID, rec.Owner, rec.Owner)
+		return nil
+	}
 	fmt.Fprintf(w, "%s: %s (attempts %d, trigger %s", rec.SessionID, rec.State, rec.Attempts, rec.Trigger)
 	if rec.EventID != "" {
 		fmt.Fprintf(w, ", event %s", rec.EventID)
@@ -72,16 +79,20 @@ type Report struct {
 	LastPoll *pollStatus  `json:"last_poll"`
 	// ClockSkew is Stripe's clock minus this host's, in seconds, as the
 	// last poll saw it; null before a poll observed it.
-	ClockSkew      *float64              `json:"clock_skew_seconds"`
-	Fulfillments   map[string]int        `json:"fulfillments"`
-	Recovered      int                   `json:"recovered"`
-	InFlight       int                   `json:"in_flight"`
-	Queued         int                   `json:"queued"`
-	PaymentIntents map[string]int        `json:"payment_intents"`
-	Events         []cursor.EventCount   `json:"events"`
-	BadEvents      badEventsStatus       `json:"bad_events"`
-	Failures       []failureStatus       `json:"failures"`
-	API            stripeapi.UsageReport `json:"api"`
+	ClockSkew      *float64       `json:"clock_skew_seconds"`
+	Fulfillments   map[string]int `json:"fulfillments"`
+	Recovered      int            `json:"recovered"`
+	InFlight       int            `json:"in_flight"`
+	Queued         int            `json:"queued"`
+	PaymentIntents map[string]int `json:"payment_intents"`
+	// IntentFulfillments counts PaymentIntents fulfilled on their own
+	// (fulfill.payment_intents) by state, owned (by a Checkout Session,
+	// never run) included; absent while there are none.
+	IntentFulfillments map[string]int        `json:"payment_intent_fulfillments,omitempty"`
+	Events             []cursor.EventCount   `json:"events"`
+	BadEvents          badEventsStatus       `json:"bad_events"`
+	Failures           []failureStatus       `json:"failures"`
+	API                stripeapi.UsageReport `json:"api"`
 	// Deliveries counts event deliveries by destination (forward,
 	// notify) and state; Notifications is its notify part, as before.
 	Deliveries       map[string]map[string]int `json:"deliveries"`
@@ -177,6 +188,12 @@ func Read(db Store, now time.Time) (*Report, error) {
 			st.Fulfillments[string(s)] = n
 		}
 		st.Recovered, st.InFlight, st.PaymentIntents = sum.Recovered, sum.InFlight, sum.PaymentIntents
+		if slices.ContainsFunc(slices.Collect(maps.Values(sum.Intents)), func(n int) bool { return n > 0 }) {
+			st.IntentFulfillments = map[string]int{}
+			for s, n := range sum.Intents {
+				st.IntentFulfillments[string(s)] = n
+			}
+		}
 		if st.Queued, err = fulfill.QueueLen(tx); err != nil {
 			return err
 		}
@@ -254,6 +271,12 @@ func (st *Report) WriteText(w io.Writer) {
 	}
 	fmt.Fprintf(tw, "  queued\t%d (in flight %d)\n", st.Queued, st.InFlight)
 	fmt.Fprintf(tw, "  recovered by reconciliation\t%d\n", st.Recovered)
+	if st.IntentFulfillments != nil {
+		fmt.Fprintln(tw, "payment intent fulfillments\t")
+		for _, s := range fulfill.IntentStates {
+			fmt.Fprintf(tw, "  %s\t%d\n", s, st.IntentFulfillments[string(s)])
+		}
+	}
 	if len(st.PaymentIntents) > 0 {
 		fmt.Fprintln(tw, "payment intents\t")
 		for _, k := range sortedKeys(st.PaymentIntents) {
@@ -285,7 +308,8 @@ func (st *Report) WriteText(w io.Writer) {
 	tw.Flush()
 
 	if len(st.Failures) > 0 {
-		fmt.Fprintf(w, "\nfailed (dead letter): %d; `fulfilld retry --failed` requeues them\n", st.Fulfillments[string(fulfill.StateFailed)])
+		fmt.Fprintf(w, "\nfailed (dead letter): %d; `fulfilld retry --failed` requeues them\n",
+			st.Fulfillments[string(fulfill.StateFailed)]+st.IntentFulfillments[string(fulfill.StateFailed)])
 		for _, f := range st.Failures {
 			fmt.Fprintf(w, "  %s  %d attempts  %s\n", f.SessionID, f.Attempts, oneLine(f.LastError, 160))
 		}

@@ -11,7 +11,9 @@
 # exists every run, after logging, writes its pid to inflight/<session> and
 # waits for "slow" to go away: the test kills fulfilld in that window.
 D="$1"
-id="$FULFILLD_SESSION_ID"
+# A PaymentIntent fulfilment (fulfill.payment_intents) has an empty
+# FULFILLD_SESSION_ID and its id in FULFILLD_PAYMENT_INTENT_ID.
+id="${FULFILLD_SESSION_ID:-$FULFILLD_PAYMENT_INTENT_ID}"
 if [ -n "${STRIPE_API_KEY:-}${FULFILLD_STRIPE_API_KEY:-}" ]; then
 	echo "$id" >>"$D/key-leaked"
 fi
