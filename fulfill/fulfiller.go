@@ -226,14 +226,20 @@ func (f *Fulfiller) attempt(ctx context.Context, rec Record, st *stages) (Record
 	default:
 		return f.settleUnpaid(rec, sess)
 	}
-	return f.act(ctx, rec, st, sess.JSON, []string{"FULFILLD_SESSION_ID=" + rec.SessionID})
+	return f.act(ctx, rec, st, sess.JSON, []string{"FULFILLD_SESSION_ID=" + rec.SessionID}, sess.PaymentIntent)
 }
 
 // act runs the action once for a paid record (a session, or a
 // PaymentIntent that no session owns) with body on stdin and ids (the
 // FULFILLD_*_ID variables) in its environment, and records the result.
 // The caller holds the claim.
-func (f *Fulfiller) act(ctx context.Context, rec Record, st *stages, body []byte, ids []string) (Record, error) {
+//
+// owns is the PaymentIntent a session's payment went through (""
+// otherwise): with fulfill.payment_intents on, the attempt's start and the
+// PaymentIntent's own fulfilment exclude each other in the store, so a
+// payment is never fulfilled both as its session and as its PaymentIntent,
+// even if Stripe's list of sessions by PaymentIntent lagged.
+func (f *Fulfiller) act(ctx context.Context, rec Record, st *stages, body []byte, ids []string, owns string) (Record, error) {
 	log := f.logger().With(recordLogKey(rec), rec.SessionID)
 	stop := st.stopCtx(ctx)
 	// Paid is final, so a session read while actions were busy is still
@@ -246,7 +252,19 @@ func (f *Fulfiller) act(ctx context.Context, rec Record, st *stages, body []byte
 	rec.State, rec.InFlight = StatePending, true
 	// While the attempt runs its queue entry is parked far ahead, so the
 	// queue does not offer it again; Recover brings it back after a crash.
-	if err := f.startAttempt(&rec, f.now().Add(inFlightLease)); err != nil {
+	switch err := f.startAttempt(&rec, f.now().Add(inFlightLease), owns); {
+	case errors.Is(err, errCovered):
+		log.Info("not running the action: this payment was fulfilled the other way (as its session, or as its payment intent)",
+			"state", rec.State, "owner", rec.Owner)
+		return rec, nil
+	case errors.Is(err, errPaymentBusy):
+		next := f.now().Add(time.Minute)
+		rec.State, rec.InFlight, rec.NextAttempt = StatePending, false, next
+		rec.Attempts--
+		log.Info("its payment intent is being fulfilled on its own right now; looking again in a minute",
+			"payment_intent", owns)
+		return rec, f.save(rec, next)
+	case err != nil:
 		return rec, err
 	}
 	env := append(ids[:len(ids):len(ids)],
@@ -383,11 +401,17 @@ func (f *Fulfiller) retrieve(ctx context.Context, id string, st *stages) (*strip
 // record with InFlight set, its queue entry parked until lease. The
 // sequence number is the store's when newer, so events recorded while the
 // session was read or waited for a slot still count as news.
-func (f *Fulfiller) startAttempt(rec *Record, lease time.Time) error {
+func (f *Fulfiller) startAttempt(rec *Record, lease time.Time, owns string) error {
 	rec.Updated = f.now()
-	return f.DB.Update(func(tx Tx) error {
+	var covered *Record
+	err := f.DB.Update(func(tx Tx) error {
+		covered = nil
 		if cur, ok, err := Get(tx, rec.SessionID); err != nil {
 			return err
+		} else if ok && IsPaymentIntentID(rec.SessionID) && cur.State == StateOwned {
+			// A session claimed this PaymentIntent since it was looked at.
+			covered = &cur
+			return nil
 		} else if ok {
 			if cur.Seq > rec.Seq {
 				rec.Seq = cur.Seq
@@ -398,11 +422,68 @@ func (f *Fulfiller) startAttempt(rec *Record, lease time.Time) error {
 				rec.Attempts = cur.Attempts + 1
 			}
 		}
+		if owns != "" && f.Intents != nil {
+			c, err := f.claimPayment(tx, rec, owns)
+			if err != nil || c != nil {
+				covered = c
+				return err
+			}
+		}
 		if err := put(tx, *rec); err != nil {
 			return err
 		}
 		return tx.Schedule(SessionQueue, rec.SessionID, lease)
 	})
+	if err == nil && covered != nil {
+		*rec = *covered
+		return errCovered
+	}
+	return err
+}
+
+// Outcomes of an attempt's start that are not errors.
+var (
+	errCovered     = errors.New("the payment was fulfilled the other way")
+	errPaymentBusy = errors.New("the payment intent is being fulfilled on its own")
+)
+
+// claimPayment, inside an attempt's start for a session whose payment went
+// through PaymentIntent piID, marks the PaymentIntent as owned by the
+// session, unless it was already fulfilled on its own (then the session is
+// covered: it ends fulfilled without running the action) or is being
+// attempted now (then the session waits). The PaymentIntent's own start
+// reads the same record in a serializable transaction, so one of the two
+// runs and never both.
+func (f *Fulfiller) claimPayment(tx Tx, rec *Record, piID string) (*Record, error) {
+	pi, ok, err := Get(tx, piID)
+	if err != nil {
+		return nil, err
+	}
+	now := f.now()
+	switch {
+	case ok && pi.State == StateFulfilled:
+		done := *rec
+		done.Attempts--
+		done.State, done.InFlight, done.LastError, done.NextAttempt = StateFulfilled, false, "", time.Time{}
+		done.Owner, done.FulfilledAt, done.Updated = piID, now, now
+		if err := put(tx, done); err != nil {
+			return nil, err
+		}
+		return &done, tx.Unschedule(SessionQueue, done.SessionID)
+	case ok && pi.InFlight:
+		return nil, errPaymentBusy
+	case ok && pi.State == StateOwned && pi.Owner == rec.SessionID:
+		return nil, nil
+	}
+	if !ok {
+		pi = Record{SessionID: piID, Object: ObjectPaymentIntent, Created: now}
+	}
+	pi.State, pi.Owner, pi.NextAttempt, pi.Updated = StateOwned, rec.SessionID, time.Time{}, now
+	pi.Seq++
+	if err := put(tx, pi); err != nil {
+		return nil, err
+	}
+	return nil, tx.Unschedule(SessionQueue, piID)
 }
 
 // stages bound the two halves of a queued attempt: the retrieve from

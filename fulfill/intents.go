@@ -118,7 +118,7 @@ func (f *Fulfiller) attemptIntent(ctx context.Context, rec Record, st *stages) (
 		}
 		return f.settleUnpaid(rec, &stripeapi.Session{ID: pi.ID, Status: status, PaymentStatus: pi.Status})
 	}
-	return f.act(ctx, rec, st, pi.JSON, intentActionIDs(rec.SessionID))
+	return f.act(ctx, rec, st, pi.JSON, intentActionIDs(rec.SessionID), "")
 }
 
 // readIntent asks Stripe, holding one fetch slot, which session owns the
