@@ -7,11 +7,16 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"runtime/debug"
+	"runtime/pprof"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/fulfilld/fulfilld/internal/bench"
+	"github.com/fulfilld/fulfilld/internal/status"
 )
 
 // benchCommand is `fulfilld bench`: a backfill against the simulated Stripe
@@ -64,7 +69,74 @@ func (a *app) benchCommand() *cobra.Command {
 	f.BoolVar(&cfg.Ceiling, "ceiling", true, "also measure the local ceiling: a poll with no latency and no limits")
 	f.StringVar(&cfg.CPUProfile, "cpuprofile", "", "write the daemon path's CPU profile to this file (the local ceiling's to FILE.ceiling)")
 	f.StringVar(&cfg.HeapProfile, "heapprofile", "", "write a heap profile taken at the daemon path's anonymous-memory peak to this file (the ceiling's to FILE.ceiling)")
-	cmd.AddCommand(a.benchSimCommand())
+	cmd.AddCommand(a.benchSimCommand(), a.benchStoreCommand())
+	return cmd
+}
+
+// benchStoreCommand is `fulfilld bench store`: a simulated year written
+// through the real store code, with the file size, the read latencies and
+// the longest write stall beside issue 9's targets.
+func (a *app) benchStoreCommand() *cobra.Command {
+	cfg := bench.StoreConfig{Retention: 90 * 24 * time.Hour}
+	var retention, cpuProfile string
+	cmd := &cobra.Command{
+		Use:   "store [--days N] [--orders-per-day N] [--retention D] [--output-bytes N]",
+		Short: "Write a simulated year through the store code; print file size, bytes per order, scrape and status latency, write stalls",
+		Long: "bench store writes simulated days of orders — each a paid Checkout Session fulfilled through the real\n" +
+			"fulfiller, an abandoned session expiring with a notification, and a PaymentIntent status — committing\n" +
+			"events page by page as the poller does, on a simulated clock, with retention pruning hourly. Meanwhile a\n" +
+			"reader scrapes /metrics and reads status (the same read as `fulfilld status`) over and over. At the end it\n" +
+			"compacts the file and prints the sizes, bytes per order, read latencies and the longest write, beside the\n" +
+			"targets. Writes skip fsync. A quick run: --days 30 --orders-per-day 1000.",
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			d, err := parseRetention(retention)
+			if err != nil || d <= 0 {
+				return usagef("bench store: --retention %q: want a positive duration such as 90d or 720h", retention)
+			}
+			cfg.Retention = d
+			cfg.Progress = a.stderr
+			cfg.Status = func(db status.Store, now time.Time) (map[string]int, error) {
+				st, err := status.Read(db, now)
+				if err != nil {
+					return nil, err
+				}
+				return st.Fulfillments, nil
+			}
+			if cpuProfile != "" {
+				f, err := os.Create(cpuProfile)
+				if err != nil {
+					return fmt.Errorf("bench store: --cpuprofile: %w", err)
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return fmt.Errorf("bench store: --cpuprofile: %w", err)
+				}
+				defer pprof.StopCPUProfile()
+			}
+			// The heap is small (the store is a file map) and the run
+			// allocates fast: collect less often, so the figures are the
+			// store's rather than the collector's.
+			defer debug.SetGCPercent(debug.SetGCPercent(400))
+			rep, err := bench.RunStore(cmd.Context(), cfg)
+			if errors.Is(err, context.Canceled) {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+			bench.PrintStore(a.stdout, rep)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&cfg.Days, "days", 365, "simulated days")
+	f.IntVar(&cfg.OrdersPerDay, "orders-per-day", 5000, "paid orders a day (each also brings an abandoned session and a PaymentIntent)")
+	f.StringVar(&retention, "retention", "90d", "store.retention: settled records keep full detail this long")
+	f.IntVar(&cfg.OutputBytes, "output-bytes", 2048, "bytes of output the fulfillment action prints (kept until retention)")
+	f.StringVar(&cfg.Path, "path", "", "bbolt file to write, kept after (default: a temporary one, removed after)")
+	f.BoolVar(&cfg.TxPerWrite, "tx-per-write", false, "one transaction per ledger write, as the daemon (slower); default: the fulfiller's and notifier's writes batched")
+	f.StringVar(&cpuProfile, "cpuprofile", "", "write a CPU profile of the run to this file")
 	return cmd
 }
 
@@ -91,4 +163,14 @@ func (a *app) benchSimCommand() *cobra.Command {
 	f.Float64Var(&sc.GlobalLimit, "global-limit", 0, "")
 	f.Float64Var(&sc.EndpointLimit, "endpoint-limit", 0, "")
 	return cmd
+}
+
+// parseRetention reads a duration with an optional whole-days form ("90d"),
+// as store.retention is written.
+func parseRetention(s string) (time.Duration, error) {
+	if n, ok := strings.CutSuffix(s, "d"); ok {
+		days, err := strconv.Atoi(n)
+		return time.Duration(days) * 24 * time.Hour, err
+	}
+	return time.ParseDuration(s)
 }

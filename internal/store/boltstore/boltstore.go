@@ -268,3 +268,17 @@ func timeKey(t time.Time) []byte {
 }
 
 func keyTime(k []byte) time.Time { return time.Unix(0, int64(binary.BigEndian.Uint64(k[:8]))) }
+
+// Batch runs fn in a transaction it may share with other goroutines' Batch
+// calls (bbolt's Batch): fn may run more than once, so it must have no
+// effect outside the transaction. The benchmark uses it; the daemon does not.
+func (s *Store) Batch(fn func(store.Tx) error) error {
+	return s.db.Batch(func(tx *bbolt.Tx) error { return fn(&Tx{tx: tx}) })
+}
+
+// Tune trades durability for speed, for a benchmark that measures the file
+// and its readers rather than the disk: no fsync per commit, and a short
+// Batch window. Never for the daemon.
+func (s *Store) Tune(noSync bool, maxBatchDelay time.Duration) {
+	s.db.NoSync, s.db.MaxBatchDelay = noSync, maxBatchDelay
+}
