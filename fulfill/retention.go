@@ -18,7 +18,17 @@ import (
 // tombstones, oldest first, at most limit of them in this transaction, and
 // reports how many it pruned and whether more are due. Call it in a loop of
 // small transactions: a writer waits for one batch at most.
-func Prune(tx Tx, before time.Time, limit int) (pruned int, more bool, err error) {
+//
+// With forget set — retention at least Stripe's 30 days of events, so no
+// listing can bring a record's event back — records that prevent nothing
+// are deleted outright instead of kept as tombstones: deliveries (the event
+// can no longer be listed, so never delivered again), PaymentIntent
+// statuses, PaymentIntents a session owns, and sessions that ended unpaid
+// (expired or payment_failed: their action never ran, and Stripe lists no
+// completed session that is not one of them). Fulfilled and dead-lettered
+// sessions stay as tombstones: a session id asked for again, by a person or
+// `reconcile --since` past 30 days, must still find it fulfilled.
+func Prune(tx Tx, before time.Time, limit int, forget bool) (pruned int, more bool, err error) {
 	due, more, err := tx.SettledBefore(before, limit)
 	if err != nil {
 		return 0, false, err
@@ -26,11 +36,11 @@ func Prune(tx Tx, before time.Time, limit int) (pruned int, more bool, err error
 	for _, s := range due {
 		switch s.Kind {
 		case KindSession:
-			err = pruneSession(tx, s.ID)
+			err = pruneSession(tx, s.ID, forget)
 		case KindDelivery:
-			err = pruneDelivery(tx, s.ID)
+			err = pruneDelivery(tx, s.ID, forget)
 		case KindPaymentIntent:
-			err = prunePaymentIntent(tx, s.ID)
+			err = prunePaymentIntent(tx, s.ID, forget)
 		default:
 			err = fmt.Errorf("unknown kind %q", s.Kind)
 		}
@@ -50,29 +60,38 @@ func Prune(tx Tx, before time.Time, limit int) (pruned int, more bool, err error
 // The tombstones. Each is written back (Pruned set), which takes it out of
 // the settled index: a record is pruned once.
 
-func pruneSession(tx Tx, id string) error {
+func pruneSession(tx Tx, id string, forget bool) error {
 	rec, ok, err := Get(tx, id)
 	if err != nil || !ok {
 		return err
+	}
+	if forget && (rec.State == StateExpired || rec.State == StatePaymentFailed || rec.State == StateOwned) {
+		return tx.DeleteSession(id)
 	}
 	return put(tx, Record{SessionID: rec.SessionID, Object: rec.Object, Owner: rec.Owner, State: rec.State, Trigger: rec.Trigger, EventID: rec.EventID,
 		Attempts: rec.Attempts, Recovered: rec.Recovered, Seq: rec.Seq, Created: rec.Created, Updated: rec.Updated,
 		FulfilledAt: rec.FulfilledAt, Pruned: true})
 }
 
-func pruneDelivery(tx Tx, key string) error {
+func pruneDelivery(tx Tx, key string, forget bool) error {
 	n, ok, err := tx.EventDelivery(key)
 	if err != nil || !ok {
 		return err
+	}
+	if forget {
+		return tx.DeleteEventDelivery(key)
 	}
 	return tx.PutEventDelivery(EventDelivery{Destination: n.Destination, EventID: n.EventID, EventType: n.EventType, State: n.State,
 		Attempts: n.Attempts, Created: n.Created, Updated: n.Updated, SentAt: n.SentAt, Pruned: true})
 }
 
-func prunePaymentIntent(tx Tx, id string) error {
+func prunePaymentIntent(tx Tx, id string, forget bool) error {
 	pi, ok, err := tx.PaymentIntent(id)
 	if err != nil || !ok {
 		return err
+	}
+	if forget {
+		return tx.DeletePaymentIntent(id)
 	}
 	pi.LastError, pi.Pruned = "", true
 	return tx.PutPaymentIntent(pi)
@@ -85,7 +104,7 @@ const pruneBatch = 500
 // PruneSettled runs Prune in small transactions until nothing settled
 // before the given time is left, or ctx ends. It returns how many records
 // it pruned.
-func PruneSettled(ctx context.Context, db DB, before time.Time) (int, error) {
+func PruneSettled(ctx context.Context, db DB, before time.Time, forget bool) (int, error) {
 	total := 0
 	for {
 		if err := ctx.Err(); err != nil {
@@ -94,7 +113,7 @@ func PruneSettled(ctx context.Context, db DB, before time.Time) (int, error) {
 		var n int
 		var more bool
 		err := db.Update(func(tx Tx) (err error) {
-			n, more, err = Prune(tx, before, pruneBatch)
+			n, more, err = Prune(tx, before, pruneBatch, forget)
 			return err
 		})
 		total += n

@@ -35,7 +35,7 @@ func TestRetentionNeverRepeats(t *testing.T) {
 	later := now.Add(91 * 24 * time.Hour)
 	var pruned int
 	if err := db.Update(func(tx store.Tx) (err error) {
-		pruned, _, err = fulfill.Prune(tx, later.Add(-90*24*time.Hour), 100)
+		pruned, _, err = fulfill.Prune(tx, later.Add(-90*24*time.Hour), 100, true)
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -71,7 +71,7 @@ func TestRetriedTombstoneIsPrunedAgain(t *testing.T) {
 	db := storetest.Open(t)
 	prune := func(at time.Time) int {
 		var n int
-		if err := db.Update(func(tx store.Tx) (err error) { n, _, err = fulfill.Prune(tx, at, 100); return err }); err != nil {
+		if err := db.Update(func(tx store.Tx) (err error) { n, _, err = fulfill.Prune(tx, at, 100, true); return err }); err != nil {
 			t.Fatal(err)
 		}
 		return n
@@ -127,7 +127,7 @@ func TestPruneSkipsAnUnreadableRecord(t *testing.T) {
 	}
 	var n int
 	if err := db.Update(func(tx store.Tx) (err error) {
-		n, _, err = fulfill.Prune(badSession{Tx: tx, bad: "cs_0"}, now.Add(time.Hour), 100)
+		n, _, err = fulfill.Prune(badSession{Tx: tx, bad: "cs_0"}, now.Add(time.Hour), 100, true)
 		return err
 	}); err != nil {
 		t.Fatal(err)
@@ -135,7 +135,7 @@ func TestPruneSkipsAnUnreadableRecord(t *testing.T) {
 	if n != 2 || stateOf(t, db, "cs_2").Output != "" {
 		t.Errorf("pruned %d with cs_0 unreadable, want the other 2", n)
 	}
-	if err := db.Update(func(tx store.Tx) (err error) { n, _, err = fulfill.Prune(tx, now.Add(time.Hour), 100); return err }); err != nil || n != 0 {
+	if err := db.Update(func(tx store.Tx) (err error) { n, _, err = fulfill.Prune(tx, now.Add(time.Hour), 100, true); return err }); err != nil || n != 0 {
 		t.Errorf("a second run pruned %d (%v): the unreadable one is passed over once, not at every run", n, err)
 	}
 }
@@ -181,5 +181,45 @@ func TestRetryFailedSkipsPrunedNotifications(t *testing.T) {
 	}
 	if len(sessions) != 1 || len(notes) != 0 {
 		t.Errorf("requeued sessions %v and notifications %v; want cs_dead and none", sessions, notes)
+	}
+}
+
+// TestRetentionForgetsWhatPreventsNothing: past Stripe's 30 days of events,
+// a session that ended unpaid and a sent notification are deleted, not kept
+// as tombstones; a fulfilled session stays and still stops a repeat.
+func TestRetentionForgetsWhatPreventsNothing(t *testing.T) {
+	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+	db := storetest.Open(t)
+	if err := db.Update(func(tx store.Tx) error {
+		for _, r := range []fulfill.Record{
+			{SessionID: "cs_paid", State: fulfill.StateFulfilled, Output: "pii", FulfilledAt: now, Updated: now},
+			{SessionID: "cs_gone", State: fulfill.StateExpired, Updated: now},
+		} {
+			if err := tx.PutSession(r); err != nil {
+				return err
+			}
+		}
+		return tx.PutEventDelivery(fulfill.EventDelivery{Destination: fulfill.DestNotify, EventID: "evt_1",
+			State: fulfill.DeliverySent, Updated: now})
+	}); err != nil {
+		t.Fatal(err)
+	}
+	later := now.Add(91 * 24 * time.Hour)
+	if _, err := fulfill.PruneSettled(t.Context(), store.As[fulfill.Tx](db), later.Add(-90*24*time.Hour), true); err != nil {
+		t.Fatal(err)
+	}
+	if err := db.View(func(tx store.Tx) error {
+		_, expired, _ := tx.Session("cs_gone")
+		_, note, _ := tx.EventDelivery(fulfill.DeliveryKey(fulfill.DestNotify, "evt_1"))
+		paid, kept, _ := tx.Session("cs_paid")
+		c, _ := tx.Counts()
+		if expired || note || !kept || !paid.Pruned || paid.Output != "" || c.Sessions[fulfill.StateExpired] != 0 ||
+			c.Sessions[fulfill.StateFulfilled] != 1 {
+			t.Errorf("after retention: expired session kept %v, notification kept %v, fulfilled %+v (kept %v), counts %+v",
+				expired, note, paid, kept, c.Sessions)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -78,6 +78,13 @@ type Tx interface {
 	// SettledBefore lists records that settled before the given time,
 	// oldest first, at most limit, and whether there are more.
 	SettledBefore(before time.Time, limit int) ([]Settled, bool, error)
+	// DeleteSession, DeleteEventDelivery and DeletePaymentIntent remove a
+	// record for good, with its counts and index entries: retention's end
+	// for records that prevent nothing once Stripe can no longer list their
+	// events.
+	DeleteSession(id string) error
+	DeleteEventDelivery(key string) error
+	DeletePaymentIntent(id string) error
 	// DropSettled takes one entry out of the settled index without
 	// touching its record: retention passes over a record it cannot read
 	// instead of stopping at it for ever.

@@ -411,7 +411,8 @@ func (s *storeRun) year(ctx context.Context) error {
 
 			t = time.Now()
 			// The daemon prunes hourly, on Stripe's clock.
-			pruned, err := fulfill.PruneSettled(ctx, store.As[fulfill.Tx](s.dbFor("prune")), s.clock.Now().Add(-s.cfg.Retention))
+			pruned, err := fulfill.PruneSettled(ctx, store.As[fulfill.Tx](s.dbFor("prune")), s.clock.Now().Add(-s.cfg.Retention),
+				s.cfg.Retention >= 31*24*time.Hour)
 			if err != nil {
 				return fmt.Errorf("prune: %w", err)
 			}

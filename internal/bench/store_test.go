@@ -74,8 +74,8 @@ func TestRunStoreSmall(t *testing.T) {
 	var tomb, full int
 	err = db.View(func(tx *bbolt.Tx) error {
 		if err := tx.Bucket([]byte("sessions")).ForEach(func(k, v []byte) error {
-			var r fulfill.Record
-			if err := json.Unmarshal(v, &r); err != nil {
+			r, err := boltstore.DecodeSession(string(k), v)
+			if err != nil {
 				return err
 			}
 			old := r.Updated.Before(edge)

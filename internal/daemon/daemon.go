@@ -186,7 +186,10 @@ func (d *Daemon) Once(parent context.Context) error {
 // prevents a repeat, in small transactions.
 func (d *Daemon) Prune(ctx context.Context) error {
 	before := d.now().Add(-d.Config.Store.Retention)
-	n, err := fulfill.PruneSettled(ctx, d.Fulfiller.DB, before)
+	// Past Stripe's 30 days of events (and a day's margin), records that
+	// prevent nothing can go for good; see fulfill.Prune.
+	forget := d.Config.Store.Retention >= ForgetAfter
+	n, err := fulfill.PruneSettled(ctx, d.Fulfiller.DB, before, forget)
 	if n > 0 {
 		d.Logger.Info("pruned settled records past store.retention to what prevents a repeat",
 			"records", n, "retention", d.Config.Store.Retention, "settled_before", before.UTC().Format(time.RFC3339))
@@ -260,3 +263,8 @@ func (d *Daemon) delivererUnsaved() int {
 	}
 	return d.Deliverer.Unsaved()
 }
+
+// ForgetAfter is the retention from which records that prevent nothing are
+// deleted rather than kept as tombstones: Stripe lists events for 30 days,
+// and a day more covers a late listing.
+const ForgetAfter = 31 * 24 * time.Hour

@@ -123,24 +123,137 @@ func (t *Tx) reindex(kind string, id string, old indexed, had bool, cur indexed)
 
 // Session implements fulfill.Tx.
 func (t *Tx) Session(id string) (fulfill.Record, bool, error) {
+	raw := t.b(bucketSessions).Get([]byte(id))
+	if raw == nil {
+		return fulfill.Record{}, false, nil
+	}
 	var r fulfill.Record
-	ok, err := t.getJSON(bucketSessions, []byte(id), &r)
+	var err error
+	if len(raw) > 0 && raw[0] == tombstoneMark {
+		r, err = decodeTombstone(id, raw)
+	} else {
+		err = json.Unmarshal(raw, &r)
+	}
 	if err != nil {
 		return fulfill.Record{}, false, fmt.Errorf("read record of %s: %w", id, err)
 	}
-	return r, ok, nil
+	return r, true, nil
 }
 
-// PutSession implements fulfill.Tx.
+// PutSession implements fulfill.Tx. A pruned record (a tombstone) is kept
+// in a compact binary form: it is most of what a store holds after a year.
 func (t *Tx) PutSession(r fulfill.Record) error {
 	old, had, err := t.Session(r.SessionID)
 	if err != nil {
 		return err
 	}
-	if err := t.putJSON(bucketSessions, []byte(r.SessionID), r); err != nil {
+	var raw []byte
+	if r.Pruned {
+		// Index it as it will read back: what a tombstone keeps.
+		raw = encodeTombstone(r)
+		if r, err = decodeTombstone(r.SessionID, raw); err != nil {
+			return err
+		}
+	} else if raw, err = json.Marshal(r); err != nil {
+		return err
+	}
+	if err := t.b(bucketSessions).Put([]byte(r.SessionID), raw); err != nil {
 		return fmt.Errorf("write record of %s: %w", r.SessionID, err)
 	}
 	return t.reindex(fulfill.KindSession, r.SessionID, sessionIndexed(old), had, sessionIndexed(r))
+}
+
+// DecodeSession reads a session record as the sessions bucket holds it
+// (JSON, or a tombstone): for tools that read the file itself.
+func DecodeSession(id string, raw []byte) (fulfill.Record, error) {
+	if len(raw) > 0 && raw[0] == tombstoneMark {
+		return decodeTombstone(id, raw)
+	}
+	var r fulfill.Record
+	err := json.Unmarshal(raw, &r)
+	return r, err
+}
+
+// DeleteSession implements fulfill.Tx.
+func (t *Tx) DeleteSession(id string) error {
+	old, had, err := t.Session(id)
+	if err != nil || !had {
+		return err
+	}
+	if err := t.b(bucketSessions).Delete([]byte(id)); err != nil {
+		return err
+	}
+	return t.reindex(fulfill.KindSession, id, sessionIndexed(old), true, indexed{})
+}
+
+// A tombstone: tombstoneMark, then the state, object and owner as
+// length-prefixed strings, then attempts and the created, updated and
+// fulfilled times (unix seconds) as varints, then a flags byte. What a
+// pruned record keeps is exactly what prevents a repeat and what status
+// counts.
+const tombstoneMark = 0x01
+
+func encodeTombstone(r fulfill.Record) []byte {
+	b := []byte{tombstoneMark}
+	for _, s := range []string{string(r.State), r.Object, r.Owner} {
+		b = binary.AppendUvarint(b, uint64(len(s)))
+		b = append(b, s...)
+	}
+	b = binary.AppendUvarint(b, uint64(max(r.Attempts, 0)))
+	for _, tm := range []time.Time{r.Created, r.Updated, r.FulfilledAt} {
+		if tm.IsZero() {
+			b = binary.AppendVarint(b, 0)
+		} else {
+			b = binary.AppendVarint(b, tm.Unix())
+		}
+	}
+	var flags byte
+	if r.Recovered {
+		flags |= 1
+	}
+	return append(b, flags)
+}
+
+func decodeTombstone(id string, b []byte) (fulfill.Record, error) {
+	r := fulfill.Record{SessionID: id, Pruned: true}
+	b = b[1:]
+	bad := fmt.Errorf("a tombstone cut short")
+	str := func() (string, bool) {
+		n, k := binary.Uvarint(b)
+		if k <= 0 || uint64(len(b)-k) < n {
+			return "", false
+		}
+		s := string(b[k : k+int(n)])
+		b = b[k+int(n):]
+		return s, true
+	}
+	state, ok1 := str()
+	object, ok2 := str()
+	owner, ok3 := str()
+	if !ok1 || !ok2 || !ok3 {
+		return r, bad
+	}
+	r.State, r.Object, r.Owner = fulfill.State(state), object, owner
+	n, k := binary.Uvarint(b)
+	if k <= 0 {
+		return r, bad
+	}
+	r.Attempts, b = int(n), b[k:]
+	for _, tm := range []*time.Time{&r.Created, &r.Updated, &r.FulfilledAt} {
+		v, k := binary.Varint(b)
+		if k <= 0 {
+			return r, bad
+		}
+		if v != 0 {
+			*tm = time.Unix(v, 0).UTC()
+		}
+		b = b[k:]
+	}
+	if len(b) < 1 {
+		return r, bad
+	}
+	r.Recovered = b[0]&1 != 0
+	return r, nil
 }
 
 // EventDelivery implements fulfill.Tx.
@@ -187,6 +300,30 @@ func (t *Tx) PutPaymentIntent(pi fulfill.PaymentIntent) error {
 		return err
 	}
 	return t.reindex(fulfill.KindPaymentIntent, pi.ID, intentIndexed(old), had, intentIndexed(pi))
+}
+
+// DeleteEventDelivery implements fulfill.Tx.
+func (t *Tx) DeleteEventDelivery(key string) error {
+	old, had, err := t.EventDelivery(key)
+	if err != nil || !had {
+		return err
+	}
+	if err := t.b(bucketDeliveries).Delete([]byte(key)); err != nil {
+		return err
+	}
+	return t.reindex(fulfill.KindDelivery, key, deliveryIndexed(old), true, indexed{})
+}
+
+// DeletePaymentIntent implements fulfill.Tx.
+func (t *Tx) DeletePaymentIntent(id string) error {
+	old, had, err := t.PaymentIntent(id)
+	if err != nil || !had {
+		return err
+	}
+	if err := t.b(bucketIntents).Delete([]byte(id)); err != nil {
+		return err
+	}
+	return t.reindex(fulfill.KindPaymentIntent, id, intentIndexed(old), true, indexed{})
 }
 
 // Counts implements fulfill.Tx: kept counters, not a scan.

@@ -286,7 +286,7 @@ func testCounts(t *testing.T, open func(t *testing.T) store.Store) {
 						err = fulfill.RecordPaymentIntent(tx, fulfill.PaymentIntent{ID: piID, EventID: evt, At: now,
 							Status: []string{"succeeded", "processing", "requires_payment_method", "canceled"}[rng.IntN(4)]})
 					case 10:
-						_, _, err = fulfill.Prune(tx, now.Add(-time.Hour), 5)
+						_, _, err = fulfill.Prune(tx, now.Add(-time.Hour), 5, rng.IntN(2) == 0)
 					}
 					if err == nil && crash {
 						return errCrash
@@ -520,6 +520,24 @@ func testRoundTrip(t *testing.T, s store.Store) {
 		}
 		if _, ok, _ := tx.Session("cs_none"); ok {
 			t.Error("a session never written is found")
+		}
+		return nil
+	})
+	// A tombstone keeps what prevents a repeat and what status counts.
+	tomb := fulfill.Record{SessionID: "pi_2", Object: fulfill.ObjectPaymentIntent, Owner: "cs_9", State: fulfill.StateFulfilled,
+		Attempts: 3, Recovered: true, Created: t0, Updated: t0.Add(time.Hour), FulfilledAt: t0.Add(time.Minute), Pruned: true}
+	update(t, s, func(tx store.Tx) error { return tx.PutSession(tomb) })
+	view(t, s, func(tx store.Tx) error {
+		got, ok, err := tx.Session("pi_2")
+		if err != nil || !ok || !sameRecord(got, tomb) || got.Object != tomb.Object || got.Owner != tomb.Owner {
+			t.Errorf("tombstone read back as %+v (%v, %v), want %+v", got, ok, err, tomb)
+		}
+		return nil
+	})
+	update(t, s, func(tx store.Tx) error { return tx.DeleteSession("pi_2") })
+	view(t, s, func(tx store.Tx) error {
+		if _, ok, _ := tx.Session("pi_2"); ok {
+			t.Error("a deleted session is found")
 		}
 		return nil
 	})
