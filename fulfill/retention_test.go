@@ -135,7 +135,10 @@ func TestPruneSkipsAnUnreadableRecord(t *testing.T) {
 	if n != 2 || stateOf(t, db, "cs_2").Output != "" {
 		t.Errorf("pruned %d with cs_0 unreadable, want the other 2", n)
 	}
-	if err := db.Update(func(tx store.Tx) (err error) { n, _, err = fulfill.Prune(tx, now.Add(time.Hour), 100, true); return err }); err != nil || n != 0 {
+	if err := db.Update(func(tx store.Tx) (err error) {
+		n, _, err = fulfill.Prune(tx, now.Add(time.Hour), 100, true)
+		return err
+	}); err != nil || n != 0 {
 		t.Errorf("a second run pruned %d (%v): the unreadable one is passed over once, not at every run", n, err)
 	}
 }
