@@ -126,9 +126,11 @@ func (f *Fulfiller) batched(ctx context.Context, rec Record) *stripeapi.Session 
 	}
 	b := &f.batch
 	s, known := b.take(rec.SessionID, f.now())
-	if !known {
+	// A load waited for may have ended before reaching this session (its
+	// range held more than its pages): plan again, a few times at most.
+	for try := 0; !known && try < 3 && ctx.Err() == nil; try++ {
 		f.load(ctx, lister, rec.SessionID, rec.SessionCreated)
-		s, _ = b.take(rec.SessionID, f.now())
+		s, known = b.take(rec.SessionID, f.now())
 	}
 	if s == nil {
 		b.misses.Add(1)

@@ -87,7 +87,9 @@ func TestQueueReadsSessionsInBatches(t *testing.T) {
 	if retrieves != 1 {
 		t.Errorf("%d sessions were retrieved one by one, want 1 (the one the list missed)", retrieves)
 	}
-	if max := int64(n/100 + 3); lists > max {
+	// Three pages hold them all; loads planned at the same moment may
+	// overlap, so up to twice that is allowed (still under 0.03 a session).
+	if max := int64(2 * (n/100 + 1)); lists > max {
 		t.Errorf("%d list requests for %d sessions, want at most %d", lists, n, max)
 	}
 	t.Logf("%d sessions: %d list requests, %d retrieves, %d line-item pages; %+v", n, lists, retrieves,
