@@ -14,6 +14,7 @@ const (
 	kindDuration
 	kindInt
 	kindFloat
+	kindIntOrAuto // "auto" or a whole number
 )
 
 // key is one setting. The table below is the single list of what fulfilld
@@ -32,7 +33,7 @@ var keys = []key{
 	{path: "stripe.api_base", kind: kindString},
 	{path: "stripe.account", kind: kindString},
 	{path: "stripe.rate_limit", kind: kindFloat, def: 0.0},
-	{path: "stripe.monthly_read_budget", kind: kindInt, def: 0},
+	{path: "stripe.monthly_read_budget", kind: kindIntOrAuto, def: "auto"},
 	{path: "events.types", kind: kindList}, // default applied in decode: an empty list means the default too
 	{path: "events.lookback", kind: kindDuration, def: 10 * time.Minute},
 	{path: "schedule", kind: kindString, def: "@every 30s"},
@@ -209,6 +210,8 @@ func describe(k kind) string {
 		return "a whole number"
 	case kindFloat:
 		return "a number"
+	case kindIntOrAuto:
+		return `"auto" or a whole number`
 	default:
 		return "a string"
 	}

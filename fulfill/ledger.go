@@ -141,6 +141,11 @@ func Enqueue(tx Tx, req Request) (bool, error) {
 		}
 	} else {
 		rec = Record{SessionID: req.SessionID, Created: req.At}
+		// A session queued for the first time is a payment (or one on its
+		// way): Stripe's read allocation grows by 500 reads for each.
+		if err := tx.AddPayments(req.At, 1); err != nil {
+			return false, err
+		}
 	}
 	// awaiting_payment, payment_failed and expired are queued too: the
 	// attempt re-reads the session, and Stripe's answer decides. Events are
