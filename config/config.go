@@ -63,9 +63,14 @@ type Stripe struct {
 	// RateLimit is the requests/second budget for all calls; 0 = automatic.
 	RateLimit float64
 	// MonthlyReadBudget caps the API reads of a rolling 30 days; polls are
-	// spread out to stay inside it. 0 = no cap.
+	// spread out to stay inside it. 0 = no cap; ReadBudgetAuto (the
+	// default, "auto") = half of Stripe's read allocation for the account,
+	// max(10,000, 500 × payments in 30 days) / 2.
 	MonthlyReadBudget int
 }
+
+// ReadBudgetAuto is MonthlyReadBudget's value for "auto".
+const ReadBudgetAuto = -1
 
 // Events selects what the poller lists.
 type Events struct {

@@ -66,7 +66,7 @@ func loadErr(t *testing.T, src Source, key string) *Error {
 
 func defaults() Config {
 	return Config{
-		Stripe:    Stripe{APIBase: DefaultAPIBase},
+		Stripe:    Stripe{APIBase: DefaultAPIBase, MonthlyReadBudget: ReadBudgetAuto},
 		Events:    Events{Types: slices.Clone(DefaultEventTypes), Lookback: 10 * time.Minute},
 		Schedule:  "@every 30s",
 		Store:     Store{Path: "fulfilld.db", Retention: 90 * 24 * time.Hour},
@@ -101,11 +101,12 @@ func TestFullExample(t *testing.T) {
 	}
 	want := Config{
 		Stripe: Stripe{
-			APIKey:     "sk_test_FIXTURE0000000000000000",
-			APIKeyFile: filepath.Join(creds, "stripe_api_key"),
-			APIBase:    "https://api.stripe.com",
-			Account:    "acct_1Fixture",
-			RateLimit:  20,
+			APIKey:            "sk_test_FIXTURE0000000000000000",
+			APIKeyFile:        filepath.Join(creds, "stripe_api_key"),
+			APIBase:           "https://api.stripe.com",
+			Account:           "acct_1Fixture",
+			RateLimit:         20,
+			MonthlyReadBudget: ReadBudgetAuto,
 		},
 		Events: Events{
 			Types: []string{
@@ -225,7 +226,7 @@ func TestEveryKeyFromEnv(t *testing.T) {
 	}
 	got := mustLoad(t, Source{LookupEnv: env(vars)})
 	want := Config{
-		Stripe: Stripe{APIKey: "rk_test_envkey", APIBase: "http://127.0.0.1:12111", Account: "acct_env", RateLimit: 2.5},
+		Stripe: Stripe{APIKey: "rk_test_envkey", APIBase: "http://127.0.0.1:12111", Account: "acct_env", RateLimit: 2.5, MonthlyReadBudget: ReadBudgetAuto},
 		Events: Events{Types: []string{"checkout.session.completed", "checkout.session.async_payment_succeeded",
 			"checkout.session.async_payment_failed", "checkout.session.expired", "payment_intent.payment_failed", "payment_intent.succeeded"}, Lookback: 20 * time.Minute},
 		Schedule: "*/5 * * * *",
@@ -358,8 +359,8 @@ func TestOverrides(t *testing.T) {
 	if c.Events.Lookback != time.Hour || c.Fulfill.Timeout != 2*time.Minute || c.Stripe.RateLimit != 7 || c.HTTP.Listen != "127.0.0.1:8080" {
 		t.Errorf("overrides not applied: %+v", c)
 	}
-	if c.Stripe.MonthlyReadBudget != 0 {
-		t.Errorf("stripe.monthly_read_budget defaults to %d, want 0 (no cap)", c.Stripe.MonthlyReadBudget)
+	if c.Stripe.MonthlyReadBudget != ReadBudgetAuto {
+		t.Errorf("stripe.monthly_read_budget defaults to %d, want auto", c.Stripe.MonthlyReadBudget)
 	}
 	ce := loadErr(t, Source{LookupEnv: noEnv, Overrides: map[string]any{"store.pth": "x"}}, "store.pth")
 	if !strings.Contains(ce.Msg, "store.path") {
@@ -476,6 +477,9 @@ func TestMonthlyReadBudget(t *testing.T) {
 		{"file", Source{File: file, LookupEnv: noEnv}, 1_000_000},
 		{"environment", Source{File: file, LookupEnv: env(map[string]string{"FULFILLD_STRIPE_MONTHLY_READ_BUDGET": "250000"})}, 250_000},
 		{"flag", Source{File: file, LookupEnv: noEnv, Overrides: map[string]any{"stripe.monthly_read_budget": 42}}, 42},
+		{"auto", Source{File: file, LookupEnv: env(map[string]string{"FULFILLD_STRIPE_MONTHLY_READ_BUDGET": "auto"})}, ReadBudgetAuto},
+		{"no cap", Source{File: file, LookupEnv: noEnv, Overrides: map[string]any{"stripe.monthly_read_budget": "0"}}, 0},
+		{"default", Source{LookupEnv: noEnv}, ReadBudgetAuto},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -15,6 +15,7 @@ const (
 	kindInt
 	kindFloat
 	kindBool
+	kindIntOrAuto // "auto" or a whole number
 )
 
 // key is one setting. The table below is the single list of what fulfilld
@@ -33,7 +34,7 @@ var keys = []key{
 	{path: "stripe.api_base", kind: kindString},
 	{path: "stripe.account", kind: kindString},
 	{path: "stripe.rate_limit", kind: kindFloat, def: 0.0},
-	{path: "stripe.monthly_read_budget", kind: kindInt, def: 0},
+	{path: "stripe.monthly_read_budget", kind: kindIntOrAuto, def: "auto"},
 	{path: "events.types", kind: kindList}, // default applied in decode: an empty list means the default too
 	{path: "events.lookback", kind: kindDuration, def: 10 * time.Minute},
 	{path: "schedule", kind: kindString, def: "@every 30s"},
@@ -216,6 +217,8 @@ func describe(k kind) string {
 		return "a number"
 	case kindBool:
 		return "true or false"
+	case kindIntOrAuto:
+		return `"auto" or a whole number`
 	default:
 		return "a string"
 	}

@@ -241,7 +241,7 @@ func (d *decoder) decode() *Config {
 			Account:    d.str("stripe.account"),
 			RateLimit:  d.float("stripe.rate_limit"),
 
-			MonthlyReadBudget: d.int("stripe.monthly_read_budget"),
+			MonthlyReadBudget: d.intOrAuto("stripe.monthly_read_budget"),
 		},
 		Events: Events{
 			Types:    d.list("events.types"),
@@ -391,6 +391,22 @@ func (d *decoder) bool(path string) bool {
 	}
 	d.fail(path, "must be %s%s", describe(k.kind), echo(k, val))
 	return false
+}
+
+// intOrAuto is a whole number, or ReadBudgetAuto for "auto".
+func (d *decoder) intOrAuto(path string) int {
+	if _, val := d.get(path); val != nil {
+		if s, ok := val.(string); ok && strings.EqualFold(strings.TrimSpace(s), "auto") {
+			return ReadBudgetAuto
+		}
+	}
+	n := d.int(path)
+	if n < 0 {
+		// Checked here: a -1 must not pass for auto.
+		d.fail(path, "must be auto (half of Stripe's read allocation), 0 (no cap) or the most API reads to make in a rolling 30 days, e.g. 1000000; got %d", n)
+		return 0
+	}
+	return n
 }
 
 func (d *decoder) float(path string) float64 {

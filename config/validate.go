@@ -116,9 +116,6 @@ func (d *decoder) validate(c *Config) *Error {
 	if s.RateLimit < 0 || math.IsNaN(s.RateLimit) || math.IsInf(s.RateLimit, 0) {
 		d.fail("stripe.rate_limit", "must be 0 (automatic) or a positive number of requests per second; got %v", s.RateLimit)
 	}
-	if s.MonthlyReadBudget < 0 {
-		d.fail("stripe.monthly_read_budget", "must be 0 (no cap) or the most API reads to make in a rolling 30 days, e.g. 1000000; got %d", s.MonthlyReadBudget)
-	}
 
 	d.validateTypes(c.Events.Types)
 	d.requireTypes(c)

@@ -70,6 +70,8 @@ type Fulfiller struct {
 	claims map[string]chan struct{}
 	// results are attempts that ran but could not be recorded yet.
 	results unsaved
+	// batch holds paid sessions listed a hundred at a time for the queue.
+	batch batcher
 }
 
 // Unsaved is how many attempts ran but could not be recorded because the
@@ -195,7 +197,7 @@ func (f *Fulfiller) attempt(ctx context.Context, rec Record, st *stages) (Record
 	}
 	log := f.logger().With("session", rec.SessionID)
 	stop := st.stopCtx(ctx)
-	sess, err := f.retrieve(stop, rec.SessionID, st)
+	sess, err := f.retrieve(stop, rec, st)
 	switch {
 	case err == nil:
 	case stop.Err() != nil:
@@ -389,12 +391,19 @@ func (f *Fulfiller) save(rec Record, next time.Time) error {
 
 // retrieve reads the session from Stripe holding a fetch slot, released
 // whatever happens (a panic included: a leaked slot would wedge the queue).
-func (f *Fulfiller) retrieve(ctx context.Context, id string, st *stages) (*stripeapi.Session, error) {
+// A queued attempt takes it from a batch listed moments ago when it can
+// (see batcher), and retrieves it alone when it cannot.
+func (f *Fulfiller) retrieve(ctx context.Context, rec Record, st *stages) (*stripeapi.Session, error) {
 	if err := st.gate(false).acquire(ctx); err != nil {
 		return nil, err
 	}
 	defer st.gate(false).release()
-	return f.Sessions.GetSession(ctx, id)
+	if st != nil {
+		if s := f.batched(ctx, rec); s != nil {
+			return s, nil
+		}
+	}
+	return f.Sessions.GetSession(ctx, rec.SessionID)
 }
 
 // startAttempt records, before the action runs, that it is about to: the

@@ -71,10 +71,14 @@ type Record struct {
 	Pruned bool `json:"pruned,omitempty"`
 	// Seq changes with every event or request recorded for the session, so
 	// an attempt can tell that something happened while it talked to Stripe.
-	Seq         uint64    `json:"seq"`
-	Created     time.Time `json:"created"`
-	Updated     time.Time `json:"updated"`
-	FulfilledAt time.Time `json:"fulfilled_at,omitzero"`
+	Seq uint64 `json:"seq"`
+	// SessionCreated is the session's own created time, as the event or
+	// sweep that queued it said (zero when unknown): the queue reads due
+	// sessions in batches by created range (see batcher).
+	SessionCreated time.Time `json:"session_created,omitzero"`
+	Created        time.Time `json:"created"`
+	Updated        time.Time `json:"updated"`
+	FulfilledAt    time.Time `json:"fulfilled_at,omitzero"`
 }
 
 // IdempotencyKey is the same for a session across attempts, restarts and
@@ -139,6 +143,9 @@ type Request struct {
 	Trigger   string
 	At        time.Time // now
 	Recovered bool      // found by reconciliation, not by the stream
+	// SessionCreated is the session's created time when the caller knows
+	// it (data.object.created, a listed session's created).
+	SessionCreated time.Time
 }
 
 // Enqueue durably queues a session for fulfillment, inside the caller's
@@ -166,6 +173,11 @@ func Enqueue(tx Tx, req Request) (bool, error) {
 		}
 	} else {
 		rec = Record{SessionID: req.SessionID, Created: req.At}
+		// A session queued for the first time is a payment (or one on its
+		// way): Stripe's read allocation grows by 500 reads for each.
+		if err := tx.AddPayments(req.At, 1); err != nil {
+			return false, err
+		}
 	}
 	// awaiting_payment, payment_failed and expired are queued too: the
 	// attempt re-reads the session, and Stripe's answer decides. Events are
@@ -176,6 +188,9 @@ func Enqueue(tx Tx, req Request) (bool, error) {
 	}
 	rec.Trigger, rec.EventID = req.Trigger, req.EventID
 	rec.Recovered = rec.Recovered || req.Recovered
+	if !req.SessionCreated.IsZero() {
+		rec.SessionCreated = req.SessionCreated
+	}
 	rec.Seq++
 	rec.Updated = req.At
 	rec.NextAttempt = req.At

@@ -72,6 +72,10 @@ type Tx interface {
 	Queued(q Queue) ([]string, error)
 
 	Counts() (Counts, error)
+	// AddPayments counts n paid sessions queued on the given day; the
+	// store keeps the sum per day with the API usage, where the read
+	// budget derived from payments reads it (stripeapi.AutoReadBudget).
+	AddPayments(day time.Time, n int64) error
 	// Failed lists the dead letters of a kind, most recently updated
 	// first, at most limit (0: all).
 	Failed(kind string, limit int) ([]string, error)

@@ -844,7 +844,8 @@ func (p *Poller) route(tx Tx, ev stripeapi.Event, now time.Time) (string, error)
 		if p.DryRun {
 			return p.dryRunSession(tx, id)
 		}
-		queued, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: id, EventID: ev.ID, Trigger: fulfill.TriggerEvent, At: now})
+		queued, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: id, EventID: ev.ID, Trigger: fulfill.TriggerEvent, At: now,
+			SessionCreated: objectCreated(ev.Object)})
 		if err != nil {
 			return "", err
 		}
@@ -928,6 +929,22 @@ func objectID(raw json.RawMessage, object, prefix string) (string, error) {
 	}
 	return obj.ID, nil
 }
+
+// objectCreated is data.object.created, zero when it is missing or odd: it
+// only helps the queue list sessions in batches, and a session without it
+// is retrieved on its own.
+func objectCreated(raw json.RawMessage) time.Time {
+	var obj struct {
+		Created int64 `json:"created"`
+	}
+	if json.Unmarshal(raw, &obj) != nil || obj.Created <= 0 || obj.Created > maxObjectCreated {
+		return time.Time{}
+	}
+	return time.Unix(obj.Created, 0).UTC()
+}
+
+// maxObjectCreated is the last second of year 9999.
+const maxObjectCreated = 253402300799
 
 func (p *Poller) update(fn func(tx Tx) error) error {
 	return p.DB.Update(fn)

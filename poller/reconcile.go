@@ -233,7 +233,11 @@ func (r *Reconciler) reconcileOne(tx Tx, s stripeapi.SessionSummary, now time.Ti
 	if seen {
 		reason = ReasonNotFulfilled
 	}
-	if _, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: s.ID, Trigger: fulfill.TriggerReconcile, At: now, Recovered: missed}); err != nil {
+	req := fulfill.Request{SessionID: s.ID, Trigger: fulfill.TriggerReconcile, At: now, Recovered: missed}
+	if s.Created > 0 {
+		req.SessionCreated = time.Unix(s.Created, 0).UTC()
+	}
+	if _, err := fulfill.Enqueue(tx, req); err != nil {
 		return 0, err
 	}
 	if !missed {

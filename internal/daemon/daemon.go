@@ -8,6 +8,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/fulfilld/fulfilld/config"
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
@@ -214,23 +215,30 @@ func (c cronLogger) Error(err error, msg string, kv ...any) {
 // interval; queued work goes on. It logs once when skipping starts and once
 // when polls resume.
 func (d *Daemon) pollWithinReadBudget() bool {
-	budget := d.Config.Stripe.MonthlyReadBudget
-	if budget <= 0 {
+	configured := d.Config.Stripe.MonthlyReadBudget
+	if configured == 0 {
 		return true
 	}
-	if d.reads == nil {
-		d.reads = &stripeapi.ReadPacer{Budget: int64(budget)}
-	}
-	var used int64
+	var used, payments int64
 	err := d.DB.View(func(tx store.Tx) error {
 		r, err := stripeapi.LoadUsage(tx, d.now())
-		used = r.Last30Days.Total()
+		used, payments = r.Last30Days.Total(), r.Last30Days.Payments
 		return err
 	})
 	if err != nil {
 		d.Logger.Warn("could not read API usage for stripe.monthly_read_budget; polling anyway", "err", err)
 		return true
 	}
+	budget := int64(configured)
+	if configured == config.ReadBudgetAuto {
+		// Stripe's allocation grows with the payments of the last 30
+		// days; half of it is fulfilld's.
+		budget = stripeapi.AutoReadBudget(payments)
+	}
+	if d.reads == nil {
+		d.reads = &stripeapi.ReadPacer{Budget: budget}
+	}
+	d.reads.SetBudget(budget)
 	dec := d.reads.Allow(d.now(), d.Client.Transport.Sent(), used)
 	switch {
 	case dec.Changed && !dec.Poll:

@@ -99,3 +99,15 @@ func TestReadPacer(t *testing.T) {
 		t.Fatalf("polled with the 30-day count at the budget: %+v", d)
 	}
 }
+
+// TestAutoReadBudget: "auto" is half of Stripe's allocation, 500 reads per
+// payment in the last 30 days and never less than 10,000.
+func TestAutoReadBudget(t *testing.T) {
+	for _, tt := range []struct{ payments, want int64 }{
+		{0, 5_000}, {19, 5_000}, {20, 5_000}, {21, 5_250}, {1_000, 250_000}, {30_000, 7_500_000},
+	} {
+		if got := AutoReadBudget(tt.payments); got != tt.want {
+			t.Errorf("%d payments: budget %d, want %d", tt.payments, got, tt.want)
+		}
+	}
+}

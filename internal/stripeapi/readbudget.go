@@ -9,6 +9,20 @@ import (
 // readWindow is the rolling window Stripe's read allocation is counted over.
 const readWindow = 30 * 24 * time.Hour
 
+// Stripe's read allocation: 500 reads per payment over a rolling 30 days,
+// and never less than 10,000.
+const (
+	readsPerPayment = 500
+	minAllocation   = 10_000
+)
+
+// AutoReadBudget is stripe.monthly_read_budget "auto": half of the read
+// allocation Stripe gives an account that saw payments30 payments in the
+// last 30 days, the other half left to the shop's own code.
+func AutoReadBudget(payments30 int64) int64 {
+	return max(minAllocation, readsPerPayment*payments30) / 2
+}
+
 // ReadPacer spreads scheduled polls so that the API reads of a rolling 30
 // days stay within Budget (stripe.monthly_read_budget). It is a token
 // bucket that fills at Budget per 30 days, holds at most one day's worth,
@@ -27,6 +41,14 @@ type ReadPacer struct {
 	lastSent  int64
 	firstSent int64
 	skipping  bool
+}
+
+// SetBudget changes the budget, as the payments "auto" derives it from
+// change.
+func (p *ReadPacer) SetBudget(b int64) {
+	p.mu.Lock()
+	p.Budget = b
+	p.mu.Unlock()
 }
 
 // ReadDecision is the answer for one scheduled poll.

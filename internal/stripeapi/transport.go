@@ -84,6 +84,9 @@ type Usage struct {
 	ByStatus    map[string]int64 `json:"by_status"`
 	RateLimited int64            `json:"rate_limited"`
 	Retries     int64            `json:"retries"`
+	// Payments counts paid sessions queued: Stripe's read allocation
+	// grows with them (see ReadBudget). Not a request.
+	Payments int64 `json:"payments,omitempty"`
 }
 
 // Total is the number of requests sent.
@@ -111,6 +114,7 @@ func (u *Usage) Add(other Usage) {
 	}
 	u.RateLimited += other.RateLimited
 	u.Retries += other.Retries
+	u.Payments += other.Payments
 }
 
 func (t *Transport) init() {

@@ -295,7 +295,9 @@ func TestRateLimitFarAboveStripesLosesNothing(t *testing.T) {
 	var ids []string
 	for i := range 50 {
 		at := now.Add(-time.Duration(i+20) * time.Minute)
-		for j := range 4 {
+		// Enough events that listing alone runs into the server's limit:
+		// sessions are read a hundred to a request.
+		for j := range 40 {
 			sim.PaymentIntentEvent("payment_intent.succeeded", fmt.Sprintf("pi_noise%d_%d", i, j), at, "")
 		}
 		id := sim.CreateSession(stripesim.SessionParams{Created: at.Add(-time.Minute), LineItems: 1 + i%3})

@@ -19,7 +19,7 @@ const usageDays = 31
 
 // AddUsage implements stripeapi.UsageTx.
 func (t *Tx) AddUsage(day time.Time, u stripeapi.Usage) error {
-	if u.Total() == 0 {
+	if u.Total() == 0 && u.Payments == 0 {
 		return nil
 	}
 	key := []byte(day.UTC().Format(time.DateOnly))
@@ -32,6 +32,12 @@ func (t *Tx) AddUsage(day time.Time, u stripeapi.Usage) error {
 		return err
 	}
 	return t.foldOldDays(day)
+}
+
+// AddPayments implements fulfill.Tx: payments are kept per day beside the
+// requests, so the rolling 30 days of both are read together.
+func (t *Tx) AddPayments(day time.Time, n int64) error {
+	return t.AddUsage(day, stripeapi.Usage{Payments: n})
 }
 
 func (t *Tx) foldOldDays(day time.Time) error {

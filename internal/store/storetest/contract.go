@@ -28,6 +28,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 	t.Run("queues", func(t *testing.T) { testQueues(t, open(t)) })
 	t.Run("kept counts equal the records", func(t *testing.T) { testCounts(t, open) })
 	t.Run("api usage", func(t *testing.T) { testUsage(t, open(t)) })
+	t.Run("payments per day", func(t *testing.T) { testPayments(t, open(t)) })
 	t.Run("sweeps", func(t *testing.T) { testSweeps(t, open(t)) })
 }
 
@@ -458,6 +459,46 @@ func testUsage(t *testing.T, s store.Store) {
 		r, err := tx.UsageReport(day(39))
 		if err != nil || r.Total.Total() != 80 || r.Last30Days.Total() != 60 {
 			t.Errorf("usage: total %d, last 30 days %d (%v); want 80 and 60", r.Total.Total(), r.Last30Days.Total(), err)
+		}
+		return nil
+	})
+}
+
+// testPayments: paid sessions queued are counted per day, apart from the
+// requests, over the same rolling 30 days; a rolled-back queueing counts
+// nothing, and a session queued again is not a second payment.
+func testPayments(t *testing.T, s store.Store) {
+	day := func(d int) time.Time { return t0.AddDate(0, 0, d) }
+	update(t, s, func(tx store.Tx) error {
+		for d := range 40 {
+			if err := tx.AddPayments(day(d), 3); err != nil {
+				return err
+			}
+		}
+		return tx.AddUsage(day(39), stripeapi.Usage{Requests: map[string]int64{"GET /v1/events": 1}})
+	})
+	errRollback := errors.New("roll back")
+	if err := s.Update(func(tx store.Tx) error {
+		if _, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: "cs_rolled_back", Trigger: fulfill.TriggerEvent, At: day(39)}); err != nil {
+			return err
+		}
+		return errRollback
+	}); !errors.Is(err, errRollback) {
+		t.Fatalf("update: %v", err)
+	}
+	update(t, s, func(tx store.Tx) error {
+		for range 2 {
+			if _, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: "cs_paid", Trigger: fulfill.TriggerEvent, At: day(39)}); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	view(t, s, func(tx store.Tx) error {
+		r, err := tx.UsageReport(day(39))
+		if err != nil || r.Total.Payments != 121 || r.Last30Days.Payments != 91 || r.Last30Days.Total() != 1 {
+			t.Errorf("payments: total %d, last 30 days %d, requests %d (%v); want 121, 91 and 1",
+				r.Total.Payments, r.Last30Days.Payments, r.Last30Days.Total(), err)
 		}
 		return nil
 	})
