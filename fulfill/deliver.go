@@ -321,6 +321,11 @@ func (n *Deliverer) attempt(ctx context.Context, key string) (outcome, error) {
 	}
 	out, actErr := action.Deliver(ctx, Delivery{Body: rec.Event, Env: env, IdempotencyKey: rec.IdempotencyKey()})
 	rec.InFlight, rec.Output = false, out.Output
+	if actErr == nil && len(rec.Output) > sentOutputKept {
+		// A receiver's page on success is not worth 64 KiB per event for
+		// the retention: the start is kept, as a receipt.
+		rec.Output = rec.Output[:sentOutputKept] + "…"
+	}
 	var next time.Time
 	result := outcomeWaiting
 	switch {
@@ -372,3 +377,7 @@ func NotifyRoutes() Routes {
 	}
 	return r
 }
+
+// sentOutputKept bounds what a successful delivery keeps of the receiver's
+// answer.
+const sentOutputKept = 512

@@ -260,7 +260,7 @@ func (f *Fulfiller) act(ctx context.Context, rec Record, st *stages, body []byte
 			"state", rec.State, "owner", rec.Owner)
 		return rec, nil
 	case errors.Is(err, errPaymentBusy):
-		next := f.now().Add(time.Minute)
+		next := f.now().Add(f.backoff(max(rec.Attempts-1, 1)))
 		rec.State, rec.InFlight, rec.NextAttempt = StatePending, false, next
 		rec.Attempts--
 		log.Info("its payment intent is being fulfilled on its own right now; looking again in a minute",
@@ -431,8 +431,10 @@ func (f *Fulfiller) startAttempt(rec *Record, lease time.Time, owns string) erro
 				rec.Attempts = cur.Attempts + 1
 			}
 		}
-		if owns != "" && f.Intents != nil {
-			c, err := f.claimPayment(tx, rec, owns)
+		if owns != "" {
+			// Checked whatever fulfill.payment_intents says now: it may
+			// have been on when the PaymentIntent was fulfilled.
+			c, err := f.claimPayment(tx, rec, owns, f.Intents != nil)
 			if err != nil || c != nil {
 				covered = c
 				return err
@@ -463,13 +465,28 @@ var (
 // attempted now (then the session waits). The PaymentIntent's own start
 // reads the same record in a serializable transaction, so one of the two
 // runs and never both.
-func (f *Fulfiller) claimPayment(tx Tx, rec *Record, piID string) (*Record, error) {
+func (f *Fulfiller) claimPayment(tx Tx, rec *Record, piID string, claim bool) (*Record, error) {
 	pi, ok, err := Get(tx, piID)
 	if err != nil {
 		return nil, err
 	}
 	now := f.now()
 	switch {
+	case ok && pi.State == StateFailed && pi.Attempts > 0:
+		// Its action ran, as the PaymentIntent's, and is dead-lettered:
+		// the payment is the operator's to retry, as that PaymentIntent.
+		dead := *rec
+		dead.Attempts--
+		dead.State, dead.InFlight, dead.NextAttempt, dead.Owner, dead.Updated = StateFailed, false, time.Time{}, piID, now
+		dead.LastError = "its payment intent " + piID + " was attempted on its own and is dead-lettered; `fulfilld retry " + piID + "`"
+		if err := put(tx, dead); err != nil {
+			return nil, err
+		}
+		return &dead, tx.Unschedule(SessionQueue, dead.SessionID)
+	case ok && pi.State == StatePending && pi.Attempts > 0:
+		// Its action may have run (a timeout, a crash): the PaymentIntent
+		// is repeated with its own key, and the session waits for it.
+		return nil, errPaymentBusy
 	case ok && pi.State == StateFulfilled:
 		done := *rec
 		done.Attempts--
@@ -482,6 +499,8 @@ func (f *Fulfiller) claimPayment(tx Tx, rec *Record, piID string) (*Record, erro
 	case ok && pi.InFlight:
 		return nil, errPaymentBusy
 	case ok && pi.State == StateOwned && pi.Owner == rec.SessionID:
+		return nil, nil
+	case !claim:
 		return nil, nil
 	}
 	if !ok {

@@ -105,8 +105,27 @@ func (f *Fulfiller) attemptIntent(ctx context.Context, rec Record, st *stages) (
 		log.Debug("could not read payment intent; will retry", "err", err, "next_attempt", next)
 		return rec, errors.Join(f.save(rec, next), err)
 	}
-	if owner != "" {
+	// A PaymentIntent whose action may have run (an attempt cut off by a
+	// crash or a timeout) is fulfilled as itself to the end, with its own
+	// idempotency key: settling it as its session's now could run the
+	// action a second time under the session's key.
+	mayHaveRun := rec.Attempts > 0 || rec.InFlight
+	if owner != "" && !mayHaveRun {
 		return f.settleOwned(rec, owner)
+	}
+	if owner == "" && pi != nil && pi.Invoice != "" && !mayHaveRun {
+		// It pays an invoice: a subscription's (its Checkout Session, in
+		// subscription mode, names no PaymentIntent) or a renewal. Not a
+		// Payment Element payment, and never this setting's to fulfil.
+		return f.settleOwned(rec, pi.Invoice)
+	}
+	if pi == nil {
+		// Owned, but its action may have run: read it to run it again.
+		if pi, err = f.Intents.GetPaymentIntent(stop, rec.SessionID); err != nil {
+			next := f.now().Add(f.backoff(rec.Attempts + 1))
+			rec.LastError, rec.NextAttempt = err.Error(), next
+			return rec, errors.Join(f.save(rec, next), err)
+		}
 	}
 	rec.PaymentStatus = pi.Status
 	if pi.Status != "succeeded" {
@@ -164,7 +183,7 @@ func (f *Fulfiller) noteOwner(sessionID, piID string) {
 	if err := f.DB.View(func(tx Tx) (err error) {
 		cur, ok, err = Get(tx, piID)
 		return err
-	}); err != nil || ok && (cur.Ended() || cur.InFlight) {
+	}); err != nil || ok && (cur.Ended() || cur.InFlight || cur.Attempts > 0) {
 		if ok && cur.State == StateFulfilled {
 			f.logger().Error("a checkout session's payment intent was already fulfilled on its own; its session is fulfilled too",
 				"session", sessionID, "payment_intent", piID)
@@ -179,7 +198,8 @@ func (f *Fulfiller) noteOwner(sessionID, piID string) {
 			return err
 		case !ok:
 			cur = Record{SessionID: piID, Created: now}
-		case cur.Ended() || cur.InFlight:
+		case cur.Ended() || cur.InFlight || cur.Attempts > 0:
+			// Its action may have run as itself: not the session's to take.
 			return nil
 		}
 		cur.State, cur.Owner, cur.NextAttempt, cur.Updated = StateOwned, sessionID, time.Time{}, now

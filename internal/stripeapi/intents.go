@@ -14,6 +14,10 @@ type PaymentIntent struct {
 	ID      string
 	Status  string
 	Created time.Time
+	// Invoice is set when the PaymentIntent pays an invoice (a
+	// subscription's first payment through Checkout, and every renewal):
+	// not a Payment Element payment.
+	Invoice string
 	// JSON is the PaymentIntent as Stripe sent it: what the operator's
 	// action receives.
 	JSON []byte
@@ -32,7 +36,11 @@ func (c *Client) GetPaymentIntent(ctx context.Context, id string) (*PaymentInten
 		return nil, &Error{Op: "retrieve payment intent " + id, Msg: "the answer is not JSON"}
 	}
 	c.Clock.ObserveCreated(time.Unix(pi.Created, 0))
-	return &PaymentIntent{ID: pi.ID, Status: string(pi.Status), Created: time.Unix(pi.Created, 0).UTC(), JSON: body}, nil
+	out := &PaymentIntent{ID: pi.ID, Status: string(pi.Status), Created: time.Unix(pi.Created, 0).UTC(), JSON: body}
+	if pi.Invoice != nil {
+		out.Invoice = pi.Invoice.ID
+	}
+	return out, nil
 }
 
 // SessionOwning returns the id of the Checkout Session that owns the

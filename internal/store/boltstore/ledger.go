@@ -480,7 +480,9 @@ func (t *Tx) keyDeliveries() error {
 		}
 		var fields map[string]json.RawMessage
 		if err := json.Unmarshal(v, &fields); err != nil {
-			return fmt.Errorf("notification of %s: %w", k, err)
+			// Unreadable before, unreadable after: left where it is, as
+			// everywhere else, rather than failing the upgrade.
+			return nil
 		}
 		fields["destination"] = json.RawMessage(`"` + fulfill.DestNotify + `"`)
 		nv, err := json.Marshal(fields)
