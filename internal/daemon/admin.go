@@ -99,6 +99,7 @@ func (d *Daemon) adminHandler(work context.Context, once bool) http.Handler {
 		// On the daemon's context: the operator's Ctrl-C does not cut the
 		// action off half-way.
 		id := r.PathValue("id")
+		d.PollNow("fulfill command")
 		rec, err := d.Fulfiller.Fulfill(work, id, fulfill.TriggerManual, "")
 		d.SaveUsage()
 		if err != nil && rec.SessionID == "" {
@@ -127,6 +128,7 @@ func (d *Daemon) adminHandler(work context.Context, once bool) http.Handler {
 			d.adminFail(w, &UsageError{err})
 			return
 		}
+		d.PollNow("reconcile command")
 		sw, err := d.Reconciler.Sweep(work, since)
 		d.SaveUsage()
 		if err != nil {
