@@ -79,6 +79,7 @@ func (d *Daemon) adminHandler(work context.Context, once bool) http.Handler {
 			return
 		}
 		st.Store = d.Config.Store.Path
+		st.SetReadBudget(d.Config.Stripe.MonthlyReadBudget)
 		writeAdmin(w, st)
 	})
 	mux.HandleFunc("GET /session/{id}", func(w http.ResponseWriter, r *http.Request) {

@@ -6,7 +6,6 @@ import (
 
 	"github.com/robfig/cron/v3"
 
-	"github.com/fulfilld/fulfilld/config"
 	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/poller"
@@ -108,18 +107,6 @@ func (d *Daemon) budgetInterval(now time.Time) time.Duration {
 	return stripeapi.BudgetInterval(budget, used, d.pace.perPoll, max(other, 0))
 }
 
-// ReadBudget is the stripe.monthly_read_budget in force (0: no cap): the
-// configured number, or for "auto" what the payments of the last 30 days
-// earn.
-func ReadBudget(configured int, payments30 int64) int64 {
-	if configured == config.ReadBudgetAuto {
-		// Stripe's allocation grows with the payments of the last 30
-		// days; half of it is fulfilld's.
-		return stripeapi.AutoReadBudget(payments30)
-	}
-	return int64(max(configured, 0))
-}
-
 // readBudget is the budget in force, the reads of the last 30 days and
 // the requests sent so far; ok is false when there is no cap or usage could
 // not be read.
@@ -136,7 +123,7 @@ func (d *Daemon) readBudget() (budget, used, payments int64, ok bool) {
 		d.Logger.Warn("could not read API usage for stripe.monthly_read_budget; polling anyway", "err", err)
 		return 0, 0, 0, false
 	}
-	return ReadBudget(d.Config.Stripe.MonthlyReadBudget, payments), used, payments, true
+	return stripeapi.ReadBudgetInForce(d.Config.Stripe.MonthlyReadBudget, payments), used, payments, true
 }
 
 // pollWithinReadBudget is the backstop behind the adaptive interval: with

@@ -23,6 +23,16 @@ func AutoReadBudget(payments30 int64) int64 {
 	return max(minAllocation, readsPerPayment*payments30) / 2
 }
 
+// ReadBudgetInForce is stripe.monthly_read_budget as it applies now (0: no
+// cap): configured when it is a number, or for auto (any negative value,
+// config.ReadBudgetAuto) what the payments of the last 30 days earn.
+func ReadBudgetInForce(configured int, payments30 int64) int64 {
+	if configured < 0 {
+		return AutoReadBudget(payments30)
+	}
+	return int64(configured)
+}
+
 // ReadPacer spreads scheduled polls so that the API reads of a rolling 30
 // days stay within Budget (stripe.monthly_read_budget). It is a token
 // bucket that fills at Budget per 30 days, holds at most one day's worth,
