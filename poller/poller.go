@@ -47,6 +47,12 @@ const retentionTolerance = 10 * time.Minute
 // RetentionEdge is the oldest time whose events Stripe still lists.
 func RetentionEdge(now time.Time) time.Time { return now.Add(-Retention) }
 
+// maxOneCall bounds the range a quiet pass's tip lists from complete_until
+// to save the re-scan's request: the slowest poll interval (an hour) and
+// the lookback, with room; a longer gap (a backfill, a long stop) is the
+// re-scan's, in parallel slices.
+const maxOneCall = 2 * time.Hour
+
 // pruneMargin is how far behind the settled time seen event ids are kept.
 const pruneMargin = time.Hour
 
@@ -157,6 +163,12 @@ type Poller struct {
 	tipCovered time.Time
 	// skewWarned is whether the clock skew was last logged as too large.
 	skewWarned bool
+	// quiet is whether the last pass found nothing new in one tip page:
+	// the next tip reaches back to complete_until (one call). tipNarrow is
+	// where this pass's tip would have begun without that: an event older
+	// than it that the tip finds new was listed late.
+	quiet     bool
+	tipNarrow time.Time
 }
 
 // Progress describes a pass as it goes.
@@ -376,8 +388,7 @@ func (p *Poller) noteSkew(skew time.Duration) {
 	}
 }
 
-func (p *Poller) poll(ctx context.Context, complete bool) (Result, error) {
-	var res Result
+func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error) {
 	pos, err := p.load()
 	if err != nil {
 		return res, err
@@ -400,6 +411,19 @@ func (p *Poller) poll(ctx context.Context, complete bool) (Result, error) {
 	if p.tipCovered.IsZero() {
 		defer func() { p.tipCovered = tipFrom }() // once this first tip listing is done
 	}
+	// One call on a quiet stream: the tip reaches back to complete_until,
+	// so the same answer serves as the re-scan of what is older than
+	// now − lookback. Only after a pass that found nothing new — a busy
+	// stream keeps the narrow tip, so each event is listed about twice —
+	// and only over a range a quiet stream fills with one page.
+	settledFrom := pos.Settled
+	p.tipNarrow = tipFrom
+	if p.quiet && len(pos.Scans) == 0 && len(pos.Rescanned) == 0 && pos.Settled.Before(tipFrom) &&
+		tipFrom.Sub(pos.Settled) <= maxOneCall {
+		tipFrom = pos.Settled
+	}
+	tipPages := 0
+	defer func() { p.quiet = err == nil && res.New == 0 && tipPages == 1 }()
 	q := stripeapi.EventQuery{Types: p.Types, CreatedGTE: tipFrom}
 	for first := true; ; first = false {
 		page, err := p.Events.ListEvents(ctx, q)
@@ -414,9 +438,17 @@ func (p *Poller) poll(ctx context.Context, complete bool) (Result, error) {
 			now = minTime(now, p.now())
 		}
 		last := !page.HasMore
+		tipPages++
 		if err := p.commit(&res, page, "tip", now, func(pos *cursor.Position) bool {
-			if last {
-				pos.Tip = now
+			if !last {
+				return false
+			}
+			pos.Tip = now
+			// The listing covered [settledFrom, now) after everything
+			// older than now − lookback could no longer be late: exactly
+			// what the re-scan of that range would have found.
+			if horizon := now.Add(-p.Lookback); tipFrom.Equal(settledFrom) && horizon.After(settledFrom) {
+				return pos.Record(cursor.Slice{From: settledFrom, To: horizon, Pages: tipPages}, true)
 			}
 			return false
 		}); err != nil {
@@ -690,7 +722,7 @@ func (p *Poller) commit(res *Result, page stripeapi.EventPage, phase string, tar
 				}
 			}
 			fresh++
-			if phase == "rescan" && !p.tipCovered.IsZero() && !ev.Created.Before(p.tipCovered) {
+			if (phase == "rescan" || ev.Created.Before(p.tipNarrow)) && !p.tipCovered.IsZero() && !ev.Created.Before(p.tipCovered) {
 				late++
 			}
 			outcome, err := p.route(tx, ev, now)

@@ -24,6 +24,7 @@ import (
 // and against the docs-literal loop. It needs no key and no config.
 func (a *app) benchCommand() *cobra.Command {
 	cfg := bench.Config{Docs: true, Ceiling: true}
+	pace := true
 	cmd := &cobra.Command{
 		Use:   "bench [--events N] [--sessions N] [--latency D] [--global-limit R] ...",
 		Short: "Time a backfill against simulated Stripe: wall vs the rate-limit floor, 429s, memory, the docs loop",
@@ -51,12 +52,26 @@ func (a *app) benchCommand() *cobra.Command {
 			if err != nil {
 				return fmt.Errorf("bench: %w", err)
 			}
+			if pace {
+				for _, pc := range []bench.PaceConfig{
+					{Name: "quiet account", Days: 30},
+					{Name: "busy account", Days: 1, OrdersPerDay: 1000, History: true},
+				} {
+					cfg.Progress.Write([]byte(fmt.Sprintf("poll pacing: %s, %d simulated days\n", pc.Name, pc.Days)))
+					pr, err := bench.RunPace(cmd.Context(), pc)
+					if err != nil {
+						return fmt.Errorf("bench: poll pacing, %s: %w", pc.Name, err)
+					}
+					rep.Pace = append(rep.Pace, *pr)
+				}
+			}
 			bench.Print(a.stdout, rep)
 			return nil
 		},
 	}
 	f := cmd.Flags()
 	f.IntVar(&cfg.Events, "events", 20000, "events in the backfill (of the types fulfilld lists)")
+	f.BoolVar(&pace, "pace", true, "also simulate 30 quiet days and a busy day of polling under the default read budget")
 	f.IntVar(&cfg.Sessions, "sessions", 2000, "paid Checkout Sessions among them")
 	f.DurationVar(&cfg.Latency, "latency", 250*time.Millisecond, "mean latency of each simulated request")
 	f.DurationVar(&cfg.Jitter, "jitter", 100*time.Millisecond, "latency spreads uniformly over latency±jitter")

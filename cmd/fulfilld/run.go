@@ -58,7 +58,7 @@ func (a *app) newDaemon(db store.Store) *daemon.Daemon {
 		Fulfiller:  a.fulfiller(queues, client),
 		Deliverer:  a.deliverer(queues),
 		Reconciler: a.reconciler(stream, client),
-		Metrics:    metrics.New(db, a.now),
+		Metrics:    a.metrics(db),
 		Logger:     a.log,
 		Now:        a.now,
 		Socket:     a.socketPath(),
@@ -166,4 +166,12 @@ func (a *app) dryRun(ctx context.Context, since time.Time) error {
 			"events_listed", res.Listed, "events_new", res.New, "sessions_to_fulfill", res.Queued)
 	}
 	return authHint(err)
+}
+
+// metrics are the daemon's Prometheus series, with the configured read
+// budget so /metrics shows the one in force.
+func (a *app) metrics(db store.Store) *metrics.Metrics {
+	m := metrics.New(db, a.now)
+	m.SetReadBudget(a.cfg.Stripe.MonthlyReadBudget)
+	return m
 }

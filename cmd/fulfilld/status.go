@@ -68,6 +68,7 @@ func (a *app) status(ctx context.Context) (*status.Report, error) {
 		return nil, err
 	}
 	st.Store = a.cfg.Store.Path
+	st.SetReadBudget(a.cfg.Stripe.MonthlyReadBudget)
 	return st, nil
 }
 

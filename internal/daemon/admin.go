@@ -79,6 +79,7 @@ func (d *Daemon) adminHandler(work context.Context, once bool) http.Handler {
 			return
 		}
 		st.Store = d.Config.Store.Path
+		st.SetReadBudget(d.Config.Stripe.MonthlyReadBudget)
 		writeAdmin(w, st)
 	})
 	mux.HandleFunc("GET /session/{id}", func(w http.ResponseWriter, r *http.Request) {
@@ -99,6 +100,7 @@ func (d *Daemon) adminHandler(work context.Context, once bool) http.Handler {
 		// On the daemon's context: the operator's Ctrl-C does not cut the
 		// action off half-way.
 		id := r.PathValue("id")
+		d.PollNow("fulfill command")
 		rec, err := d.Fulfiller.Fulfill(work, id, fulfill.TriggerManual, "")
 		d.SaveUsage()
 		if err != nil && rec.SessionID == "" {
@@ -127,6 +129,7 @@ func (d *Daemon) adminHandler(work context.Context, once bool) http.Handler {
 			d.adminFail(w, &UsageError{err})
 			return
 		}
+		d.PollNow("reconcile command")
 		sw, err := d.Reconciler.Sweep(work, since)
 		d.SaveUsage()
 		if err != nil {

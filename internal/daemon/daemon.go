@@ -8,9 +8,7 @@ import (
 	"os"
 	"time"
 
-	"github.com/fulfilld/fulfilld/config"
 	"github.com/fulfilld/fulfilld/fulfill"
-	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/poller"
 )
@@ -207,48 +205,6 @@ type cronLogger struct{ l *slog.Logger }
 func (c cronLogger) Info(msg string, kv ...any) { c.l.Debug(msg, kv...) }
 func (c cronLogger) Error(err error, msg string, kv ...any) {
 	c.l.Error(msg, append(kv, "err", err)...)
-}
-
-// pollWithinReadBudget is asked before each scheduled poll. With
-// stripe.monthly_read_budget set it skips the poll while the reads of a
-// rolling 30 days would exceed the budget, which stretches the poll
-// interval; queued work goes on. It logs once when skipping starts and once
-// when polls resume.
-func (d *Daemon) pollWithinReadBudget() bool {
-	configured := d.Config.Stripe.MonthlyReadBudget
-	if configured == 0 {
-		return true
-	}
-	var used, payments int64
-	err := d.DB.View(func(tx store.Tx) error {
-		r, err := stripeapi.LoadUsage(tx, d.now())
-		used, payments = r.Last30Days.Total(), r.Last30Days.Payments
-		return err
-	})
-	if err != nil {
-		d.Logger.Warn("could not read API usage for stripe.monthly_read_budget; polling anyway", "err", err)
-		return true
-	}
-	budget := int64(configured)
-	if configured == config.ReadBudgetAuto {
-		// Stripe's allocation grows with the payments of the last 30
-		// days; half of it is fulfilld's.
-		budget = stripeapi.AutoReadBudget(payments)
-	}
-	if d.reads == nil {
-		d.reads = &stripeapi.ReadPacer{Budget: budget}
-	}
-	d.reads.SetBudget(budget)
-	dec := d.reads.Allow(d.now(), d.Client.Transport.Sent(), used)
-	switch {
-	case dec.Changed && !dec.Poll:
-		d.Logger.Warn("skipping scheduled polls to stay inside stripe.monthly_read_budget: "+dec.Reason,
-			"reads_last_30_days", used, "monthly_read_budget", budget, "projected_30_days", dec.Projected)
-	case dec.Changed:
-		d.Logger.Info("polling on schedule again: back inside stripe.monthly_read_budget",
-			"reads_last_30_days", used, "monthly_read_budget", budget)
-	}
-	return dec.Poll
 }
 
 // Reconcile is one sweep of sessions created since from, with the queues

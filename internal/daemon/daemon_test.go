@@ -47,9 +47,20 @@ func (r *recorder) count(id string) int {
 
 func newDaemon(t *testing.T, sim *stripesim.Server) (*daemon.Daemon, *recorder) {
 	t.Helper()
+	return newDaemonAt(t, sim, nil, func(*config.Config) {})
+}
+
+// newDaemonAt is newDaemon on a simulated clock (nil: the host's), with
+// the configuration adjusted by set before New.
+func newDaemonAt(t *testing.T, sim *stripesim.Server, clock *stripesim.Clock, set func(*config.Config)) (*daemon.Daemon, *recorder) {
+	t.Helper()
+	now := time.Now
+	if clock != nil {
+		now = clock.Now
+	}
 	s := storetest.Open(t)
 	client := stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: sim.URL(),
-		Limits: stripeapi.Limits{Global: 1000, Endpoint: 1000}})
+		Limits: stripeapi.Limits{Global: 1000, Endpoint: 1000}, Now: now})
 	health := storehealth.NewHealth(nil)
 	queues := storehealth.New(store.As[fulfill.Tx](s), health)
 	stream := storehealth.New(store.As[poller.Tx](s), health)
@@ -63,13 +74,15 @@ func newDaemon(t *testing.T, sim *stripesim.Server) (*daemon.Daemon, *recorder) 
 			Schedule: "@every 1h", Window: 72 * time.Hour,
 		},
 	}
+	set(cfg)
 	d := daemon.New(&daemon.Daemon{
 		Config: cfg, DB: s, Health: health, Client: client,
-		Poller:     &poller.Poller{DB: stream, Events: client, Types: cfg.Events.Types, Lookback: cfg.Events.Lookback, Clock: poller.ClientClock{Client: client}},
-		Fulfiller:  &fulfill.Fulfiller{DB: queues, Sessions: client, Action: act, MaxAttempts: 3, Concurrency: 2},
-		Reconciler: &poller.Reconciler{DB: stream, Sessions: client, Events: client, Types: cfg.Events.Types, Clock: poller.ClientClock{Client: client}},
+		Poller:     &poller.Poller{DB: stream, Events: client, Types: cfg.Events.Types, Lookback: cfg.Events.Lookback, Clock: poller.ClientClock{Client: client}, Now: now},
+		Fulfiller:  &fulfill.Fulfiller{DB: queues, Sessions: client, Action: act, MaxAttempts: 3, Concurrency: 2, Now: now},
+		Reconciler: &poller.Reconciler{DB: stream, Sessions: client, Events: client, Types: cfg.Events.Types, Clock: poller.ClientClock{Client: client}, Now: now},
 		Metrics:    metrics.New(s, nil),
 		Socket:     cfg.Store.Path + ".sock",
+		Now:        now,
 	}, nil)
 	return d, act
 }

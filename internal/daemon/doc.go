@@ -60,8 +60,9 @@ type Daemon struct {
 	polling   atomic.Bool
 	// stopping is set when a signal arrived: new work is refused.
 	stopping atomic.Bool
-	// reads paces polls under stripe.monthly_read_budget; see pollWithinReadBudget.
-	reads *stripeapi.ReadPacer
+	// pace stretches quiet polls under stripe.monthly_read_budget; see
+	// ScheduledPoll.
+	pace *pace
 	// jobFailures counts each scheduled job's failures in a row (jobDone).
 	jobMu       sync.Mutex
 	jobFailures map[string]int
@@ -79,6 +80,7 @@ func New(d *Daemon, progress func(poller.Progress)) *Daemon {
 	if d.Logger == nil {
 		d.Logger = slog.New(slog.DiscardHandler)
 	}
+	d.pace = newPace(d.Config.Schedule, d.now())
 	d.Fulfiller.Action = d.Metrics.Instrument("fulfill", d.Fulfiller.Action)
 	if d.Deliverer != nil {
 		for dest, action := range d.Deliverer.Destinations {

@@ -72,7 +72,7 @@ func (d *Daemon) Serve(parent context.Context) error {
 			DB: d.DB, Registry: d.Metrics.Registry, Fulfill: d.Fulfiller, Work: work,
 			MaxPollAge: 3*interval(pollSched, d.now()) + time.Minute, MinHorizon: 48 * time.Hour,
 			Wait: 10 * time.Second, Now: d.Now, Logger: d.Logger.With("component", "http"),
-			Store: d.Health,
+			Store: d.Health, Poke: func() { d.PollNow("landing page") },
 		}
 		servers = append(servers, d.startServer(l, api.Handler(), "http"))
 		d.Logger.Info("serving /metrics, /healthz, /readyz and POST /fulfill/{session_id}", "listen", l.Addr().String())
@@ -81,18 +81,10 @@ func (d *Daemon) Serve(parent context.Context) error {
 	clog := cronLogger{d.Logger.With("component", "schedule")}
 	chain := cron.NewChain(cron.Recover(clog), cron.SkipIfStillRunning(clog))
 	poll := chain.Then(cron.FuncJob(func() {
-		if !d.pollWithinReadBudget() {
+		ran, res, err := d.ScheduledPoll(ctx)
+		if !ran {
 			return
 		}
-		d.polling.Store(true)
-		d.beat()
-		defer d.polling.Store(false)
-		res, err := d.Poller.Poll(ctx, false)
-		if err == nil {
-			_, err = d.Reconciler.SweepAgedOut(ctx)
-		}
-		d.Metrics.Poll(err)
-		d.SaveUsage()
 		if err == nil && api != nil {
 			api.Ready.Store(true)
 		}

@@ -64,6 +64,9 @@ type Server struct {
 	// (default 16): the endpoint is unauthenticated, and each one costs a
 	// Stripe request that the queue's own retrieves need too.
 	MaxInFlight int
+	// Poke, when set, is told that a landing page asked for a fulfilment:
+	// orders are coming in, so the daemon polls at schedule again.
+	Poke func()
 
 	slotsOnce sync.Once
 	slots     chan struct{}
@@ -172,6 +175,9 @@ func (s *Server) fulfill(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Retry-After", "30")
 		writeJSON(w, http.StatusServiceUnavailable, map[string]string{"error": "shutting down; try again shortly (the order is fulfilled by the poller in any case)"})
 		return
+	}
+	if s.Poke != nil {
+		s.Poke()
 	}
 	s.slotsOnce.Do(func() { s.slots = make(chan struct{}, cmp.Or(s.MaxInFlight, 16)) })
 	select {

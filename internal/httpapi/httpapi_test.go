@@ -284,7 +284,14 @@ func TestLandingPageFulfill(t *testing.T) {
 			t.Parallel()
 			f := &fakeFulfiller{fn: tt.fn}
 			s, _ := newServer(t, f)
+			pokes := 0
+			s.Poke = func() { pokes++ }
 			code, body := serve(t, s, http.MethodPost, tt.path)
+			// A landing page that asks means orders are coming in: the
+			// daemon polls at schedule again. A bad id says nothing.
+			if want := map[bool]int{true: 0, false: 1}[tt.noCall]; pokes != want {
+				t.Errorf("POST %.40s told the daemon %d times that orders come in, want %d", tt.path, pokes, want)
+			}
 			// The endpoint has no authentication: the action's output and
 			// internal errors stay with the operator.
 			if raw, _ := json.Marshal(body); strings.Contains(string(raw), secretOutput) {

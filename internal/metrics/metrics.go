@@ -7,6 +7,7 @@ package metrics
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -22,6 +23,20 @@ type Metrics struct {
 	Registry       *prometheus.Registry
 	polls          *prometheus.CounterVec
 	actionDuration *prometheus.HistogramVec
+	budget         readBudget
+}
+
+// readBudget is the configured stripe.monthly_read_budget, once known.
+type readBudget struct {
+	configured atomic.Int64
+	set        atomic.Bool
+}
+
+// SetReadBudget tells /metrics the configured stripe.monthly_read_budget
+// (config.ReadBudgetAuto, 0 or a number), so it shows the budget in force.
+func (m *Metrics) SetReadBudget(configured int) {
+	m.budget.configured.Store(int64(configured))
+	m.budget.set.Store(true)
 }
 
 // New registers fulfilld's series, the store-backed ones reading db; now
@@ -45,7 +60,7 @@ func New(db status.Store, now func() time.Time) *Metrics {
 	for _, outcome := range []string{"ok", "error"} {
 		m.polls.WithLabelValues(outcome) // present at 0 before the first poll
 	}
-	m.Registry.MustRegister(m.polls, m.actionDuration, &storeCollector{db: db, now: now},
+	m.Registry.MustRegister(m.polls, m.actionDuration, &storeCollector{db: db, now: now, budget: &m.budget},
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -108,6 +123,10 @@ var (
 		"Requests Stripe answered with 429.", nil, nil)
 	descReads30d = prometheus.NewDesc("fulfilld_stripe_reads_30d",
 		"Requests sent to Stripe over the last 30 days.", nil, nil)
+	descReadBudget = prometheus.NewDesc("fulfilld_stripe_read_budget",
+		"stripe.monthly_read_budget in force: reads allowed per rolling 30 days (0: no cap).", nil, nil)
+	descReadsProjected = prometheus.NewDesc("fulfilld_stripe_reads_projected_30d",
+		"Requests a rolling 30 days would hold at the pace of the last 7 days.", nil, nil)
 	descClockSkew = prometheus.NewDesc("fulfilld_clock_skew_seconds",
 		"Stripe's clock minus this host's, as the last poll observed it.", nil, nil)
 	descScrapeError = prometheus.NewDesc("fulfilld_store_scrape_error",
@@ -116,14 +135,15 @@ var (
 
 // storeCollector reads the store on every scrape.
 type storeCollector struct {
-	db  status.Store
-	now func() time.Time
+	db     status.Store
+	now    func() time.Time
+	budget *readBudget
 }
 
 func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFulfillments, descRecovered, descQueue, descDeadLetters, descEvents,
 		descMalformed, descLag, descHorizon, descLastSuccess, descRequests, descResponses, descRateLimited,
-		descReads30d, descClockSkew, descScrapeError} {
+		descReads30d, descReadBudget, descReadsProjected, descClockSkew, descScrapeError} {
 		ch <- d
 	}
 }
@@ -175,5 +195,10 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	counter(descRateLimited, float64(st.API.Total.RateLimited))
 	gauge(descReads30d, float64(st.API.Last30Days.Total()))
+	gauge(descReadsProjected, float64(st.API.Projected30Days()))
+	if c.budget.set.Load() {
+		st.SetReadBudget(int(c.budget.configured.Load()))
+		gauge(descReadBudget, float64(st.API.ReadBudget.Budget))
+	}
 	gauge(descScrapeError, failed)
 }

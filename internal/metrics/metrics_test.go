@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/fulfilld/fulfilld/config"
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/metrics"
@@ -102,6 +103,7 @@ func TestStoreGauges(t *testing.T) {
 	// The host's clock runs 30 minutes ahead of Stripe's (the skew the
 	// last poll saw is -1800 s): lag and horizon are on Stripe's clock.
 	m := metrics.New(db, func() time.Time { return now.Add(30 * time.Minute) })
+	m.SetReadBudget(config.ReadBudgetAuto)
 	f := &fulfill.Fulfiller{
 		DB: store.As[fulfill.Tx](db), Sessions: paidSessions{}, Action: m.Instrument("fulfill", action{}),
 		MaxAttempts: 1, Concurrency: 1, Now: func() time.Time { return now },
@@ -205,6 +207,10 @@ func TestStoreGauges(t *testing.T) {
 		{"fulfilld_stripe_responses_total", map[string]string{"status": "429"}, 1},
 		{"fulfilld_stripe_rate_limited_total", nil, 1},
 		{"fulfilld_stripe_reads_30d", nil, 11},
+		// auto with a handful of payments: the floor, half of 10,000; 11
+		// reads on the one day so far project to 330 in 30 days.
+		{"fulfilld_stripe_read_budget", nil, 5000},
+		{"fulfilld_stripe_reads_projected_30d", nil, 330},
 		{"fulfilld_store_scrape_error", nil, 0},
 		{"fulfilld_polls_total", map[string]string{"outcome": "ok"}, 2},
 		{"fulfilld_polls_total", map[string]string{"outcome": "error"}, 1},

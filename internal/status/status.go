@@ -88,11 +88,11 @@ type Report struct {
 	// IntentFulfillments counts PaymentIntents fulfilled on their own
 	// (fulfill.payment_intents) by state, owned (by a Checkout Session,
 	// never run) included; absent while there are none.
-	IntentFulfillments map[string]int        `json:"payment_intent_fulfillments,omitempty"`
-	Events             []cursor.EventCount   `json:"events"`
-	BadEvents          badEventsStatus       `json:"bad_events"`
-	Failures           []failureStatus       `json:"failures"`
-	API                stripeapi.UsageReport `json:"api"`
+	IntentFulfillments map[string]int      `json:"payment_intent_fulfillments,omitempty"`
+	Events             []cursor.EventCount `json:"events"`
+	BadEvents          badEventsStatus     `json:"bad_events"`
+	Failures           []failureStatus     `json:"failures"`
+	API                API                 `json:"api"`
 	// Deliveries counts event deliveries by destination (forward,
 	// notify) and state; Notifications is its notify part, as before.
 	Deliveries       map[string]map[string]int `json:"deliveries"`
@@ -138,6 +138,41 @@ type failureStatus struct {
 	Attempts  int    `json:"attempts"`
 	LastError string `json:"last_error"`
 	Updated   string `json:"updated"`
+}
+
+// API is Stripe usage: requests over all time and the last 30 days, and,
+// once SetReadBudget was told the configuration, the read budget.
+type API struct {
+	stripeapi.UsageReport
+	ReadBudget *ReadBudget `json:"read_budget,omitempty"`
+}
+
+// ReadBudget is stripe.monthly_read_budget as it stands.
+type ReadBudget struct {
+	// Budget is the cap in force (0: none); Mode says where it comes from:
+	// "auto" (from the payments of the last 30 days), "fixed" or "none".
+	Budget int64  `json:"budget"`
+	Mode   string `json:"mode"`
+	// ReadsLast30Days is what the rolling 30 days hold; Projected30Days
+	// what they would hold at the pace of the last 7 days.
+	ReadsLast30Days int64 `json:"reads_last_30_days"`
+	Projected30Days int64 `json:"projected_30_days"`
+}
+
+// SetReadBudget fills in the read budget from the configured
+// stripe.monthly_read_budget (config.ReadBudgetAuto, 0 or a number).
+func (st *Report) SetReadBudget(configured int) {
+	mode := "fixed"
+	switch {
+	case configured < 0:
+		mode = "auto"
+	case configured == 0:
+		mode = "none"
+	}
+	st.API.ReadBudget = &ReadBudget{
+		Budget: stripeapi.ReadBudgetInForce(configured, st.API.Last30Days.Payments), Mode: mode,
+		ReadsLast30Days: st.API.Last30Days.Total(), Projected30Days: st.API.Projected30Days(),
+	}
 }
 
 // Read reads the report from the store, with now on the host's clock.
@@ -221,7 +256,7 @@ func Read(db Store, now time.Time) (*Report, error) {
 		if st.LastSweep != nil {
 			st.LastSweep.Misses = nil // shown once, as webhook_misses
 		}
-		st.API, err = stripeapi.LoadUsage(tx, now)
+		st.API.UsageReport, err = stripeapi.LoadUsage(tx, now)
 		return err
 	})
 	if st.Events == nil {
@@ -302,6 +337,14 @@ func (st *Report) WriteText(w io.Writer) {
 	}
 	fmt.Fprintf(tw, "api requests\t%d in all, %d in the last 30 days, %d answered 429\n",
 		st.API.Total.Total(), st.API.Last30Days.Total(), st.API.Total.RateLimited)
+	if b := st.API.ReadBudget; b != nil {
+		limit := "no cap"
+		if b.Budget > 0 {
+			limit = fmt.Sprintf("%d (%s)", b.Budget, b.Mode)
+		}
+		fmt.Fprintf(tw, "read budget\t%s; %d read in the last 30 days, %d projected at the last 7 days' pace\n",
+			limit, b.ReadsLast30Days, b.Projected30Days)
+	}
 	for _, k := range sortedKeys(st.API.Total.Requests) {
 		fmt.Fprintf(tw, "  %s\t%d\n", k, st.API.Total.Requests[k])
 	}

@@ -111,3 +111,25 @@ func TestAutoReadBudget(t *testing.T) {
 		}
 	}
 }
+
+// TestBudgetInterval: how far quiet polls stretch under a budget — a poll
+// every few minutes under the smallest auto budget, none under no cap, the
+// hour at most when the budget is spent.
+func TestBudgetInterval(t *testing.T) {
+	for _, tt := range []struct {
+		name           string
+		budget, used   int64
+		perPoll, other float64
+		min, max       time.Duration
+	}{
+		{"no cap", 0, 0, 1, 0, 0, 0},
+		{"smallest auto budget, a read a poll", 5_000, 0, 1, 0, 9 * time.Minute, 10 * time.Minute},
+		{"hourly sweeps leave less for polls", 5_000, 0, 1, 1.0 / 3600, 11 * time.Minute, 12 * time.Minute},
+		{"budget spent", 5_000, 5_000, 1, 0, time.Hour, time.Hour},
+		{"a busy account's budget", 250_000, 0, 1, 0, 0, 15 * time.Second},
+	} {
+		if got := BudgetInterval(tt.budget, tt.used, tt.perPoll, tt.other); got < tt.min || got > tt.max {
+			t.Errorf("%s: %s, want %s–%s", tt.name, got, tt.min, tt.max)
+		}
+	}
+}

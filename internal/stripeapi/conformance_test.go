@@ -135,6 +135,17 @@ func TestConformanceWithStripeMock(t *testing.T) {
 			},
 		},
 		{
+			// Batch hydration (fulfill/batch.go): queued sessions read a
+			// hundred to a request, line items expanded in the list.
+			name: "queued sessions a hundred to a request", path: "/v1/checkout/sessions",
+			query: []string{"status=complete", "created[gte]=", "created[lte]=", "expand[0]=data.line_items",
+				"starting_after=cs_", "limit=100"},
+			call: func() error {
+				_, err := c.ListCompleteSessions(ctx, now.Add(-time.Hour), now, "cs_test_b2")
+				return err
+			},
+		},
+		{
 			name: "retrieve a PaymentIntent (fulfill.payment_intents)", path: "/v1/payment_intents/pi_1NG8Du2eZvKYlo2C",
 			call: func() error {
 				_, err := c.GetPaymentIntent(ctx, "pi_1NG8Du2eZvKYlo2C")

@@ -23,6 +23,16 @@ func AutoReadBudget(payments30 int64) int64 {
 	return max(minAllocation, readsPerPayment*payments30) / 2
 }
 
+// ReadBudgetInForce is stripe.monthly_read_budget as it applies now (0: no
+// cap): configured when it is a number, or for auto (any negative value,
+// config.ReadBudgetAuto) what the payments of the last 30 days earn.
+func ReadBudgetInForce(configured int, payments30 int64) int64 {
+	if configured < 0 {
+		return AutoReadBudget(payments30)
+	}
+	return int64(configured)
+}
+
 // ReadPacer spreads scheduled polls so that the API reads of a rolling 30
 // days stay within Budget (stripe.monthly_read_budget). It is a token
 // bucket that fills at Budget per 30 days, holds at most one day's worth,
@@ -98,4 +108,107 @@ func (p *ReadPacer) Allow(now time.Time, sent, used30 int64) ReadDecision {
 	d.Changed = d.Poll == p.skipping
 	p.skipping = !d.Poll
 	return d
+}
+
+// MaxPollInterval is the longest a quiet stream stretches the poll interval:
+// a landing page that could not reach fulfilld, or a webhook-less shop
+// whose customer waits, is served by the next poll at the latest.
+const MaxPollInterval = time.Hour
+
+// budgetMargin is the share of the budget the stretched interval aims at:
+// the rest absorbs what the pace cannot see coming (a burst of retrieves, a
+// sweep that pages).
+const budgetMargin = 0.9
+
+// BudgetInterval is the poll interval that keeps a rolling 30 days inside
+// budget: polls that cost perPoll reads each, beside the other reads
+// (retrieves, sweeps) that go on at otherPerSec, spend no more than the
+// budget's margin, nor more than what is left of it in the last 30 days
+// spread over the next 30. 0 means no cap (budget 0): no stretching.
+func BudgetInterval(budget, used30 int64, perPoll, otherPerSec float64) time.Duration {
+	if budget <= 0 {
+		return 0
+	}
+	perSec := min(budgetMargin*float64(budget), float64(budget-used30)) / readWindow.Seconds()
+	perSec -= otherPerSec
+	if perSec <= 0 {
+		return MaxPollInterval
+	}
+	iv := time.Duration(max(perPoll, 1) / perSec * float64(time.Second))
+	return min(iv, MaxPollInterval)
+}
+
+// PollPace is the adaptive poll interval: polls run at Schedule while
+// events flow; after each poll that found nothing new the next is due
+// twice as late, up to the interval the read budget asks for (never past
+// MaxPollInterval); a trigger — a landing page, a `fulfill` or `reconcile`
+// command, a poll that found new events — brings it straight back to
+// Schedule. The cron schedule keeps ticking at Schedule; Due says whether a
+// tick polls.
+type PollPace struct {
+	Schedule time.Duration
+
+	mu       sync.Mutex
+	interval time.Duration // 0: Schedule
+	due      time.Time     // zero: the next tick
+}
+
+// PaceChange says when the interval crossed Schedule: the moment to log,
+// once each way.
+type PaceChange int
+
+const (
+	PaceSame    PaceChange = iota
+	PaceSlowed             // the interval left Schedule
+	PaceResumed            // the interval is back at Schedule
+)
+
+// Due reports whether a scheduled tick at now polls.
+func (p *PollPace) Due(now time.Time) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.due.IsZero() || !now.Before(p.due)
+}
+
+// Interval is the interval in force.
+func (p *PollPace) Interval() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return max(p.interval, p.Schedule)
+}
+
+// Polled is told how the poll that started at start went: fresh says it
+// found new events; limit is what the budget asks for (BudgetInterval).
+func (p *PollPace) Polled(start time.Time, fresh bool, limit time.Duration) PaceChange {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	was := max(p.interval, p.Schedule)
+	next := p.Schedule
+	if !fresh {
+		next = min(was*2, max(limit, p.Schedule))
+	}
+	p.interval = next
+	// Half a period early: the tick that lands on the interval polls even
+	// when the poll itself started a little after its tick.
+	p.due = start.Add(next - p.Schedule/2)
+	return change(was, next, p.Schedule)
+}
+
+// Trigger brings the interval back to Schedule: the next tick polls.
+func (p *PollPace) Trigger() PaceChange {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	was := max(p.interval, p.Schedule)
+	p.interval, p.due = p.Schedule, time.Time{}
+	return change(was, p.Schedule, p.Schedule)
+}
+
+func change(was, now, schedule time.Duration) PaceChange {
+	switch {
+	case was <= schedule && now > schedule:
+		return PaceSlowed
+	case was > schedule && now <= schedule:
+		return PaceResumed
+	}
+	return PaceSame
 }

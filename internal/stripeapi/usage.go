@@ -18,6 +18,19 @@ func SaveUsage(tx UsageTx, day time.Time, u Usage) error { return tx.AddUsage(da
 type UsageReport struct {
 	Total      Usage `json:"total"`
 	Last30Days Usage `json:"last_30_days"`
+	// Last7Days and DaysUsed7 (the days of those 7 with any request) are
+	// the current pace, from which a 30-day projection is made.
+	Last7Days Usage `json:"last_7_days"`
+	DaysUsed7 int   `json:"days_used_last_7"`
+}
+
+// Projected30Days is the reads a rolling 30 days would hold at the pace of
+// the last 7 days (those the daemon ran on).
+func (r UsageReport) Projected30Days() int64 {
+	if r.DaysUsed7 == 0 {
+		return 0
+	}
+	return r.Last7Days.Total() * 30 / int64(r.DaysUsed7)
 }
 
 // LoadUsage reads usage over all time and over the 30 days before now.

@@ -74,7 +74,9 @@ func (t *Tx) UsageReport(now time.Time) (stripeapi.UsageReport, error) {
 	var r stripeapi.UsageReport
 	r.Total.Add(stripeapi.Usage{})
 	r.Last30Days.Add(stripeapi.Usage{})
+	r.Last7Days.Add(stripeapi.Usage{})
 	since := now.UTC().AddDate(0, 0, -30).Format(time.DateOnly)
+	since7 := now.UTC().AddDate(0, 0, -7).Format(time.DateOnly)
 	err := t.b(bucketUsage).ForEach(func(k, v []byte) error {
 		var u stripeapi.Usage
 		if err := json.Unmarshal(v, &u); err != nil {
@@ -83,6 +85,10 @@ func (t *Tx) UsageReport(now time.Time) (stripeapi.UsageReport, error) {
 		r.Total.Add(u)
 		if string(k) > since {
 			r.Last30Days.Add(u)
+		}
+		if string(k) > since7 && u.Total() > 0 {
+			r.Last7Days.Add(u)
+			r.DaysUsed7++
 		}
 		return nil
 	})
