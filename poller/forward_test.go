@@ -263,3 +263,33 @@ func TestMeasureForwardThroughput(t *testing.T) {
 			concurrency, res.Listed, res.Pages, listed.Seconds(), pass.Fulfilled, got, took.Seconds(), float64(pass.Fulfilled)/took.Seconds())
 	}
 }
+
+// TestForwardCatchesUpOnEventsAlreadySeen: fulfilld ran without forward;
+// the operator turns it on and runs --since to catch up, as the README
+// says. Events the stream had already handled are forwarded all the same —
+// once: a second catch-up queues nothing.
+func TestForwardCatchesUpOnEventsAlreadySeen(t *testing.T) {
+	h := newHarness(t)
+	for i := range 3 {
+		h.paid(t0.Add(-time.Duration(20+i)*time.Minute), 1)
+	}
+	h.pass(t0.Add(-time.Hour)) // handled: every event is in the seen-set
+	d := h.forwarder("http://127.0.0.1:1")
+	queued := func() int {
+		var n int
+		if err := h.db.View(func(tx store.Tx) (err error) { n, err = tx.QueueLen(fulfill.DeliveryQueue); return err }); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	events := h.sim.EventCount()
+	h.pass(t0.Add(-time.Hour))
+	if n := queued(); n != events {
+		t.Fatalf("%d deliveries queued by the catch-up, want the %d events already seen", n, events)
+	}
+	_ = d
+	h.pass(t0.Add(-time.Hour))
+	if n := queued(); n != events {
+		t.Errorf("a second catch-up left %d deliveries queued, want still %d (none twice)", n, events)
+	}
+}

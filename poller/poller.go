@@ -718,6 +718,21 @@ func (p *Poller) commit(res *Result, page stripeapi.EventPage, phase string, tar
 				if seen, err := cursor.Seen(tx, ev.ID); err != nil {
 					return err
 				} else if seen {
+					// Handled before, perhaps before a destination was
+					// configured (forward turned on, then --since to catch
+					// up): a destination with no record of it still gets
+					// it; one that has a record, in any state, does not.
+					if !p.DryRun && ev.Err == nil {
+						for _, dest := range p.Routes[ev.Type] {
+							added, err := fulfill.EnqueueDelivery(tx, dest, ev.ID, ev.Type, ev.Raw, now)
+							if err != nil {
+								return fmt.Errorf("event %s: %w", ev.ID, err)
+							}
+							if added {
+								notified++
+							}
+						}
+					}
 					continue
 				}
 			}
