@@ -198,28 +198,8 @@ func (f *Fulfiller) attempt(ctx context.Context, rec Record, st *stages) (Record
 	log := f.logger().With("session", rec.SessionID)
 	stop := st.stopCtx(ctx)
 	sess, err := f.retrieve(stop, rec, st)
-	switch {
-	case err == nil:
-	case stop.Err() != nil:
-		return rec, stop.Err()
-	case errors.Is(err, stripeapi.ErrAuth):
-		return rec, err
-	case errors.Is(err, stripeapi.ErrNotFound) && rec.Seq == 0 && rec.Attempts == 0:
-		// Asked for directly (a person, the landing page) and unknown to
-		// Stripe and to the ledger: a wrong id, not a dead letter.
-		return Record{}, err
-	case errors.Is(err, stripeapi.ErrNotFound):
-		log.Error("checkout session no longer exists in Stripe; marking it failed", "err", err)
-		rec.State, rec.LastError, rec.InFlight = StateFailed, err.Error(), false
-		return rec, f.save(rec, time.Time{})
-	default:
-		// Stripe is unavailable or throttling us: try again later without
-		// spending one of the action's attempts.
-		next := f.now().Add(f.backoff(rec.Attempts + 1))
-		rec.LastError, rec.NextAttempt = err.Error(), next
-		// Debug: the Stripe client already said, once, that Stripe is away.
-		log.Debug("could not retrieve checkout session; will retry", "err", err, "next_attempt", next)
-		return rec, errors.Join(f.save(rec, next), err)
+	if err != nil {
+		return f.readFailed(stop, rec, err, "checkout session", log)
 	}
 	rec.PaymentStatus, rec.LineItems = sess.PaymentStatus, sess.LineItems
 	f.noteOwner(rec.SessionID, sess.PaymentIntent)
@@ -229,6 +209,33 @@ func (f *Fulfiller) attempt(ctx context.Context, rec Record, st *stages) (Record
 		return f.settleUnpaid(rec, sess)
 	}
 	return f.act(ctx, rec, st, sess.JSON, []string{"FULFILLD_SESSION_ID=" + rec.SessionID}, sess.PaymentIntent)
+}
+
+// readFailed settles an attempt whose read from Stripe failed: a shutdown
+// or a rejected key is returned as it is; an id that Stripe does not know
+// is a wrong id when a person asked for it directly, else a dead letter;
+// anything else (Stripe away or throttling) is retried later without
+// spending one of the action's attempts.
+func (f *Fulfiller) readFailed(stop context.Context, rec Record, err error, object string, log *slog.Logger) (Record, error) {
+	switch {
+	case stop.Err() != nil:
+		return rec, stop.Err()
+	case errors.Is(err, stripeapi.ErrAuth):
+		return rec, err
+	case errors.Is(err, stripeapi.ErrNotFound) && rec.Seq == 0 && rec.Attempts == 0:
+		// Asked for directly (a person, the landing page) and unknown to
+		// Stripe and to the ledger: a wrong id, not a dead letter.
+		return Record{}, err
+	case errors.Is(err, stripeapi.ErrNotFound):
+		log.Error(object+" no longer exists in Stripe; marking it failed", "err", err)
+		rec.State, rec.LastError, rec.InFlight = StateFailed, err.Error(), false
+		return rec, f.save(rec, time.Time{})
+	}
+	next := f.now().Add(f.backoff(rec.Attempts + 1))
+	rec.LastError, rec.NextAttempt = err.Error(), next
+	// Debug: the Stripe client already said, once, that Stripe is away.
+	log.Debug("could not read the "+object+" from Stripe; will retry", "err", err, "next_attempt", next)
+	return rec, errors.Join(f.save(rec, next), err)
 }
 
 // act runs the action once for a paid record (a session, or a

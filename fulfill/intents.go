@@ -87,23 +87,8 @@ func (f *Fulfiller) attemptIntent(ctx context.Context, rec Record, st *stages) (
 	}
 	stop := st.stopCtx(ctx)
 	owner, pi, err := f.readIntent(stop, rec.SessionID, st)
-	switch {
-	case err == nil:
-	case stop.Err() != nil:
-		return rec, stop.Err()
-	case errors.Is(err, stripeapi.ErrAuth):
-		return rec, err
-	case errors.Is(err, stripeapi.ErrNotFound) && rec.Seq == 0 && rec.Attempts == 0:
-		return Record{}, err // a wrong id, not a dead letter
-	case errors.Is(err, stripeapi.ErrNotFound):
-		log.Error("payment intent no longer exists in Stripe; marking it failed", "err", err)
-		rec.State, rec.LastError, rec.InFlight = StateFailed, err.Error(), false
-		return rec, f.save(rec, time.Time{})
-	default:
-		next := f.now().Add(f.backoff(rec.Attempts + 1))
-		rec.LastError, rec.NextAttempt = err.Error(), next
-		log.Debug("could not read payment intent; will retry", "err", err, "next_attempt", next)
-		return rec, errors.Join(f.save(rec, next), err)
+	if err != nil {
+		return f.readFailed(stop, rec, err, "payment intent", log)
 	}
 	// A PaymentIntent whose action may have run (an attempt cut off by a
 	// crash or a timeout) is fulfilled as itself to the end, with its own
@@ -122,9 +107,7 @@ func (f *Fulfiller) attemptIntent(ctx context.Context, rec Record, st *stages) (
 	if pi == nil {
 		// Owned, but its action may have run: read it to run it again.
 		if pi, err = f.Intents.GetPaymentIntent(stop, rec.SessionID); err != nil {
-			next := f.now().Add(f.backoff(rec.Attempts + 1))
-			rec.LastError, rec.NextAttempt = err.Error(), next
-			return rec, errors.Join(f.save(rec, next), err)
+			return f.readFailed(stop, rec, err, "payment intent", log)
 		}
 	}
 	rec.PaymentStatus = pi.Status
