@@ -85,10 +85,6 @@ func allBuckets() [][]byte {
 	return bs
 }
 
-// initialMmap is how much address space the file's map starts with: a
-// year of a busy shop fits, so writers seldom wait for readers to remap.
-const initialMmap = 1 << 30
-
 // Store is an open bbolt file.
 type Store struct {
 	db *bbolt.DB
@@ -109,10 +105,6 @@ func Open(path string, readOnly bool, wait time.Duration) (*Store, error) {
 			// wait ever longer as the file aged; bbolt rebuilds the list
 			// when the file opens instead, and keeps it as a map.
 			NoFreelistSync: true, FreelistType: bbolt.FreelistMapType,
-			// Growing the map waits for every open reader (a scrape):
-			// map ahead, in address space only, so that it happens
-			// rarely.
-			InitialMmapSize: initialMmap,
 			OpenFile: func(name string, flag int, mode os.FileMode) (*os.File, error) {
 				file, err = os.OpenFile(name, flag, mode)
 				return file, err
