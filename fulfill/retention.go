@@ -99,7 +99,7 @@ func prunePaymentIntent(tx Tx, id string, forget bool) error {
 
 // pruneBatch is how many records one pruning transaction cuts down: small
 // enough that a writer waiting behind it waits milliseconds.
-const pruneBatch = 500
+const pruneBatch = 64
 
 // PruneSettled runs Prune in small transactions until nothing settled
 // before the given time is left, or ctx ends. It returns how many records
