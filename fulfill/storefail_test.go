@@ -188,12 +188,7 @@ func TestResultThatCannotBeSavedIsNotRepeated(t *testing.T) {
 	f := &fulfill.Fulfiller{DB: guard, Sessions: src, Action: act, MaxAttempts: 3, Concurrency: 4,
 		Now: func() time.Time { return now }}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		_, err := f.Run(ctx, fulfill.RunOptions{Wake: make(chan struct{})})
-		done <- err
-	}()
+	cancel, done := runDaemonQueue(f)
 	waitUntil(t, "the result is kept in memory", func() bool { return f.Unsaved() == 1 })
 	if rec := stateOf(t, db, "cs_1"); !rec.InFlight {
 		t.Fatalf("store says %+v; the test wants the result unrecorded", rec)
@@ -312,12 +307,7 @@ func TestKeptResultSavedWhenAnotherWriteSucceeds(t *testing.T) {
 	}}
 	f := &fulfill.Fulfiller{DB: guard, Sessions: &paidSource{}, Action: act, MaxAttempts: 3, Concurrency: 2,
 		Now: func() time.Time { return now }}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		_, err := f.Run(ctx, fulfill.RunOptions{Wake: make(chan struct{})})
-		done <- err
-	}()
+	cancel, done := runDaemonQueue(f)
 	waitUntil(t, "A's result is kept in memory", func() bool { return f.Unsaved() == 1 })
 	flaky.failing.Store(false)
 	close(releaseB)
@@ -449,4 +439,16 @@ func (w writeSpy) Schedule(q fulfill.Queue, id string, due time.Time) error {
 func (w writeSpy) Unschedule(q fulfill.Queue, id string) error {
 	*w.wrote = true
 	return w.Tx.Unschedule(q, id)
+}
+
+// runDaemonQueue works f's queue as the daemon does, until cancel; done
+// says how Run ended.
+func runDaemonQueue(f *fulfill.Fulfiller) (cancel func(), done <-chan error) {
+	ctx, stop := context.WithCancel(context.Background())
+	out := make(chan error, 1)
+	go func() {
+		_, err := f.Run(ctx, fulfill.RunOptions{Wake: make(chan struct{})})
+		out <- err
+	}()
+	return stop, out
 }
