@@ -419,7 +419,11 @@ func TestMetricsAfterBackfill(t *testing.T) {
 		// Sessions are read in batches (a list) or one by one (a retrieve).
 		retrieved, _ := sample(mfs, "fulfilld_stripe_requests_total", map[string]string{"endpoint": "GET /v1/checkout/sessions/:id"})
 		batched, _ := sample(mfs, "fulfilld_stripe_requests_total", map[string]string{"endpoint": "GET /v1/checkout/sessions"})
-		return fulfilled == paid && listed > 0 && retrieved+batched >= 1
+		// The unpaid session settles on its own read (a list keeps only
+		// paid ones): wait for it too, and for the queue to empty.
+		awaiting, _ := sample(mfs, "fulfilld_fulfillments", map[string]string{"state": "awaiting_payment"})
+		queued, _ := sample(mfs, "fulfilld_queue_depth", nil)
+		return fulfilled == paid && awaiting == 1 && queued == 0 && listed > 0 && retrieved+batched >= 1
 	}
 	if !waitFor(30*time.Second, settled, daemon.done) {
 		var names []string
