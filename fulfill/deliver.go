@@ -3,6 +3,7 @@ package fulfill
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
 	"slices"
@@ -63,6 +64,7 @@ type EventDelivery struct {
 	State       string    `json:"state"`
 	Attempts    int       `json:"attempts"`
 	InFlight    bool      `json:"in_flight,omitempty"`
+	Lease       Lease     `json:"lease,omitzero"` // see Record.Lease
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
 	LastError   string    `json:"last_error,omitempty"`
 	Output      string    `json:"output,omitempty"`
@@ -226,6 +228,8 @@ type Deliverer struct {
 	Backoff     func(attempt int) time.Duration
 	Now         func() time.Time
 	Logger      *slog.Logger
+	// Sharing is set when other instances work the same store's queue.
+	Sharing Sharing
 
 	// results are deliveries that ran but could not be recorded yet.
 	results unsaved
@@ -253,7 +257,7 @@ func (n *Deliverer) now() time.Time {
 func (n *Deliverer) Recover() (int, error) {
 	return recoverCutOff(n.DB, DeliveryQueue, func(tx Tx, key string) bool {
 		rec, ok, err := tx.EventDelivery(key)
-		return err == nil && ok && rec.InFlight
+		return err == nil && ok && n.Sharing.cutOff(tx, rec.InFlight, rec.Lease)
 	})
 }
 
@@ -286,9 +290,12 @@ func (n *Deliverer) attempt(ctx context.Context, key string) (outcome, error) {
 		return outcomeOther, err
 	}
 	var rec EventDelivery
-	var ok bool
+	var ok, busy bool
 	err := n.DB.View(func(tx Tx) (err error) {
-		rec, ok, err = tx.EventDelivery(key)
+		if rec, ok, err = tx.EventDelivery(key); err != nil || !ok {
+			return err
+		}
+		_, busy, err = n.Sharing.heldElsewhere(tx, rec.InFlight, rec.Lease, n.now())
 		return err
 	})
 	if err != nil {
@@ -302,17 +309,24 @@ func (n *Deliverer) attempt(ctx context.Context, key string) (outcome, error) {
 	if !ok || rec.State != DeliveryPending {
 		return outcomeOther, n.DB.Update(func(tx Tx) error { return tx.Unschedule(DeliveryQueue, key) })
 	}
+	if busy {
+		// Another instance delivers it now; its entry is parked until
+		// that attempt's lease ends.
+		return outcomeOther, nil
+	}
 	action := n.Destinations[dest]
 	if action == nil {
 		log.Warn("a queued delivery's destination is not configured; it waits for a configuration that has it",
 			"next_attempt", n.now().Add(noDestination))
 		return outcomeOther, n.DB.Update(func(tx Tx) error { return tx.Schedule(DeliveryQueue, key, n.now().Add(noDestination)) })
 	}
-	rec.Attempts++
-	rec.InFlight = true
-	if err := n.save(rec, n.now().Add(inFlightLease)); err != nil {
+	switch rec, err = n.start(key); {
+	case errors.Is(err, errClaimed), errors.Is(err, errSettled):
+		return outcomeOther, nil
+	case err != nil:
 		return outcomeOther, err
 	}
+	attempt := rec.Attempts
 	env := []string{
 		"FULFILLD_EVENT_ID=" + rec.EventID,
 		"FULFILLD_EVENT_TYPE=" + rec.EventType,
@@ -320,7 +334,7 @@ func (n *Deliverer) attempt(ctx context.Context, key string) (outcome, error) {
 		"FULFILLD_ATTEMPT=" + strconv.Itoa(rec.Attempts),
 	}
 	out, actErr := action.Deliver(ctx, Delivery{Body: rec.Event, Env: env, IdempotencyKey: rec.IdempotencyKey()})
-	rec.InFlight, rec.Output = false, out.Output
+	rec.InFlight, rec.Lease, rec.Output = false, Lease{}, out.Output
 	if actErr == nil && len(rec.Output) > sentOutputKept {
 		// A receiver's page on success is not worth 64 KiB per event for
 		// the retention: the start is kept, as a receipt.
@@ -352,16 +366,78 @@ func (n *Deliverer) attempt(ctx context.Context, key string) (outcome, error) {
 		log.Warn("delivery attempt failed; will retry", "attempt", rec.Attempts, "err", actErr, "next_attempt", next)
 	}
 	rec.NextAttempt = next
-	if err := n.results.save(ctx, key, func() error { return n.save(rec, next) }); err != nil {
+	err = n.results.save(ctx, key, func() error { return n.save(rec, attempt, next) })
+	if errors.Is(err, ErrClaimLost) {
+		log.Error("this delivery's result is not recorded: it outlived its lease and another instance took it over",
+			"attempt", attempt, "lease", n.Sharing.Lease)
+		return outcomeOther, err
+	}
+	if err != nil {
 		log.Error("the delivery's result could not be recorded", "attempt", rec.Attempts, "state", rec.State, "err", err)
 		return outcomeOther, err
 	}
 	return result, nil
 }
 
-func (n *Deliverer) save(rec EventDelivery, next time.Time) error {
+// errSettled: the delivery was settled (sent, dead-lettered) or removed
+// since it was looked at.
+var errSettled = errors.New("the delivery is no longer pending")
+
+// start records, before the delivery is attempted, that it is about to
+// be: one more attempt, in flight, its queue entry parked (and, when the
+// store is shared, leased to this instance). It reads the record again in
+// the same transaction, so two instances never both start one.
+func (n *Deliverer) start(key string) (EventDelivery, error) {
+	now := n.now()
+	var rec EventDelivery
+	err := n.DB.Update(func(tx Tx) error {
+		cur, ok, err := tx.EventDelivery(key)
+		switch {
+		case err != nil:
+			return err
+		case !ok || cur.State != DeliveryPending:
+			return errSettled
+		}
+		if until, busy, err := n.Sharing.heldElsewhere(tx, cur.InFlight, cur.Lease, now); err != nil {
+			return err
+		} else if busy {
+			return errBusyUntil{until}
+		}
+		if cur.Lease, err = n.Sharing.take(tx); err != nil {
+			return err
+		}
+		cur.Attempts++
+		cur.InFlight, cur.Updated = true, now
+		rec = cur
+		if err := tx.PutEventDelivery(cur); err != nil {
+			return err
+		}
+		return tx.Schedule(DeliveryQueue, key, n.Sharing.park(now))
+	})
+	var busy errBusyUntil
+	if errors.As(err, &busy) {
+		if err := n.DB.Update(func(tx Tx) error { return tx.Schedule(DeliveryQueue, key, busy.until) }); err != nil {
+			return rec, err
+		}
+		return rec, errClaimed
+	}
+	return rec, err
+}
+
+// save records a delivery's state, when attempt is not 0 only while that
+// attempt still holds it (see Sharing.stillHeld).
+func (n *Deliverer) save(rec EventDelivery, attempt int, next time.Time) error {
 	rec.Updated = n.now()
 	return n.DB.Update(func(tx Tx) error {
+		if attempt != 0 && n.Sharing.shared() {
+			cur, _, err := tx.EventDelivery(rec.Key())
+			if err != nil {
+				return err
+			}
+			if err := n.Sharing.stillHeld(cur.InFlight, cur.Lease, cur.Attempts, attempt); err != nil {
+				return err
+			}
+		}
 		if err := tx.PutEventDelivery(rec); err != nil {
 			return err
 		}

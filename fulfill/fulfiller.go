@@ -65,6 +65,8 @@ type Fulfiller struct {
 	Logger  *slog.Logger
 	// OnResult, when set, is told the state each attempt ended in.
 	OnResult func(Record)
+	// Sharing is set when other instances work the same store's queue.
+	Sharing Sharing
 
 	mu     sync.Mutex
 	claims map[string]chan struct{}
@@ -159,9 +161,12 @@ func (f *Fulfiller) fulfill(ctx context.Context, sessionID, trigger, eventID str
 		return Record{}, err
 	}
 	var rec Record
-	var found bool
+	var found, busy bool
 	err = f.DB.View(func(tx Tx) error {
-		rec, found, err = Get(tx, sessionID)
+		if rec, found, err = Get(tx, sessionID); err != nil || !found {
+			return err
+		}
+		_, busy, err = f.Sharing.heldElsewhere(tx, rec.InFlight, rec.Lease, f.now())
 		return err
 	})
 	if err != nil {
@@ -170,7 +175,9 @@ func (f *Fulfiller) fulfill(ctx context.Context, sessionID, trigger, eventID str
 	if !found {
 		rec = Record{SessionID: sessionID, State: StatePending, Trigger: trigger, EventID: eventID, Created: f.now()}
 	}
-	if rec.State == StateFulfilled || rec.State == StateFailed && trigger != TriggerManual {
+	if rec.State == StateFulfilled || rec.State == StateFailed && trigger != TriggerManual || busy {
+		// busy: another instance is attempting it right now; its queue
+		// entry is parked until that attempt's lease ends.
 		return rec, nil
 	}
 	if rec.InFlight {
@@ -261,7 +268,13 @@ func (f *Fulfiller) act(ctx context.Context, rec Record, st *stages, body []byte
 	rec.State, rec.InFlight = StatePending, true
 	// While the attempt runs its queue entry is parked far ahead, so the
 	// queue does not offer it again; Recover brings it back after a crash.
-	switch err := f.startAttempt(&rec, f.now().Add(inFlightLease), owns); {
+	switch err := f.startAttempt(&rec, owns); {
+	case errors.Is(err, errClaimed):
+		// Another instance started it since it was looked at: it is that
+		// instance's attempt, not a failed one of this.
+		rec.Attempts--
+		log.Info("another instance is attempting it now; not running the action here", "holder", rec.Lease.Holder)
+		return rec, nil
 	case errors.Is(err, errCovered):
 		log.Info("not running the action: this payment was fulfilled the other way (as its session, or as its payment intent)",
 			"state", rec.State, "owner", rec.Owner)
@@ -284,7 +297,8 @@ func (f *Fulfiller) act(ctx context.Context, rec Record, st *stages, body []byte
 	)
 	log.Info("running fulfillment action", "attempt", rec.Attempts, "trigger", rec.Trigger, "line_items", rec.LineItems)
 	out, actErr := f.Action.Deliver(ctx, Delivery{Body: body, Env: env, IdempotencyKey: rec.IdempotencyKey()})
-	rec.InFlight, rec.Output = false, out.Output
+	attempt := rec.Attempts
+	rec.InFlight, rec.Lease, rec.Output = false, Lease{}, out.Output
 	var next time.Time
 	switch {
 	case actErr == nil:
@@ -306,7 +320,13 @@ func (f *Fulfiller) act(ctx context.Context, rec Record, st *stages, body []byte
 		log.Warn("fulfillment attempt failed; will retry", "attempt", rec.Attempts, "err", actErr, "next_attempt", next)
 	}
 	rec.NextAttempt = next
-	if err := f.results.save(ctx, rec.SessionID, func() error { return f.save(rec, next) }); err != nil {
+	err := f.results.save(ctx, rec.SessionID, func() error { return f.saveResult(rec, attempt, next) })
+	if errors.Is(err, ErrClaimLost) {
+		log.Error("this attempt's result is not recorded: it outlived its lease and another instance took the session over",
+			"attempt", attempt, "state", rec.State, "lease", f.Sharing.Lease)
+		return rec, err
+	}
+	if err != nil {
 		log.Error("the action's result could not be recorded", "attempt", rec.Attempts, "state", rec.State, "err", err)
 		return rec, err
 	}
@@ -372,7 +392,7 @@ const inFlightLease = 24 * time.Hour
 func (f *Fulfiller) Recover() (int, error) {
 	return recoverCutOff(f.DB, SessionQueue, func(tx Tx, id string) bool {
 		rec, ok, err := Get(tx, id)
-		return err == nil && ok && rec.InFlight
+		return err == nil && ok && f.Sharing.cutOff(tx, rec.InFlight, rec.Lease)
 	})
 }
 
@@ -387,8 +407,23 @@ func (f *Fulfiller) backoff(attempt int) time.Duration {
 // the queue when next is zero. It does not depend on the caller's context:
 // a result must be recorded even while shutting down.
 func (f *Fulfiller) save(rec Record, next time.Time) error {
+	return f.saveResult(rec, 0, next)
+}
+
+// saveResult records an attempt's result, when attempt is not 0 only while
+// that attempt still holds the record (see Sharing.stillHeld).
+func (f *Fulfiller) saveResult(rec Record, attempt int, next time.Time) error {
 	rec.Updated = f.now()
 	return f.DB.Update(func(tx Tx) error {
+		if attempt != 0 && f.Sharing.shared() {
+			cur, _, err := Get(tx, rec.SessionID)
+			if err != nil {
+				return err
+			}
+			if err := f.Sharing.stillHeld(cur.InFlight, cur.Lease, cur.Attempts, attempt); err != nil {
+				return err
+			}
+		}
 		if err := put(tx, rec); err != nil {
 			return err
 		}
@@ -417,14 +452,26 @@ func (f *Fulfiller) retrieve(ctx context.Context, rec Record, st *stages) (*stri
 // record with InFlight set, its queue entry parked until lease. The
 // sequence number is the store's when newer, so events recorded while the
 // session was read or waited for a slot still count as news.
-func (f *Fulfiller) startAttempt(rec *Record, lease time.Time, owns string) error {
+func (f *Fulfiller) startAttempt(rec *Record, owns string) error {
 	rec.Updated = f.now()
+	park := f.Sharing.park(rec.Updated)
 	var covered *Record
 	err := f.DB.Update(func(tx Tx) error {
 		covered = nil
-		if cur, ok, err := Get(tx, rec.SessionID); err != nil {
+		cur, ok, err := Get(tx, rec.SessionID)
+		if err != nil {
 			return err
-		} else if ok && IsPaymentIntentID(rec.SessionID) && cur.State == StateOwned {
+		}
+		if until, busy, err := f.Sharing.heldElsewhere(tx, cur.InFlight, cur.Lease, rec.Updated); err != nil {
+			return err
+		} else if busy {
+			rec.Lease = cur.Lease
+			return errBusyUntil{until}
+		}
+		if rec.Lease, err = f.Sharing.take(tx); err != nil {
+			return err
+		}
+		if ok && IsPaymentIntentID(rec.SessionID) && cur.State == StateOwned {
 			// A session claimed this PaymentIntent since it was looked at.
 			covered = &cur
 			return nil
@@ -450,8 +497,16 @@ func (f *Fulfiller) startAttempt(rec *Record, lease time.Time, owns string) erro
 		if err := put(tx, *rec); err != nil {
 			return err
 		}
-		return tx.Schedule(SessionQueue, rec.SessionID, lease)
+		return tx.Schedule(SessionQueue, rec.SessionID, park)
 	})
+	var busy errBusyUntil
+	if errors.As(err, &busy) {
+		// Looked at again when that attempt's lease ends, whatever came of it.
+		if err := f.DB.Update(func(tx Tx) error { return tx.Schedule(SessionQueue, rec.SessionID, busy.until) }); err != nil {
+			return err
+		}
+		return errClaimed
+	}
 	if err == nil && covered != nil {
 		*rec = *covered
 		return errCovered

@@ -61,7 +61,10 @@ type Record struct {
 	// InFlight is set, durably, before the action runs and cleared with its
 	// result: found set after a restart, it means an attempt was cut off and
 	// the action may have run.
-	InFlight    bool      `json:"in_flight,omitempty"`
+	InFlight bool `json:"in_flight,omitempty"`
+	// Lease is the running attempt's hold on the record when instances
+	// share the store (see Sharing); empty otherwise.
+	Lease       Lease     `json:"lease,omitzero"`
 	NextAttempt time.Time `json:"next_attempt,omitzero"`
 	LastError   string    `json:"last_error,omitempty"`
 	Output      string    `json:"output,omitempty"`

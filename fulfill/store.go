@@ -47,6 +47,10 @@ type Counts struct {
 // counters, the dead-letter index and the settled index with the record,
 // in the same transaction.
 type Tx interface {
+	// Now is the store's clock: what leases of a shared store are measured
+	// on (see Sharing); a store of one's own answers the host's.
+	Now() (time.Time, error)
+
 	Session(id string) (Record, bool, error)
 	PutSession(Record) error
 	// EventDelivery reads a delivery by its DeliveryKey.

@@ -150,8 +150,24 @@ func (d *Daemon) unsavedResults() error {
 // Once is one complete pass (`run --once`): the poll and the queues side by side, the
 // queues until nothing is due.
 func (d *Daemon) Once(parent context.Context) error {
+	if d.Node != nil {
+		// One heartbeat first: it says whether this pass lists.
+		if err := d.Node.Beat(); err != nil {
+			return fmt.Errorf("shared store: %w", err)
+		}
+		defer d.runNode(parent)()
+	}
 	var pres poller.Result
 	res, err := d.pass(parent, func(ctx context.Context) error {
+		if !d.lists() {
+			d.Logger.Info("another instance lists events; this pass works the queues only")
+			return nil
+		}
+		ctx, cancel := d.listing(ctx)
+		defer cancel()
+		if err := d.startListing(ctx); err != nil {
+			return err
+		}
 		var perr error
 		pres, perr = d.Poller.Poll(ctx, true)
 		d.Metrics.Poll(perr)
@@ -172,8 +188,10 @@ func (d *Daemon) Once(parent context.Context) error {
 		return err
 	}
 	d.Logger.Info("pass complete", append(counts, "complete_until", pres.Position.Settled.UTC().Format(time.RFC3339))...)
-	if err := d.Prune(parent); err != nil && !isCanceled(parent, err) {
-		return err
+	if d.lists() {
+		if err := d.Prune(parent); err != nil && !isCanceled(parent, err) {
+			return err
+		}
 	}
 	if res.Failed > 0 {
 		return fmt.Errorf("%d delivery(ies) failed in this pass and are dead-lettered; see `fulfilld status`, then `fulfilld retry --failed`", res.Failed)

@@ -17,6 +17,7 @@ import (
 
 	"github.com/fulfilld/fulfilld/config"
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/cluster"
 	"github.com/fulfilld/fulfilld/internal/metrics"
 	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/storehealth"
@@ -43,6 +44,9 @@ type Daemon struct {
 	// Now is the host's clock (what the queues and usage days use);
 	// Stripe's clock is Client.Clock.
 	Now func() time.Time
+	// Node is set when instances share the store (store.postgres): only
+	// the lister polls, sweeps and prunes; every instance works the queues.
+	Node *cluster.Node
 	// Socket is the admin socket's path (store.path + ".sock").
 	Socket string
 	// ExitCode classifies an error for the admin protocol, which carries
@@ -63,6 +67,13 @@ type Daemon struct {
 	// pace stretches quiet polls under stripe.monthly_read_budget; see
 	// ScheduledPoll.
 	pace *pace
+	// leadNow is signalled when this instance starts listing;
+	// leadCancels end the lister's work when it stops (see shared.go);
+	// startedTerm is the term the poller was last started in.
+	leadNow     chan struct{}
+	leadMu      sync.Mutex
+	leadCancels []context.CancelFunc
+	startedTerm int64
 	// jobFailures counts each scheduled job's failures in a row (jobDone).
 	jobMu       sync.Mutex
 	jobFailures map[string]int
@@ -81,6 +92,10 @@ func New(d *Daemon, progress func(poller.Progress)) *Daemon {
 		d.Logger = slog.New(slog.DiscardHandler)
 	}
 	d.pace = newPace(d.Config.Schedule, d.now())
+	d.leadNow = make(chan struct{}, 1)
+	if d.Node != nil {
+		d.Node.OnLeading = d.leadingChanged
+	}
 	d.Fulfiller.Action = d.Metrics.Instrument("fulfill", d.Fulfiller.Action)
 	if d.Deliverer != nil {
 		for dest, action := range d.Deliverer.Destinations {

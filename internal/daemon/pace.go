@@ -53,11 +53,16 @@ func (d *Daemon) PollNow(why string) {
 // ScheduledPoll is the poll job of `run`, for one tick of `schedule`: it
 // polls when the adaptive interval says one is due and the read budget
 // allows it, then sweeps what aged out. ran is false when the tick was
-// skipped.
+// skipped (also on an instance that does not list).
 func (d *Daemon) ScheduledPoll(ctx context.Context) (ran bool, res poller.Result, err error) {
 	start := d.now()
-	if !d.pace.interval.Due(start) || !d.pollWithinReadBudget() {
+	if !d.lists() || !d.pace.interval.Due(start) || !d.pollWithinReadBudget() {
 		return false, res, nil
+	}
+	ctx, cancel := d.listing(ctx)
+	defer cancel()
+	if err := d.startListing(ctx); err != nil {
+		return true, res, err
 	}
 	d.polling.Store(true)
 	d.beat()

@@ -91,6 +91,9 @@ func (d *Daemon) Serve(parent context.Context) error {
 		d.jobDone(ctx, cancel, "poll", err, "events_listed", res.Listed, "events_new", res.New, "sessions_queued", res.Queued)
 	}))
 	sweep := chain.Then(cron.FuncJob(func() {
+		if !d.lists() {
+			return
+		}
 		_, err := d.Reconciler.Sweep(ctx, d.Client.Clock.Now().Add(-d.Config.Reconcile.Window))
 		d.SaveUsage()
 		d.jobDone(ctx, cancel, "reconciliation sweep", err)
@@ -100,7 +103,11 @@ func (d *Daemon) Serve(parent context.Context) error {
 	c.Schedule(sweepSched, sweep)
 	// Retention runs hourly and once at start: a batch at a time, so the
 	// queues and the poller wait at most for one small transaction.
-	prune := chain.Then(cron.FuncJob(func() { d.jobDone(ctx, cancel, "retention", d.Prune(ctx)) }))
+	prune := chain.Then(cron.FuncJob(func() {
+		if d.lists() {
+			d.jobDone(ctx, cancel, "retention", d.Prune(ctx))
+		}
+	}))
 	c.Schedule(cron.Every(time.Hour), prune)
 	c.Start()
 	wg.Add(1)
@@ -113,6 +120,22 @@ func (d *Daemon) Serve(parent context.Context) error {
 	go func() {
 		defer wg.Done()
 		d.watchdog(ctx)
+	}()
+	// With a shared store: the heartbeat, and a poll as soon as this
+	// instance takes the lister role over, not at the next tick.
+	stopNode := d.runNode(ctx)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-d.leadNow:
+				d.PollNow("took the lister role over")
+				poll.Run()
+			}
+		}
 	}()
 	if _, err := sddaemon.SdNotify(false, sddaemon.SdNotifyReady); err != nil {
 		d.Logger.Warn("could not tell systemd the service is ready", "err", err)
@@ -134,6 +157,8 @@ func (d *Daemon) Serve(parent context.Context) error {
 	if !errors.Is(context.Cause(ctx), stripeapi.ErrAuth) {
 		d.Logger.Info("stopping: no new polls; running actions get fulfill.timeout to finish", "grace", d.Config.Fulfill.Timeout)
 	}
+	// The lister role goes first, so a standby lists while this one drains.
+	stopNode()
 	<-c.Stop().Done()
 	wg.Wait()
 	shutdownCtx, done := context.WithDeadline(context.Background(), graceEnds)

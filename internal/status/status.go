@@ -18,6 +18,7 @@ import (
 
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/cluster"
 	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/poller"
@@ -100,6 +101,9 @@ type Report struct {
 	DeliveryFailures []fulfill.EventDelivery   `json:"delivery_failures"`
 	LastSweep        *poller.Sweep             `json:"last_reconcile"`
 	WebhookMisses    *poller.WebhookMisses     `json:"webhook_misses"`
+	// Cluster is the instances sharing the store and which one lists
+	// (store.postgres only).
+	Cluster *cluster.View `json:"cluster,omitempty"`
 }
 
 type cursorStatus struct {
@@ -256,6 +260,11 @@ func Read(db Store, now time.Time) (*Report, error) {
 		if st.LastSweep != nil {
 			st.LastSweep.Misses = nil // shown once, as webhook_misses
 		}
+		if v, shared, err := cluster.ReadView(tx); err != nil {
+			return err
+		} else if shared {
+			st.Cluster = &v
+		}
 		st.API.UsageReport, err = stripeapi.LoadUsage(tx, now)
 		return err
 	})
@@ -289,6 +298,25 @@ func (st *Report) WriteText(w io.Writer) {
 		}
 	} else {
 		fmt.Fprintf(tw, "cursor\tnot started (run `fulfilld run`)\n")
+	}
+	if c := st.Cluster; c != nil {
+		lister := c.Lister
+		if lister == "" {
+			lister = "none right now (a standby takes the role within a minute)"
+		}
+		fmt.Fprintf(tw, "lister\t%s\n", lister)
+		fmt.Fprintln(tw, "instances\t")
+		for _, in := range c.Instances {
+			state := "gone"
+			switch {
+			case in.Lister:
+				state = "lists events"
+			case in.Alive:
+				state = "works the queues"
+			}
+			fmt.Fprintf(tw, "  %s\t%s pid %d, %s, last seen %s (%s)\n", in.ID, in.Host, in.PID, in.Version,
+				in.Seen.UTC().Format(time.RFC3339), state)
+		}
 	}
 	if p := st.LastPoll; p != nil {
 		line := fmt.Sprintf("%s %s, %d events listed, %d new, took %.1fs", p.Time, p.Outcome, p.Listed, p.New, p.DurationSecs)

@@ -287,3 +287,7 @@ func (s *Store) Batch(fn func(store.Tx) error) error {
 func (s *Store) Tune(noSync bool, maxBatchDelay time.Duration) {
 	s.db.NoSync, s.db.MaxBatchDelay = noSync, maxBatchDelay
 }
+
+// Now implements fulfill.Tx: a bbolt file is one process's alone, so the
+// store's clock is the host's.
+func (t *Tx) Now() (time.Time, error) { return time.Now(), nil }
