@@ -156,6 +156,22 @@ func (b *budget) throttled(sentAt, now time.Time, retryAfter time.Duration) bool
 	return true
 }
 
+// setLimit changes the configured limit (an instance's share of it): the
+// rate in force drops to it at once, and climbs to a higher one
+// additively, as after a cut.
+func (b *budget) setLimit(limit float64, now time.Time) {
+	if limit <= 0 || math.IsInf(b.limit, 1) {
+		return
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.limit = limit
+	b.ceiling = min(b.ceiling, limit)
+	if b.rate > limit {
+		b.setRateLocked(now, limit)
+	}
+}
+
 // current is the rate in force now.
 func (b *budget) current(now time.Time) float64 {
 	b.mu.Lock()

@@ -76,6 +76,10 @@ type Transport struct {
 	// or a 5xx) began, zero while Stripe answers; downFailures counts them.
 	downSince    time.Time
 	downFailures int
+	// share is how many instances split Limits (SetShare); last429 is
+	// when this one was last answered 429.
+	share   int
+	last429 time.Time
 }
 
 // Usage counts requests by endpoint ("GET /v1/events") and HTTP status.
@@ -143,9 +147,52 @@ func (t *Transport) endpointBudget(endpoint string) *budget {
 	b, ok := t.endpoints[endpoint]
 	if !ok {
 		b = newBudget(t.Limits.Endpoint)
+		if t.share > 1 {
+			b.setLimit(t.Limits.Endpoint / float64(t.share), time.Now())
+		}
 		t.endpoints[endpoint] = b
 	}
 	return b
+}
+
+// SetShare splits the configured limits between n instances that share
+// the Stripe account (store.postgres): each paces itself at 1/n of
+// stripe.rate_limit, globally and per endpoint, so that all of them
+// together stay within it. Stripe's limits belong to the account, not to
+// a host.
+func (t *Transport) SetShare(n int) {
+	t.init()
+	n = max(n, 1)
+	now := time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.share == n || t.share == 0 && n == 1 {
+		return
+	}
+	t.share = n
+	t.global.setLimit(t.Limits.Global/float64(n), now)
+	for _, b := range t.endpoints {
+		b.setLimit(t.Limits.Endpoint/float64(n), now)
+	}
+}
+
+// Throttled is when Stripe last answered this transport 429 (zero: never).
+func (t *Transport) Throttled() time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.last429
+}
+
+// ThrottledElsewhere is told that another instance on the same account was
+// answered 429 at at: the account's budget is spent, so this one slows
+// down too (one AIMD cut of the global budget).
+func (t *Transport) ThrottledElsewhere(at time.Time) {
+	t.init()
+	now := time.Now()
+	if t.global.throttled(now, now, 0) {
+		t.Logger.Info("another instance was throttled by Stripe; slowing down too",
+			"at", at.UTC().Format(time.RFC3339), "global_rate", round(t.global.current(now)))
+	}
 }
 
 // TakeUsage returns the usage counted since the last call and resets it.
@@ -286,6 +333,9 @@ func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 		if status == http.StatusTooManyRequests {
 			t.throttled(endpoint, ep, resp, sentAt, now)
+			t.mu.Lock()
+			t.last429 = now
+			t.mu.Unlock()
 		}
 		wait, retry := t.shouldRetry(req, resp, err, attempt)
 		t.noteOutcome(endpoint, status, err, retry, wait)

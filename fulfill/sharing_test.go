@@ -1,0 +1,149 @@
+package fulfill_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/fulfilld/fulfilld/fulfill"
+)
+
+// heldAction blocks each run until released, and records the runs.
+type heldAction struct {
+	started chan fulfill.Delivery
+	release chan struct{}
+	mu      sync.Mutex
+	keys    []string
+}
+
+func newHeldAction() *heldAction {
+	return &heldAction{started: make(chan fulfill.Delivery, 4), release: make(chan struct{})}
+}
+
+func (a *heldAction) Deliver(ctx context.Context, d fulfill.Delivery) (fulfill.Outcome, error) {
+	a.mu.Lock()
+	a.keys = append(a.keys, d.IdempotencyKey)
+	a.mu.Unlock()
+	a.started <- d
+	select {
+	case <-a.release:
+		return fulfill.Outcome{}, nil
+	case <-ctx.Done():
+		return fulfill.Outcome{}, ctx.Err()
+	}
+}
+
+func (a *heldAction) runs() []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return append([]string(nil), a.keys...)
+}
+
+// laterDB is a store whose clock reads ahead: another instance looking at
+// the store once a lease has run out.
+type laterDB struct {
+	fulfill.DB
+	ahead time.Duration
+}
+
+type laterTx struct {
+	fulfill.Tx
+	ahead time.Duration
+}
+
+func (t laterTx) Now() (time.Time, error) {
+	now, err := t.Tx.Now()
+	return now.Add(t.ahead), err
+}
+
+func (d laterDB) View(fn func(fulfill.Tx) error) error {
+	return d.DB.View(func(tx fulfill.Tx) error { return fn(laterTx{tx, d.ahead}) })
+}
+
+func (d laterDB) Update(fn func(fulfill.Tx) error) error {
+	return d.DB.Update(func(tx fulfill.Tx) error { return fn(laterTx{tx, d.ahead}) })
+}
+
+func instance(db fulfill.DB, name string, action fulfill.Action) *fulfill.Fulfiller {
+	return &fulfill.Fulfiller{DB: db, Sessions: &racingSource{answers: []string{"paid"}}, Action: action, MaxAttempts: 3,
+		Sharing: fulfill.Sharing{Instance: name, Lease: time.Minute}}
+}
+
+// Two instances on one store: while one runs a session's action, the other
+// does not start it, whoever asks; the action runs once.
+func TestSharedStoreRunsASessionOnOneInstanceAtATime(t *testing.T) {
+	db := ledger(openTestDB(t))
+	actA, actB := newHeldAction(), newHeldAction()
+	a, b := instance(db, "host-a:1", actA), instance(db, "host-b:2", actB)
+
+	done := make(chan fulfill.Record, 1)
+	go func() {
+		rec, err := a.Fulfill(context.Background(), "cs_1", fulfill.TriggerManual, "")
+		if err != nil {
+			t.Error(err)
+		}
+		done <- rec
+	}()
+	<-actA.started
+	rec, err := b.Fulfill(context.Background(), "cs_1", fulfill.TriggerManual, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !rec.InFlight || rec.Lease.Holder != "host-a:1" {
+		t.Fatalf("b sees %+v; want the session in flight on host-a", rec)
+	}
+	close(actA.release)
+	if rec := <-done; rec.State != fulfill.StateFulfilled || rec.Attempts != 1 {
+		t.Fatalf("a ended with %+v", rec)
+	}
+	rec, err = b.Fulfill(context.Background(), "cs_1", fulfill.TriggerManual, "")
+	if err != nil || rec.State != fulfill.StateFulfilled {
+		t.Fatalf("b after a finished: %+v, %v", rec, err)
+	}
+	if got := len(actA.runs()) + len(actB.runs()); got != 1 {
+		t.Fatalf("the action ran %d times; want once", got)
+	}
+}
+
+// An instance that holds a session past its lease (it died, or paused) is
+// taken over: the other repeats the attempt with the same idempotency key,
+// and the late result of the first is not written over the second's.
+func TestExpiredLeaseIsTakenOverWithTheSameKey(t *testing.T) {
+	db := ledger(openTestDB(t))
+	actA, actB := newHeldAction(), newHeldAction()
+	a := instance(db, "host-a:1", actA)
+	b := instance(laterDB{db, 2 * time.Minute}, "host-b:2", actB)
+
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.Fulfill(context.Background(), "cs_1", fulfill.TriggerManual, "")
+		done <- err
+	}()
+	<-actA.started
+
+	close(actB.release)
+	rec, err := b.Fulfill(context.Background(), "cs_1", fulfill.TriggerManual, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rec.State != fulfill.StateFulfilled || rec.Attempts != 2 {
+		t.Fatalf("b's take-over ended with %+v; want fulfilled at attempt 2", rec)
+	}
+	close(actA.release)
+	if err := <-done; !errors.Is(err, fulfill.ErrClaimLost) {
+		t.Fatalf("a's late result: %v; want ErrClaimLost", err)
+	}
+	var final fulfill.Record
+	if err := db.View(func(tx fulfill.Tx) (err error) { final, _, err = fulfill.Get(tx, "cs_1"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if final.State != fulfill.StateFulfilled || final.Attempts != 2 || final.InFlight {
+		t.Fatalf("record after both: %+v", final)
+	}
+	runs := append(actA.runs(), actB.runs()...)
+	if len(runs) != 2 || runs[0] != "fulfilld-cs_1" || runs[1] != runs[0] {
+		t.Fatalf("runs = %v; want two, both with the session's idempotency key", runs)
+	}
+}
