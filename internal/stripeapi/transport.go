@@ -148,7 +148,7 @@ func (t *Transport) endpointBudget(endpoint string) *budget {
 	if !ok {
 		b = newBudget(t.Limits.Endpoint)
 		if t.share > 1 {
-			b.setLimit(t.Limits.Endpoint / float64(t.share), time.Now())
+			b.setLimit(t.Limits.Endpoint/float64(t.share), time.Now())
 		}
 		t.endpoints[endpoint] = b
 	}
