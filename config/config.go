@@ -78,9 +78,16 @@ type Events struct {
 	Lookback time.Duration // how late an event may appear in the list and still be caught
 }
 
-// Store is the bbolt file.
+// Store is where the state lives: the bbolt file, or PostgreSQL.
 type Store struct {
+	// Path is the bbolt file; with Postgres set it only names the admin
+	// socket (Path + ".sock").
 	Path string
+	// Postgres, when set, is a libpq connection string (a postgres:// URL
+	// or key=value pairs) of the database that any number of instances
+	// share; PGPASSWORD, PGPASSFILE, sslmode and the rest of libpq's
+	// conventions apply. Its password is a secret.
+	Postgres string
 	// Retention is how long settled records keep their full detail (kept
 	// output, errors, event bodies); after it only what prevents a repeat
 	// is kept.

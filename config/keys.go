@@ -39,6 +39,7 @@ var keys = []key{
 	{path: "events.lookback", kind: kindDuration, def: 10 * time.Minute},
 	{path: "schedule", kind: kindString, def: "@every 30s"},
 	{path: "store.path", kind: kindString, def: "fulfilld.db"},
+	{path: "store.postgres", kind: kindString},
 	{path: "store.retention", kind: kindDuration, def: 90 * 24 * time.Hour},
 	{path: "fulfill.payment_intents", kind: kindBool, def: false},
 	{path: "fulfill.command", kind: kindList},

@@ -248,7 +248,7 @@ func (d *decoder) decode() *Config {
 			Lookback: d.dur("events.lookback"),
 		},
 		Schedule: d.str("schedule"),
-		Store:    Store{Path: d.str("store.path"), Retention: d.dur("store.retention")},
+		Store:    Store{Path: d.str("store.path"), Postgres: d.str("store.postgres"), Retention: d.dur("store.retention")},
 		Fulfill: Fulfill{
 			PaymentIntents: d.bool("fulfill.payment_intents"),
 			Command:        d.list("fulfill.command"),

@@ -6,6 +6,8 @@ import (
 	"io"
 	"log/slog"
 	"net/url"
+	"os"
+	"regexp"
 	"strings"
 )
 
@@ -32,6 +34,11 @@ func (c *Config) Secrets() []string {
 	add(c.Fulfill.Secret)
 	add(c.Notify.Secret)
 	add(c.Forward.Secret)
+	if c.Store.Postgres != "" {
+		add(dsnPassword(c.Store.Postgres))
+		// libpq's own variable: a password given there is as secret.
+		add(os.Getenv("PGPASSWORD"))
+	}
 	for _, raw := range []string{c.Stripe.APIBase, c.Fulfill.URL, c.Notify.URL, c.Forward.URL} {
 		if u, err := url.Parse(raw); err == nil && u.User != nil {
 			if p, ok := u.User.Password(); ok {
@@ -40,6 +47,60 @@ func (c *Config) Secrets() []string {
 		}
 	}
 	return out
+}
+
+// dsnKV matches a password in libpq's key=value form, quoted or not.
+var dsnKV = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
+
+// dsnPassword is the password a connection string holds, "" if none.
+func dsnPassword(dsn string) string {
+	if strings.Contains(dsn, "://") {
+		if u, err := url.Parse(dsn); err == nil {
+			if p, ok := u.User.Password(); ok {
+				return p
+			}
+			return u.Query().Get("password")
+		}
+		if q := strings.Index(dsn, "password="); q >= 0 {
+			rest := dsn[q+len("password="):]
+			if end := strings.IndexAny(rest, "&# "); end >= 0 {
+				rest = rest[:end]
+			}
+			p, _ := url.QueryUnescape(rest)
+			return p
+		}
+		return ""
+	}
+	m := dsnKV.FindStringSubmatch(dsn)
+	if m == nil {
+		return ""
+	}
+	p := m[2]
+	if strings.HasPrefix(p, "'") {
+		p = strings.ReplaceAll(strings.Trim(p, "'"), `\'`, "'")
+	}
+	return p
+}
+
+// RedactDSN is a connection string with its password replaced, for errors
+// and logs: the host, port, database and user stay, so it still says which
+// database is meant.
+func RedactDSN(dsn string) string {
+	if dsn == "" {
+		return ""
+	}
+	if strings.Contains(dsn, "://") {
+		u, err := url.Parse(dsn)
+		if err != nil {
+			return redacted
+		}
+		if q := u.Query(); q.Has("password") {
+			q.Set("password", "xxxxx")
+			u.RawQuery = q.Encode()
+		}
+		return u.Redacted()
+	}
+	return dsnKV.ReplaceAllString(dsn, "${1}xxxxx")
 }
 
 func hide(s string) string {
@@ -181,7 +242,7 @@ func (c Config) LogValue() slog.Value {
 		slog.Any("stripe", c.Stripe),
 		slog.Group("events", slog.Any("types", c.Events.Types), slog.Duration("lookback", c.Events.Lookback)),
 		slog.String("schedule", c.Schedule),
-		slog.Group("store", slog.String("path", c.Store.Path)),
+		slog.Group("store", slog.String("path", c.Store.Path), slog.String("postgres", RedactDSN(c.Store.Postgres))),
 		slog.Any("fulfill", c.Fulfill),
 		slog.Any("notify", c.Notify),
 		slog.Any("forward", c.Forward),

@@ -71,3 +71,25 @@ func TestSecrets(t *testing.T) {
 		t.Errorf("Secrets() of an empty config has %d values", len(got))
 	}
 }
+
+// The database password is a secret wherever it is given: in the URL, in
+// key=value pairs, or in libpq's PGPASSWORD.
+func TestPostgresPasswordIsASecret(t *testing.T) {
+	t.Setenv("PGPASSWORD", "env-pw-4242")
+	for _, dsn := range []string{
+		"postgres://fulfilld:s3cr%40t-url@db.internal:5432/fulfilld?sslmode=require",
+		"host=db.internal user=fulfilld password='s3cr@t-url' dbname=fulfilld",
+		"host=db.internal user=fulfilld password=s3cr@t-url dbname=fulfilld",
+		"postgres://fulfilld@db.internal/fulfilld?password=s3cr%40t-url",
+	} {
+		c := Config{Store: Store{Postgres: dsn}}
+		secrets := strings.Join(c.Secrets(), "\n")
+		if !strings.Contains(secrets, "s3cr@t-url") || !strings.Contains(secrets, "env-pw-4242") {
+			t.Errorf("%s: secrets %q miss the password", dsn, secrets)
+		}
+		red := RedactDSN(dsn)
+		if strings.Contains(red, "s3cr") || !strings.Contains(red, "db.internal") {
+			t.Errorf("RedactDSN(%s) = %s", dsn, red)
+		}
+	}
+}

@@ -126,6 +126,9 @@ func (d *decoder) validate(c *Config) *Error {
 	if strings.TrimSpace(c.Store.Path) == "" {
 		d.fail("store.path", "must not be empty; give the bbolt file, e.g. /var/lib/fulfilld/fulfilld.db")
 	}
+	if dsn := strings.TrimSpace(c.Store.Postgres); dsn != "" {
+		d.validatePostgres(dsn)
+	}
 	if c.Store.Retention < minRetention {
 		d.fail("store.retention", "must be at least 1d (settled records keep full detail this long, e.g. 90d); got %s", c.Store.Retention)
 	}
@@ -325,4 +328,19 @@ func normalizeListen(s string) (addr, msg string) {
 
 func isDigits(s string) bool {
 	return s != "" && strings.Trim(s, "0123456789") == ""
+}
+
+// validatePostgres checks the shape of store.postgres; the database itself
+// judges the rest when it is opened.
+func (d *decoder) validatePostgres(dsn string) {
+	if strings.Contains(dsn, "://") {
+		u, err := url.Parse(dsn)
+		if err != nil || u.Scheme != "postgres" && u.Scheme != "postgresql" {
+			d.fail("store.postgres", "must be a postgres:// URL or libpq key=value pairs, e.g. postgres://fulfilld@db.internal/fulfilld; got %s", RedactDSN(dsn))
+		}
+		return
+	}
+	if !strings.Contains(dsn, "=") {
+		d.fail("store.postgres", "must be a postgres:// URL or libpq key=value pairs, e.g. \"host=db.internal dbname=fulfilld user=fulfilld\"")
+	}
 }
