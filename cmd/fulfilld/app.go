@@ -14,6 +14,7 @@ import (
 
 	"github.com/fulfilld/fulfilld/config"
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/cluster"
 	"github.com/fulfilld/fulfilld/internal/logging"
 	"github.com/fulfilld/fulfilld/internal/store/boltstore"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
@@ -39,6 +40,8 @@ type app struct {
 	// client is the process's one Stripe client: one request budget and
 	// one learned Stripe clock for every command's calls.
 	client *stripeapi.Client
+	// self is this process among the instances of a shared store.
+	self cluster.Instance
 }
 
 func (a *app) rootCommand() *cobra.Command {
@@ -182,6 +185,7 @@ func (a *app) fulfiller(db fulfill.DB, client *stripeapi.Client) *fulfill.Fulfil
 		Concurrency: a.cfg.Fulfill.Concurrency,
 		Now:         a.now,
 		Logger:      a.log.With("component", "fulfill"),
+		Sharing:     a.sharing(),
 	}
 }
 
@@ -209,6 +213,7 @@ func (a *app) deliverer(db fulfill.DB) *fulfill.Deliverer {
 		Concurrency:  a.cfg.Fulfill.Concurrency,
 		Now:          a.now,
 		Logger:       a.log.With("component", "deliver"),
+		Sharing:      a.sharing(),
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/fulfilld/fulfilld/config"
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/cluster"
 	"github.com/fulfilld/fulfilld/internal/daemon"
 	"github.com/fulfilld/fulfilld/internal/metrics"
 	"github.com/fulfilld/fulfilld/internal/store"
@@ -48,13 +49,22 @@ func (a *app) newDaemon(db store.Store) *daemon.Daemon {
 	health := storehealth.NewHealth(a.log.With("component", "store"))
 	queues := storehealth.New(store.As[fulfill.Tx](db), health)
 	stream := storehealth.New(store.As[poller.Tx](db), health)
+	listed := stream
+	var node *cluster.Node
+	if a.shared() {
+		// The poller writes only while this instance lists: its writes
+		// are fenced by the lister's lease.
+		node = a.node(db, client)
+		listed = storehealth.New(store.As[poller.Tx](node.Fence(db)), health)
+	}
 	bar := newProgressBar(a.stderr, a.clock)
 	return daemon.New(&daemon.Daemon{
 		Config:     a.cfg,
 		DB:         db,
 		Health:     health,
 		Client:     client,
-		Poller:     a.poller(stream, client),
+		Node:       node,
+		Poller:     a.poller(listed, client),
 		Fulfiller:  a.fulfiller(queues, client),
 		Deliverer:  a.deliverer(queues),
 		Reconciler: a.reconciler(stream, client),
@@ -105,8 +115,18 @@ func (a *app) run(ctx context.Context, f runFlags) error {
 	defer db.Close()
 	d := a.newDaemon(db)
 	defer d.SaveUsage()
-	if _, err := d.Poller.Start(ctx, since); err != nil {
-		return authHint(err)
+	switch {
+	case a.shared() && !since.IsZero():
+		// Whichever instance lists carries it out.
+		if err := d.RequestBackfill(since); err != nil {
+			return err
+		}
+	case a.shared():
+		// The lister starts the stream when it takes the role.
+	default:
+		if _, err := d.Poller.Start(ctx, since); err != nil {
+			return authHint(err)
+		}
 	}
 	if err := d.Recover(); err != nil {
 		return err
