@@ -94,7 +94,9 @@ type Report struct {
 	Failures           []failureStatus     `json:"failures"`
 	API                API                 `json:"api"`
 	// Deliveries counts event deliveries by destination (forward,
-	// notify) and state; Notifications is its notify part, as before.
+	// repair, notify) and state; Notifications is its notify part, as
+	// before. Under repair: sent is repaired, pending waiting, failed
+	// dead-lettered.
 	Deliveries       map[string]map[string]int `json:"deliveries"`
 	Notifications    map[string]int            `json:"notifications"`
 	DeliveryFailures []fulfill.EventDelivery   `json:"delivery_failures"`
@@ -325,12 +327,24 @@ func (st *Report) WriteText(w io.Writer) {
 		}
 	}
 	for _, dest := range fulfill.Destinations {
-		name := map[string]string{fulfill.DestNotify: "notifications", fulfill.DestForward: "forwarded events"}[dest]
-		if n := st.Deliveries[dest]; n[fulfill.DeliveryPending]+n[fulfill.DeliverySent]+n[fulfill.DeliveryFailed] > 0 {
-			fmt.Fprintf(tw, "%s\t%d sent, %d pending, %d failed\n", name, n[fulfill.DeliverySent], n[fulfill.DeliveryPending], n[fulfill.DeliveryFailed])
+		n := st.Deliveries[dest]
+		if n[fulfill.DeliveryPending]+n[fulfill.DeliverySent]+n[fulfill.DeliveryFailed] == 0 {
+			continue
 		}
+		if dest == fulfill.DestRepair {
+			fmt.Fprintf(tw, "repaired webhooks\t%d delivered, %d waiting, %d dead-lettered (events Stripe could not deliver, re-delivered to forward.url)\n",
+				n[fulfill.DeliverySent], n[fulfill.DeliveryPending], n[fulfill.DeliveryFailed])
+			continue
+		}
+		name := map[string]string{fulfill.DestNotify: "notifications", fulfill.DestForward: "forwarded events"}[dest]
+		fmt.Fprintf(tw, "%s\t%d sent, %d pending, %d failed\n", name, n[fulfill.DeliverySent], n[fulfill.DeliveryPending], n[fulfill.DeliveryFailed])
 	}
-	if sw := st.LastSweep; sw != nil {
+	if sw := st.LastSweep; sw != nil && sw.Repair != nil {
+		r := sw.Repair
+		fmt.Fprintf(tw, "last reconcile\t%s %s, %d undelivered events created %s to %s, %d queued for repair, %d queued before\n",
+			sw.At.UTC().Format(time.RFC3339), sw.Outcome, r.Listed, r.Since.UTC().Format(time.RFC3339),
+			r.Until.UTC().Format(time.RFC3339), r.Queued, r.Before)
+	} else if sw != nil {
 		fmt.Fprintf(tw, "last reconcile\t%s %s, %d sessions swept since %s, recovered %d never seen + %d not fulfilled, %d fulfilled ahead of the stream\n",
 			sw.At.UTC().Format(time.RFC3339), sw.Outcome, sw.Listed, sw.Since.UTC().Format(time.RFC3339),
 			sw.Recovered[poller.ReasonNeverSeen], sw.Recovered[poller.ReasonNotFulfilled], sw.Early)
@@ -376,7 +390,10 @@ func (st *Report) WriteText(w io.Writer) {
 				break
 			}
 			state := e.State
-			if state == "" {
+			switch {
+			case e.Repair != "":
+				state = "repair " + e.Repair
+			case state == "":
 				state = "not handled"
 			}
 			fmt.Fprintf(w, "  %s  %s  %s  %s\n", e.EventID, e.Type, e.Object, state)
