@@ -93,12 +93,12 @@ func TestRepairForwardsOnlyWhatStripeCouldNotDeliver(t *testing.T) {
 
 	failed := stripesim.DeliveryFailed()
 	missed := h.completed(t0.Add(-2*time.Hour), failed)
-	h.completed(t0.Add(-2*time.Hour)) // Stripe delivered it
+	h.completed(t0.Add(-2 * time.Hour)) // Stripe delivered it
 	expired := h.sim.ExpireSession(h.sim.CreateSession(stripesim.SessionParams{Created: t0.Add(-4 * time.Hour)}), t0.Add(-3*time.Hour), failed)
 	h.sim.PaymentIntentEvent("payment_intent.payment_failed", "pi_other", t0.Add(-2*time.Hour), "declined", failed) // not a forwarded type
-	recent := h.completed(t0.Add(-5*time.Minute), failed)                                                            // Stripe may still deliver it
-	h.completed(t0.Add(-80*time.Hour), failed)                                                                       // before the window
-	h.sim.AddEvent("", poller.TypeCompleted, t0.Add(-time.Hour), []byte(`{"object":"charge","id":"ch_1"}`), failed)   // malformed
+	recent := h.completed(t0.Add(-5*time.Minute), failed)                                                           // Stripe may still deliver it
+	h.completed(t0.Add(-80*time.Hour), failed)                                                                      // before the window
+	h.sim.AddEvent("", poller.TypeCompleted, t0.Add(-time.Hour), []byte(`{"object":"charge","id":"ch_1"}`), failed) // malformed
 
 	r := sweep(t, rec, stripe.Now().Add(-72*time.Hour))
 	if r.Listed != 3 || r.Queued != 2 || r.Malformed != 1 || r.Before != 0 || r.Waiting != 2 {
