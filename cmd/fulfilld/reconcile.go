@@ -98,7 +98,11 @@ func (a *app) reconcile(ctx context.Context, since string) error {
 			_ = db.View(func(tx store.Tx) error { return poller.RepairTotals(tx, sw.Repair) })
 		}
 		a.printSweep(sw, from)
-		fmt.Fprintf(a.stdout, "%d fulfilled now, %d failed, %d waiting for a retry\n", res.Fulfilled, res.Failed, res.Waiting)
+		done := "fulfilled"
+		if sw.Repair != nil {
+			done = "delivered"
+		}
+		fmt.Fprintf(a.stdout, "%d %s now, %d failed, %d waiting for a retry\n", res.Fulfilled, done, res.Failed, res.Waiting)
 	}
 	if err != nil {
 		return authHint(err)

@@ -258,6 +258,9 @@ func Read(db Store, now time.Time) (*Report, error) {
 		if st.LastSweep != nil {
 			st.LastSweep.Misses = nil // shown once, as webhook_misses
 		}
+		if err := repairStates(tx, st.WebhookMisses); err != nil {
+			return err
+		}
 		st.API.UsageReport, err = stripeapi.LoadUsage(tx, now)
 		return err
 	})
@@ -274,6 +277,28 @@ func Read(db Store, now time.Time) (*Report, error) {
 		st.DeliveryFailures = []fulfill.EventDelivery{}
 	}
 	return st, err
+}
+
+// repairStates brings the repair state of the listed misses up to date:
+// the report was written when the sweep queued them. It reads at most the
+// hundred records the report keeps.
+func repairStates(tx store.Tx, m *poller.WebhookMisses) error {
+	if m == nil {
+		return nil
+	}
+	for i, e := range m.Recent {
+		if e.Repair == "" || e.Repair == "forwarded" {
+			continue
+		}
+		d, ok, err := fulfill.GetDelivery(tx, fulfill.DestRepair, e.EventID)
+		if err != nil {
+			return err
+		}
+		if ok {
+			m.Recent[i].Repair = d.State
+		}
+	}
+	return nil
 }
 
 // WriteText renders the status for a person.
