@@ -274,8 +274,8 @@ func TestRepairAfterForward(t *testing.T) {
 }
 
 // TestRepairSweepReads: a repair sweep is one request per 100 undelivered
-// events of the window (and one for an empty window), every forwarded type
-// in one request; the webhook-miss report it replaces cost the same, and
+// events of the window (and one for a window with none; none for a window
+// younger than the grace), every forwarded type in one request; the webhook-miss report it replaces cost the same, and
 // hourly sweeps stay well inside the smallest automatic read budget.
 func TestRepairSweepReads(t *testing.T) {
 	h := newHarness(t)
@@ -299,6 +299,10 @@ func TestRepairSweepReads(t *testing.T) {
 	count(func() { sweep(t, rec, t0.Add(-72*time.Hour)) }) // learns Stripe's clock
 	if all, misses := count(func() { sweep(t, rec, t0.Add(-72*time.Hour)) }); all != 1 || misses != 1 {
 		t.Errorf("a sweep of a window with nothing undelivered sent %d requests (%d listings), want 1", all, misses)
+	}
+	// reconcile --since 10m with a 15m grace: nothing is old enough yet.
+	if all, _ := count(func() { sweep(t, rec, t0.Add(-10*time.Minute)) }); all != 0 {
+		t.Errorf("a sweep whose window is younger than forward.grace sent %d requests, want none", all)
 	}
 	const undelivered = 250
 	for i := range undelivered {

@@ -21,6 +21,22 @@ func repairConfig(url, extra string) func(*configFile) {
 	}
 }
 
+// repairReceiver is the shop's handler, verifying with stripe-go, at the
+// URL it returns.
+func repairReceiver(t *testing.T) (*holdingReceiver, string) {
+	recv := &holdingReceiver{t: t, received: map[string]int{}, answered: map[string]int{}, held: map[string]bool{}}
+	srv := httptest.NewServer(recv)
+	t.Cleanup(srv.Close)
+	return recv, srv.URL + "/webhook"
+}
+
+// completedEvent emits checkout.session.completed for a new paid session
+// and returns the event's id.
+func completedEvent(sim *stripesim.Server, at time.Time, opts ...stripesim.EventOpt) string {
+	id := sim.CreateSession(stripesim.SessionParams{Created: at.Add(-time.Minute), LineItems: 1})
+	return sim.CompleteSession(id, "paid", at, opts...)
+}
+
 // TestRepairModeEndToEnd: with forward.undelivered_only, `run --once`
 // forwards nothing the stream lists; `reconcile` re-delivers only the event
 // Stripe could not deliver and that is older than forward.grace; a handler
@@ -28,18 +44,12 @@ func repairConfig(url, extra string) func(*configFile) {
 // it, `retry evt_…` does; status counts it; no secret is printed.
 func TestRepairModeEndToEnd(t *testing.T) {
 	t.Parallel()
-	recv := &holdingReceiver{t: t, received: map[string]int{}, answered: map[string]int{}, held: map[string]bool{}}
-	srv := httptest.NewServer(recv)
-	defer srv.Close()
-	h := newHarness(t, harnessOptions{config: repairConfig(srv.URL+"/webhook", "")})
+	recv, url := repairReceiver(t)
+	h := newHarness(t, harnessOptions{config: repairConfig(url, "")})
 	now := time.Now()
-	completed := func(at time.Time, opts ...stripesim.EventOpt) string {
-		id := h.sim.CreateSession(stripesim.SessionParams{Created: at.Add(-time.Minute), LineItems: 1})
-		return h.sim.CompleteSession(id, "paid", at, opts...)
-	}
-	missed := completed(now.Add(-2*time.Hour), stripesim.DeliveryFailed())
-	completed(now.Add(-2 * time.Hour))                             // Stripe delivered it
-	completed(now.Add(-2*time.Minute), stripesim.DeliveryFailed()) // inside forward.grace: Stripe still retries
+	missed := completedEvent(h.sim, now.Add(-2*time.Hour), stripesim.DeliveryFailed())
+	completedEvent(h.sim, now.Add(-2*time.Hour))                               // Stripe delivered it
+	completedEvent(h.sim, now.Add(-2*time.Minute), stripesim.DeliveryFailed()) // inside forward.grace: Stripe still retries
 
 	var out strings.Builder
 	run := func(want int, args ...string) result {
@@ -114,13 +124,9 @@ func TestRepairModeEndToEnd(t *testing.T) {
 // counts it.
 func TestRepairModeDaemon(t *testing.T) {
 	t.Parallel()
-	recv := &holdingReceiver{t: t, received: map[string]int{}, answered: map[string]int{}, held: map[string]bool{}}
-	srv := httptest.NewServer(recv)
-	defer srv.Close()
-	hh := newHTTPHarness(t, harnessOptions{config: repairConfig(srv.URL+"/webhook", "reconcile:\n  schedule: \"@every 1s\"\n")})
-	at := time.Now().Add(-time.Hour)
-	id := hh.sim.CreateSession(stripesim.SessionParams{Created: at.Add(-time.Minute), LineItems: 1})
-	missed := hh.sim.CompleteSession(id, "paid", at, stripesim.DeliveryFailed())
+	recv, url := repairReceiver(t)
+	hh := newHTTPHarness(t, harnessOptions{config: repairConfig(url, "reconcile:\n  schedule: \"@every 1s\"\n")})
+	missed := completedEvent(hh.sim, time.Now().Add(-time.Hour), stripesim.DeliveryFailed())
 	p, base := hh.startHTTP("run")
 	defer p.ended()
 	repaired := func() bool {
