@@ -439,8 +439,13 @@ func (r *Reconciler) repairOne(tx Tx, ev stripeapi.Event, now time.Time, rep *Re
 		return fulfill.DeliveryPending, nil
 	}
 	rep.Before++
-	if d, ok, err := fulfill.GetDelivery(tx, fulfill.DestRepair, ev.ID); err != nil || ok {
-		return d.State, err
+	switch d, ok, err := fulfill.GetDelivery(tx, fulfill.DestRepair, ev.ID); {
+	case err != nil:
+		// Queued once all the same (EnqueueDelivery counts a record it
+		// cannot read as one); one bad record must not stop every sweep.
+		return "unreadable", nil
+	case ok:
+		return d.State, nil
 	}
 	return "forwarded", nil
 }
