@@ -258,9 +258,7 @@ func Read(db Store, now time.Time) (*Report, error) {
 		if st.LastSweep != nil {
 			st.LastSweep.Misses = nil // shown once, as webhook_misses
 		}
-		if err := repairStates(tx, st.WebhookMisses); err != nil {
-			return err
-		}
+		repairStates(tx, st.WebhookMisses)
 		st.API.UsageReport, err = stripeapi.LoadUsage(tx, now)
 		return err
 	})
@@ -282,23 +280,20 @@ func Read(db Store, now time.Time) (*Report, error) {
 // repairStates brings the repair state of the listed misses up to date:
 // the report was written when the sweep queued them. It reads at most the
 // hundred records the report keeps.
-func repairStates(tx store.Tx, m *poller.WebhookMisses) error {
+func repairStates(tx store.Tx, m *poller.WebhookMisses) {
 	if m == nil {
-		return nil
+		return
 	}
 	for i, e := range m.Recent {
 		if e.Repair == "" || e.Repair == "forwarded" {
 			continue
 		}
-		d, ok, err := fulfill.GetDelivery(tx, fulfill.DestRepair, e.EventID)
-		if err != nil {
-			return err
-		}
-		if ok {
+		// A record that cannot be read keeps the state the sweep saw:
+		// status must answer all the same.
+		if d, ok, err := fulfill.GetDelivery(tx, fulfill.DestRepair, e.EventID); err == nil && ok {
 			m.Recent[i].Repair = d.State
 		}
 	}
-	return nil
 }
 
 // WriteText renders the status for a person.
