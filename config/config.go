@@ -120,6 +120,13 @@ type Forward struct {
 	URL    string
 	Secret string   // that endpoint's signing secret (whsec_…)
 	Types  []string // default: every type in events.types
+	// UndeliveredOnly is repair mode: the stream forwards nothing, and
+	// every sweep forwards the events of Types that Stripe could not
+	// deliver (delivery_success=false) and that are older than Grace.
+	UndeliveredOnly bool
+	// Grace is how long Stripe gets to deliver an event itself (its own
+	// retries) before repair mode forwards it.
+	Grace time.Duration
 }
 
 // Reconcile is the periodic sweep over recent Checkout Sessions.
@@ -196,6 +203,11 @@ func (c *Config) HasFulfillAction() bool { return len(c.Fulfill.Command) > 0 || 
 // and runs no action of its own. (Without forward either, as in a dry run,
 // it still records what it would fulfil.)
 func (c *Config) RelayOnly() bool { return !c.HasFulfillAction() && c.Forward.URL != "" }
+
+// Repair reports repair mode (forward.undelivered_only): fulfilld
+// re-delivers to forward.url only what Stripe could not deliver, from its
+// sweeps, and runs no action of its own.
+func (c *Config) Repair() bool { return c.Forward.UndeliveredOnly && c.Forward.URL != "" }
 
 // RequireFulfillAction refuses to fulfil a session by hand (`fulfill`,
 // `reconcile`) when fulfilld has no action of its own: with forward alone,

@@ -71,7 +71,7 @@ func defaults() Config {
 		Schedule:  "@every 30s",
 		Store:     Store{Path: "fulfilld.db", Retention: 90 * 24 * time.Hour},
 		Fulfill:   Fulfill{Timeout: 30 * time.Second, Concurrency: 4, MaxAttempts: 8},
-		Forward:   Forward{Types: slices.Clone(DefaultEventTypes)},
+		Forward:   Forward{Types: slices.Clone(DefaultEventTypes), Grace: 15 * time.Minute},
 		Reconcile: Reconcile{Schedule: "@every 1h", Window: 72 * time.Hour},
 	}
 }
@@ -131,7 +131,7 @@ func TestFullExample(t *testing.T) {
 			URL:     "https://hooks.example.com/payment-failed",
 			Secret:  "notify-signing-secret-fixture",
 		},
-		Forward:   Forward{Types: []string{"checkout.session.completed", "checkout.session.async_payment_succeeded", "checkout.session.async_payment_failed", "checkout.session.expired", "payment_intent.payment_failed"}},
+		Forward:   Forward{Types: []string{"checkout.session.completed", "checkout.session.async_payment_succeeded", "checkout.session.async_payment_failed", "checkout.session.expired", "payment_intent.payment_failed"}, Grace: 15 * time.Minute},
 		Reconcile: Reconcile{Schedule: "@every 2h", Window: 96 * time.Hour},
 		HTTP:      HTTP{Listen: "127.0.0.1:9464"},
 	}
@@ -220,6 +220,7 @@ func TestEveryKeyFromEnv(t *testing.T) {
 		"FULFILLD_FORWARD_URL":             "http://127.0.0.1:4242/webhook",
 		"FULFILLD_FORWARD_SECRET":          "whsec_envforward_0123456789",
 		"FULFILLD_FORWARD_TYPES":           "checkout.session.completed,payment_intent.payment_failed",
+		"FULFILLD_FORWARD_GRACE":           "40m",
 		"FULFILLD_RECONCILE_SCHEDULE":      "@daily",
 		"FULFILLD_RECONCILE_WINDOW":        "24h",
 		"FULFILLD_HTTP_LISTEN":             ":9000",
@@ -234,7 +235,7 @@ func TestEveryKeyFromEnv(t *testing.T) {
 		Fulfill:  Fulfill{PaymentIntents: true, URL: "https://shop.example.com/fulfill", Secret: "whsec_envfulfill_0123456789", Timeout: time.Minute, Concurrency: 8, MaxAttempts: 3},
 		Notify:   Notify{Command: []string{"/usr/local/bin/tell customer", "--why"}, Secret: "envnotify_0123456789abcdef"},
 		Forward: Forward{URL: "http://127.0.0.1:4242/webhook", Secret: "whsec_envforward_0123456789",
-			Types: []string{"checkout.session.completed", "payment_intent.payment_failed"}},
+			Types: []string{"checkout.session.completed", "payment_intent.payment_failed"}, Grace: 40 * time.Minute},
 		Reconcile: Reconcile{Schedule: "@daily", Window: 24 * time.Hour},
 		HTTP:      HTTP{Listen: "127.0.0.1:9000"},
 	}
@@ -516,4 +517,27 @@ func TestPaymentIntentsKey(t *testing.T) {
 		"fulfill.url":             "https://shop.example.com/fulfill",
 		"events.types":            []string{"checkout.session.completed", "checkout.session.async_payment_succeeded"},
 	}}, "events.types")
+}
+
+// TestRepairMode: forward.undelivered_only is off unless set, reads from a
+// file and the environment, and is repair mode only beside forward.url and
+// with no action of fulfilld's own — the refusals are in TestValidation.
+func TestRepairMode(t *testing.T) {
+	c := mustLoad(t, Source{LookupEnv: noEnv})
+	if c.Forward.UndeliveredOnly || c.Repair() || c.Forward.Grace != 15*time.Minute {
+		t.Errorf("defaults: undelivered_only %v, repair %v, grace %s; want off and 15m", c.Forward.UndeliveredOnly, c.Repair(), c.Forward.Grace)
+	}
+	file := writeFile(t, "f.yaml", "forward:\n  url: http://127.0.0.1:4242/webhook\n  undelivered_only: true\n  grace: 1h\n")
+	c = mustLoad(t, Source{File: file, LookupEnv: noEnv})
+	if !c.Repair() || c.Forward.Grace != time.Hour || c.RelayOnly() != true {
+		t.Errorf("from a file: repair %v, grace %s, relay only %v; want repair, 1h, no action of its own", c.Repair(), c.Forward.Grace, c.RelayOnly())
+	}
+	if err := c.RequireAction(); err != nil {
+		t.Errorf("repair mode is an action of its own for run and reconcile: %v", err)
+	}
+	c = mustLoad(t, Source{LookupEnv: env(map[string]string{
+		"FULFILLD_FORWARD_URL": "http://127.0.0.1:4242/webhook", "FULFILLD_FORWARD_UNDELIVERED_ONLY": "true"})})
+	if !c.Repair() {
+		t.Error("FULFILLD_FORWARD_UNDELIVERED_ONLY=true was not read")
+	}
 }

@@ -54,6 +54,8 @@ var keys = []key{
 	{path: "forward.url", kind: kindString},
 	{path: "forward.secret", kind: kindString, secret: true},
 	{path: "forward.types", kind: kindList}, // empty: every type in events.types
+	{path: "forward.undelivered_only", kind: kindBool, def: false},
+	{path: "forward.grace", kind: kindDuration, def: 15 * time.Minute},
 	{path: "reconcile.schedule", kind: kindString, def: "@every 1h"},
 	{path: "reconcile.window", kind: kindDuration, def: 72 * time.Hour},
 	{path: "http.listen", kind: kindString},

@@ -267,6 +267,9 @@ func (d *decoder) decode() *Config {
 			URL:    d.str("forward.url"),
 			Secret: d.str("forward.secret"),
 			Types:  d.list("forward.types"),
+
+			UndeliveredOnly: d.bool("forward.undelivered_only"),
+			Grace:           d.dur("forward.grace"),
 		},
 		Reconcile: Reconcile{
 			Schedule: d.str("reconcile.schedule"),

@@ -168,6 +168,8 @@ func (fw Forward) LogValue() slog.Value {
 		slog.String("url", r.URL),
 		slog.String("secret", r.Secret),
 		slog.Any("types", r.Types),
+		slog.Bool("undelivered_only", r.UndeliveredOnly),
+		slog.Duration("grace", r.Grace),
 	)
 }
 

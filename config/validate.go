@@ -25,6 +25,9 @@ const (
 	maxConcurrency  = 64
 	maxMaxAttempts  = 100
 	maxKeyFileBytes = 4096
+	// minGrace is the shortest forward.grace: less would race Stripe's own
+	// first delivery attempt of an event.
+	minGrace = time.Minute
 )
 
 const keyAdvice = "use a secret key sk_… or a restricted key rk_…"
@@ -239,6 +242,37 @@ func (d *decoder) validateForward(c *Config) {
 	if len(unlisted) > 0 {
 		d.fail("forward.types", "names %s, which events.types does not list, so it would never be forwarded; "+
 			"add it to events.types or leave forward.types empty for all of events.types", strings.Join(unlisted, ", "))
+	}
+	d.validateRepair(c)
+}
+
+// validateRepair checks repair mode (forward.undelivered_only): it needs
+// the handler to re-deliver to, it must be the only way fulfilld fulfils,
+// and forward.grace must leave a sweep something to list.
+func (d *decoder) validateRepair(c *Config) {
+	fw := c.Forward
+	if fw.Grace < minGrace || fw.Grace >= Retention {
+		d.fail("forward.grace", "must be at least 1m and less than 30d (Stripe lists events for 30 days); got %s", fw.Grace)
+	}
+	if !fw.UndeliveredOnly {
+		return
+	}
+	switch {
+	case fw.URL == "":
+		d.fail("forward.undelivered_only", "is true but forward.url is not set; set forward.url to the webhook handler "+
+			"that should get the events Stripe could not deliver to it")
+	case len(c.Fulfill.Command) > 0 || c.Fulfill.URL != "":
+		action := "fulfill.command"
+		if c.Fulfill.URL != "" {
+			action = "fulfill.url"
+		}
+		d.fail("forward.undelivered_only", "is true and %[1]s is set: repair mode re-delivers missed events to a webhook "+
+			"handler that fulfils, and %[1]s would fulfil the same orders a second time; remove %[1]s, "+
+			"or set forward.undelivered_only to false", action)
+	case fw.Grace >= c.Reconcile.Window && c.Reconcile.Window > 0:
+		d.fail("forward.grace", "must be shorter than reconcile.window (%s): a scheduled sweep re-delivers the events "+
+			"created between reconcile.window and forward.grace ago, so it would have nothing to list; got %s",
+			c.Reconcile.Window, fw.Grace)
 	}
 }
 

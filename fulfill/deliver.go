@@ -28,10 +28,21 @@ var NotifyTypes = map[string]bool{
 const (
 	DestNotify  = "notify"  // the operator's notify action (payment failures, expiries)
 	DestForward = "forward" // an existing webhook endpoint (forward.url)
+	// DestRepair is forward.url too, in repair mode
+	// (forward.undelivered_only): the events a sweep found Stripe could not
+	// deliver. Its own name keeps its counts, dead letters and idempotency
+	// keys apart from what the stream forwarded.
+	DestRepair = "repair"
 )
 
 // Destinations lists every destination, in the order status shows them.
-var Destinations = []string{DestForward, DestNotify}
+var Destinations = []string{DestForward, DestRepair, DestNotify}
+
+// sameReceiver names the destinations that reach one receiver: forward and
+// repair both POST to forward.url, so an event one of them queued is never
+// queued by the other (a shop that switches between the modes gets no
+// event twice from fulfilld).
+var sameReceiver = map[string][]string{DestForward: {DestRepair}, DestRepair: {DestForward}}
 
 // Delivery states.
 const (
@@ -91,17 +102,21 @@ func SplitDeliveryKey(key string) (dest, eventID string, ok bool) {
 func (n EventDelivery) Key() string { return DeliveryKey(n.Destination, n.EventID) }
 
 // IdempotencyKey is stable for the event and destination across attempts
-// and restarts: fulfilld-notify-<event id>, fulfilld-forward-<event id>.
+// and restarts: fulfilld-notify-<event id>, fulfilld-forward-<event id>,
+// fulfilld-repair-<event id>.
 func (n EventDelivery) IdempotencyKey() string { return "fulfilld-" + n.Destination + "-" + n.EventID }
 
 // EnqueueDelivery queues the event's delivery to dest, once per event id
-// and destination, inside the caller's transaction: a record that exists in
+// and receiver, inside the caller's transaction: a record that exists in
 // any state — sent, failed, pruned, or one that cannot be read — means it
-// was queued once, so a re-listing never delivers it again.
+// was queued once, so a re-listing never delivers it again. A record of a
+// destination with the same receiver (forward, repair) counts too.
 func EnqueueDelivery(tx Tx, dest, eventID, eventType string, event json.RawMessage, at time.Time) (bool, error) {
 	key := DeliveryKey(dest, eventID)
-	if _, ok, err := tx.EventDelivery(key); ok || err != nil {
-		return false, nil
+	for _, d := range append([]string{dest}, sameReceiver[dest]...) {
+		if _, ok, err := tx.EventDelivery(DeliveryKey(d, eventID)); ok || err != nil {
+			return false, nil
+		}
 	}
 	n := EventDelivery{Destination: dest, EventID: eventID, EventType: eventType, State: DeliveryPending,
 		Created: at, Updated: at, NextAttempt: at, Event: event}
@@ -178,7 +193,7 @@ func RetryDeliveries(tx Tx, now time.Time, eventIDs ...string) ([]string, error)
 		}
 		switch {
 		case found == 0:
-			return nil, fmt.Errorf("retry %s: no delivery (notify or forward) of that event in the store", id)
+			return nil, fmt.Errorf("retry %s: no delivery (notify, forward or repair) of that event in the store", id)
 		case failed == 0:
 			return nil, fmt.Errorf("retry %s: its delivery is %s, not failed", id, state)
 		}

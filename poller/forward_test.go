@@ -33,6 +33,7 @@ type webhookReceiver struct {
 	delivered map[string]int // 2xx answers per event id
 	attempts  int
 	types     map[string]string
+	bodies    map[string][]byte // the last body delivered per event id, when not nil
 }
 
 func (r *webhookReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
@@ -64,6 +65,9 @@ func (r *webhookReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	r.mu.Lock()
 	r.delivered[ev.ID]++
 	r.types[ev.ID] = string(ev.Type)
+	if r.bodies != nil {
+		r.bodies[ev.ID] = body
+	}
 	r.mu.Unlock()
 }
 

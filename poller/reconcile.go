@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/fulfilld/fulfilld/cursor"
@@ -48,6 +50,17 @@ type Reconciler struct {
 	// no action of its own, so there is nothing of its own to recover;
 	// the webhook-miss report still runs.
 	RelayOnly bool
+	// Repair, when set, is repair mode (forward.undelivered_only): the
+	// webhook-miss listing, narrowed to Repair's types and to events older
+	// than its grace, queues each event it lists for re-delivery to
+	// fulfill.DestRepair (forward.url). Needs Events.
+	Repair *Repair
+}
+
+// Repair is what repair mode re-delivers.
+type Repair struct {
+	Types []string      // forward.types
+	Grace time.Duration // forward.grace: how long Stripe gets to deliver an event itself
 }
 
 // Sweep describes one sweep.
@@ -65,8 +78,40 @@ type Sweep struct {
 	// Early counts paid sessions fulfilled ahead of the stream: they may
 	// have been paid after complete_until, so they are not counted as
 	// recovered.
-	Early   int `json:"fulfilled_ahead_of_stream"`
+	Early int `json:"fulfilled_ahead_of_stream"`
+	// Repair is what a repair-mode sweep re-delivered; nil otherwise.
+	Repair  *RepairReport `json:"repair,omitempty"`
 	settled time.Time
+}
+
+// RepairReport is what one repair-mode sweep did with the events Stripe
+// could not deliver, and where repair stands in all.
+type RepairReport struct {
+	// Since and Until bound the events listed: the sweep's window (at most
+	// Stripe's 30 days), up to forward.grace before the sweep began.
+	Since time.Time `json:"since"`
+	Until time.Time `json:"until"`
+	// Listed is the undelivered events of forward.types in the window;
+	// Queued those this sweep queued for re-delivery; Before those queued
+	// earlier (by a sweep, or forwarded by the stream), never again.
+	// Malformed ones are not forwarded.
+	Listed    int `json:"listed"`
+	Queued    int `json:"queued"`
+	Before    int `json:"queued_before"`
+	Malformed int `json:"malformed"`
+	// Repaired, Waiting and DeadLettered count every repair delivery the
+	// store keeps, after this sweep: delivered, queued or backing off, and
+	// out of attempts until `fulfilld retry evt_…`.
+	Repaired     int `json:"repaired"`
+	Waiting      int `json:"waiting"`
+	DeadLettered int `json:"dead_lettered"`
+}
+
+func (p *RepairReport) add(q RepairReport) {
+	p.Listed += q.Listed
+	p.Queued += q.Queued
+	p.Before += q.Before
+	p.Malformed += q.Malformed
 }
 
 // WebhookMisses are events Stripe could not deliver to a webhook endpoint
@@ -85,6 +130,9 @@ type WebhookMiss struct {
 	Object  string    `json:"object_id,omitempty"`
 	Handled bool      `json:"handled_by_fulfilld"`
 	State   string    `json:"state,omitempty"` // fulfilld's state of the session, if it is one
+	// Repair is, in repair mode, the state of its re-delivery (pending,
+	// sent, failed), or "forwarded" when the stream forwarded it before.
+	Repair string `json:"repair,omitempty"`
 }
 
 const maxMissesKept = 100
@@ -143,6 +191,11 @@ func (r *Reconciler) Sweep(ctx context.Context, since time.Time) (Sweep, error) 
 	attrs := []any{"since", since.UTC().Format(time.RFC3339), "sessions_listed", sw.Listed,
 		"recovered", total, "recovered_never_seen", sw.Recovered[ReasonNeverSeen],
 		"recovered_not_fulfilled", sw.Recovered[ReasonNotFulfilled], "fulfilled_ahead_of_stream", sw.Early}
+	if rep := sw.Repair; rep != nil {
+		attrs = append(attrs, "undelivered_listed", rep.Listed, "repair_queued", rep.Queued,
+			"repair_queued_before", rep.Before, "repaired", rep.Repaired, "repair_waiting", rep.Waiting,
+			"repair_dead_lettered", rep.DeadLettered)
+	}
 	if err != nil {
 		r.log().Warn("reconciliation sweep stopped", append(attrs, "err", err)...)
 	} else {
@@ -253,7 +306,9 @@ func (r *Reconciler) reconcileOne(tx Tx, s stripeapi.SessionSummary, now time.Ti
 
 // reportMisses lists events whose webhook delivery failed in the window (at
 // most the 30 days Stripe keeps events) and notes whether fulfilld handled
-// each.
+// each. In repair mode the same listing, of forward.types and up to
+// forward.grace ago, queues each event for re-delivery in the page's
+// transaction.
 func (r *Reconciler) reportMisses(ctx context.Context, sw *Sweep) error {
 	since := sw.Since
 	if edge := RetentionEdge(r.now()); since.Before(edge) {
@@ -261,13 +316,32 @@ func (r *Reconciler) reportMisses(ctx context.Context, sw *Sweep) error {
 	}
 	failed := false
 	q := stripeapi.EventQuery{Types: r.Types, CreatedGTE: since, DeliverySuccess: &failed}
+	var rep *RepairReport
+	if r.Repair != nil {
+		// Younger events are still Stripe's to deliver: its first attempt
+		// or a retry may yet succeed.
+		rep = &RepairReport{Since: since, Until: sw.At.Add(-r.Repair.Grace)}
+		sw.Repair = rep
+		q.Types, q.CreatedLT = r.Repair.Types, rep.Until
+		if !since.Before(rep.Until) {
+			r.log().Info("nothing to repair: the sweep's window is younger than forward.grace",
+				"since", since.UTC().Format(time.RFC3339), "grace", r.Repair.Grace)
+			return r.repairTotals(rep)
+		}
+	}
 	misses := &WebhookMisses{Recent: []WebhookMiss{}}
 	for {
 		page, err := r.Events.ListEvents(ctx, q)
 		if err != nil {
 			return fmt.Errorf("list events with failed webhook deliveries: %w", err)
 		}
-		err = r.DB.View(func(tx Tx) error {
+		now := r.hostNow() // the queues schedule what is queued on the host's clock
+		// What one page adds is merged once its transaction committed: a
+		// backend may run a transaction again after a conflict.
+		var pageRep RepairReport
+		var pageMisses []WebhookMiss
+		note := func(tx Tx) error {
+			pageRep, pageMisses = RepairReport{}, pageMisses[:0]
 			for _, ev := range page.Events {
 				m := WebhookMiss{EventID: ev.ID, Type: ev.Type, Created: ev.Created}
 				var obj struct {
@@ -275,26 +349,50 @@ func (r *Reconciler) reportMisses(ctx context.Context, sw *Sweep) error {
 				}
 				_ = json.Unmarshal(ev.Object, &obj)
 				m.Object = obj.ID
-				// Handled: the event went through the stream, or the session
-				// is in the ledger (queued, fulfilled or otherwise decided).
-				if m.Handled, err = cursor.Seen(tx, ev.ID); err != nil {
-					return err
+				var err error
+				switch {
+				case rep != nil:
+					if m.Repair, err = r.repairOne(tx, ev, now, &pageRep); err != nil {
+						return fmt.Errorf("event %s: %w", ev.ID, err)
+					}
+					m.Handled = m.Repair != ""
+				default:
+					// Handled: the event went through the stream, or the
+					// session is in the ledger (queued, fulfilled or
+					// otherwise decided).
+					if m.Handled, err = cursor.Seen(tx, ev.ID); err != nil {
+						return err
+					}
+					if rec, ok, _ := fulfill.Get(tx, obj.ID); ok {
+						m.Handled, m.State = true, string(rec.State)
+					}
 				}
-				if rec, ok, _ := fulfill.Get(tx, obj.ID); ok {
-					m.Handled, m.State = true, string(rec.State)
-				}
-				misses.Count++
-				if !m.Handled {
-					misses.Unhandled++
-				}
-				if len(misses.Recent) < maxMissesKept {
-					misses.Recent = append(misses.Recent, m)
-				}
+				pageMisses = append(pageMisses, m)
 			}
 			return nil
-		})
+		}
+		if rep != nil {
+			err = r.DB.Update(note)
+		} else {
+			err = r.DB.View(note)
+		}
 		if err != nil {
 			return err
+		}
+		for _, m := range pageMisses {
+			misses.Count++
+			if !m.Handled {
+				misses.Unhandled++
+			}
+			if len(misses.Recent) < maxMissesKept {
+				misses.Recent = append(misses.Recent, m)
+			}
+		}
+		if rep != nil {
+			rep.add(pageRep)
+			if pageRep.Queued > 0 && r.Wake != nil {
+				r.Wake()
+			}
 		}
 		if !page.HasMore || len(page.Events) == 0 {
 			break
@@ -307,7 +405,78 @@ func (r *Reconciler) reportMisses(ctx context.Context, sw *Sweep) error {
 		r.log().Warn("Stripe could not deliver some events to a webhook endpoint", "events", misses.Count,
 			"not_handled_by_fulfilld", misses.Unhandled)
 	}
-	return r.DB.Update(func(tx Tx) error { return tx.PutWebhookMisses(*misses) })
+	if err := r.DB.Update(func(tx Tx) error { return tx.PutWebhookMisses(*misses) }); err != nil {
+		return err
+	}
+	if rep != nil {
+		return r.repairTotals(rep)
+	}
+	return nil
+}
+
+// repairOne queues one undelivered event for re-delivery, inside the page's
+// transaction, and returns the state of its delivery ("" when it is not
+// forwarded). The delivery record makes it once: it is kept in any state,
+// as a tombstone after store.retention, across restarts and re-listings,
+// and an event the stream forwarded has one under forward
+// (fulfill.EnqueueDelivery looks at both).
+func (r *Reconciler) repairOne(tx Tx, ev stripeapi.Event, now time.Time, rep *RepairReport) (string, error) {
+	if !slices.Contains(r.Repair.Types, ev.Type) {
+		return "", nil // Stripe filters by type; this guards against a list that did not
+	}
+	rep.Listed++
+	if err := shapeErr(ev); err != nil {
+		rep.Malformed++
+		r.log().Warn("an event Stripe could not deliver is malformed; not forwarded", "event", ev.ID, "type", ev.Type, "err", err)
+		return "", nil
+	}
+	queued, err := fulfill.EnqueueDelivery(tx, fulfill.DestRepair, ev.ID, ev.Type, ev.Raw, now)
+	if err != nil {
+		return "", err
+	}
+	if queued {
+		rep.Queued++
+		return fulfill.DeliveryPending, nil
+	}
+	rep.Before++
+	switch d, ok, err := fulfill.GetDelivery(tx, fulfill.DestRepair, ev.ID); {
+	case err != nil:
+		// Queued once all the same (EnqueueDelivery counts a record it
+		// cannot read as one); one bad record must not stop every sweep.
+		return "unreadable", nil
+	case ok:
+		return d.State, nil
+	}
+	return "forwarded", nil
+}
+
+// shapeErr says why the stream would count the event malformed (and
+// forward it nowhere), if it would: it cannot be read, or its object is not
+// what its type promises.
+func shapeErr(ev stripeapi.Event) error {
+	var err error
+	switch {
+	case ev.Err != nil:
+		err = ev.Err
+	case ev.Type == TypeCompleted || ev.Type == TypeAsyncSucceeded || ev.Type == TypeAsyncFailed || ev.Type == TypeExpired:
+		_, err = objectID(ev.Object, "checkout.session", "cs_")
+	case strings.HasPrefix(ev.Type, paymentIntentTypeStart):
+		_, err = objectID(ev.Object, "payment_intent", "pi_")
+	}
+	return err
+}
+
+func (r *Reconciler) repairTotals(rep *RepairReport) error {
+	return r.DB.View(func(tx Tx) error { return RepairTotals(tx, rep) })
+}
+
+// RepairTotals fills in the kept counts of repair deliveries: delivered,
+// waiting and dead-lettered.
+func RepairTotals(tx fulfill.Tx, rep *RepairReport) error {
+	c, err := tx.Counts()
+	n := c.Deliveries[fulfill.DestRepair]
+	rep.Repaired, rep.Waiting, rep.DeadLettered = n[fulfill.DeliverySent], n[fulfill.DeliveryPending], n[fulfill.DeliveryFailed]
+	return err
 }
 
 // LastSweep reads the most recent sweep and the webhook-miss report.

@@ -198,9 +198,16 @@ func (a *app) deliverer(db fulfill.DB) *fulfill.Deliverer {
 		routes = fulfill.NotifyRoutes()
 	}
 	if fw := a.cfg.Forward; fw.URL != "" {
-		dests[fulfill.DestForward] = &fulfill.URL{URL: fw.URL, Secret: fw.Secret, Timeout: a.cfg.Fulfill.Timeout,
+		handler := &fulfill.URL{URL: fw.URL, Secret: fw.Secret, Timeout: a.cfg.Fulfill.Timeout,
 			ContentType: "application/json; charset=utf-8"}
-		routes.Add(fulfill.DestForward, fw.Types...)
+		// Forward deliveries queued before a switch to repair mode still
+		// reach the handler; only the stream stops queueing them.
+		dests[fulfill.DestForward] = handler
+		if a.cfg.Repair() {
+			dests[fulfill.DestRepair] = handler // the sweeps queue these
+		} else {
+			routes.Add(fulfill.DestForward, fw.Types...)
+		}
 	}
 	if len(dests) == 0 {
 		return nil
@@ -228,7 +235,16 @@ func (a *app) reconciler(db poller.DB, client *stripeapi.Client) *poller.Reconci
 		Logger:   a.log.With("component", "reconcile"),
 		// With forward alone the shop's handler fulfils; fulfilld relays.
 		RelayOnly: a.cfg.RelayOnly(),
+		Repair:    a.repair(),
 	}
+}
+
+// repair is the sweeps' repair mode (forward.undelivered_only), or nil.
+func (a *app) repair() *poller.Repair {
+	if !a.cfg.Repair() {
+		return nil
+	}
+	return &poller.Repair{Types: a.cfg.Forward.Types, Grace: a.cfg.Forward.Grace}
 }
 
 func (a *app) poller(db poller.DB, client *stripeapi.Client) *poller.Poller {

@@ -92,6 +92,19 @@ func TestRefusedAtStart(t *testing.T) {
 			args: []string{"run"}, want: []string{"fulfill.command", "not found in PATH"}},
 		{name: "events.types without what fulfilment needs", key: "-", env: []string{"FULFILLD_EVENTS_TYPES=checkout.session.completed"},
 			args: []string{"run", "--once"}, want: []string{"events.types", "checkout.session.async_payment_succeeded"}},
+		{name: "repair beside fulfill.command", key: "-",
+			config: func(c *configFile) {
+				c.Extra = "forward:\n  url: \"http://127.0.0.1:1/webhook\"\n  undelivered_only: true\n"
+			},
+			args: []string{"run", "--once"}, want: []string{"forward.undelivered_only", "fulfill.command", "fulfil the same orders a second time"}},
+		{name: "repair beside fulfill.command, for reconcile", key: "-",
+			config: func(c *configFile) {
+				c.Extra = "forward:\n  url: \"http://127.0.0.1:1/webhook\"\n  undelivered_only: true\n"
+			},
+			args: []string{"reconcile"}, want: []string{"forward.undelivered_only", "fulfill.command", "second time"}},
+		{name: "repair without forward.url", key: "-",
+			config: func(c *configFile) { c.Command, c.Extra = nil, "forward:\n  undelivered_only: true\n" },
+			args:   []string{"reconcile"}, want: []string{"forward.undelivered_only", "forward.url"}},
 		{name: "config file missing", key: "-", args: []string{"--config", "/nonexistent/fulfilld.yaml", "run", "--once"},
 			want: []string{"--config", "/nonexistent/fulfilld.yaml"}},
 	}

@@ -25,6 +25,7 @@ type holdingReceiver struct {
 	t        *testing.T
 	mu       sync.Mutex
 	hold     bool
+	fail     bool           // answer 500, as a handler that is broken
 	received map[string]int // requests per event id
 	answered map[string]int // 200s per event id
 	held     map[string]bool
@@ -41,6 +42,11 @@ func (r *holdingReceiver) ServeHTTP(w http.ResponseWriter, req *http.Request) {
 	}
 	r.mu.Lock()
 	r.received[ev.ID]++
+	if r.fail {
+		r.mu.Unlock()
+		http.Error(w, "handler crashed", http.StatusInternalServerError)
+		return
+	}
 	hold := r.hold
 	if hold {
 		r.held[ev.ID] = true

@@ -10,6 +10,7 @@ import (
 
 	"github.com/fulfilld/fulfilld/config"
 	"github.com/fulfilld/fulfilld/internal/daemon"
+	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/poller"
 )
 
@@ -60,13 +61,23 @@ func (a *app) reconcile(ctx context.Context, since string) error {
 			return err
 		}
 		a.printSweep(sw, from)
-		fmt.Fprintln(a.stdout, "the running daemon is fulfilling what was recovered; see `fulfilld status`")
+		what := "fulfilling what was recovered"
+		if sw.Repair != nil {
+			what = "re-delivering what was queued"
+		}
+		fmt.Fprintf(a.stdout, "the running daemon is %s; see `fulfilld status`\n", what)
 		return nil
 	}
 	if err := a.cfg.RequireAPIKey(); err != nil {
 		return err
 	}
-	if err := a.cfg.RequireFulfillAction(); err != nil {
+	// Repair mode is an action of its own: the sweep re-delivers to
+	// forward.url what Stripe could not.
+	needs := a.cfg.RequireFulfillAction
+	if a.cfg.Repair() {
+		needs = a.cfg.RequireAction
+	}
+	if err := needs(); err != nil {
 		return err
 	}
 	db, err := a.openStore(false)
@@ -81,19 +92,36 @@ func (a *app) reconcile(ctx context.Context, since string) error {
 	}
 	sw, swept, res, err := d.Reconcile(ctx, from)
 	if swept {
+		if sw.Repair != nil {
+			// Where repair stands after the queue's pass, not at the
+			// sweep's end.
+			_ = db.View(func(tx store.Tx) error { return poller.RepairTotals(tx, sw.Repair) })
+		}
 		a.printSweep(sw, from)
-		fmt.Fprintf(a.stdout, "%d fulfilled now, %d failed, %d waiting for a retry\n", res.Fulfilled, res.Failed, res.Waiting)
+		done := "fulfilled"
+		if sw.Repair != nil {
+			done = "delivered"
+		}
+		fmt.Fprintf(a.stdout, "%d %s now, %d failed, %d waiting for a retry\n", res.Fulfilled, done, res.Failed, res.Waiting)
 	}
 	if err != nil {
 		return authHint(err)
 	}
 	if res.Failed > 0 {
-		return &exitError{code: exitFailure, err: fmt.Errorf("%d fulfillment(s) failed and are dead-lettered; see `fulfilld status`", res.Failed)}
+		return &exitError{code: exitFailure, err: fmt.Errorf("%d fulfillment(s) or delivery(ies) failed and are dead-lettered; see `fulfilld status`", res.Failed)}
 	}
 	return nil
 }
 
 func (a *app) printSweep(sw poller.Sweep, from time.Time) {
+	if r := sw.Repair; r != nil {
+		// Repair mode sweeps no sessions: the shop's handler fulfils.
+		fmt.Fprintf(a.stdout, "repair: %d events Stripe could not deliver, created %s to %s (forward.grace ago): %d queued for forward.url now, %d queued before\n",
+			r.Listed, r.Since.UTC().Format(time.RFC3339), r.Until.UTC().Format(time.RFC3339), r.Queued, r.Before)
+		fmt.Fprintf(a.stdout, "repaired in all: %d delivered, %d waiting, %d dead-lettered (`fulfilld retry evt_…` requeues one)\n",
+			r.Repaired, r.Waiting, r.DeadLettered)
+		return
+	}
 	fmt.Fprintf(a.stdout, "swept %d complete sessions created since %s\n", sw.Listed, from.UTC().Format(time.RFC3339))
 	fmt.Fprintf(a.stdout, "recovered %d never seen in the event stream, %d seen but not fulfilled; %d fulfilled ahead of the stream\n",
 		sw.Recovered[poller.ReasonNeverSeen], sw.Recovered[poller.ReasonNotFulfilled], sw.Early)

@@ -104,7 +104,11 @@ var (
 	descQueue = prometheus.NewDesc("fulfilld_queue_depth",
 		"Sessions queued for an attempt, due now or backing off.", nil, nil)
 	descDeadLetters = prometheus.NewDesc("fulfilld_dead_letters",
-		"Dead-lettered deliveries waiting for `fulfilld retry`, by kind (fulfill, notify, forward).", []string{"kind"}, nil)
+		"Dead-lettered deliveries waiting for `fulfilld retry`, by kind (fulfill, notify, forward, repair).", []string{"kind"}, nil)
+	descDeliveries = prometheus.NewDesc("fulfilld_deliveries",
+		"Event deliveries in the store, by destination (forward, repair, notify) and state (pending, sent, failed). "+
+			"repair is repair mode's re-deliveries of events Stripe could not deliver: sent is repaired, pending waiting, failed dead-lettered.",
+		[]string{"destination", "state"}, nil)
 	descEvents = prometheus.NewDesc("fulfilld_events_total",
 		"Events taken from the stream, by type and outcome.", []string{"type", "outcome"}, nil)
 	descMalformed = prometheus.NewDesc("fulfilld_malformed_events",
@@ -141,7 +145,7 @@ type storeCollector struct {
 }
 
 func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descFulfillments, descRecovered, descQueue, descDeadLetters, descEvents,
+	for _, d := range []*prometheus.Desc{descFulfillments, descRecovered, descQueue, descDeadLetters, descDeliveries, descEvents,
 		descMalformed, descLag, descHorizon, descLastSuccess, descRequests, descResponses, descRateLimited,
 		descReads30d, descReadBudget, descReadsProjected, descClockSkew, descScrapeError} {
 		ch <- d
@@ -172,6 +176,9 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descDeadLetters, float64(st.Fulfillments[string(fulfill.StateFailed)]+st.IntentFulfillments[string(fulfill.StateFailed)]), "fulfill")
 	for _, dest := range fulfill.Destinations {
 		gauge(descDeadLetters, float64(st.Deliveries[dest][fulfill.DeliveryFailed]), dest)
+		for _, state := range fulfill.DeliveryStates {
+			gauge(descDeliveries, float64(st.Deliveries[dest][state]), dest, state)
+		}
 	}
 	for _, e := range st.Events {
 		counter(descEvents, float64(e.Count), e.Type, e.Outcome)

@@ -95,7 +95,9 @@ type Report struct {
 	Failures           []failureStatus     `json:"failures"`
 	API                API                 `json:"api"`
 	// Deliveries counts event deliveries by destination (forward,
-	// notify) and state; Notifications is its notify part, as before.
+	// repair, notify) and state; Notifications is its notify part, as
+	// before. Under repair: sent is repaired, pending waiting, failed
+	// dead-lettered.
 	Deliveries       map[string]map[string]int `json:"deliveries"`
 	Notifications    map[string]int            `json:"notifications"`
 	DeliveryFailures []fulfill.EventDelivery   `json:"delivery_failures"`
@@ -260,6 +262,7 @@ func Read(db Store, now time.Time) (*Report, error) {
 		if st.LastSweep != nil {
 			st.LastSweep.Misses = nil // shown once, as webhook_misses
 		}
+		repairStates(tx, st.WebhookMisses)
 		if v, shared, err := cluster.ReadView(tx); err != nil {
 			return err
 		} else if shared {
@@ -281,6 +284,25 @@ func Read(db Store, now time.Time) (*Report, error) {
 		st.DeliveryFailures = []fulfill.EventDelivery{}
 	}
 	return st, err
+}
+
+// repairStates brings the repair state of the listed misses up to date:
+// the report was written when the sweep queued them. It reads at most the
+// hundred records the report keeps.
+func repairStates(tx store.Tx, m *poller.WebhookMisses) {
+	if m == nil {
+		return
+	}
+	for i, e := range m.Recent {
+		if e.Repair == "" || e.Repair == "forwarded" {
+			continue
+		}
+		// A record that cannot be read keeps the state the sweep saw:
+		// status must answer all the same.
+		if d, ok, err := fulfill.GetDelivery(tx, fulfill.DestRepair, e.EventID); err == nil && ok {
+			m.Recent[i].Repair = d.State
+		}
+	}
 }
 
 // WriteText renders the status for a person.
@@ -353,12 +375,24 @@ func (st *Report) WriteText(w io.Writer) {
 		}
 	}
 	for _, dest := range fulfill.Destinations {
-		name := map[string]string{fulfill.DestNotify: "notifications", fulfill.DestForward: "forwarded events"}[dest]
-		if n := st.Deliveries[dest]; n[fulfill.DeliveryPending]+n[fulfill.DeliverySent]+n[fulfill.DeliveryFailed] > 0 {
-			fmt.Fprintf(tw, "%s\t%d sent, %d pending, %d failed\n", name, n[fulfill.DeliverySent], n[fulfill.DeliveryPending], n[fulfill.DeliveryFailed])
+		n := st.Deliveries[dest]
+		if n[fulfill.DeliveryPending]+n[fulfill.DeliverySent]+n[fulfill.DeliveryFailed] == 0 {
+			continue
 		}
+		if dest == fulfill.DestRepair {
+			fmt.Fprintf(tw, "repaired webhooks\t%d delivered, %d waiting, %d dead-lettered (events Stripe could not deliver, re-delivered to forward.url)\n",
+				n[fulfill.DeliverySent], n[fulfill.DeliveryPending], n[fulfill.DeliveryFailed])
+			continue
+		}
+		name := map[string]string{fulfill.DestNotify: "notifications", fulfill.DestForward: "forwarded events"}[dest]
+		fmt.Fprintf(tw, "%s\t%d sent, %d pending, %d failed\n", name, n[fulfill.DeliverySent], n[fulfill.DeliveryPending], n[fulfill.DeliveryFailed])
 	}
-	if sw := st.LastSweep; sw != nil {
+	if sw := st.LastSweep; sw != nil && sw.Repair != nil {
+		r := sw.Repair
+		fmt.Fprintf(tw, "last reconcile\t%s %s, %d undelivered events created %s to %s, %d queued for repair, %d queued before\n",
+			sw.At.UTC().Format(time.RFC3339), sw.Outcome, r.Listed, r.Since.UTC().Format(time.RFC3339),
+			r.Until.UTC().Format(time.RFC3339), r.Queued, r.Before)
+	} else if sw != nil {
 		fmt.Fprintf(tw, "last reconcile\t%s %s, %d sessions swept since %s, recovered %d never seen + %d not fulfilled, %d fulfilled ahead of the stream\n",
 			sw.At.UTC().Format(time.RFC3339), sw.Outcome, sw.Listed, sw.Since.UTC().Format(time.RFC3339),
 			sw.Recovered[poller.ReasonNeverSeen], sw.Recovered[poller.ReasonNotFulfilled], sw.Early)
@@ -404,7 +438,10 @@ func (st *Report) WriteText(w io.Writer) {
 				break
 			}
 			state := e.State
-			if state == "" {
+			switch {
+			case e.Repair != "":
+				state = "repair " + e.Repair
+			case state == "":
 				state = "not handled"
 			}
 			fmt.Fprintf(w, "  %s  %s  %s  %s\n", e.EventID, e.Type, e.Object, state)

@@ -106,6 +106,18 @@ func TestConformanceWithStripeMock(t *testing.T) {
 			},
 		},
 		{
+			// Repair mode (forward.undelivered_only): the same listing,
+			// forward.types only, up to forward.grace ago, from a page
+			// position.
+			name: "undelivered events to repair", path: "/v1/events",
+			query: []string{"delivery_success=false", "types[0]=", "types[2]=", "created[gte]=", "created[lt]=", "starting_after=evt_", "limit=100"},
+			call: func() error {
+				_, err := c.ListEvents(ctx, EventQuery{Types: types[:3], DeliverySuccess: &no, CreatedGTE: now.Add(-72 * time.Hour),
+					CreatedLT: now.Add(-15 * time.Minute), StartingAfter: "evt_1NG8Du2eZvKYlo2CUI79vXWy"})
+				return err
+			},
+		},
+		{
 			name: "retrieve a session with its line items", path: "/v1/checkout/sessions/cs_test_a1",
 			query: []string{"expand[0]=line_items"},
 			call: func() error {

@@ -131,6 +131,11 @@ func TestEventsFilters(t *testing.T) {
 			p.CreatedRange = &stripe.RangeQueryParams{LesserThan: sec(50)}
 			p.Limit = stripe.Int64(1)
 		}, []string{e2, e1}},
+		{"delivery failed, types and created range (a repair sweep)", func(p *stripe.EventListParams) {
+			p.DeliverySuccess = stripe.Bool(false)
+			p.Types = stripe.StringSlice([]string{"checkout.session.expired", "checkout.session.async_payment_succeeded", "checkout.session.completed"})
+			p.CreatedRange = &stripe.RangeQueryParams{GreaterThanOrEqual: sec(10), LesserThan: sec(40)}
+		}, []string{e2}},
 		{"starting_after with a type filter", func(p *stripe.EventListParams) {
 			p.Type = stripe.String("checkout.session.*")
 			p.StartingAfter = stripe.String(e3) // a cursor the filter itself excludes
