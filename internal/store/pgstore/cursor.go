@@ -124,12 +124,11 @@ func (t *Tx) CountEvents(counts map[[2]string]int) error {
 	if len(ns) == 0 {
 		return nil
 	}
-	// Like the counters: a row may hold less than zero, which reads as zero.
-	_, err := t.exec(`INSERT INTO fulfilld_event_stats AS s (type, outcome, n)
-		SELECT type, outcome, n FROM unnest($1::text[], $2::text[], $3::bigint[]) AS d(type, outcome, n)
+	_, err := t.exec(`INSERT INTO fulfilld_event_stats AS s (type, outcome, slot, n)
+		SELECT type, outcome, $4, n FROM unnest($1::text[], $2::text[], $3::bigint[]) AS d(type, outcome, n)
 		ORDER BY type, outcome
-		ON CONFLICT (type, outcome) DO UPDATE SET n = GREATEST(GREATEST(s.n, 0) + excluded.n, 0)`,
-		types, outcomes, ns)
+		ON CONFLICT (type, outcome, slot) DO UPDATE SET n = s.n + excluded.n`,
+		types, outcomes, ns, t.slot)
 	if err != nil {
 		return fmt.Errorf("count events: %w", err)
 	}
@@ -139,7 +138,7 @@ func (t *Tx) CountEvents(counts map[[2]string]int) error {
 // EventCounts implements cursor.Tx.
 func (t *Tx) EventCounts() ([]cursor.EventCount, error) {
 	out := []cursor.EventCount{}
-	err := t.each(`SELECT type, outcome, n FROM fulfilld_event_stats ORDER BY type, outcome`, nil, func(r pgx.Rows) error {
+	err := t.each(`SELECT type, outcome, sum(n)::bigint FROM fulfilld_event_stats GROUP BY type, outcome ORDER BY type, outcome`, nil, func(r pgx.Rows) error {
 		var c cursor.EventCount
 		var n int64
 		if err := r.Scan(&c.Type, &c.Outcome, &n); err != nil {

@@ -203,7 +203,7 @@ func (t *Tx) Counts() (fulfill.Counts, error) {
 		return fulfill.Counts{}, err
 	}
 	c := ledgerindex.NewCounts()
-	err := t.each(`SELECT name, `+counterValue+` FROM fulfilld_counters`, nil, func(r pgx.Rows) error {
+	err := t.each(`SELECT name, GREATEST(sum(n), 0)::bigint FROM fulfilld_counters GROUP BY name`, nil, func(r pgx.Rows) error {
 		var name string
 		var n int64
 		if err := r.Scan(&name, &n); err != nil {

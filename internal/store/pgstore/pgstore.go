@@ -44,7 +44,10 @@ type Options struct {
 	// larger of 4 and the number of CPUs).
 	MaxConns int32
 	// MaxTries bounds how often an Update runs when it conflicts with
-	// other transactions (0: 10).
+	// other transactions (0: 30). Most conflicts are PostgreSQL's
+	// predicate locks covering a whole index page of a small table: a try
+	// costs milliseconds, and giving up fails a write the daemon must then
+	// redo itself.
 	MaxTries int
 	// TxTimeout bounds each try of a transaction, so a lost connection or
 	// a lock held by a stuck peer fails it instead of hanging (0: 1m).
@@ -53,7 +56,7 @@ type Options struct {
 
 func (o Options) withDefaults() Options {
 	if o.MaxTries <= 0 {
-		o.MaxTries = 10
+		o.MaxTries = 30
 	}
 	if o.TxTimeout <= 0 {
 		o.TxTimeout = time.Minute
@@ -84,14 +87,15 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if opts.MaxConns > 0 {
 		cfg.MaxConns = opts.MaxConns
 	}
+	cfg.AfterConnect = takeSlot
 	dest := destinationOf(cfg.ConnConfig)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
-		return nil, dest.wrap("connect to", err)
+		return nil, dest.wrap("open store on", err)
 	}
 	if err := migrate(ctx, pool); err != nil {
 		pool.Close()
-		return nil, dest.wrap("prepare", err)
+		return nil, dest.wrap("open store on", err)
 	}
 	sctx, cancel := context.WithCancel(context.Background())
 	return &Store{pool: pool, opts: opts, dest: dest, ctx: sctx, cancel: cancel}, nil
@@ -135,7 +139,7 @@ func (s *Store) run(ctx context.Context, opts pgx.TxOptions, fn func(store.Tx) e
 		}
 		// Full jitter over a doubling ceiling: two processes that
 		// collided do not collide again in lockstep.
-		ceiling := min(2*time.Millisecond<<(try-1), 200*time.Millisecond)
+		ceiling := min(2*time.Millisecond<<(try-1), 100*time.Millisecond)
 		pause := time.NewTimer(rand.N(ceiling) + time.Millisecond)
 		select {
 		case <-ctx.Done():
@@ -157,7 +161,11 @@ func (s *Store) once(ctx context.Context, opts pgx.TxOptions, fn func(store.Tx) 
 	// A panic in fn, or an error, rolls back; after a commit this does
 	// nothing.
 	defer ptx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck
-	t := &Tx{ctx: ctx, tx: ptx}
+	slot, ok := ptx.Conn().PgConn().CustomData()[slotKey].(int32)
+	if !ok {
+		return fmt.Errorf("a connection without a slot for its sums")
+	}
+	t := &Tx{ctx: ctx, tx: ptx, slot: slot}
 	ferr := fn(t)
 	switch {
 	case t.failed != nil && retryable(t.failed):
@@ -200,6 +208,8 @@ var _ store.Tx = (*Tx)(nil)
 type Tx struct {
 	ctx context.Context
 	tx  pgx.Tx
+	// slot is the connection's slot: the rows of the sums it adds to.
+	slot int32
 	// failed is the first statement's error: PostgreSQL ignores every
 	// statement after it until the transaction ends.
 	failed error
@@ -261,8 +271,7 @@ func (t *Tx) count(name string, delta int64) {
 	t.pending[name] += delta
 }
 
-// flush writes the pending counter moves. A counter never goes below zero;
-// a row may hold less, which reads as zero (see counterValue).
+// flush writes the pending counter moves to the connection's slot.
 func (t *Tx) flush() error {
 	names := make([]string, 0, len(t.pending))
 	for name, n := range t.pending {
@@ -278,9 +287,9 @@ func (t *Tx) flush() error {
 	for i, name := range names {
 		deltas[i] = t.pending[name]
 	}
-	_, err := t.exec(`INSERT INTO fulfilld_counters AS c (name, n)
-		SELECT name, delta FROM unnest($1::text[], $2::bigint[]) AS d(name, delta) ORDER BY name
-		ON CONFLICT (name) DO UPDATE SET n = GREATEST(GREATEST(c.n, 0) + excluded.n, 0)`, names, deltas)
+	_, err := t.exec(`INSERT INTO fulfilld_counters AS c (name, slot, n)
+		SELECT name, $3, delta FROM unnest($1::text[], $2::bigint[]) AS d(name, delta) ORDER BY name
+		ON CONFLICT (name, slot) DO UPDATE SET n = c.n + excluded.n`, names, deltas, t.slot)
 	if err != nil {
 		return fmt.Errorf("write counters: %w", err)
 	}
@@ -288,17 +297,41 @@ func (t *Tx) flush() error {
 	return nil
 }
 
-// counterValue is how a counter reads: never below zero.
-const counterValue = `GREATEST(n, 0)`
-
 // counter reads one kept counter, with this transaction's moves.
 func (t *Tx) counter(name string) (int64, error) {
 	if err := t.flush(); err != nil {
 		return 0, err
 	}
 	var n int64
-	_, err := t.get(`SELECT `+counterValue+` FROM fulfilld_counters WHERE name = $1`, []any{name}, &n)
-	return n, err
+	_, err := t.get(`SELECT coalesce(sum(n), 0)::bigint FROM fulfilld_counters WHERE name = $1`, []any{name}, &n)
+	return max(n, 0), err
+}
+
+// slotKey is where a connection keeps its slot (see schema/0001_init.sql).
+const slotKey = "fulfilld.slot"
+
+// maxSlots bounds the slots: far more than connections a database allows
+// by default (100).
+const maxSlots = 4096
+
+// slotLock is the advisory lock class of slots ("fulf"); a slot is held by
+// its connection until it closes, or dies with it.
+const slotLock int32 = 0x66756c66
+
+// takeSlot gives a new connection the lowest slot no other live connection
+// holds.
+func takeSlot(ctx context.Context, conn *pgx.Conn) error {
+	for slot := range int32(maxSlots) {
+		var ok bool
+		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, $2)`, slotLock, slot).Scan(&ok); err != nil {
+			return fmt.Errorf("take a slot: %w", err)
+		}
+		if ok {
+			conn.PgConn().CustomData()[slotKey] = slot
+			return nil
+		}
+	}
+	return fmt.Errorf("take a slot: all %d are held by other connections", maxSlots)
 }
 
 // nanos is a time as the indexes and queues keep it: unix nanoseconds,

@@ -11,8 +11,9 @@ import (
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 )
 
-// API usage is kept per UTC day and metric, additive, so every instance
-// adds its own requests to the same rows. As in boltstore, days past
+// API usage is kept per UTC day and metric, in the connection's slot (see
+// schema/0001_init.sql), so every instance adds its own requests without
+// waiting for another's. As in boltstore, days past
 // Stripe's rolling 30 days and one more are folded into dayFolded, which
 // sorts before every date.
 const (
@@ -75,10 +76,10 @@ func (t *Tx) AddUsage(day time.Time, u stripeapi.Usage) error {
 	for i, k := range metrics {
 		ns[i] = m[k]
 	}
-	if _, err := t.exec(`INSERT INTO fulfilld_api_usage AS u (day, metric, n)
-		SELECT $1, metric, n FROM unnest($2::text[], $3::bigint[]) AS d(metric, n) ORDER BY metric
-		ON CONFLICT (day, metric) DO UPDATE SET n = u.n + excluded.n`,
-		day.UTC().Format(time.DateOnly), metrics, ns); err != nil {
+	if _, err := t.exec(`INSERT INTO fulfilld_api_usage AS u (day, metric, slot, n)
+		SELECT $1, metric, $4, n FROM unnest($2::text[], $3::bigint[]) AS d(metric, n) ORDER BY metric
+		ON CONFLICT (day, metric, slot) DO UPDATE SET n = u.n + excluded.n`,
+		day.UTC().Format(time.DateOnly), metrics, ns, t.slot); err != nil {
 		return fmt.Errorf("write api usage: %w", err)
 	}
 	return t.foldOldDays(day)
@@ -94,9 +95,9 @@ func (t *Tx) foldOldDays(day time.Time) error {
 	edge := day.UTC().AddDate(0, 0, -usageDays).Format(time.DateOnly)
 	if _, err := t.exec(`WITH old AS (
 			DELETE FROM fulfilld_api_usage WHERE day >= '0001' AND day < $1 RETURNING metric, n)
-		INSERT INTO fulfilld_api_usage AS u (day, metric, n)
-		SELECT $2, metric, sum(n) FROM old GROUP BY metric ORDER BY metric
-		ON CONFLICT (day, metric) DO UPDATE SET n = u.n + excluded.n`, edge, dayFolded); err != nil {
+		INSERT INTO fulfilld_api_usage AS u (day, metric, slot, n)
+		SELECT $2, metric, $3, sum(n)::bigint FROM old GROUP BY metric ORDER BY metric
+		ON CONFLICT (day, metric, slot) DO UPDATE SET n = u.n + excluded.n`, edge, dayFolded, t.slot); err != nil {
 		return fmt.Errorf("fold old api usage: %w", err)
 	}
 	return nil

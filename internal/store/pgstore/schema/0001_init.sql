@@ -2,6 +2,15 @@
 -- Ids and names are COLLATE "C": byte order, as bbolt's keys sort, and
 -- cheaper to compare. Times that indexes and queues sort by are unix
 -- nanoseconds (bigint), exact where timestamptz keeps microseconds.
+--
+-- Sums that every transaction adds to (counters, event counts, API usage)
+-- are kept in slots: a connection holds a slot of its own while it lives
+-- (an advisory lock), writes only its slot's rows, and a sum is read over
+-- the slots. Two transactions never update the same row of a sum, so they
+-- never fail to serialize over one. A slot's rows outlive its connection
+-- and are added to by the next connection that takes the slot: the number
+-- of rows is bounded by the most connections ever open at once. A slot may
+-- hold less than zero; a sum reads as zero at least.
 
 -- The cursor's position, the last poll, the last sweep and webhook-miss
 -- report: one JSON value each.
@@ -21,8 +30,9 @@ CREATE INDEX fulfilld_seen_by_time ON fulfilld_seen (created, event_id);
 CREATE TABLE fulfilld_event_stats (
 	type    text COLLATE "C" NOT NULL,
 	outcome text COLLATE "C" NOT NULL,
+	slot    int NOT NULL,
 	n       bigint NOT NULL,
-	PRIMARY KEY (type, outcome)
+	PRIMARY KEY (type, outcome, slot)
 );
 
 -- The newest bad events, as JSON.
@@ -67,8 +77,10 @@ CREATE INDEX fulfilld_payment_intents_settled ON fulfilld_payment_intents (settl
 -- Kept counters (ledgerindex names them), the queues' lengths and the
 -- seen-set's size among them: status reads these, not the records.
 CREATE TABLE fulfilld_counters (
-	name text COLLATE "C" PRIMARY KEY,
-	n    bigint NOT NULL
+	name text COLLATE "C" NOT NULL,
+	slot int NOT NULL,
+	n    bigint NOT NULL,
+	PRIMARY KEY (name, slot)
 );
 
 -- The durable queues: one row an item, due first.
@@ -85,6 +97,7 @@ CREATE INDEX fulfilld_queue_due ON fulfilld_queue (queue, due, id);
 CREATE TABLE fulfilld_api_usage (
 	day    text COLLATE "C" NOT NULL,
 	metric text COLLATE "C" NOT NULL,
+	slot   int NOT NULL,
 	n      bigint NOT NULL,
-	PRIMARY KEY (day, metric)
+	PRIMARY KEY (day, metric, slot)
 );
