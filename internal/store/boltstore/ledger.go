@@ -229,10 +229,10 @@ func (t *Tx) EventDelivery(key string) (fulfill.EventDelivery, bool, error) {
 // PutEventDelivery implements fulfill.Tx. A record that cannot be read
 // counts as absent: writing this one repairs it.
 func (t *Tx) PutEventDelivery(n fulfill.EventDelivery) error {
-	if n.Destination == "" || n.EventID == "" {
-		return fmt.Errorf("write delivery of %q to %q: the event id and the destination are required", n.EventID, n.Destination)
+	key, err := ledgerindex.DeliveryKey(n)
+	if err != nil {
+		return err
 	}
-	key := n.Key()
 	old, had, err := t.EventDelivery(key)
 	if err != nil {
 		had = false

@@ -8,6 +8,7 @@
 package ledgerindex
 
 import (
+	"fmt"
 	"strings"
 	"time"
 
@@ -65,6 +66,15 @@ func Delivery(n fulfill.EventDelivery) Indexed {
 // Intent is what a PaymentIntent's recorded status contributes.
 func Intent(pi fulfill.PaymentIntent) Indexed {
 	return Indexed{Counts: []string{"pi:" + pi.Status}, Settled: !pi.Pruned, At: pi.At}
+}
+
+// DeliveryKey is the key a delivery is kept under, refusing one that
+// names no event or no destination.
+func DeliveryKey(n fulfill.EventDelivery) (string, error) {
+	if n.Destination == "" || n.EventID == "" {
+		return "", fmt.Errorf("write delivery of %q to %q: the event id and the destination are required", n.EventID, n.Destination)
+	}
+	return n.Key(), nil
 }
 
 // Deltas is how each counter moves when a record goes from old (had says

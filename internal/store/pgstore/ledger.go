@@ -130,14 +130,14 @@ func (t *Tx) EventDelivery(key string) (fulfill.EventDelivery, bool, error) {
 // PutEventDelivery implements fulfill.Tx. A record that cannot be read
 // counts as absent: writing this one repairs it.
 func (t *Tx) PutEventDelivery(n fulfill.EventDelivery) error {
-	if n.Destination == "" || n.EventID == "" {
-		return fmt.Errorf("write delivery of %q to %q: the event id and the destination are required", n.EventID, n.Destination)
-	}
-	key := n.Key()
-	old, had, err := t.EventDelivery(key)
+	key, err := ledgerindex.DeliveryKey(n)
 	if err != nil {
+		return err
+	}
+	old, had, rerr := t.EventDelivery(key)
+	if rerr != nil {
 		if t.failed != nil {
-			return err // not a record that cannot be read: the statement failed
+			return rerr // not a record that cannot be read: the statement failed
 		}
 		had = false
 	}
@@ -225,17 +225,7 @@ func (t *Tx) Failed(kind string, limit int) ([]string, error) {
 	if limit > 0 {
 		lim = limit
 	}
-	var ids []string
-	err := t.each(`SELECT id FROM `+tbl.name+` WHERE failed_at IS NOT NULL ORDER BY failed_at DESC, id DESC LIMIT $1`,
-		[]any{lim}, func(r pgx.Rows) error {
-			var id string
-			if err := r.Scan(&id); err != nil {
-				return err
-			}
-			ids = append(ids, id)
-			return nil
-		})
-	return ids, err
+	return t.ids(`SELECT id FROM `+tbl.name+` WHERE failed_at IS NOT NULL ORDER BY failed_at DESC, id DESC LIMIT $1`, lim)
 }
 
 // SettledBefore implements fulfill.Tx, from the settled index: oldest

@@ -260,6 +260,20 @@ func (t *Tx) each(sql string, args []any, fn func(pgx.Rows) error) error {
 	return t.note(rows.Err())
 }
 
+// ids runs a query of one text column and returns it.
+func (t *Tx) ids(sql string, args ...any) ([]string, error) {
+	var ids []string
+	err := t.each(sql, args, func(r pgx.Rows) error {
+		var id string
+		if err := r.Scan(&id); err != nil {
+			return err
+		}
+		ids = append(ids, id)
+		return nil
+	})
+	return ids, err
+}
+
 // count moves a kept counter by delta when the transaction commits.
 func (t *Tx) count(name string, delta int64) {
 	if delta == 0 {

@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/store/ledgerindex"
 )
@@ -87,17 +85,8 @@ func (t *Tx) Due(q fulfill.Queue, now time.Time, limit int, exclude map[string]b
 	if limit <= 0 {
 		return nil, nil
 	}
-	var ids []string
-	err := t.each(`SELECT id FROM fulfilld_queue WHERE queue = $1 AND due <= $2 AND NOT id = ANY($3)
-		ORDER BY due, id LIMIT $4`, []any{string(q), now.UnixNano(), excluded(exclude), limit}, func(r pgx.Rows) error {
-		var id string
-		if err := r.Scan(&id); err != nil {
-			return err
-		}
-		ids = append(ids, id)
-		return nil
-	})
-	return ids, err
+	return t.ids(`SELECT id FROM fulfilld_queue WHERE queue = $1 AND due <= $2 AND NOT id = ANY($3)
+		ORDER BY due, id LIMIT $4`, string(q), now.UnixNano(), excluded(exclude), limit)
 }
 
 // NextDue implements fulfill.Tx.
@@ -128,14 +117,5 @@ func (t *Tx) Queued(q fulfill.Queue) ([]string, error) {
 	if err := checkQueue(q); err != nil {
 		return nil, err
 	}
-	var ids []string
-	err := t.each(`SELECT id FROM fulfilld_queue WHERE queue = $1 ORDER BY id`, []any{string(q)}, func(r pgx.Rows) error {
-		var id string
-		if err := r.Scan(&id); err != nil {
-			return err
-		}
-		ids = append(ids, id)
-		return nil
-	})
-	return ids, err
+	return t.ids(`SELECT id FROM fulfilld_queue WHERE queue = $1 ORDER BY id`, string(q))
 }
