@@ -93,6 +93,11 @@ var actionVars = []string{
 	"FULFILLD_TRIGGER", "FULFILLD_IDEMPOTENCY_KEY", "FULFILLD_ATTEMPT",
 }
 
+// testVarPrefix marks the test suite's own variables (FULFILLD_TEST_POSTGRES
+// names the server the PostgreSQL tests use): a developer who exports one
+// still runs fulfilld, and the tests that load a config still pass in CI.
+const testVarPrefix = "FULFILLD_TEST_"
+
 // checkEnviron refuses a non-empty FULFILLD_* variable that names no key:
 // a misspelt FULFILLD_FULFILL_CONCURENCY=3 would otherwise be silently
 // ignored and the default used. (An empty one counts as unset, as for keys.)
@@ -105,7 +110,7 @@ func checkEnviron(environ []string) *Error {
 	for _, kv := range environ {
 		name, val, _ := strings.Cut(kv, "=")
 		if !strings.HasPrefix(name, "FULFILLD_") || strings.TrimSpace(val) == "" ||
-			slices.Contains(known, name) || slices.Contains(actionVars, name) {
+			slices.Contains(known, name) || slices.Contains(actionVars, name) || strings.HasPrefix(name, testVarPrefix) {
 			continue
 		}
 		bad = append(bad, name)

@@ -52,13 +52,14 @@ func TestUnknownNamesSuggest(t *testing.T) {
 }
 
 // Variables fulfilld does read, the action protocol's own (an action may run
-// fulfilld), and empty ones are no typos.
+// fulfilld), the test suite's, and empty ones are no typos.
 func TestKnownVariablesAccepted(t *testing.T) {
 	c := mustLoad(t, Source{
 		LookupEnv: env(map[string]string{"FULFILLD_FULFILL_CONCURRENCY": "3"}),
 		Environ: environ("FULFILLD_FULFILL_CONCURRENCY=3", "FULFILLD_SESSION_ID=cs_test_1",
 			"FULFILLD_ATTEMPT=2", "FULFILLD_TRIGGER=event", "FULFILLD_EVENT_TYPE=checkout.session.expired",
-			"FULFILLD_IDEMPOTENCY_KEY=fulfilld-cs_test_1", "FULFILLD_PAYMENT_INTENT_ID=", "FULFILLD_TYPO=", "HOME=/root"),
+			"FULFILLD_IDEMPOTENCY_KEY=fulfilld-cs_test_1", "FULFILLD_PAYMENT_INTENT_ID=", "FULFILLD_TYPO=", "HOME=/root",
+			"FULFILLD_TEST_POSTGRES=postgres://u:p@127.0.0.1:55432/postgres"),
 	})
 	if c.Fulfill.Concurrency != 3 {
 		t.Errorf("fulfill.concurrency = %d, want 3 from the environment", c.Fulfill.Concurrency)

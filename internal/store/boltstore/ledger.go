@@ -5,10 +5,10 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
-	"strings"
 	"time"
 
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/store/ledgerindex"
 )
 
 // Every write of a session, event delivery or PaymentIntent status moves, in
@@ -28,50 +28,15 @@ var kindByte = map[string]byte{
 
 var byteKind = map[byte]string{'s': fulfill.KindSession, 'n': fulfill.KindDelivery, 'p': fulfill.KindPaymentIntent}
 
-const (
-	countRecovered = "session:recovered"
-	countInFlight  = "session:in_flight"
+// What a record adds to the counters and indexes is decided in ledgerindex,
+// for every backend alike.
+type indexed = ledgerindex.Indexed
+
+var (
+	sessionIndexed  = ledgerindex.Session
+	deliveryIndexed = ledgerindex.Delivery
+	intentIndexed   = ledgerindex.Intent
 )
-
-// indexed is what the counters and indexes need to know of a record.
-type indexed struct {
-	counts  []string // counters this record adds one to
-	failed  bool
-	settled bool // in a final state and not pruned: a candidate for retention
-	at      time.Time
-}
-
-// intentCount is the counter of PaymentIntent fulfilments
-// (fulfill.payment_intents) in a state: kept apart from sessions'.
-const intentCount = "pi_fulfill"
-
-func sessionIndexed(r fulfill.Record) indexed {
-	group := "session:"
-	if fulfill.IsPaymentIntentID(r.SessionID) {
-		group = intentCount + ":"
-	}
-	x := indexed{counts: []string{group + string(r.State)}, failed: r.State == fulfill.StateFailed,
-		settled: r.Ended() && !r.Pruned, at: r.Updated}
-	if r.Recovered {
-		x.counts = append(x.counts, countRecovered)
-	}
-	if r.InFlight {
-		x.counts = append(x.counts, countInFlight)
-	}
-	return x
-}
-
-// deliveryCount is the counter of a destination's deliveries in a state.
-func deliveryCount(dest, state string) string { return "delivery:" + dest + ":" + state }
-
-func deliveryIndexed(n fulfill.EventDelivery) indexed {
-	return indexed{counts: []string{deliveryCount(n.Destination, n.State)}, failed: n.State == fulfill.DeliveryFailed,
-		settled: (n.State == fulfill.DeliverySent || n.State == fulfill.DeliveryFailed) && !n.Pruned, at: n.Updated}
-}
-
-func intentIndexed(pi fulfill.PaymentIntent) indexed {
-	return indexed{counts: []string{"pi:" + pi.Status}, settled: !pi.Pruned, at: pi.At}
-}
 
 func failedKey(kind byte, at time.Time, id string) []byte {
 	return append(append([]byte{kind}, timeKey(at)...), id...)
@@ -86,35 +51,30 @@ func settledKey(at time.Time, kind byte, id string) []byte {
 func (t *Tx) reindex(kind string, id string, old indexed, had bool, cur indexed) error {
 	k := kindByte[kind]
 	counts, failed, settled := t.b(bucketCounts), t.b(bucketFailed), t.b(bucketSettled)
+	for c, n := range ledgerindex.Deltas(old, had, cur) {
+		if err := addUint(counts, []byte(c), n); err != nil {
+			return err
+		}
+	}
 	if had {
-		for _, c := range old.counts {
-			if err := addUint(counts, []byte(c), -1); err != nil {
+		if old.Failed {
+			if err := failed.Delete(failedKey(k, old.At, id)); err != nil {
 				return err
 			}
 		}
-		if old.failed {
-			if err := failed.Delete(failedKey(k, old.at, id)); err != nil {
-				return err
-			}
-		}
-		if old.settled {
-			if err := settled.Delete(settledKey(old.at, k, id)); err != nil {
+		if old.Settled {
+			if err := settled.Delete(settledKey(old.At, k, id)); err != nil {
 				return err
 			}
 		}
 	}
-	for _, c := range cur.counts {
-		if err := addUint(counts, []byte(c), 1); err != nil {
+	if cur.Failed {
+		if err := failed.Put(failedKey(k, cur.At, id), nil); err != nil {
 			return err
 		}
 	}
-	if cur.failed {
-		if err := failed.Put(failedKey(k, cur.at, id), nil); err != nil {
-			return err
-		}
-	}
-	if cur.settled {
-		if err := settled.Put(settledKey(cur.at, k, id), nil); err != nil {
+	if cur.Settled {
+		if err := settled.Put(settledKey(cur.At, k, id), nil); err != nil {
 			return err
 		}
 	}
@@ -269,10 +229,10 @@ func (t *Tx) EventDelivery(key string) (fulfill.EventDelivery, bool, error) {
 // PutEventDelivery implements fulfill.Tx. A record that cannot be read
 // counts as absent: writing this one repairs it.
 func (t *Tx) PutEventDelivery(n fulfill.EventDelivery) error {
-	if n.Destination == "" || n.EventID == "" {
-		return fmt.Errorf("write delivery of %q to %q: the event id and the destination are required", n.EventID, n.Destination)
+	key, err := ledgerindex.DeliveryKey(n)
+	if err != nil {
+		return err
 	}
-	key := n.Key()
 	old, had, err := t.EventDelivery(key)
 	if err != nil {
 		had = false
@@ -328,43 +288,9 @@ func (t *Tx) DeletePaymentIntent(id string) error {
 
 // Counts implements fulfill.Tx: kept counters, not a scan.
 func (t *Tx) Counts() (fulfill.Counts, error) {
-	c := fulfill.Counts{Sessions: map[fulfill.State]int{}, IntentFulfillments: map[fulfill.State]int{},
-		PaymentIntents: map[string]int{}, Deliveries: map[string]map[string]int{}}
-	for _, s := range fulfill.States {
-		c.Sessions[s] = 0
-	}
-	for _, s := range fulfill.IntentStates {
-		c.IntentFulfillments[s] = 0
-	}
-	for _, d := range fulfill.Destinations {
-		c.Deliveries[d] = map[string]int{}
-		for _, s := range fulfill.DeliveryStates {
-			c.Deliveries[d][s] = 0
-		}
-	}
+	c := ledgerindex.NewCounts()
 	err := t.b(bucketCounts).ForEach(func(k, v []byte) error {
-		n := int(binary.BigEndian.Uint64(v))
-		group, name, _ := strings.Cut(string(k), ":")
-		switch {
-		case string(k) == countRecovered:
-			c.Recovered = n
-		case string(k) == countInFlight:
-			c.InFlight = n
-		case group == "session":
-			c.Sessions[fulfill.State(name)] = n
-		case group == intentCount:
-			c.IntentFulfillments[fulfill.State(name)] = n
-		case group == "pi" && n > 0:
-			c.PaymentIntents[name] = n
-		case group == "delivery":
-			dest, state, _ := strings.Cut(name, ":")
-			if c.Deliveries[dest] == nil {
-				c.Deliveries[dest] = map[string]int{}
-			}
-			c.Deliveries[dest][state] = n
-		case group == "queue":
-			// QueueLen reads these.
-		}
+		ledgerindex.Fold(&c, string(k), int(binary.BigEndian.Uint64(v)))
 		return nil
 	})
 	return c, err

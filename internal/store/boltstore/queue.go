@@ -8,6 +8,7 @@ import (
 	"go.etcd.io/bbolt"
 
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/store/ledgerindex"
 )
 
 // A queue is ordered by due time: its items bucket holds due (8 bytes, unix
@@ -22,7 +23,7 @@ func (t *Tx) queue(q fulfill.Queue) (items, index *bbolt.Bucket, err error) {
 }
 
 // queueCount is the counter that keeps a queue's length.
-func queueCount(q fulfill.Queue) []byte { return []byte("queue:" + string(q)) }
+func queueCount(q fulfill.Queue) []byte { return []byte(ledgerindex.QueueCount(q)) }
 
 // Schedule implements fulfill.Tx.
 func (t *Tx) Schedule(q fulfill.Queue, id string, due time.Time) error {

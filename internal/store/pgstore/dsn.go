@@ -1,0 +1,121 @@
+package pgstore
+
+import (
+	"fmt"
+	"net/url"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// The database password is a secret like the API key: no error, log line
+// or output of fulfilld holds it. pgx keeps it out of its own messages;
+// these make sure of it whatever an error quotes.
+
+// Redact returns dsn with its password replaced by xxxxx, in either form
+// libpq accepts (postgres://user:password@host/db?password=… or
+// "host=… password=…"), for a log line or an error.
+func Redact(dsn string) string {
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		if u, err := url.Parse(dsn); err == nil {
+			if _, has := u.User.Password(); has {
+				u.User = url.UserPassword(u.User.Username(), "xxxxx")
+			}
+			if q := u.Query(); q.Has("password") {
+				q.Set("password", "xxxxx")
+				u.RawQuery = q.Encode()
+			}
+			return u.String()
+		}
+		// Not a URL Go can parse: cut whatever sits between the user and
+		// the host, and any password parameter.
+		dsn = urlPassword.ReplaceAllString(dsn, "${1}xxxxx@")
+		return queryPassword.ReplaceAllString(dsn, "${1}xxxxx")
+	}
+	return keywordPassword.ReplaceAllString(dsn, "${1}xxxxx")
+}
+
+var (
+	urlPassword     = regexp.MustCompile(`^(postgres(?:ql)?://[^:@/]*:)[^@]*@`)
+	queryPassword   = regexp.MustCompile(`([?&]password=)[^&]*`)
+	keywordPassword = regexp.MustCompile(`(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
+)
+
+// secretsOf is every password dsn or the environment may carry, for scrub
+// when the DSN could not even be parsed.
+func secretsOf(dsn string) []string {
+	var out []string
+	if p := os.Getenv("PGPASSWORD"); p != "" {
+		out = append(out, p)
+	}
+	if u, err := url.Parse(dsn); err == nil && u.User != nil {
+		if p, ok := u.User.Password(); ok {
+			out = append(out, p)
+		}
+		if p := u.Query().Get("password"); p != "" {
+			out = append(out, p)
+		}
+	}
+	for _, m := range keywordPassword.FindAllStringSubmatch(dsn, -1) {
+		out = append(out, strings.Trim(m[2], "'"))
+	}
+	return out
+}
+
+// destination names a database for messages: where and as whom, never
+// with what password.
+type destination struct {
+	host     string
+	port     uint16
+	database string
+	user     string
+	password string
+}
+
+func destinationOf(c *pgx.ConnConfig) destination {
+	return destination{host: c.Host, port: c.Port, database: c.Database, user: c.User, password: c.Password}
+}
+
+func (d destination) String() string {
+	host := d.host
+	if strings.HasPrefix(host, "/") {
+		host = "socket " + host
+	}
+	return fmt.Sprintf("postgres %s port %s, database %q as user %q", host, strconv.Itoa(int(d.port)), d.database, d.user)
+}
+
+// wrap says what was being done, where, with the password scrubbed from
+// err's text.
+func (d destination) wrap(doing string, err error) error {
+	return fmt.Errorf("%s %s: %w", doing, d, scrub(err, d.password))
+}
+
+// scrub returns err with every secret replaced in its text. It still
+// unwraps to err (errors.Is, errors.As keep working) unless err's own text
+// holds a secret.
+func scrub(err error, secrets ...string) error {
+	if err == nil {
+		return nil
+	}
+	msg, leaked := err.Error(), false
+	for _, s := range secrets {
+		// A password of a character or two would blank out the message
+		// and hide nothing: any text holds it.
+		if len(s) >= 3 && strings.Contains(msg, s) {
+			msg, leaked = strings.ReplaceAll(msg, s, "xxxxx"), true
+		}
+	}
+	if !leaked {
+		return err
+	}
+	return &scrubbed{msg: msg}
+}
+
+// scrubbed is an error whose text had a secret in it: it keeps the text
+// without it, and no way back to the original.
+type scrubbed struct{ msg string }
+
+func (e *scrubbed) Error() string { return e.msg }
