@@ -173,7 +173,7 @@ func (n *Node) Beat() error {
 		if leading {
 			// start is before the transaction read the database's clock,
 			// so this deadline comes before the lease's end.
-			n.deadline = start.Add(n.ttl() - time.Second)
+			n.deadline = start.Add(n.ttl() - min(time.Second, n.ttl()/4))
 		}
 	}
 	n.leading = leading

@@ -15,3 +15,9 @@ func TestContract(t *testing.T) {
 	pgtest.ServerDSN(t)
 	storetest.Run(t, func(t *testing.T) store.Store { return pgtest.Open(t) })
 }
+
+// TestSharedContract runs what a store shared by instances must do.
+func TestSharedContract(t *testing.T) {
+	pgtest.ServerDSN(t)
+	storetest.RunShared(t, func(t *testing.T) store.Store { return pgtest.Open(t) })
+}

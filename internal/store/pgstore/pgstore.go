@@ -218,6 +218,8 @@ type Tx struct {
 	// hold the busiest rows for the shortest time and never lock them in
 	// opposite orders; a read of a counter writes them first.
 	pending map[string]int64
+	// now is the database's clock, read once per transaction.
+	now time.Time
 }
 
 func (t *Tx) note(err error) error {
