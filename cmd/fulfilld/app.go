@@ -16,7 +16,9 @@ import (
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/cluster"
 	"github.com/fulfilld/fulfilld/internal/logging"
+	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/store/boltstore"
+	"github.com/fulfilld/fulfilld/internal/store/pgstore"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/poller"
 )
@@ -108,8 +110,33 @@ func (a *app) setup(overrides map[string]any) error {
 	return nil
 }
 
-// openStore opens the bbolt file, failing fast when another process holds it.
-func (a *app) openStore(readOnly bool) (*boltstore.Store, error) {
+// openStore opens the store: PostgreSQL with store.postgres (any number of
+// processes may), else the bbolt file, failing fast when another process
+// holds it.
+func (a *app) openStore(readOnly bool) (store.Store, error) {
+	if a.shared() {
+		return a.openPostgres()
+	}
+	return a.openBolt(readOnly)
+}
+
+// openPostgres connects, creating or upgrading the schema. A schema that a
+// newer fulfilld wrote is refused: upgrade this one first.
+func (a *app) openPostgres() (store.Store, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	db, err := pgstore.Open(ctx, a.cfg.Store.Postgres, pgstore.Options{})
+	if errors.Is(err, pgstore.ErrSchemaNewer) {
+		return nil, &usageError{fmt.Errorf("store.postgres: %w", err)}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("store.postgres: %w", err)
+	}
+	return db, nil
+}
+
+// openBolt opens the bbolt file, failing fast when another process holds it.
+func (a *app) openBolt(readOnly bool) (*boltstore.Store, error) {
 	path := a.cfg.Store.Path
 	if readOnly {
 		if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {

@@ -19,6 +19,10 @@ func (a *app) compactCommand() *cobra.Command {
 			if err := a.setup(nil); err != nil {
 				return err
 			}
+			if a.shared() {
+				return usagef("compact rewrites the bbolt file; with store.postgres, PostgreSQL's autovacuum reclaims the space " +
+					"(VACUUM FULL would rewrite the tables, locking out every instance meanwhile)")
+			}
 			sz, err := boltstore.Compact(a.cfg.Store.Path, time.Second)
 			if errors.Is(err, boltstore.ErrHeld) {
 				return &usageError{fmt.Errorf("store.path: %w: stop `fulfilld run` (systemctl stop fulfilld), compact, then start it again", err)}

@@ -155,9 +155,9 @@ func runSince(value string, now time.Time) (time.Time, error) {
 // dryRun lists what one pass would handle, reading the store (if there is
 // one) and writing nothing.
 func (a *app) dryRun(ctx context.Context, since time.Time) error {
-	var db *boltstore.Store
+	var db store.Store
 	var err error
-	if _, serr := os.Stat(a.cfg.Store.Path); serr == nil {
+	if _, serr := os.Stat(a.cfg.Store.Path); serr == nil || a.shared() {
 		db, err = a.openStore(true)
 	} else {
 		// No store yet: judge against an empty one that is thrown away.
