@@ -304,6 +304,40 @@ func (r *Reconciler) reconcileOne(tx Tx, s stripeapi.SessionSummary, now time.Ti
 	return 1, nil
 }
 
+// ScheduledSince is where a scheduled sweep starts: since (reconcile.window
+// ago), or in repair mode where the last sweep's listing stopped, when that
+// is further back. The stream forwards nothing in repair mode, so an
+// undelivered event no sweep lists is never repaired: one created within
+// forward.grace before a sweep when the next comes a window later (a
+// schedule as long as the window, the daemon stopped, sweeps failing).
+// Stripe's 30 days bound it all the same (see reportMisses).
+func (r *Reconciler) ScheduledSince(since time.Time) time.Time {
+	if r.Repair == nil {
+		return since
+	}
+	var last *Sweep
+	if err := r.DB.View(func(tx Tx) (err error) {
+		last, _, err = tx.LastSweep()
+		return err
+	}); err != nil || last == nil {
+		return since
+	}
+	from := since
+	switch {
+	case last.Outcome != "ok":
+		// It may have stopped before any listing: it covered nothing.
+		from = last.Since
+	case last.Repair != nil:
+		from = last.Repair.Until
+	}
+	if !from.Before(since) {
+		return since
+	}
+	r.log().Info("the sweep starts where the last one's listing stopped, before reconcile.window",
+		"since", from.UTC().Format(time.RFC3339), "window_start", since.UTC().Format(time.RFC3339))
+	return from
+}
+
 // reportMisses lists events whose webhook delivery failed in the window (at
 // most the 30 days Stripe keeps events) and notes whether fulfilld handled
 // each. In repair mode the same listing, of forward.types and up to

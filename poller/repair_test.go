@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"testing"
@@ -343,4 +344,58 @@ func TestMeasureRepairSweepReads(t *testing.T) {
 		}
 		t.Log(line)
 	}
+}
+
+// TestScheduledRepairSweepsLeaveNoGap: the scheduled sweep lists
+// reconcile.window back, and repair has no other path than the sweeps (the
+// stream forwards nothing), so a sweep must start where the last one's
+// listing stopped when that is further back: an event created inside
+// forward.grace before a sweep, with the next sweep a window later (a
+// @daily schedule with a 24h window, or the daemon stopped for a day), is
+// repaired all the same, and one that a failed sweep did not get to is
+// listed by the next.
+func TestScheduledRepairSweepsLeaveNoGap(t *testing.T) {
+	stripe := stripesim.NewClock(t0)
+	h := newHarness(t, onStripesClock(stripe))
+	recv, url := newReceiver(t)
+	rec, d := h.repairer(url, defaultTypes)
+	const window = 24 * time.Hour
+	scheduled := func() *poller.RepairReport {
+		t.Helper()
+		return sweep(t, rec, rec.ScheduledSince(stripe.Now().Add(-window)))
+	}
+	failed := stripesim.DeliveryFailed()
+	early := h.completed(t0.Add(-time.Hour), failed)
+	edge := h.completed(t0.Add(-5*time.Minute), failed) // Stripe's to deliver at the first sweep
+	if r := scheduled(); r.Queued != 1 {
+		t.Fatalf("first sweep: %+v; want only the event past the grace", *r)
+	}
+
+	for _, gap := range []time.Duration{window, 3 * window} { // a day's schedule; a three days' stop
+		stripe.Advance(gap)
+		h.clock.Advance(gap)
+		scheduled()
+	}
+	runDeliveries(t, d)
+	wantDelivered(t, recv, map[string]int{early: 1, edge: 1})
+
+	// A sweep that stops half-way (Stripe's listing fails) covers
+	// nothing for sure: the next one starts where it started.
+	late := h.completed(stripe.Now().Add(-20*time.Minute), failed)
+	h.sim.SetFault(func(r *http.Request, _ int64) *stripesim.Fault {
+		if r.URL.Query().Get("delivery_success") == "false" {
+			return &stripesim.Fault{Status: http.StatusBadRequest}
+		}
+		return nil
+	})
+	_, err := rec.Sweep(context.Background(), rec.ScheduledSince(stripe.Now().Add(-window)))
+	h.sim.SetFault(nil)
+	if err == nil {
+		t.Fatal("the sweep did not fail")
+	}
+	stripe.Advance(2 * window)
+	h.clock.Advance(2 * window)
+	scheduled()
+	runDeliveries(t, d)
+	wantDelivered(t, recv, map[string]int{early: 1, edge: 1, late: 1})
 }

@@ -227,12 +227,14 @@ func (a *app) deliverer(db fulfill.DB) *fulfill.Deliverer {
 	if fw := a.cfg.Forward; fw.URL != "" {
 		handler := &fulfill.URL{URL: fw.URL, Secret: fw.Secret, Timeout: a.cfg.Fulfill.Timeout,
 			ContentType: "application/json; charset=utf-8"}
-		// Forward deliveries queued before a switch to repair mode still
-		// reach the handler; only the stream stops queueing them.
+		// Deliveries queued before a switch between forward and repair
+		// mode still reach the handler, whichever mode is on now: the
+		// other mode never queues an event that has one (see
+		// fulfill.EnqueueDelivery), so nothing else would deliver it.
+		// Only what queues them differs: the stream, or the sweeps.
 		dests[fulfill.DestForward] = handler
-		if a.cfg.Repair() {
-			dests[fulfill.DestRepair] = handler // the sweeps queue these
-		} else {
+		dests[fulfill.DestRepair] = handler
+		if !a.cfg.Repair() {
 			routes.Add(fulfill.DestForward, fw.Types...)
 		}
 	}

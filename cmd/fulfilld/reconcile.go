@@ -90,6 +90,12 @@ func (a *app) reconcile(ctx context.Context, since string) error {
 	if err := d.Recover(); err != nil {
 		return err
 	}
+	if since == "" {
+		// From cron, a plain `reconcile` is the scheduled sweep: in repair
+		// mode it starts where the last one's listing stopped, if further
+		// back than the window.
+		from = d.Reconciler.ScheduledSince(from)
+	}
 	sw, swept, res, err := d.Reconcile(ctx, from)
 	if swept {
 		if sw.Repair != nil {

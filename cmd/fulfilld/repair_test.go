@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http/httptest"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -143,5 +144,42 @@ func TestRepairModeDaemon(t *testing.T) {
 	recv.mu.Unlock()
 	if v, ok := sample(scrape(t, base), "fulfilld_dead_letters", map[string]string{"kind": "repair"}); !ok || v != 0 {
 		t.Errorf("fulfilld_dead_letters{kind=repair} = %v (present %v), want 0", v, ok)
+	}
+}
+
+// TestRepairThenForward: a repair delivery that has not reached the handler
+// when the shop switches from repair mode to plain forward still reaches it
+// (after `retry evt_…`): forward and repair share forward.url, and the
+// stream never forwards an event that has a repair delivery, so nothing
+// else would ever deliver it.
+func TestRepairThenForward(t *testing.T) {
+	t.Parallel()
+	recv, url := repairReceiver(t)
+	h := newHarness(t, harnessOptions{config: repairConfig(url, "")})
+	missed := completedEvent(h.sim, time.Now().Add(-2*time.Hour), stripesim.DeliveryFailed())
+	recv.mu.Lock()
+	recv.fail = true
+	recv.mu.Unlock()
+	if r := h.fulfilld("reconcile"); r.code != 1 || !strings.Contains(r.stdout, "1 dead-lettered") {
+		t.Fatalf("reconcile with the handler down: exit %d, want 1 and the repair dead-lettered:\n%s", r.code, r)
+	}
+	recv.mu.Lock()
+	recv.fail = false
+	recv.mu.Unlock()
+
+	cfg, err := os.ReadFile(h.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.writeFile("fulfilld.yaml", strings.Replace(string(cfg), "  undelivered_only: true\n", "", 1))
+	for _, args := range [][]string{{"retry", missed}, {"run", "--once", "--since", "3h"}} {
+		if r := h.fulfilld(args...); r.code != 0 {
+			t.Fatalf("%v in forward mode: exit %d:\n%s", args, r.code, r)
+		}
+	}
+	recv.mu.Lock()
+	defer recv.mu.Unlock()
+	if recv.answered[missed] != 1 {
+		t.Errorf("after the switch to forward the handler answered %v, want %s once", recv.answered, missed)
 	}
 }

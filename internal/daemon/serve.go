@@ -94,7 +94,8 @@ func (d *Daemon) Serve(parent context.Context) error {
 		if !d.lists() {
 			return
 		}
-		_, err := d.Reconciler.Sweep(ctx, d.Client.Clock.Now().Add(-d.Config.Reconcile.Window))
+		since := d.Reconciler.ScheduledSince(d.Client.Clock.Now().Add(-d.Config.Reconcile.Window))
+		_, err := d.Reconciler.Sweep(ctx, since)
 		d.SaveUsage()
 		d.jobDone(ctx, cancel, "reconciliation sweep", err)
 	}))
