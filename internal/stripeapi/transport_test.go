@@ -276,7 +276,7 @@ func (a *countingAction) count(id string) int {
 // down to what Stripe allows, and every paid session is fulfilled exactly
 // once.
 func TestRateLimitFarAboveStripesLosesNothing(t *testing.T) {
-	const serverLimit = 20.0
+	const serverLimit = 8.0
 	sim := stripesim.New(stripesim.Options{
 		GlobalLimit: serverLimit, EndpointLimit: serverLimit,
 		Latency: func() time.Duration { return 5 * time.Millisecond },
