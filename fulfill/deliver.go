@@ -306,11 +306,12 @@ func (n *Deliverer) attempt(ctx context.Context, key string) (outcome, error) {
 	}
 	var rec EventDelivery
 	var ok, busy bool
+	var until time.Time
 	err := n.DB.View(func(tx Tx) (err error) {
 		if rec, ok, err = tx.EventDelivery(key); err != nil || !ok {
 			return err
 		}
-		_, busy, err = n.Sharing.heldElsewhere(tx, rec.InFlight, rec.Lease, n.now())
+		until, busy, err = n.Sharing.heldElsewhere(tx, rec.InFlight, rec.Lease, n.now())
 		return err
 	})
 	if err != nil {
@@ -325,9 +326,9 @@ func (n *Deliverer) attempt(ctx context.Context, key string) (outcome, error) {
 		return outcomeOther, n.DB.Update(func(tx Tx) error { return tx.Unschedule(DeliveryQueue, key) })
 	}
 	if busy {
-		// Another instance delivers it now; its entry is parked until
-		// that attempt's lease ends.
-		return outcomeOther, nil
+		// Another instance delivers it now: looked at again when that
+		// attempt's lease ends.
+		return outcomeOther, n.DB.Update(func(tx Tx) error { return tx.Schedule(DeliveryQueue, key, until) })
 	}
 	action := n.Destinations[dest]
 	if action == nil {

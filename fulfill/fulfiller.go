@@ -162,11 +162,12 @@ func (f *Fulfiller) fulfill(ctx context.Context, sessionID, trigger, eventID str
 	}
 	var rec Record
 	var found, busy bool
+	var until time.Time
 	err = f.DB.View(func(tx Tx) error {
 		if rec, found, err = Get(tx, sessionID); err != nil || !found {
 			return err
 		}
-		_, busy, err = f.Sharing.heldElsewhere(tx, rec.InFlight, rec.Lease, f.now())
+		until, busy, err = f.Sharing.heldElsewhere(tx, rec.InFlight, rec.Lease, f.now())
 		return err
 	})
 	if err != nil {
@@ -175,9 +176,13 @@ func (f *Fulfiller) fulfill(ctx context.Context, sessionID, trigger, eventID str
 	if !found {
 		rec = Record{SessionID: sessionID, State: StatePending, Trigger: trigger, EventID: eventID, Created: f.now()}
 	}
-	if rec.State == StateFulfilled || rec.State == StateFailed && trigger != TriggerManual || busy {
-		// busy: another instance is attempting it right now; its queue
-		// entry is parked until that attempt's lease ends.
+	if busy {
+		// Another instance is attempting it right now: looked at again
+		// when that attempt's lease ends (this host's clock may read
+		// that the entry is due before the store's does).
+		return rec, f.DB.Update(func(tx Tx) error { return tx.Schedule(SessionQueue, sessionID, until) })
+	}
+	if rec.State == StateFulfilled || rec.State == StateFailed && trigger != TriggerManual {
 		return rec, nil
 	}
 	if rec.InFlight {
@@ -275,6 +280,11 @@ func (f *Fulfiller) act(ctx context.Context, rec Record, st *stages, body []byte
 		rec.Attempts--
 		log.Info("another instance is attempting it now; not running the action here", "holder", rec.Lease.Holder)
 		return rec, nil
+	case errors.Is(err, errChanged):
+		// rec is the record as it stands now.
+		log.Info("another instance settled or attempted it since it was read; not running the action here",
+			"state", rec.State, "attempts", rec.Attempts)
+		return rec, nil
 	case errors.Is(err, errCovered):
 		log.Info("not running the action: this payment was fulfilled the other way (as its session, or as its payment intent)",
 			"state", rec.State, "owner", rec.Owner)
@@ -351,8 +361,17 @@ func (f *Fulfiller) settleUnpaid(rec Record, sess *stripeapi.Session) (Record, e
 		if err != nil {
 			return err
 		}
+		if ok && f.Sharing.shared() && !cur.Updated.Equal(rec.Updated) && cur.Seq == rec.Seq {
+			// Another instance wrote it since it was read here: its
+			// write stands (a result is never undone by a stale read).
+			out = cur
+			return nil
+		}
 		if ok && cur.Seq != rec.Seq {
 			out = cur
+			if f.Sharing.shared() && cur.Ended() && cur.State != StatePaymentFailed && cur.State != StateExpired {
+				return nil
+			}
 			out.PaymentStatus, out.Updated = sess.PaymentStatus, now
 			if cur.State == StatePaymentFailed || cur.State == StateExpired {
 				if err := put(tx, out); err != nil {
@@ -413,15 +432,20 @@ func (f *Fulfiller) save(rec Record, next time.Time) error {
 // saveResult records an attempt's result, when attempt is not 0 only while
 // that attempt still holds the record (see Sharing.stillHeld).
 func (f *Fulfiller) saveResult(rec Record, attempt int, next time.Time) error {
+	read := rec.Updated
 	rec.Updated = f.now()
-	return f.DB.Update(func(tx Tx) error {
-		if attempt != 0 && f.Sharing.shared() {
-			cur, _, err := Get(tx, rec.SessionID)
+	err := f.DB.Update(func(tx Tx) error {
+		if f.Sharing.shared() {
+			cur, ok, err := Get(tx, rec.SessionID)
 			if err != nil {
 				return err
 			}
-			if err := f.Sharing.stillHeld(cur.InFlight, cur.Lease, cur.Attempts, attempt); err != nil {
-				return err
+			if attempt != 0 {
+				if err := f.Sharing.stillHeld(cur.InFlight, cur.Lease, cur.Attempts, attempt); err != nil {
+					return err
+				}
+			} else if ok && !cur.Updated.Equal(read) {
+				return errChanged
 			}
 		}
 		if err := put(tx, rec); err != nil {
@@ -429,6 +453,14 @@ func (f *Fulfiller) saveResult(rec Record, attempt int, next time.Time) error {
 		}
 		return place(tx, SessionQueue, rec.SessionID, next)
 	})
+	if errors.Is(err, errChanged) {
+		// Another instance wrote the record after it was read here (a
+		// result, an attempt): its write stands, and so does the queue
+		// entry it left.
+		f.logger().Debug("not recording: another instance changed the record since it was read", "id", rec.SessionID)
+		return nil
+	}
+	return err
 }
 
 // retrieve reads the session from Stripe holding a fetch slot, released
@@ -453,11 +485,12 @@ func (f *Fulfiller) retrieve(ctx context.Context, rec Record, st *stages) (*stri
 // sequence number is the store's when newer, so events recorded while the
 // session was read or waited for a slot still count as news.
 func (f *Fulfiller) startAttempt(rec *Record, owns string) error {
+	read := rec.Updated
 	rec.Updated = f.now()
 	park := f.Sharing.park(rec.Updated)
-	var covered *Record
+	var covered, changed *Record
 	err := f.DB.Update(func(tx Tx) error {
-		covered = nil
+		covered, changed = nil, nil
 		cur, ok, err := Get(tx, rec.SessionID)
 		if err != nil {
 			return err
@@ -467,6 +500,14 @@ func (f *Fulfiller) startAttempt(rec *Record, owns string) error {
 		} else if busy {
 			rec.Lease = cur.Lease
 			return errBusyUntil{until}
+		}
+		if f.Sharing.shared() && ok && !cur.Updated.Equal(read) {
+			// Written since it was read here — by another instance's
+			// attempt or result, or by a new event: what this instance
+			// decided may be stale, so it decides nothing. The queue
+			// entry stays as that write left it.
+			changed = &cur
+			return nil
 		}
 		if rec.Lease, err = f.Sharing.take(tx); err != nil {
 			return err
@@ -506,6 +547,10 @@ func (f *Fulfiller) startAttempt(rec *Record, owns string) error {
 			return err
 		}
 		return errClaimed
+	}
+	if err == nil && changed != nil {
+		*rec = *changed
+		return errChanged
 	}
 	if err == nil && covered != nil {
 		*rec = *covered

@@ -50,6 +50,9 @@ const LeaseMargin = time.Minute
 var (
 	// errClaimed: another instance holds a live lease on the record.
 	errClaimed = errors.New("another instance is attempting it now")
+	// errChanged: another instance wrote the record since it was read
+	// here; what was decided on the stale read is dropped.
+	errChanged = errors.New("the record changed since it was read")
 	// ErrClaimLost is an attempt whose lease ended before its result could
 	// be recorded: another instance has taken the record over (and repeats
 	// the attempt with the same idempotency key), so this result is not

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/stripeapi"
 )
 
 // heldAction blocks each run until released, and records the runs.
@@ -145,5 +146,49 @@ func TestExpiredLeaseIsTakenOverWithTheSameKey(t *testing.T) {
 	runs := append(actA.runs(), actB.runs()...)
 	if len(runs) != 2 || runs[0] != "fulfilld-cs_1" || runs[1] != runs[0] {
 		t.Fatalf("runs = %v; want two, both with the session's idempotency key", runs)
+	}
+}
+
+// blockingSource answers "paid" once the test lets it.
+type blockingSource struct {
+	asked, answer chan struct{}
+}
+
+func (s blockingSource) GetSession(_ context.Context, id string) (*stripeapi.Session, error) {
+	s.asked <- struct{}{}
+	<-s.answer
+	return &stripeapi.Session{ID: id, Status: "complete", PaymentStatus: "paid", JSON: []byte(`{}`)}, nil
+}
+
+// An instance that read a session before another fulfilled it does not
+// act on its stale read: the other's result stands and the action ran once.
+func TestStaleReadOfAnotherInstanceDoesNotRunAgain(t *testing.T) {
+	db := ledger(openTestDB(t))
+	actA, actB := newHeldAction(), newHeldAction()
+	close(actA.release)
+	close(actB.release)
+	a := instance(db, "host-a:1", actA)
+	b := instance(db, "host-b:2", actB)
+	src := blockingSource{asked: make(chan struct{}), answer: make(chan struct{})}
+	b.Sessions = src
+
+	done := make(chan fulfill.Record, 1)
+	go func() {
+		rec, err := b.Fulfill(context.Background(), "cs_1", fulfill.TriggerManual, "")
+		if err != nil {
+			t.Error(err)
+		}
+		done <- rec
+	}()
+	<-src.asked // b has read the (absent) record and asks Stripe
+	if rec, err := a.Fulfill(context.Background(), "cs_1", fulfill.TriggerManual, ""); err != nil || rec.State != fulfill.StateFulfilled {
+		t.Fatalf("a: %+v, %v", rec, err)
+	}
+	close(src.answer)
+	if rec := <-done; rec.State != fulfill.StateFulfilled || rec.Attempts != 1 {
+		t.Fatalf("b returned %+v; want a's fulfilled record", rec)
+	}
+	if n := len(actA.runs()) + len(actB.runs()); n != 1 {
+		t.Fatalf("the action ran %d times; want once", n)
 	}
 }
