@@ -57,7 +57,7 @@ func (a *app) rootCommand() *cobra.Command {
 	root.PersistentFlags().StringVar(&a.logFormat, "log-format", "auto", "log format: text, json, or auto (text on a terminal, JSON otherwise)")
 	root.PersistentFlags().StringVar(&a.logLevel, "log-level", "info", "log level: debug, info, warn, error")
 	root.PersistentFlags().StringArrayVar(&a.sets, "set", nil, "set a config key, over the file and the environment: --set store.path=/var/lib/fulfilld/f.db (repeatable; lists as JSON or words)")
-	root.AddCommand(a.initCommand(), a.runCommand(), a.statusCommand(), a.fulfillCommand(), a.retryCommand(), a.reconcileCommand(), a.demoCommand(), a.benchCommand(), a.compactCommand(), a.versionCommand())
+	root.AddCommand(a.initCommand(), a.runCommand(), a.statusCommand(), a.fulfillCommand(), a.retryCommand(), a.reconcileCommand(), a.demoCommand(), a.benchCommand(), a.compactCommand(), a.migrateStoreCommand(), a.versionCommand())
 	return root
 }
 

@@ -80,6 +80,8 @@ func (a *app) benchCommand() *cobra.Command {
 	f.Float64Var(&cfg.RateLimit, "rate-limit", 0, "fulfilld's stripe.rate_limit (0 = the simulated global limit)")
 	f.IntVar(&cfg.Concurrency, "concurrency", 4, "fulfill.concurrency")
 	f.StringVar(&cfg.Store, "store", "", "directory for the bbolt files (default: a temporary one, removed after)")
+	f.StringVar(&cfg.Postgres, "postgres", "", "also run on PostgreSQL, one instance and two on one database: a server DSN whose role may CREATE DATABASE "+
+		"(each phase gets a database of its own, dropped after; a password is best left to PGPASSWORD or PGPASSFILE)")
 	f.BoolVar(&cfg.Docs, "docs-loop", true, "also time the docs-literal loop on the same data (in parallel, on its own simulator)")
 	f.BoolVar(&cfg.Ceiling, "ceiling", true, "also measure the local ceiling: a poll with no latency and no limits")
 	f.StringVar(&cfg.CPUProfile, "cpuprofile", "", "write the daemon path's CPU profile to this file (the local ceiling's to FILE.ceiling)")

@@ -35,8 +35,8 @@ import (
 
 	"github.com/fulfilld/fulfilld/config"
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/cluster"
 	"github.com/fulfilld/fulfilld/internal/store"
-	"github.com/fulfilld/fulfilld/internal/store/boltstore"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/internal/stripesim"
 	"github.com/fulfilld/fulfilld/poller"
@@ -55,6 +55,11 @@ type Config struct {
 	Concurrency int
 	// Store is the directory for the bbolt files; "" = a temporary one.
 	Store string
+	// Postgres, when set, is a PostgreSQL server's DSN (a role allowed to
+	// CREATE DATABASE): the daemon path and the ceiling also run there,
+	// with one instance and with two on one database, each phase on a
+	// database of its own, dropped after.
+	Postgres string
 	// Docs also times the docs-literal loop, on a second simulator with the
 	// same data and limits, while the daemon runs.
 	Docs bool
@@ -93,6 +98,19 @@ type Report struct {
 	Docs       *Phase
 	Ceiling    *Phase
 	CeilingEPS float64 // events/s through dedupe + durable enqueue
+	// Backends are the daemon path and the ceiling on each store: bbolt
+	// first, then PostgreSQL with one and two instances when asked.
+	Backends []BackendRun
+}
+
+// BackendRun is the daemon path and the local ceiling on one backend.
+type BackendRun struct {
+	Name      string
+	Instances int
+	Backfill  daemonResult
+	Ceiling   *daemonResult
+	// Errors are the phases that failed, each with why.
+	Errors []string
 }
 
 // Phase is one timed run.
@@ -143,6 +161,10 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	sc := SimConfig{Events: cfg.Events, Sessions: cfg.Sessions, Anchor: anchor, Span: benchSpan,
 		Latency: cfg.Latency, Jitter: cfg.Jitter, GlobalLimit: cfg.GlobalLimit, EndpointLimit: cfg.EndpointLimit}
 	since := anchor.Add(-benchSpan - time.Minute)
+	// Every backend's phases list the same data: with the limits, and
+	// without latency or limits for the ceiling.
+	simWithLimits, freeSim := sc, sc
+	freeSim.Latency, freeSim.Jitter, freeSim.GlobalLimit, freeSim.EndpointLimit = 0, 0, 0, 0
 	cfg.progress("generating %d events with %d paid sessions in the simulator", cfg.Events, cfg.Sessions)
 	main, err := startSim(ctx, cfg.SimCommand, sc)
 	if err != nil {
@@ -176,12 +198,14 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 	if cfg.EndpointLimit > 0 && (limits.Endpoint <= 0 || cfg.EndpointLimit < limits.Endpoint) {
 		limits.Endpoint = cfg.EndpointLimit
 	}
-	d, err := runDaemon(ctx, cfg, main.URL, filepath.Join(dir, "fulfilld.db"), since, limits, true)
+	bolt := backend{Name: "bbolt", Instances: 1, path: filepath.Join(dir, "fulfilld.db")}
+	d, err := runDaemon(ctx, cfg, main.URL, bolt, since, limits, true)
 	if err != nil {
 		wg.Wait()
 		return nil, err
 	}
 	rep.Daemon, rep.Fulfilled, rep.Doubled = d.phase, d.fulfilled, d.doubled
+	rep.Backends = append(rep.Backends, BackendRun{Name: bolt.Name, Instances: 1, Backfill: d})
 	if rep.Daemon.Server, err = main.stats(ctx); err != nil {
 		return nil, err
 	}
@@ -201,12 +225,52 @@ func Run(ctx context.Context, cfg Config) (*Report, error) {
 			return nil, err
 		}
 		defer free.stop()
-		c, err := runDaemon(ctx, cfg, free.URL, filepath.Join(dir, "ceiling.db"), since, stripeapi.Limits{}, false)
+		c, err := runDaemon(ctx, cfg, free.URL, bolt, since, stripeapi.Limits{}, false)
 		if err != nil {
 			return nil, err
 		}
 		rep.Ceiling = &c.phase
 		rep.CeilingEPS = float64(c.phase.Listed) / c.phase.Wall.Seconds()
+		rep.Backends[0].Ceiling = &c
+	}
+	if cfg.Postgres != "" {
+		for _, n := range []int{1, 2} {
+			be := backend{Name: fmt.Sprintf("pg×%d", n), Instances: n, server: cfg.Postgres}
+			run := BackendRun{Name: be.Name, Instances: n}
+			cfg.progress("%s: the daemon path on PostgreSQL, %d instance(s) on one database", be.Name, n)
+			sim, err := startSim(ctx, cfg.SimCommand, simWithLimits)
+			if err != nil {
+				return nil, err
+			}
+			run.Backfill, err = runDaemon(ctx, cfg, sim.URL, be, since, limits, true)
+			sim.stop()
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			if err != nil {
+				// A phase that failed on PostgreSQL is a finding, not the
+				// end of the run: it is printed in the table.
+				run.Errors = append(run.Errors, "backfill: "+err.Error())
+			}
+			if cfg.Ceiling {
+				cfg.progress("%s: local ceiling", be.Name)
+				free, err := startSim(ctx, cfg.SimCommand, freeSim)
+				if err != nil {
+					return nil, err
+				}
+				c, err := runDaemon(ctx, cfg, free.URL, be, since, stripeapi.Limits{}, false)
+				free.stop()
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				if err != nil {
+					run.Errors = append(run.Errors, "ceiling: "+err.Error())
+				} else {
+					run.Ceiling = &c
+				}
+			}
+			rep.Backends = append(rep.Backends, run)
+		}
 	}
 	return rep, ctx.Err()
 }
@@ -246,38 +310,105 @@ func (a *noop) Deliver(_ context.Context, d fulfill.Delivery) (fulfill.Outcome, 
 type daemonResult struct {
 	phase              Phase
 	fulfilled, doubled int
+	// StoreTime is the wall time spent inside store transactions, summed
+	// over the instances (so it may exceed the phase's wall time), Txs how
+	// many ran, Conflicts how many PostgreSQL tries failed to serialize.
+	storeTime time.Duration
+	txs       int64
+	conflicts int64
+}
+
+// instance is one daemon of a phase: its store, its Stripe client and,
+// when the store is shared, its part in the coordination.
+type instance struct {
+	db     store.Store
+	client *stripeapi.Client
+	node   *cluster.Node
+	f      *fulfill.Fulfiller
+	wake   chan struct{}
 }
 
 // runDaemon is `run --once` over a fresh store: the poll and the queue side
 // by side until the queue is idle. With fulfillment off it only polls: the
-// local ceiling of dedupe + durable enqueue.
-func runDaemon(ctx context.Context, cfg Config, url, path string, since time.Time, limits stripeapi.Limits, fulfillment bool) (daemonResult, error) {
+// local ceiling of dedupe + durable enqueue. On a shared backend with more
+// than one instance, the first lists (its writes fenced by the lister's
+// lease, as the daemon's are) and every one works the queue, each with its
+// own pool and its own share of the Stripe budget; in the ceiling, the
+// others work the queue while the lister polls, as they would.
+func runDaemon(ctx context.Context, cfg Config, url string, be backend, since time.Time, limits stripeapi.Limits, fulfillment bool) (daemonResult, error) {
 	var out daemonResult
-	for _, p := range []string{path, path + ".lock"} {
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return out, err
-		}
+	phase := "daemon"
+	if !fulfillment {
+		phase = "ceiling"
 	}
-	// The daemon's own store setup, so its options are what is measured.
-	db, err := boltstore.Open(path, false, time.Second)
+	o, err := be.open(ctx, phase)
 	if err != nil {
 		return out, err
 	}
-	defer db.Close()
+	defer o.close()
 	log := cfg.Logger
-	c := stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: url, Limits: limits,
-		Logger: log.With("component", "stripe")})
 	act := &noop{runs: map[string]int{}}
+	var insts []*instance
+	for i, db := range o.stores {
+		in := &instance{db: db, wake: make(chan struct{}, 1)}
+		in.client = stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: url, Limits: limits,
+			Logger: log.With("component", "stripe")})
+		in.f = &fulfill.Fulfiller{DB: store.As[fulfill.Tx](db), Sessions: in.client, Action: act, MaxAttempts: 8,
+			Concurrency: cfg.Concurrency, Logger: log.With("component", "fulfill")}
+		if be.shared() {
+			self := cluster.Instance{ID: fmt.Sprintf("bench-%d", i), Host: "bench", PID: os.Getpid(), Started: time.Now()}
+			t := in.client.Transport
+			in.node = &cluster.Node{DB: store.As[cluster.Tx](db.Store), Self: self, Logger: log.With("component", "cluster"),
+				Share: t.SetShare, Throttled: t.Throttled, ThrottledElsewhere: t.ThrottledElsewhere}
+			in.f.Sharing = fulfill.Sharing{Instance: self.ID, Lease: 30*time.Second + fulfill.LeaseMargin}
+		}
+		insts = append(insts, in)
+	}
+	lister := insts[0]
+	var pollDB store.Store = lister.db
+	if be.shared() {
+		// The first beat makes the first instance the lister; a second
+		// round lets every one count the others and take its share.
+		for range 2 {
+			for _, in := range insts {
+				if err := in.node.Beat(); err != nil {
+					return out, fmt.Errorf("heartbeat: %w", err)
+				}
+			}
+		}
+		if _, ok := lister.node.Leading(); !ok {
+			return out, errors.New("the first instance did not take the lister role")
+		}
+		pollDB = lister.node.Fence(lister.db)
+		nctx, stop := context.WithCancel(ctx)
+		var beating sync.WaitGroup
+		for _, in := range insts {
+			beating.Add(1)
+			go func() {
+				defer beating.Done()
+				in.node.Run(nctx)
+			}()
+		}
+		defer func() {
+			stop()
+			beating.Wait()
+		}()
+	}
 	var listed atomic.Int64
-	p := &poller.Poller{DB: store.As[poller.Tx](db), Events: c, Types: config.DefaultEventTypes, Lookback: 10 * time.Minute,
+	p := &poller.Poller{DB: store.As[poller.Tx](pollDB), Events: lister.client, Types: config.DefaultEventTypes, Lookback: 10 * time.Minute,
 		Logger:   log.With("component", "poller"),
 		Progress: func(pr poller.Progress) { listed.Store(int64(pr.Listed)) }}
-	f := &fulfill.Fulfiller{DB: store.As[fulfill.Tx](db), Sessions: c, Action: act, MaxAttempts: 8, Concurrency: cfg.Concurrency,
-		Logger: log.With("component", "fulfill")}
 
 	cpuProfile, heapProfile := cfg.CPUProfile, cfg.HeapProfile
-	if !fulfillment {
-		cpuProfile, heapProfile = suffixed(cpuProfile, ".ceiling"), suffixed(heapProfile, ".ceiling")
+	if cpuProfile != "" || heapProfile != "" {
+		suffix := ""
+		if be.Name != "bbolt" {
+			suffix = "." + strings.ReplaceAll(be.Name, "×", "x")
+		}
+		if !fulfillment {
+			suffix += ".ceiling"
+		}
+		cpuProfile, heapProfile = suffixed(cpuProfile, suffix), suffixed(heapProfile, suffix)
 	}
 	if cpuProfile != "" {
 		stop, err := startCPUProfile(cpuProfile)
@@ -300,8 +431,8 @@ func runDaemon(ctx context.Context, cfg Config, url, path string, since time.Tim
 			case <-stopProgress:
 				return
 			case <-t.C:
-				cfg.progress("%6s  events listed %d/%d  sessions fulfilled %d/%d  requests %d",
-					time.Since(start).Round(time.Second), listed.Load(), cfg.Events, act.n.Load(), cfg.Sessions, c.Transport.Sent())
+				cfg.progress("%6s  %s  events listed %d/%d  sessions fulfilled %d/%d  requests %d", time.Since(start).Round(time.Second),
+					be.Name, listed.Load(), cfg.Events, act.n.Load(), cfg.Sessions, lister.client.Transport.Sent())
 			}
 		}
 	}()
@@ -313,43 +444,66 @@ func runDaemon(ctx context.Context, cfg Config, url, path string, since time.Tim
 	if _, err := p.Start(ctx, since); err != nil {
 		return out, err
 	}
+	// The queue workers: every instance in the daemon path; in the
+	// ceiling only the ones that do not list.
+	workers := insts
+	if !fulfillment {
+		workers = insts[1:]
+	}
 	var res fulfill.PassResult
 	var werr error
-	if fulfillment {
-		wake := make(chan struct{}, 1)
-		p.Wake = func() {
+	var mu sync.Mutex
+	var working sync.WaitGroup
+	// What the lister queues wakes every worker: in process, the bench
+	// tells the others at once, which a standby learns at its next look.
+	p.Wake = func() {
+		for _, in := range workers {
 			select {
-			case wake <- struct{}{}:
+			case in.wake <- struct{}{}:
 			default:
 			}
 		}
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			res, werr = f.Run(ctx, fulfill.RunOptions{Wake: wake, UntilIdle: true})
-		}()
-		pres, perr := p.Poll(ctx, true)
-		close(wake)
-		<-done
-		out.phase.Listed = pres.Listed
-		if err := errors.Join(perr, werr); err != nil {
-			return out, err
-		}
-	} else {
-		pres, err := p.Poll(ctx, true)
-		if err != nil {
-			return out, err
-		}
-		out.phase.Listed = pres.Listed
 	}
-	out.phase.Wall = time.Since(start)
+	for _, in := range workers {
+		working.Add(1)
+		go func() {
+			defer working.Done()
+			r, err := in.f.Run(ctx, fulfill.RunOptions{Wake: in.wake, UntilIdle: true})
+			mu.Lock()
+			res.Add(r)
+			werr = errors.Join(werr, err)
+			mu.Unlock()
+		}()
+	}
+	pres, perr := p.Poll(ctx, true)
+	if !fulfillment {
+		// The ceiling is the poll: its time is taken before waiting for
+		// the other instances to drain what it queued.
+		out.phase.Wall = time.Since(start)
+	}
+	for _, in := range workers {
+		close(in.wake)
+	}
+	working.Wait()
+	out.phase.Listed = pres.Listed
+	if err := errors.Join(perr, werr); err != nil {
+		return out, err
+	}
+	if fulfillment {
+		out.phase.Wall = time.Since(start)
+	}
 	out.phase.Memory = mem.finish()
+	out.storeTime, out.txs = o.storeTime()
+	out.conflicts = o.conflicts()
 	if heapProfile != "" {
 		if err := os.WriteFile(heapProfile, mem.heap, 0o644); err != nil {
 			return out, fmt.Errorf("write heap profile: %w", err)
 		}
 	}
-	u := c.Transport.TakeUsage()
+	u := stripeapi.Usage{}
+	for _, in := range insts {
+		u.Add(in.client.Transport.TakeUsage())
+	}
 	out.phase.Requests, out.phase.Total, out.phase.Status, out.phase.Limited = u.Requests, u.Total(), u.ByStatus, u.RateLimited
 	act.mu.Lock()
 	defer act.mu.Unlock()
@@ -493,6 +647,36 @@ func Print(w io.Writer, r *Report) {
 		fmt.Fprintf(w, "\nlocal ceiling (no latency, no limits; poll only: dedupe + durable enqueue):\n")
 		fmt.Fprintf(w, "  %d events in %s = %.0f events/s  (peak RSS %s: anonymous %s, file-backed %s)\n",
 			p.Listed, secs(p.Wall), r.CeilingEPS, mib(p.Memory.Peak), mib(p.Memory.PeakAnon), mib(p.Memory.PeakFile))
+	}
+	printBackends(w, r.Backends)
+}
+
+// printBackends is the table of the daemon path and the ceiling on each
+// store, with what the store cost: transactions, the time spent in them
+// (summed over instances and workers, so it may exceed the wall time) and
+// PostgreSQL's serialization conflicts (each a transaction run again).
+func printBackends(w io.Writer, runs []BackendRun) {
+	if len(runs) < 2 {
+		return
+	}
+	fmt.Fprintf(w, "\nstores (backfill: the daemon path above on each store, wall time; ceiling: the lister's poll, no latency or limits;\n")
+	fmt.Fprintf(w, "  txs / in store / conflicts: transactions, time inside them summed over instances, PostgreSQL serialization retries):\n")
+	fmt.Fprintf(w, "  %-6s %9s %9s %6s %7s %9s %9s %13s %7s %9s %9s\n", "store", "backfill", "fulfilled", "twice", "txs", "in store", "conflicts",
+		"ceiling ev/s", "txs", "in store", "conflicts")
+	for _, r := range runs {
+		b := r.Backfill
+		ceps, ctxs, cin, ccon := "-", "-", "-", "-"
+		if c := r.Ceiling; c != nil && c.phase.Wall > 0 {
+			ceps = fmt.Sprintf("%.0f", float64(c.phase.Listed)/c.phase.Wall.Seconds())
+			ctxs, cin, ccon = fmt.Sprint(c.txs), secs(c.storeTime), fmt.Sprint(c.conflicts)
+		}
+		fmt.Fprintf(w, "  %-6s %9s %9d %6d %7d %9s %9d %13s %7s %9s %9s\n", r.Name, secs(b.phase.Wall), b.fulfilled, b.doubled, b.txs,
+			secs(b.storeTime), b.conflicts, ceps, ctxs, cin, ccon)
+	}
+	for _, r := range runs {
+		for _, e := range r.Errors {
+			fmt.Fprintf(w, "  %s FAILED: %s\n", r.Name, e)
+		}
 	}
 }
 

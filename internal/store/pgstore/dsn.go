@@ -119,3 +119,21 @@ func scrub(err error, secrets ...string) error {
 type scrubbed struct{ msg string }
 
 func (e *scrubbed) Error() string { return e.msg }
+
+// WithDatabase returns dsn pointed at another database of the same server
+// (tests and the benchmark make fresh ones).
+func WithDatabase(dsn, database string) string {
+	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
+		if u, err := url.Parse(dsn); err == nil {
+			u.Path, u.RawPath = "/"+database, ""
+			q := u.Query()
+			if q.Has("dbname") {
+				q.Set("dbname", database)
+				u.RawQuery = q.Encode()
+			}
+			return u.String()
+		}
+	}
+	// key=value: the last setting of a key wins.
+	return dsn + " dbname=" + database
+}

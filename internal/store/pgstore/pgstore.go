@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -71,7 +72,13 @@ type Store struct {
 	dest   destination
 	ctx    context.Context // ends at Close: View and Update without a context use it
 	cancel context.CancelFunc
+	// conflicts counts the tries that failed to serialize and ran again.
+	conflicts atomic.Int64
 }
+
+// Conflicts is how many tries of transactions failed to serialize against
+// others (and ran again, or gave up) since the store was opened.
+func (s *Store) Conflicts() int64 { return s.conflicts.Load() }
 
 // Open connects to the database dsn names (a URL or libpq's key=value
 // form; PGHOST, PGPASSWORD, PGPASSFILE, PGSSLMODE… fill in what it leaves
@@ -134,6 +141,7 @@ func (s *Store) run(ctx context.Context, opts pgx.TxOptions, fn func(store.Tx) e
 		if err == nil || !retryable(err) {
 			return err
 		}
+		s.conflicts.Add(1)
 		if try >= s.opts.MaxTries {
 			return fmt.Errorf("%w after %d tries: %w", ErrConflict, try, err)
 		}

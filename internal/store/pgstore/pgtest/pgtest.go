@@ -11,9 +11,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"net/url"
 	"os"
-	"strings"
 	"testing"
 	"time"
 
@@ -90,21 +88,7 @@ func NewDatabase(t testing.TB) string {
 }
 
 // WithDatabase returns dsn pointed at another database of the same server.
-func WithDatabase(dsn, database string) string {
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		if u, err := url.Parse(dsn); err == nil {
-			u.Path, u.RawPath = "/"+database, ""
-			q := u.Query()
-			if q.Has("dbname") {
-				q.Set("dbname", database)
-				u.RawQuery = q.Encode()
-			}
-			return u.String()
-		}
-	}
-	// key=value: the last setting of a key wins.
-	return dsn + " dbname=" + database
-}
+func WithDatabase(dsn, database string) string { return pgstore.WithDatabase(dsn, database) }
 
 // Open opens a store on a fresh database, closed when the test ends.
 func Open(t testing.TB) *pgstore.Store {
