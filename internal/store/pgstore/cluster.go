@@ -14,14 +14,16 @@ import (
 // through.
 var _ cluster.Tx = (*Tx)(nil)
 
-// Now implements fulfill.Tx and cluster.Tx: the database's clock, as of the
-// transaction's start (now()), the one clock all instances agree on.
+// Now implements fulfill.Tx and cluster.Tx: the database's clock, the one
+// all instances agree on, read once per transaction (clock_timestamp():
+// after the writers' lock was taken, not when the transaction began
+// waiting for it).
 func (t *Tx) Now() (time.Time, error) {
 	if !t.now.IsZero() {
 		return t.now, nil
 	}
 	var now time.Time
-	if _, err := t.get(`SELECT now()`, nil, &now); err != nil {
+	if _, err := t.get(`SELECT clock_timestamp()`, nil, &now); err != nil {
 		return time.Time{}, fmt.Errorf("read the database's clock: %w", err)
 	}
 	t.now = now

@@ -5,12 +5,23 @@
 // its schema: the tables, how records are encoded, the counters and indexes
 // kept beside them, and the migrations that create and upgrade them.
 //
-// Every Update is one SERIALIZABLE transaction: the ledger's rules read and
-// then write, and PostgreSQL makes transactions from many processes behave
-// as if run one at a time, failing one of two that would not. Such a
-// failure (SQLSTATE 40001, or a deadlock, 40P01) re-runs the function after
-// a short jittered pause, a bounded number of times — which is why it may
-// have no effect outside the store.
+// Every Update holds one database-wide lock, the writers' (a transaction
+// advisory lock, taken as its first statement), so the writers of every
+// instance take turns as bbolt's writers do in one process: each sees what
+// the one before it committed (READ COMMITTED, a fresh snapshot per
+// statement after the lock), none can fail to serialize against another,
+// and the ledger's read-then-write rules hold across instances. A first
+// design ran writers side by side in SERIALIZABLE transactions and re-ran
+// those PostgreSQL failed; under a backfill with two instances, page
+// commits lost to each other (and to the predicate locks of whole index
+// pages) thirty times in a row. Transactions are a few milliseconds; the
+// actions, which take seconds, run outside them. A writer whose process
+// freezes mid-transaction would hold every other back: the server ends such
+// a session after idleInTx, releasing the lock. View is a read-only
+// REPEATABLE READ snapshot and takes no lock. Should PostgreSQL still
+// refuse a transaction (SQLSTATE 40001, or a deadlock, 40P01), it is re-run
+// after a short jittered pause, a bounded number of times — which is why fn
+// may have no effect outside the store.
 package pgstore
 
 import (
@@ -94,7 +105,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 	if opts.MaxConns > 0 {
 		cfg.MaxConns = opts.MaxConns
 	}
-	cfg.AfterConnect = takeSlot
+	cfg.AfterConnect = prepareConn
 	dest := destinationOf(cfg.ConnConfig)
 	pool, err := pgxpool.NewWithConfig(ctx, cfg)
 	if err != nil {
@@ -121,8 +132,8 @@ func (s *Store) String() string { return s.dest.String() }
 // View runs fn in a read-only transaction that sees one snapshot.
 func (s *Store) View(fn func(store.Tx) error) error { return s.ViewContext(s.ctx, fn) }
 
-// Update runs fn in one SERIALIZABLE transaction that an error rolls back,
-// again when it conflicts with another (see the package comment).
+// Update runs fn in one transaction that an error rolls back, holding the
+// writers' lock (see the package comment).
 func (s *Store) Update(fn func(store.Tx) error) error { return s.UpdateContext(s.ctx, fn) }
 
 // ViewContext is View bounded by ctx.
@@ -132,7 +143,7 @@ func (s *Store) ViewContext(ctx context.Context, fn func(store.Tx) error) error 
 
 // UpdateContext is Update bounded by ctx.
 func (s *Store) UpdateContext(ctx context.Context, fn func(store.Tx) error) error {
-	return s.run(ctx, pgx.TxOptions{IsoLevel: pgx.Serializable}, fn)
+	return s.run(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, fn)
 }
 
 func (s *Store) run(ctx context.Context, opts pgx.TxOptions, fn func(store.Tx) error) error {
@@ -169,6 +180,11 @@ func (s *Store) once(ctx context.Context, opts pgx.TxOptions, fn func(store.Tx) 
 	// A panic in fn, or an error, rolls back; after a commit this does
 	// nothing.
 	defer ptx.Rollback(context.WithoutCancel(ctx)) //nolint:errcheck
+	if opts.AccessMode != pgx.ReadOnly {
+		if _, err := ptx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, writerLock); err != nil {
+			return s.dest.wrap("wait for the writers' lock on", err)
+		}
+	}
 	slot, ok := ptx.Conn().PgConn().CustomData()[slotKey].(int32)
 	if !ok {
 		return fmt.Errorf("a connection without a slot for its sums")
@@ -341,6 +357,23 @@ const maxSlots = 4096
 // slotLock is the advisory lock class of slots ("fulf"); a slot is held by
 // its connection until it closes, or dies with it.
 const slotLock int32 = 0x66756c66
+
+// writerLock is the advisory lock every Update holds ("fulfillw").
+const writerLock int64 = 0x66756c66696c6c77
+
+// idleInTx is how long the server lets a session sit idle inside a
+// transaction before it ends the session (and its locks): fulfilld's
+// transactions never wait on anything but the database.
+const idleInTx = "15s"
+
+// prepareConn sets a new connection up: the idle-in-transaction bound,
+// and a slot for its sums.
+func prepareConn(ctx context.Context, conn *pgx.Conn) error {
+	if _, err := conn.Exec(ctx, "SET idle_in_transaction_session_timeout = '"+idleInTx+"'"); err != nil {
+		return fmt.Errorf("set idle_in_transaction_session_timeout: %w", err)
+	}
+	return takeSlot(ctx, conn)
+}
 
 // takeSlot gives a new connection the lowest slot no other live connection
 // holds.
