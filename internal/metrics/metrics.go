@@ -133,6 +133,10 @@ var (
 		"Requests a rolling 30 days would hold at the pace of the last 7 days.", nil, nil)
 	descClockSkew = prometheus.NewDesc("fulfilld_clock_skew_seconds",
 		"Stripe's clock minus this host's, as the last poll observed it.", nil, nil)
+	descInstances = prometheus.NewDesc("fulfilld_cluster_instances_alive",
+		"Instances sharing the PostgreSQL store whose heartbeat is recent (store.postgres only).", nil, nil)
+	descLister = prometheus.NewDesc("fulfilld_cluster_lister",
+		"1 while some instance holds the lister role, 0 while none does (store.postgres only): alert when 0 for more than a minute.", nil, nil)
 	descScrapeError = prometheus.NewDesc("fulfilld_store_scrape_error",
 		"1 if the store could not be read for this scrape.", nil, nil)
 )
@@ -147,7 +151,7 @@ type storeCollector struct {
 func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFulfillments, descRecovered, descQueue, descDeadLetters, descDeliveries, descEvents,
 		descMalformed, descLag, descHorizon, descLastSuccess, descRequests, descResponses, descRateLimited,
-		descReads30d, descReadBudget, descReadsProjected, descClockSkew, descScrapeError} {
+		descReads30d, descReadBudget, descReadsProjected, descClockSkew, descInstances, descLister, descScrapeError} {
 		ch <- d
 	}
 }
@@ -206,6 +210,19 @@ func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
 	if c.budget.set.Load() {
 		st.SetReadBudget(int(c.budget.configured.Load()))
 		gauge(descReadBudget, float64(st.API.ReadBudget.Budget))
+	}
+	if cl := st.Cluster; cl != nil {
+		alive, lister := 0, 0.0
+		for _, in := range cl.Instances {
+			if in.Alive {
+				alive++
+			}
+		}
+		if cl.Lister != "" {
+			lister = 1
+		}
+		gauge(descInstances, float64(alive))
+		gauge(descLister, lister)
 	}
 	gauge(descScrapeError, failed)
 }
