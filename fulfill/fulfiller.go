@@ -275,6 +275,9 @@ func (f *Fulfiller) act(ctx context.Context, rec Record, st *stages, body []byte
 		rec.Attempts--
 		log.Info("another instance is attempting it now; not running the action here", "holder", rec.Lease.Holder)
 		return rec, nil
+	case errors.Is(err, errAttemptedElsewhere):
+		log.Info("not running the action: another instance attempted it meanwhile", "state", rec.State, "attempts", rec.Attempts)
+		return rec, nil
 	case errors.Is(err, errCovered):
 		log.Info("not running the action: this payment was fulfilled the other way (as its session, or as its payment intent)",
 			"state", rec.State, "owner", rec.Owner)
@@ -476,6 +479,13 @@ func (f *Fulfiller) startAttempt(rec *Record, owns string) error {
 			covered = &cur
 			return nil
 		} else if ok {
+			if cur.State == StateFulfilled || cur.Attempts >= rec.Attempts {
+				// Another instance attempted it since this one looked
+				// (the claim keeps only this process's goroutines apart):
+				// its result stands, and its schedule.
+				covered = &cur
+				return errAttemptedElsewhere
+			}
 			if cur.Seq > rec.Seq {
 				rec.Seq = cur.Seq
 			}
@@ -507,6 +517,10 @@ func (f *Fulfiller) startAttempt(rec *Record, owns string) error {
 		}
 		return errClaimed
 	}
+	if errors.Is(err, errAttemptedElsewhere) {
+		*rec = *covered
+		return err
+	}
 	if err == nil && covered != nil {
 		*rec = *covered
 		return errCovered
@@ -516,8 +530,11 @@ func (f *Fulfiller) startAttempt(rec *Record, owns string) error {
 
 // Outcomes of an attempt's start that are not errors.
 var (
-	errCovered     = errors.New("the payment was fulfilled the other way")
-	errPaymentBusy = errors.New("the payment intent is being fulfilled on its own")
+	errCovered = errors.New("the payment was fulfilled the other way")
+	// errAttemptedElsewhere: between this instance's look at the record
+	// and its attempt's start, another instance attempted it.
+	errAttemptedElsewhere = errors.New("another instance attempted it since it was looked at")
+	errPaymentBusy        = errors.New("the payment intent is being fulfilled on its own")
 )
 
 // claimPayment, inside an attempt's start for a session whose payment went

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/stripeapi"
 )
 
 // heldAction blocks each run until released, and records the runs.
@@ -145,5 +146,50 @@ func TestExpiredLeaseIsTakenOverWithTheSameKey(t *testing.T) {
 	runs := append(actA.runs(), actB.runs()...)
 	if len(runs) != 2 || runs[0] != "fulfilld-cs_1" || runs[1] != runs[0] {
 		t.Fatalf("runs = %v; want two, both with the session's idempotency key", runs)
+	}
+}
+
+// hookedSource answers every session paid, first running during (once):
+// what another instance does while this one reads the session from Stripe.
+type hookedSource struct {
+	once   sync.Once
+	during func()
+}
+
+func (s *hookedSource) GetSession(_ context.Context, id string) (*stripeapi.Session, error) {
+	s.once.Do(s.during)
+	return &stripeapi.Session{ID: id, Status: "complete", PaymentStatus: "paid", JSON: []byte(`{}`)}, nil
+}
+
+// An instance that looked at a session before another one fulfilled it, and
+// reaches its own attempt after, does not run the action again nor write
+// its stale view over the fulfilled record. (Found by the two-daemon test:
+// sessions ran twice, both as attempt 1, on two live instances.)
+func TestSessionFulfilledElsewhereWhileReadIsNotRunAgain(t *testing.T) {
+	db := ledger(openTestDB(t))
+	actA, actB := &countingAction{}, &countingAction{}
+	a := instance(db, "host-a:1", actA)
+	b := instance(db, "host-b:2", actB)
+	b.Sessions = &hookedSource{during: func() {
+		if rec, err := a.Fulfill(context.Background(), "cs_1", fulfill.TriggerEvent, "evt_1"); err != nil || rec.State != fulfill.StateFulfilled {
+			t.Errorf("a: %+v, %v", rec, err)
+		}
+	}}
+	rec, err := b.Fulfill(context.Background(), "cs_1", fulfill.TriggerEvent, "evt_1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if actB.runs != 0 || actA.runs != 1 {
+		t.Errorf("the action ran %d time(s) on a and %d on b; want once, on a", actA.runs, actB.runs)
+	}
+	if rec.State != fulfill.StateFulfilled || rec.Attempts != 1 {
+		t.Errorf("b answers %+v; want the record a fulfilled at attempt 1", rec)
+	}
+	var final fulfill.Record
+	if err := db.View(func(tx fulfill.Tx) (err error) { final, _, err = fulfill.Get(tx, "cs_1"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if final.State != fulfill.StateFulfilled || final.Attempts != 1 || final.InFlight {
+		t.Errorf("record after both: %+v; want fulfilled at attempt 1", final)
 	}
 }
