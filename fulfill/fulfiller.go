@@ -175,9 +175,18 @@ func (f *Fulfiller) fulfill(ctx context.Context, sessionID, trigger, eventID str
 	if !found {
 		rec = Record{SessionID: sessionID, State: StatePending, Trigger: trigger, EventID: eventID, Created: f.now()}
 	}
-	if rec.State == StateFulfilled || rec.State == StateFailed && trigger != TriggerManual || busy {
-		// busy: another instance is attempting it right now; its queue
-		// entry is parked until that attempt's lease ends.
+	if busy {
+		// Another instance is attempting it right now; its queue entry
+		// is parked until that attempt's lease ends.
+		return rec, nil
+	}
+	if rec.State == StateFulfilled || rec.State == StateFailed && trigger != TriggerManual {
+		if st != nil {
+			// The queue offered it: an entry left behind by an instance
+			// that found another one's attempt running, which then
+			// settled it. Offered again, it would be again and again.
+			return rec, f.dropSettled(sessionID)
+		}
 		return rec, nil
 	}
 	if rec.InFlight {
@@ -192,6 +201,18 @@ func (f *Fulfiller) fulfill(ctx context.Context, sessionID, trigger, eventID str
 		}
 	}
 	return f.attempt(ctx, rec, st)
+}
+
+// dropSettled takes a settled session out of the queue, unless something
+// (a `retry`) made it pending again since it was read.
+func (f *Fulfiller) dropSettled(sessionID string) error {
+	return f.DB.Update(func(tx Tx) error {
+		cur, ok, err := Get(tx, sessionID)
+		if err != nil || ok && cur.State != StateFulfilled && cur.State != StateFailed {
+			return err
+		}
+		return tx.Unschedule(SessionQueue, sessionID)
+	})
 }
 
 // attempt retrieves the session and, when it is paid, runs the action once.
@@ -459,8 +480,9 @@ func (f *Fulfiller) startAttempt(rec *Record, owns string) error {
 	rec.Updated = f.now()
 	park := f.Sharing.park(rec.Updated)
 	var covered *Record
+	var held bool
 	err := f.DB.Update(func(tx Tx) error {
-		covered = nil
+		covered, held = nil, false
 		cur, ok, err := Get(tx, rec.SessionID)
 		if err != nil {
 			return err
@@ -468,8 +490,11 @@ func (f *Fulfiller) startAttempt(rec *Record, owns string) error {
 		if until, busy, err := f.Sharing.heldElsewhere(tx, cur.InFlight, cur.Lease, rec.Updated); err != nil {
 			return err
 		} else if busy {
-			rec.Lease = cur.Lease
-			return errBusyUntil{until}
+			// Looked at again when that attempt's lease ends, whatever
+			// came of it; parked in this transaction, so that attempt's
+			// result, recorded after, decides the entry.
+			rec.Lease, held = cur.Lease, true
+			return tx.Schedule(SessionQueue, rec.SessionID, until)
 		}
 		if rec.Lease, err = f.Sharing.take(tx); err != nil {
 			return err
@@ -509,12 +534,7 @@ func (f *Fulfiller) startAttempt(rec *Record, owns string) error {
 		}
 		return tx.Schedule(SessionQueue, rec.SessionID, park)
 	})
-	var busy errBusyUntil
-	if errors.As(err, &busy) {
-		// Looked at again when that attempt's lease ends, whatever came of it.
-		if err := f.DB.Update(func(tx Tx) error { return tx.Schedule(SessionQueue, rec.SessionID, busy.until) }); err != nil {
-			return err
-		}
+	if err == nil && held {
 		return errClaimed
 	}
 	if errors.Is(err, errAttemptedElsewhere) {

@@ -193,3 +193,32 @@ func TestSessionFulfilledElsewhereWhileReadIsNotRunAgain(t *testing.T) {
 		t.Errorf("record after both: %+v; want fulfilled at attempt 1", final)
 	}
 }
+
+// A queue entry left for a session another instance has since fulfilled
+// (one instance parks the entry until the lease of the other's attempt
+// ends, and that attempt succeeds) is dropped when the queue reaches it,
+// not offered again and again. (Found by the two-daemon test: status kept
+// showing queued entries after every session was fulfilled.)
+func TestQueuedEntryOfAFulfilledSessionIsDropped(t *testing.T) {
+	db := ledger(openTestDB(t))
+	act := &countingAction{}
+	a := instance(db, "host-a:1", act)
+	if rec, err := a.Fulfill(context.Background(), "cs_1", fulfill.TriggerEvent, "evt_1"); err != nil || rec.State != fulfill.StateFulfilled {
+		t.Fatalf("fulfill: %+v, %v", rec, err)
+	}
+	if err := db.Update(func(tx fulfill.Tx) error { return tx.Schedule(fulfill.SessionQueue, "cs_1", time.Now()) }); err != nil {
+		t.Fatal(err)
+	}
+	wake := make(chan struct{})
+	close(wake)
+	if _, err := a.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true}); err != nil {
+		t.Fatal(err)
+	}
+	var queued int
+	if err := db.View(func(tx fulfill.Tx) (err error) { queued, err = fulfill.QueueLen(tx); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if queued != 0 || act.runs != 1 {
+		t.Errorf("after the queue's pass: %d queued, the action ran %d time(s); want 0 queued and one run", queued, act.runs)
+	}
+}
