@@ -406,7 +406,9 @@ var errSettled = errors.New("the delivery is no longer pending")
 func (n *Deliverer) start(key string) (EventDelivery, error) {
 	now := n.now()
 	var rec EventDelivery
+	var held bool
 	err := n.DB.Update(func(tx Tx) error {
+		held = false
 		cur, ok, err := tx.EventDelivery(key)
 		switch {
 		case err != nil:
@@ -417,7 +419,10 @@ func (n *Deliverer) start(key string) (EventDelivery, error) {
 		if until, busy, err := n.Sharing.heldElsewhere(tx, cur.InFlight, cur.Lease, now); err != nil {
 			return err
 		} else if busy {
-			return errBusyUntil{until}
+			// Parked until that attempt's lease ends, in this
+			// transaction: its result, recorded after, decides the entry.
+			held = true
+			return tx.Schedule(DeliveryQueue, key, until)
 		}
 		if cur.Lease, err = n.Sharing.take(tx); err != nil {
 			return err
@@ -430,11 +435,7 @@ func (n *Deliverer) start(key string) (EventDelivery, error) {
 		}
 		return tx.Schedule(DeliveryQueue, key, n.Sharing.park(now))
 	})
-	var busy errBusyUntil
-	if errors.As(err, &busy) {
-		if err := n.DB.Update(func(tx Tx) error { return tx.Schedule(DeliveryQueue, key, busy.until) }); err != nil {
-			return rec, err
-		}
+	if err == nil && held {
 		return rec, errClaimed
 	}
 	return rec, err

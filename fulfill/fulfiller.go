@@ -183,6 +183,12 @@ func (f *Fulfiller) fulfill(ctx context.Context, sessionID, trigger, eventID str
 		return rec, f.DB.Update(func(tx Tx) error { return tx.Schedule(SessionQueue, sessionID, until) })
 	}
 	if rec.State == StateFulfilled || rec.State == StateFailed && trigger != TriggerManual {
+		if st != nil {
+			// The queue offered it: an entry left behind by an instance
+			// that found another one's attempt running, which then
+			// settled it. Offered again, it would be again and again.
+			return rec, f.dropSettled(sessionID)
+		}
 		return rec, nil
 	}
 	if rec.InFlight {
@@ -197,6 +203,18 @@ func (f *Fulfiller) fulfill(ctx context.Context, sessionID, trigger, eventID str
 		}
 	}
 	return f.attempt(ctx, rec, st)
+}
+
+// dropSettled takes a settled session out of the queue, unless something
+// (a `retry`) made it pending again since it was read.
+func (f *Fulfiller) dropSettled(sessionID string) error {
+	return f.DB.Update(func(tx Tx) error {
+		cur, ok, err := Get(tx, sessionID)
+		if err != nil || ok && cur.State != StateFulfilled && cur.State != StateFailed {
+			return err
+		}
+		return tx.Unschedule(SessionQueue, sessionID)
+	})
 }
 
 // attempt retrieves the session and, when it is paid, runs the action once.
@@ -280,9 +298,9 @@ func (f *Fulfiller) act(ctx context.Context, rec Record, st *stages, body []byte
 		rec.Attempts--
 		log.Info("another instance is attempting it now; not running the action here", "holder", rec.Lease.Holder)
 		return rec, nil
-	case errors.Is(err, errChanged):
+	case errors.Is(err, errChanged), errors.Is(err, errAttemptedElsewhere):
 		// rec is the record as it stands now.
-		log.Info("another instance settled or attempted it since it was read; not running the action here",
+		log.Info("not running the action: another instance settled or attempted it since it was read",
 			"state", rec.State, "attempts", rec.Attempts)
 		return rec, nil
 	case errors.Is(err, errCovered):
@@ -489,8 +507,9 @@ func (f *Fulfiller) startAttempt(rec *Record, owns string) error {
 	rec.Updated = f.now()
 	park := f.Sharing.park(rec.Updated)
 	var covered, changed *Record
+	var held bool
 	err := f.DB.Update(func(tx Tx) error {
-		covered, changed = nil, nil
+		covered, changed, held = nil, nil, false
 		cur, ok, err := Get(tx, rec.SessionID)
 		if err != nil {
 			return err
@@ -498,8 +517,11 @@ func (f *Fulfiller) startAttempt(rec *Record, owns string) error {
 		if until, busy, err := f.Sharing.heldElsewhere(tx, cur.InFlight, cur.Lease, rec.Updated); err != nil {
 			return err
 		} else if busy {
-			rec.Lease = cur.Lease
-			return errBusyUntil{until}
+			// Looked at again when that attempt's lease ends, whatever
+			// came of it; parked in this transaction, so that attempt's
+			// result, recorded after, decides the entry.
+			rec.Lease, held = cur.Lease, true
+			return tx.Schedule(SessionQueue, rec.SessionID, until)
 		}
 		if f.Sharing.shared() && ok && !cur.Updated.Equal(read) {
 			// Written since it was read here — by another instance's
@@ -517,6 +539,13 @@ func (f *Fulfiller) startAttempt(rec *Record, owns string) error {
 			covered = &cur
 			return nil
 		} else if ok {
+			if cur.State == StateFulfilled || cur.Attempts >= rec.Attempts {
+				// Another instance attempted it since this one looked
+				// (the claim keeps only this process's goroutines apart):
+				// its result stands, and its schedule.
+				covered = &cur
+				return errAttemptedElsewhere
+			}
 			if cur.Seq > rec.Seq {
 				rec.Seq = cur.Seq
 			}
@@ -540,17 +569,16 @@ func (f *Fulfiller) startAttempt(rec *Record, owns string) error {
 		}
 		return tx.Schedule(SessionQueue, rec.SessionID, park)
 	})
-	var busy errBusyUntil
-	if errors.As(err, &busy) {
-		// Looked at again when that attempt's lease ends, whatever came of it.
-		if err := f.DB.Update(func(tx Tx) error { return tx.Schedule(SessionQueue, rec.SessionID, busy.until) }); err != nil {
-			return err
-		}
+	if err == nil && held {
 		return errClaimed
 	}
 	if err == nil && changed != nil {
 		*rec = *changed
 		return errChanged
+	}
+	if errors.Is(err, errAttemptedElsewhere) {
+		*rec = *covered
+		return err
 	}
 	if err == nil && covered != nil {
 		*rec = *covered
@@ -561,8 +589,11 @@ func (f *Fulfiller) startAttempt(rec *Record, owns string) error {
 
 // Outcomes of an attempt's start that are not errors.
 var (
-	errCovered     = errors.New("the payment was fulfilled the other way")
-	errPaymentBusy = errors.New("the payment intent is being fulfilled on its own")
+	errCovered = errors.New("the payment was fulfilled the other way")
+	// errAttemptedElsewhere: between this instance's look at the record
+	// and its attempt's start, another instance attempted it.
+	errAttemptedElsewhere = errors.New("another instance attempted it since it was looked at")
+	errPaymentBusy        = errors.New("the payment intent is being fulfilled on its own")
 )
 
 // claimPayment, inside an attempt's start for a session whose payment went

@@ -61,12 +61,6 @@ var (
 		"another instance took it over with the same idempotency key")
 )
 
-// errBusyUntil rolls back an attempt's start that found the record held
-// elsewhere, saying until when.
-type errBusyUntil struct{ until time.Time }
-
-func (e errBusyUntil) Error() string { return errClaimed.Error() }
-
 func (s Sharing) shared() bool { return s.Instance != "" }
 
 // park is how far ahead a running attempt's queue entry is moved, so that

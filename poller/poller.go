@@ -711,8 +711,12 @@ func (p *Poller) commit(res *Result, page stripeapi.EventPage, phase string, tar
 	now := p.hostNow() // the queues schedule what is queued on the host's clock
 	queued, fresh, notified, late := 0, 0, 0, 0
 	var settled time.Time
-	counts := map[[2]string]int{}
+	var counts map[[2]string]int
 	apply := func(tx Tx) error {
+		// A shared store re-runs the transaction after a serialization
+		// failure: count this run only.
+		queued, fresh, notified, late = 0, 0, 0, 0
+		counts = map[[2]string]int{}
 		for _, ev := range page.Events {
 			if ev.ID != "" {
 				if seen, err := cursor.Seen(tx, ev.ID); err != nil {

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -230,7 +231,11 @@ func (r *Reconciler) sweep(ctx context.Context, sw *Sweep) error {
 		sw.Listed += len(page.Sessions)
 		queued := 0
 		now := r.hostNow() // the queues schedule what is queued on the host's clock
+		awaiting, early, recovered := sw.AwaitingSeen, sw.Early, maps.Clone(sw.Recovered)
 		err = r.DB.Update(func(tx Tx) error {
+			// A shared store re-runs the transaction after a
+			// serialization failure: count this run only.
+			queued, sw.AwaitingSeen, sw.Early, sw.Recovered = 0, awaiting, early, maps.Clone(recovered)
 			for _, s := range page.Sessions {
 				n, err := r.reconcileOne(tx, s, now, sw)
 				if err != nil {

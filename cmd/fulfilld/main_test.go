@@ -84,6 +84,7 @@ type configFile struct {
 	APIBase     string
 	RateLimit   float64
 	StorePath   string
+	Postgres    string // store.postgres
 	Command     []string
 	URL, Secret string
 	Timeout     string
@@ -103,6 +104,9 @@ func (c configFile) yaml() string {
 		fmt.Fprintf(&b, "  rate_limit: %v\n", c.RateLimit)
 	}
 	fmt.Fprintf(&b, "store:\n  path: %q\n", c.StorePath)
+	if c.Postgres != "" {
+		fmt.Fprintf(&b, "  postgres: %q\n", c.Postgres)
+	}
 	b.WriteString("fulfill:\n")
 	if c.PaymentIntents {
 		b.WriteString("  payment_intents: true\n")

@@ -57,6 +57,9 @@ func (n *Node) ttl() time.Duration {
 	return DefaultLeaseTTL
 }
 
+// Interval is how often the heartbeat beats.
+func (n *Node) Interval() time.Duration { return n.every() }
+
 func (n *Node) every() time.Duration {
 	if n.Every > 0 {
 		return n.Every

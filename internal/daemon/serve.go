@@ -128,6 +128,11 @@ func (d *Daemon) Serve(parent context.Context) error {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
+		d.lookForWork(ctx, w.wake)
+	}()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
 		for {
 			select {
 			case <-ctx.Done():

@@ -143,3 +143,23 @@ func (d *Daemon) runNode(ctx context.Context) (stop func()) {
 		<-done
 	}
 }
+
+// lookForWork wakes the queues at every heartbeat until ctx ends: the
+// other instances queue work (the lister all of the stream's) that this
+// one's queues are not told of, and a queue with nothing due sleeps until
+// it is told.
+func (d *Daemon) lookForWork(ctx context.Context, wake func()) {
+	if d.Node == nil {
+		return
+	}
+	t := time.NewTicker(d.Node.Interval())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			wake()
+		}
+	}
+}
