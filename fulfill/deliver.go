@@ -336,7 +336,7 @@ func (n *Deliverer) attempt(ctx context.Context, key string) (outcome, error) {
 			"next_attempt", n.now().Add(noDestination))
 		return outcomeOther, n.DB.Update(func(tx Tx) error { return tx.Schedule(DeliveryQueue, key, n.now().Add(noDestination)) })
 	}
-	switch rec, err = n.start(key); {
+	switch rec, err = n.start(key, rec.Attempts); {
 	case errors.Is(err, errClaimed), errors.Is(err, errSettled):
 		return outcomeOther, nil
 	case err != nil:
@@ -395,15 +395,15 @@ func (n *Deliverer) attempt(ctx context.Context, key string) (outcome, error) {
 	return result, nil
 }
 
-// errSettled: the delivery was settled (sent, dead-lettered) or removed
-// since it was looked at.
+// errSettled: the delivery was settled (sent, dead-lettered), removed or
+// attempted elsewhere since it was looked at.
 var errSettled = errors.New("the delivery is no longer pending")
 
 // start records, before the delivery is attempted, that it is about to
 // be: one more attempt, in flight, its queue entry parked (and, when the
 // store is shared, leased to this instance). It reads the record again in
 // the same transaction, so two instances never both start one.
-func (n *Deliverer) start(key string) (EventDelivery, error) {
+func (n *Deliverer) start(key string, attempts int) (EventDelivery, error) {
 	now := n.now()
 	var rec EventDelivery
 	var held bool
@@ -414,6 +414,10 @@ func (n *Deliverer) start(key string) (EventDelivery, error) {
 		case err != nil:
 			return err
 		case !ok || cur.State != DeliveryPending:
+			return errSettled
+		case cur.Attempts != attempts:
+			// Another instance attempted it since it was read here: its
+			// result stands, and the retry it scheduled.
 			return errSettled
 		}
 		if until, busy, err := n.Sharing.heldElsewhere(tx, cur.InFlight, cur.Lease, now); err != nil {
