@@ -222,3 +222,94 @@ func TestQueuedEntryOfAFulfilledSessionIsDropped(t *testing.T) {
 		t.Errorf("after the queue's pass: %d queued, the action ran %d time(s); want 0 queued and one run", queued, act.runs)
 	}
 }
+
+// afterView runs hook once, right after the first View: another instance
+// writing between a look at a record and what is decided on it.
+type afterView struct {
+	fulfill.DB
+	once sync.Once
+	hook func(fulfill.Tx) error
+}
+
+func (d *afterView) View(fn func(fulfill.Tx) error) error {
+	err := d.DB.View(fn)
+	d.once.Do(func() {
+		if herr := d.DB.Update(d.hook); herr != nil {
+			panic(herr)
+		}
+	})
+	return err
+}
+
+// A delivery looked at while dead-lettered, then retried from another host
+// before the look's conclusion is written, stays queued: the stale look
+// does not take the retried delivery out of the queue.
+func TestStaleLookAtADeadLetterDoesNotUnqueueItsRetry(t *testing.T) {
+	base := ledger(openTestDB(t))
+	now := time.Now()
+	if err := base.Update(func(tx fulfill.Tx) error {
+		if _, err := fulfill.EnqueueDelivery(tx, fulfill.DestNotify, "evt_1", "checkout.session.expired", []byte(`{}`), now); err != nil {
+			return err
+		}
+		rec, _, err := tx.EventDelivery(fulfill.DeliveryKey(fulfill.DestNotify, "evt_1"))
+		if err != nil {
+			return err
+		}
+		// Another instance dead-lettered it after this one found its
+		// entry due.
+		rec.State, rec.Attempts = fulfill.DeliveryFailed, 3
+		return tx.PutEventDelivery(rec)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var db fulfill.DB
+	db = &afterView{DB: base, hook: func(tx fulfill.Tx) error {
+		_, err := fulfill.RetryDeliveries(tx, now, "evt_1")
+		return err
+	}}
+	// The View the hook follows is the worker's look for due work, then
+	// the attempt's own look: hook only after the attempt's.
+	db = &skipViews{DB: db, skip: 1}
+	act := &countingAction{}
+	n := &fulfill.Deliverer{DB: db, Destinations: map[string]fulfill.Action{fulfill.DestNotify: act}, MaxAttempts: 3,
+		Sharing: fulfill.Sharing{Instance: "host-a:1", Lease: time.Minute}}
+	wake := make(chan struct{})
+	close(wake)
+	if _, err := n.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true}); err != nil {
+		t.Fatal(err)
+	}
+	var rec fulfill.EventDelivery
+	var queued bool
+	if err := base.View(func(tx fulfill.Tx) (err error) {
+		rec, _, err = tx.EventDelivery(fulfill.DeliveryKey(fulfill.DestNotify, "evt_1"))
+		if err != nil {
+			return err
+		}
+		_, queued, err = tx.DueAt(fulfill.DeliveryQueue, rec.Key())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if rec.State != fulfill.DeliverySent && !(rec.State == fulfill.DeliveryPending && queued) {
+		t.Fatalf("the retried delivery is %s, queued %v: lost", rec.State, queued)
+	}
+}
+
+// skipViews passes the first skip Views to the store directly, past the
+// afterView beneath it.
+type skipViews struct {
+	fulfill.DB
+	mu   sync.Mutex
+	skip int
+}
+
+func (d *skipViews) View(fn func(fulfill.Tx) error) error {
+	d.mu.Lock()
+	pass := d.skip > 0
+	d.skip--
+	d.mu.Unlock()
+	if pass {
+		return d.DB.(*afterView).DB.View(fn)
+	}
+	return d.DB.View(fn)
+}
