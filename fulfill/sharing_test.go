@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 )
 
@@ -312,4 +313,47 @@ func (d *skipViews) View(fn func(fulfill.Tx) error) error {
 		return d.DB.(*afterView).DB.View(fn)
 	}
 	return d.DB.View(fn)
+}
+
+// A session whose payment intent is being fulfilled on its own waits a
+// while, on a shared store as on one's own: its queue entry is moved ahead,
+// not left due, where the queue would offer it again at once and read the
+// session from Stripe in a loop for as long as the payment intent waits.
+func TestSharedSessionWaitsForItsBusyPaymentIntent(t *testing.T) {
+	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+	db := openTestDB(t)
+	enqueue(t, db, now, "pi_1", "cs_1")
+	if err := db.Update(func(tx store.Tx) error {
+		pi, _, err := fulfill.Get(tx, "pi_1")
+		if err != nil {
+			return err
+		}
+		// Attempted on its own once; its retry is due later.
+		pi.Attempts, pi.Updated = 1, now
+		return tx.PutSession(pi)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	act := &runsAction{}
+	tick := 0 // the clock moves on, as it does
+	f := &fulfill.Fulfiller{DB: ledger(db), Sessions: laggingStripe{}, Intents: laggingStripe{}, Action: act,
+		MaxAttempts: 3, Concurrency: 1, Now: func() time.Time { tick++; return now.Add(time.Duration(tick) * time.Millisecond) },
+		Sharing: fulfill.Sharing{Instance: "host-a:1", Lease: time.Minute}}
+	if _, err := f.Fulfill(t.Context(), "cs_1", fulfill.TriggerEvent, "evt_cs_1"); err != nil {
+		t.Fatal(err)
+	}
+	if runs := act.count("cs_1"); runs != 0 {
+		t.Fatalf("the session's action ran %d times while its payment intent was busy", runs)
+	}
+	var due time.Time
+	var queued bool
+	if err := db.View(func(tx store.Tx) (err error) {
+		due, queued, err = tx.DueAt(fulfill.SessionQueue, "cs_1")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !queued || !due.After(now.Add(time.Second)) {
+		t.Fatalf("cs_1 is queued %v, due %v: want queued after %v", queued, due, now)
+	}
 }
