@@ -3,6 +3,7 @@ package fulfill_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -355,5 +356,90 @@ func TestSharedSessionWaitsForItsBusyPaymentIntent(t *testing.T) {
 	}
 	if !queued || !due.After(now.Add(time.Second)) {
 		t.Fatalf("cs_1 is queued %v, due %v: want queued after %v", queued, due, now)
+	}
+}
+
+// readsPerUpdate counts the records each Update reads.
+type readsPerUpdate struct {
+	fulfill.DB
+	most int
+}
+
+type countingTx struct {
+	fulfill.Tx
+	reads *int
+}
+
+func (t countingTx) Session(id string) (fulfill.Record, bool, error) {
+	*t.reads++
+	return t.Tx.Session(id)
+}
+
+func (d *readsPerUpdate) Update(fn func(fulfill.Tx) error) error {
+	reads := 0
+	err := d.DB.Update(func(tx fulfill.Tx) error { reads = 0; return fn(countingTx{tx, &reads}) })
+	d.most = max(d.most, reads)
+	return err
+}
+
+// Recover brings every cut-off attempt to the front of a long queue, a
+// batch a transaction: on a shared store one write over a whole backfill's
+// queue would hold every instance's writers (the lister's heartbeat too)
+// back for as long as it takes.
+func TestRecoverGoesThroughALongQueueInBatches(t *testing.T) {
+	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+	db := openTestDB(t)
+	const n = 1200
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("cs_%04d", i)
+	}
+	enqueue(t, db, now, ids...)
+	if err := db.Update(func(tx store.Tx) error {
+		for i, id := range ids {
+			if i%2 == 1 {
+				continue
+			}
+			rec, _, err := fulfill.Get(tx, id)
+			if err != nil {
+				return err
+			}
+			rec.InFlight, rec.Attempts = true, 1
+			if err := tx.PutSession(rec); err != nil {
+				return err
+			}
+			if err := tx.Schedule(fulfill.SessionQueue, id, now.Add(24*time.Hour)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	counted := &readsPerUpdate{DB: ledger(db)}
+	f := &fulfill.Fulfiller{DB: counted, Action: &countingAction{}, Now: func() time.Time { return now }}
+	got, err := f.Recover()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != n/2 {
+		t.Fatalf("recovered %d; want %d", got, n/2)
+	}
+	if counted.most >= n {
+		t.Fatalf("one transaction read %d records: the whole queue under the writers' lock", counted.most)
+	}
+	if err := db.View(func(tx store.Tx) error {
+		for i, id := range ids {
+			due, ok, err := tx.DueAt(fulfill.SessionQueue, id)
+			if err != nil || !ok {
+				return fmt.Errorf("%s: queued %v, %v", id, ok, err)
+			}
+			if i%2 == 0 && due.After(now) {
+				return fmt.Errorf("%s was cut off and is still parked until %v", id, due)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
