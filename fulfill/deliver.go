@@ -323,7 +323,15 @@ func (n *Deliverer) attempt(ctx context.Context, key string) (outcome, error) {
 		return outcomeOther, err
 	}
 	if !ok || rec.State != DeliveryPending {
-		return outcomeOther, n.DB.Update(func(tx Tx) error { return tx.Unschedule(DeliveryQueue, key) })
+		return outcomeOther, n.DB.Update(func(tx Tx) error {
+			// Read again under the write: a `retry` (from another host,
+			// or the admin socket) may have made it pending and queued
+			// it since the look above, and its entry must stay.
+			if cur, ok, err := tx.EventDelivery(key); err != nil || ok && cur.State == DeliveryPending {
+				return err
+			}
+			return tx.Unschedule(DeliveryQueue, key)
+		})
 	}
 	if busy {
 		// Another instance delivers it now: looked at again when that

@@ -584,6 +584,11 @@ func (f *Fulfiller) startAttempt(rec *Record, owns string) error {
 		*rec = *covered
 		return errCovered
 	}
+	if errors.Is(err, errPaymentBusy) {
+		// Nothing was written: the record is still the one read, which
+		// the caller's save of the wait checks it against.
+		rec.Updated, rec.Lease = read, Lease{}
+	}
 	return err
 }
 

@@ -21,28 +21,56 @@ func place(tx Tx, q Queue, id string, next time.Time) error {
 
 // recoverCutOff moves the items whose attempt a crash cut off (inFlight
 // says which) to the front of the queue: they were already being worked
-// on, so they go before the backlog. Only the process holding the store can
-// have been running them, so call it once at start.
+// on, so they go before the backlog. Call it once at start. The queue is
+// gone through recoverBatch items a transaction: on a shared store every
+// write holds all instances' writers back, and one transaction over a
+// backlog of a backfill would stall the lister's heartbeat past its lease
+// (and run into the store's transaction timeout, failing the start).
 func recoverCutOff(db DB, q Queue, inFlight func(tx Tx, id string) bool) (int, error) {
+	var ids []string
+	if err := db.View(func(tx Tx) (err error) {
+		ids, err = tx.Queued(q)
+		return err
+	}); err != nil {
+		return 0, err
+	}
 	n := 0
-	err := db.Update(func(tx Tx) error {
-		ids, err := tx.Queued(q)
+	for len(ids) > 0 {
+		batch := ids[:min(recoverBatch, len(ids))]
+		ids = ids[len(batch):]
+		moved := 0
+		err := db.Update(func(tx Tx) error {
+			moved = 0
+			for _, id := range batch {
+				// Still queued (another instance may have worked it
+				// since the list was read), and still cut off.
+				if _, queued, err := tx.DueAt(q, id); err != nil || !queued {
+					if err != nil {
+						return err
+					}
+					continue
+				}
+				if !inFlight(tx, id) {
+					continue
+				}
+				if err := tx.Schedule(q, id, time.Unix(0, 0)); err != nil {
+					return err
+				}
+				moved++
+			}
+			return nil
+		})
 		if err != nil {
-			return err
+			return n, err
 		}
-		for _, id := range ids {
-			if !inFlight(tx, id) {
-				continue
-			}
-			if err := tx.Schedule(q, id, time.Unix(0, 0)); err != nil {
-				return err
-			}
-			n++
-		}
-		return nil
-	})
-	return n, err
+		n += moved
+	}
+	return n, nil
 }
+
+// recoverBatch is how many queued items one transaction of recoverCutOff
+// looks at.
+const recoverBatch = 500
 
 // RunOptions shape one run of a queue.
 type RunOptions struct {

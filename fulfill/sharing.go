@@ -8,9 +8,9 @@ import (
 // When several instances share one store (store.postgres), a process's
 // claims (Fulfiller.claim, the worker's one-attempt-per-key rule) keep its
 // own goroutines apart but not the other instances. An attempt's start
-// therefore also takes a lease on the record, in the same serializable
-// transaction that sets InFlight: until the lease ends, no other instance
-// starts an attempt of that record. The action runs outside any
+// therefore also takes a lease on the record, in the same transaction
+// that sets InFlight (writers take turns: see DB): until the lease ends, no
+// other instance starts an attempt of that record. The action runs outside any
 // transaction, for at most fulfill.timeout, and its result is written only
 // while the lease is still this attempt's (same holder, same attempt
 // number). An instance that dies holding a lease leaves the record in

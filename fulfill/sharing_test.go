@@ -3,11 +3,13 @@ package fulfill_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/fulfilld/fulfilld/fulfill"
+	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 )
 
@@ -220,5 +222,224 @@ func TestQueuedEntryOfAFulfilledSessionIsDropped(t *testing.T) {
 	}
 	if queued != 0 || act.runs != 1 {
 		t.Errorf("after the queue's pass: %d queued, the action ran %d time(s); want 0 queued and one run", queued, act.runs)
+	}
+}
+
+// afterView runs hook once, right after the first View: another instance
+// writing between a look at a record and what is decided on it.
+type afterView struct {
+	fulfill.DB
+	once sync.Once
+	hook func(fulfill.Tx) error
+}
+
+func (d *afterView) View(fn func(fulfill.Tx) error) error {
+	err := d.DB.View(fn)
+	d.once.Do(func() {
+		if herr := d.DB.Update(d.hook); herr != nil {
+			panic(herr)
+		}
+	})
+	return err
+}
+
+// A delivery looked at while dead-lettered, then retried from another host
+// before the look's conclusion is written, stays queued: the stale look
+// does not take the retried delivery out of the queue.
+func TestStaleLookAtADeadLetterDoesNotUnqueueItsRetry(t *testing.T) {
+	base := ledger(openTestDB(t))
+	now := time.Now()
+	if err := base.Update(func(tx fulfill.Tx) error {
+		if _, err := fulfill.EnqueueDelivery(tx, fulfill.DestNotify, "evt_1", "checkout.session.expired", []byte(`{}`), now); err != nil {
+			return err
+		}
+		rec, _, err := tx.EventDelivery(fulfill.DeliveryKey(fulfill.DestNotify, "evt_1"))
+		if err != nil {
+			return err
+		}
+		// Another instance dead-lettered it after this one found its
+		// entry due.
+		rec.State, rec.Attempts = fulfill.DeliveryFailed, 3
+		return tx.PutEventDelivery(rec)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	var db fulfill.DB
+	db = &afterView{DB: base, hook: func(tx fulfill.Tx) error {
+		_, err := fulfill.RetryDeliveries(tx, now, "evt_1")
+		return err
+	}}
+	// The View the hook follows is the worker's look for due work, then
+	// the attempt's own look: hook only after the attempt's.
+	db = &skipViews{DB: db, skip: 1}
+	act := &countingAction{}
+	n := &fulfill.Deliverer{DB: db, Destinations: map[string]fulfill.Action{fulfill.DestNotify: act}, MaxAttempts: 3,
+		Sharing: fulfill.Sharing{Instance: "host-a:1", Lease: time.Minute}}
+	wake := make(chan struct{})
+	close(wake)
+	if _, err := n.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true}); err != nil {
+		t.Fatal(err)
+	}
+	var rec fulfill.EventDelivery
+	var queued bool
+	if err := base.View(func(tx fulfill.Tx) (err error) {
+		rec, _, err = tx.EventDelivery(fulfill.DeliveryKey(fulfill.DestNotify, "evt_1"))
+		if err != nil {
+			return err
+		}
+		_, queued, err = tx.DueAt(fulfill.DeliveryQueue, rec.Key())
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if rec.State != fulfill.DeliverySent && !(rec.State == fulfill.DeliveryPending && queued) {
+		t.Fatalf("the retried delivery is %s, queued %v: lost", rec.State, queued)
+	}
+}
+
+// skipViews passes the first skip Views to the store directly, past the
+// afterView beneath it.
+type skipViews struct {
+	fulfill.DB
+	mu   sync.Mutex
+	skip int
+}
+
+func (d *skipViews) View(fn func(fulfill.Tx) error) error {
+	d.mu.Lock()
+	pass := d.skip > 0
+	d.skip--
+	d.mu.Unlock()
+	if pass {
+		return d.DB.(*afterView).DB.View(fn)
+	}
+	return d.DB.View(fn)
+}
+
+// A session whose payment intent is being fulfilled on its own waits a
+// while, on a shared store as on one's own: its queue entry is moved ahead,
+// not left due, where the queue would offer it again at once and read the
+// session from Stripe in a loop for as long as the payment intent waits.
+func TestSharedSessionWaitsForItsBusyPaymentIntent(t *testing.T) {
+	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+	db := openTestDB(t)
+	enqueue(t, db, now, "pi_1", "cs_1")
+	if err := db.Update(func(tx store.Tx) error {
+		pi, _, err := fulfill.Get(tx, "pi_1")
+		if err != nil {
+			return err
+		}
+		// Attempted on its own once; its retry is due later.
+		pi.Attempts, pi.Updated = 1, now
+		return tx.PutSession(pi)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	act := &runsAction{}
+	tick := 0 // the clock moves on, as it does
+	f := &fulfill.Fulfiller{DB: ledger(db), Sessions: laggingStripe{}, Intents: laggingStripe{}, Action: act,
+		MaxAttempts: 3, Concurrency: 1, Now: func() time.Time { tick++; return now.Add(time.Duration(tick) * time.Millisecond) },
+		Sharing: fulfill.Sharing{Instance: "host-a:1", Lease: time.Minute}}
+	if _, err := f.Fulfill(t.Context(), "cs_1", fulfill.TriggerEvent, "evt_cs_1"); err != nil {
+		t.Fatal(err)
+	}
+	if runs := act.count("cs_1"); runs != 0 {
+		t.Fatalf("the session's action ran %d times while its payment intent was busy", runs)
+	}
+	var due time.Time
+	var queued bool
+	if err := db.View(func(tx store.Tx) (err error) {
+		due, queued, err = tx.DueAt(fulfill.SessionQueue, "cs_1")
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if !queued || !due.After(now.Add(time.Second)) {
+		t.Fatalf("cs_1 is queued %v, due %v: want queued after %v", queued, due, now)
+	}
+}
+
+// readsPerUpdate counts the records each Update reads.
+type readsPerUpdate struct {
+	fulfill.DB
+	most int
+}
+
+type countingTx struct {
+	fulfill.Tx
+	reads *int
+}
+
+func (t countingTx) Session(id string) (fulfill.Record, bool, error) {
+	*t.reads++
+	return t.Tx.Session(id)
+}
+
+func (d *readsPerUpdate) Update(fn func(fulfill.Tx) error) error {
+	reads := 0
+	err := d.DB.Update(func(tx fulfill.Tx) error { reads = 0; return fn(countingTx{tx, &reads}) })
+	d.most = max(d.most, reads)
+	return err
+}
+
+// Recover brings every cut-off attempt to the front of a long queue, a
+// batch a transaction: on a shared store one write over a whole backfill's
+// queue would hold every instance's writers (the lister's heartbeat too)
+// back for as long as it takes.
+func TestRecoverGoesThroughALongQueueInBatches(t *testing.T) {
+	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+	db := openTestDB(t)
+	const n = 1200
+	ids := make([]string, n)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("cs_%04d", i)
+	}
+	enqueue(t, db, now, ids...)
+	if err := db.Update(func(tx store.Tx) error {
+		for i, id := range ids {
+			if i%2 == 1 {
+				continue
+			}
+			rec, _, err := fulfill.Get(tx, id)
+			if err != nil {
+				return err
+			}
+			rec.InFlight, rec.Attempts = true, 1
+			if err := tx.PutSession(rec); err != nil {
+				return err
+			}
+			if err := tx.Schedule(fulfill.SessionQueue, id, now.Add(24*time.Hour)); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	counted := &readsPerUpdate{DB: ledger(db)}
+	f := &fulfill.Fulfiller{DB: counted, Action: &countingAction{}, Now: func() time.Time { return now }}
+	got, err := f.Recover()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got != n/2 {
+		t.Fatalf("recovered %d; want %d", got, n/2)
+	}
+	if counted.most >= n {
+		t.Fatalf("one transaction read %d records: the whole queue under the writers' lock", counted.most)
+	}
+	if err := db.View(func(tx store.Tx) error {
+		for i, id := range ids {
+			due, ok, err := tx.DueAt(fulfill.SessionQueue, id)
+			if err != nil || !ok {
+				return fmt.Errorf("%s: queued %v, %v", id, ok, err)
+			}
+			if i%2 == 0 && due.After(now) {
+				return fmt.Errorf("%s was cut off and is still parked until %v", id, due)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }

@@ -46,8 +46,11 @@ type Node struct {
 	term     int64
 	leading  bool
 	deadline time.Time // on this host's monotonic clock: when the lease may have ended
-	throttle time.Time // the latest shared 429 acted on
-	live     int
+	throttle time.Time // the latest shared 429 acted on or published (the store's clock)
+	// published is the latest 429 of this instance's own (its host's
+	// clock) that it has passed on.
+	published time.Time
+	live      int
 }
 
 func (n *Node) ttl() time.Duration {
@@ -133,6 +136,7 @@ func (n *Node) Beat() error {
 		leading   bool
 		live      int
 		throttled time.Time
+		published time.Time // this instance's 429 passed on in this beat
 	)
 	err := n.DB.Update(func(tx Tx) error {
 		now, err := tx.Now()
@@ -156,14 +160,14 @@ func (n *Node) Beat() error {
 			l = Lease{Role: RoleLister, Holder: n.Self.ID, Term: l.Term + 1}
 		default:
 			lease, leading = l, false
-			return n.shared(tx, now, mine, &live, &throttled, false)
+			return n.shared(tx, now, mine, &live, &throttled, &published, false)
 		}
 		l.Expires = now.Add(n.ttl())
 		if err := tx.PutLease(l); err != nil {
 			return err
 		}
 		lease, leading = l, true
-		return n.shared(tx, now, mine, &live, &throttled, true)
+		return n.shared(tx, now, mine, &live, &throttled, &published, true)
 	})
 	n.mu.Lock()
 	if err != nil {
@@ -173,6 +177,9 @@ func (n *Node) Beat() error {
 		lease.Term = n.term
 	} else {
 		n.term, n.leading, n.live = lease.Term, leading, live
+		if published.After(n.published) {
+			n.published = published
+		}
 		if leading {
 			// start is before the transaction read the database's clock,
 			// so this deadline comes before the lease's end.
@@ -202,7 +209,7 @@ func (n *Node) Beat() error {
 
 // shared counts the live instances, forgets long-gone ones (the lister
 // does), and passes a 429 between this instance and the others.
-func (n *Node) shared(tx Tx, now, mine time.Time, live *int, throttled *time.Time, lister bool) error {
+func (n *Node) shared(tx Tx, now, mine time.Time, live *int, throttled, published *time.Time, lister bool) error {
 	all, err := tx.Instances()
 	if err != nil {
 		return err
@@ -223,13 +230,21 @@ func (n *Node) shared(tx Tx, now, mine time.Time, live *int, throttled *time.Tim
 		return err
 	}
 	n.mu.Lock()
-	seen := n.throttle
+	seen, last := n.throttle, n.published
 	n.mu.Unlock()
 	switch {
-	case mine.After(mark):
-		n.setThrottle(mine)
-		return tx.PutMark(MarkThrottled, mine)
-	case mark.After(seen) && !mark.Equal(mine):
+	case mine.After(last):
+		// A 429 of this instance's own since the last beat: published at
+		// the store's time, not the host's, which may run ahead of the
+		// others' and hide their 429s behind a mark in their future. Its
+		// own mark is not news to it.
+		*published = mine
+		if now.After(mark) {
+			n.setThrottle(now)
+			return tx.PutMark(MarkThrottled, now)
+		}
+		n.setThrottle(mark)
+	case mark.After(seen):
 		n.setThrottle(mark)
 		*throttled = mark
 	}
