@@ -85,6 +85,12 @@ type Store struct {
 	cancel context.CancelFunc
 	// conflicts counts the tries that failed to serialize and ran again.
 	conflicts atomic.Int64
+	// writer lets one Update of this process at a time wait for (and
+	// hold) the writers' lock: they would take turns there anyway, and
+	// an instance cut off from the database then leaves at most one
+	// session behind that the server must time out before the others
+	// write again, not one per pooled connection.
+	writer chan struct{}
 }
 
 // Conflicts is how many tries of transactions failed to serialize against
@@ -116,7 +122,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		return nil, dest.wrap("open store on", err)
 	}
 	sctx, cancel := context.WithCancel(context.Background())
-	return &Store{pool: pool, opts: opts, dest: dest, ctx: sctx, cancel: cancel}, nil
+	return &Store{pool: pool, opts: opts, dest: dest, ctx: sctx, cancel: cancel, writer: make(chan struct{}, 1)}, nil
 }
 
 // Close ends transactions still running and closes the pool.
@@ -143,6 +149,12 @@ func (s *Store) ViewContext(ctx context.Context, fn func(store.Tx) error) error 
 
 // UpdateContext is Update bounded by ctx.
 func (s *Store) UpdateContext(ctx context.Context, fn func(store.Tx) error) error {
+	select {
+	case s.writer <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-s.writer }()
 	return s.run(ctx, pgx.TxOptions{IsoLevel: pgx.ReadCommitted}, fn)
 }
 
@@ -364,7 +376,7 @@ const writerLock int64 = 0x66756c66696c6c77
 // idleInTx is how long the server lets a session sit idle inside a
 // transaction before it ends the session (and its locks): fulfilld's
 // transactions never wait on anything but the database.
-const idleInTx = "15s"
+const idleInTx = "5s"
 
 // prepareConn sets a new connection up: the idle-in-transaction bound,
 // and a slot for its sums.
