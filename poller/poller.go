@@ -879,7 +879,7 @@ func (p *Poller) route(tx Tx, ev stripeapi.Event, now time.Time) (string, error)
 	}
 	switch {
 	case ev.Type == TypeCompleted || ev.Type == TypeAsyncSucceeded:
-		id, err := objectID(ev.Object, "checkout.session", "cs_")
+		id, err := objectID(ev, "checkout.session", "cs_")
 		if err != nil {
 			return bad(err)
 		}
@@ -892,7 +892,7 @@ func (p *Poller) route(tx Tx, ev stripeapi.Event, now time.Time) (string, error)
 			return p.dryRunSession(tx, id)
 		}
 		queued, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: id, EventID: ev.ID, Trigger: fulfill.TriggerEvent, At: now,
-			SessionCreated: objectCreated(ev.Object)})
+			SessionCreated: objectCreated(ev)})
 		if err != nil {
 			return "", err
 		}
@@ -901,7 +901,7 @@ func (p *Poller) route(tx Tx, ev stripeapi.Event, now time.Time) (string, error)
 		}
 		return OutcomeHandled, nil
 	case ev.Type == TypeAsyncFailed || ev.Type == TypeExpired:
-		id, err := objectID(ev.Object, "checkout.session", "cs_")
+		id, err := objectID(ev, "checkout.session", "cs_")
 		if err != nil {
 			return bad(err)
 		}
@@ -921,15 +921,14 @@ func (p *Poller) route(tx Tx, ev stripeapi.Event, now time.Time) (string, error)
 		}
 		return OutcomeHandled, nil
 	case strings.HasPrefix(ev.Type, paymentIntentTypeStart):
-		var obj struct {
-			ID               string `json:"id"`
-			Object           string `json:"object"`
-			Status           string `json:"status"`
-			LastPaymentError *struct {
-				Message string `json:"message"`
-			} `json:"last_payment_error"`
+		obj := ev.Head
+		if obj == nil {
+			obj = new(stripeapi.ObjectHead)
+			if err := json.Unmarshal(ev.Object, obj); err != nil {
+				return bad(fmt.Errorf("data.object is not a payment_intent"))
+			}
 		}
-		if err := json.Unmarshal(ev.Object, &obj); err != nil || obj.Object != "payment_intent" || !strings.HasPrefix(obj.ID, "pi_") {
+		if obj.Object != "payment_intent" || !strings.HasPrefix(obj.ID, "pi_") {
 			return bad(fmt.Errorf("data.object is not a payment_intent"))
 		}
 		if p.DryRun {
@@ -962,13 +961,16 @@ func (p *Poller) dryRunSession(tx Tx, id string) (string, error) {
 	return OutcomeQueued, nil
 }
 
-// objectID reads data.object's id, checking it is the expected kind.
-func objectID(raw json.RawMessage, object, prefix string) (string, error) {
+// objectID reads data.object's id, checking it is the expected kind: from
+// the head read with the event, else from the object itself.
+func objectID(ev stripeapi.Event, object, prefix string) (string, error) {
 	var obj struct {
 		ID     string `json:"id"`
 		Object string `json:"object"`
 	}
-	if err := json.Unmarshal(raw, &obj); err != nil {
+	if ev.Head != nil {
+		obj.ID, obj.Object = ev.Head.ID, ev.Head.Object
+	} else if err := json.Unmarshal(ev.Object, &obj); err != nil {
 		return "", fmt.Errorf("data.object is not a %s: %w", object, err)
 	}
 	if obj.Object != object || !strings.HasPrefix(obj.ID, prefix) {
@@ -980,11 +982,16 @@ func objectID(raw json.RawMessage, object, prefix string) (string, error) {
 // objectCreated is data.object.created, zero when it is missing or odd: it
 // only helps the queue list sessions in batches, and a session without it
 // is retrieved on its own.
-func objectCreated(raw json.RawMessage) time.Time {
+func objectCreated(ev stripeapi.Event) time.Time {
 	var obj struct {
 		Created int64 `json:"created"`
 	}
-	if json.Unmarshal(raw, &obj) != nil || obj.Created <= 0 || obj.Created > maxObjectCreated {
+	if ev.Head != nil {
+		obj.Created = ev.Head.Created
+	} else if json.Unmarshal(ev.Object, &obj) != nil {
+		return time.Time{}
+	}
+	if obj.Created <= 0 || obj.Created > maxObjectCreated {
 		return time.Time{}
 	}
 	return time.Unix(obj.Created, 0).UTC()
