@@ -807,14 +807,8 @@ func (p *Poller) applyPage(tx Tx, c *pageCommit, now time.Time) error {
 				// up): a destination with no record of it still gets
 				// it; one that has a record, in any state, does not.
 				if !p.DryRun && ev.Err == nil {
-					for _, dest := range p.Routes[ev.Type] {
-						added, err := fulfill.EnqueueDelivery(tx, dest, ev.ID, ev.Type, ev.Raw, now)
-						if err != nil {
-							return fmt.Errorf("event %s: %w", ev.ID, err)
-						}
-						if added {
-							c.notified++
-						}
+					if err := p.deliver(tx, c, ev, now); err != nil {
+						return err
 					}
 				}
 				continue
@@ -837,14 +831,8 @@ func (p *Poller) applyPage(tx Tx, c *pageCommit, now time.Time) error {
 			continue
 		}
 		if outcome != OutcomeMalformed {
-			for _, dest := range p.Routes[ev.Type] {
-				added, err := fulfill.EnqueueDelivery(tx, dest, ev.ID, ev.Type, ev.Raw, now)
-				if err != nil {
-					return fmt.Errorf("event %s: %w", ev.ID, err)
-				}
-				if added {
-					c.notified++
-				}
+			if err := p.deliver(tx, c, ev, now); err != nil {
+				return err
 			}
 		}
 		if ev.ID != "" {
@@ -859,10 +847,25 @@ func (p *Poller) applyPage(tx Tx, c *pageCommit, now time.Time) error {
 	return cursor.Count(tx, counts)
 }
 
+// deliver queues a delivery of ev to each destination its type is routed
+// to that has no record of it yet.
+func (p *Poller) deliver(tx Tx, c *pageCommit, ev stripeapi.Event, now time.Time) error {
+	for _, dest := range p.Routes[ev.Type] {
+		added, err := fulfill.EnqueueDelivery(tx, dest, ev.ID, ev.Type, ev.Raw, now)
+		if err != nil {
+			return fmt.Errorf("event %s: %w", ev.ID, err)
+		}
+		if added {
+			c.notified++
+		}
+	}
+	return nil
+}
+
 // groupCommit lets the pages that slices listed at the same moment share
 // one transaction: a commit waits while another is being written, and
 // then the first of those waiting writes all that gathered, up to
-// maxGroupPages. A durable commit costs the same for one page or eight;
+// maxGroupPages. A durable commit costs about the same for one page or four;
 // a backfill lists up to eight slices at once.
 type groupCommit struct {
 	mu      sync.Mutex
@@ -870,8 +873,10 @@ type groupCommit struct {
 	leading bool
 }
 
-// maxGroupPages bounds the pages of one transaction.
-const maxGroupPages = 16
+// maxGroupPages bounds the pages of one transaction: a larger one holds
+// more dirty pages of the store in memory (16 took 3 MiB more than 4 at
+// 100,000 events, for no less CPU).
+const maxGroupPages = 4
 
 // errLead hands the writing over to a commit that was waiting.
 var errLead = errors.New("write the pages gathered")
