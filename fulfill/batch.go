@@ -204,9 +204,9 @@ func (f *Fulfiller) batched(ctx context.Context, rec Record) *stripeapi.Session 
 			tries++
 			var wg sync.WaitGroup
 			for _, r := range step.more {
-				wg.Go(func() { f.load(ctx, lister, r.l, r.group, (len(r.group)+batchGroup-1)/batchGroup+1) })
+				wg.Go(func() { f.load(ctx, lister, r.l, r.group) })
 			}
-			f.load(ctx, lister, step.run, step.group, (len(step.group)+batchGroup-1)/batchGroup+1)
+			f.load(ctx, lister, step.run, step.group)
 			wg.Wait()
 		case step.linger > 0:
 			b.lingering.Add(1)
@@ -369,15 +369,16 @@ func (b *batcher) coveredBetween(a, c time.Time) bool {
 		slices.ContainsFunc(b.listed, func(r listedRange) bool { return in(r.lo, r.hi) })
 }
 
-// load lists the range of l page by page, at most pages of it, keeping
-// every paid session it returns, then ends l. The range holds the
-// len(group) sessions it was planned for; sessions the queue does not want
-// yet (fulfilled, not paid, or not queued yet by the events) may share it,
-// so the caller allows a page more, no more: what is still missing is
-// planned again, or retrieved. Errors are not returned: the attempts
-// retrieve, and those retrieves report what is wrong.
-func (f *Fulfiller) load(ctx context.Context, lister SessionLister, l *batchLoad, group []string, pages int) {
+// load lists the range of l page by page, keeping every paid session it
+// returns, then ends l. Errors are not returned: the attempts retrieve,
+// and those retrieves report what is wrong.
+func (f *Fulfiller) load(ctx context.Context, lister SessionLister, l *batchLoad, group []string) {
 	b := &f.batch
+	// The range holds the len(group) sessions it was planned for; sessions
+	// the queue does not want yet (fulfilled, not paid, or not queued yet
+	// by the events) may share it, so a page more is allowed, no more:
+	// what is still missing is planned again, or retrieved.
+	pages := (len(group)+batchGroup-1)/batchGroup + 1
 	after := ""
 	var listed []*stripeapi.Session
 	complete := false
