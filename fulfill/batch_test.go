@@ -134,10 +134,11 @@ func TestBackfillListsFullPages(t *testing.T) {
 	client := stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: sim.URL()})
 	act := &bodyAction{bodies: map[string][]byte{}, runs: map[string]int{}}
 	f := &fulfill.Fulfiller{DB: ledger(db), Sessions: client, Action: act, MaxAttempts: 3, Concurrency: 4}
-	// A pause in queueing longer than this lists what is due in partial
-	// pages; the test's pauses (the race detector, a busy machine) must
-	// not count as the end of the backfill.
-	fulfill.SetBatchSettle(f, 2*time.Second)
+	// A pause in queueing longer than settle, or a wait longer than
+	// linger, lists what is due in partial pages; the test's pauses (the
+	// race detector, a busy machine) must not count as the end of the
+	// backfill.
+	fulfill.SetBatchWaits(f, 3*time.Second, time.Minute)
 	wake := make(chan struct{}, 1)
 	done := make(chan struct{})
 	var res fulfill.PassResult
