@@ -18,30 +18,68 @@ type SessionLister interface {
 	ListCompleteSessions(ctx context.Context, gte, lte time.Time, startingAfter string) (stripeapi.CompleteSessionPage, error)
 }
 
-// Batching. A queued attempt that misses the cache plans one list: the due
-// sessions whose created times lie nearest its own, up to a page of them,
-// give the created range. Every paid session the list returns is kept for
-// batchFresh, so the attempts for the others (and for sessions queued a
-// moment later, as a backfill's listing goes on) find it there. A session
-// the list does not return — not listed yet, its created time unknown or
-// wrong — is retrieved on its own, as before.
+// Batching. A queued attempt that misses the cache looks at every due
+// session with a known created time that no fresh list covered or is
+// covering: sorted by created, the run of them around its own, cut where a
+// listed range lies in between, gives the next list's created range. It
+// lists at once when the run fills a page (batchGroup); otherwise it waits
+// for the page to fill — in a backfill the poller queues a page of events
+// every few tens of milliseconds — and lists what there is once no session
+// joined the queue for batchSettle, or after batchLinger at the most. So a
+// backfill reads full pages of a hundred, and each created range is listed
+// once.
+//
+// Every paid session a list returns is kept for batchFresh (sessions the
+// events have not queued yet among them: a backfill queues them moments
+// later), and a fully listed range is remembered as long: a session queued
+// in it that the list did not return — not listed yet, its created time
+// unknown or wrong — is retrieved on its own, as is one whose run stays
+// alone. What reaches the action is always what Stripe answered a moment
+// ago, never an event's snapshot.
 const (
 	batchFresh     = time.Minute
 	batchGroup     = 100  // sessions one load aims to cover: one page
-	batchLookahead = 2000 // due sessions read to plan a load
+	batchLookahead = 5000 // due sessions read to plan a load
 	batchCacheMax  = 10000
+	batchSettle    = 150 * time.Millisecond
+	batchLinger    = 5 * time.Second
+	// batchTries bounds the loads one attempt runs, batchWaits those it
+	// waits for, before it retrieves its session on its own.
+	batchTries = 3
+	batchWaits = 10
 )
 
 // batcher is the queue's cache of listed sessions and its loads in flight.
 type batcher struct {
-	mu    sync.Mutex
-	cache map[string]cachedSession
-	loads []*batchLoad
+	mu     sync.Mutex
+	cache  map[string]cachedSession
+	loads  []*batchLoad
+	listed []listedRange
+	// due is what plans learnt of the due sessions: their created times,
+	// read once. grew is when a plan last found one it did not know (the
+	// queue still growing); changed is closed and replaced when a load
+	// starts or ends, so attempts waiting for their page look again.
+	due     map[string]time.Time
+	grew    time.Time
+	changed chan struct{}
+	// settle and linger replace batchSettle and batchLinger when set.
+	settle, linger time.Duration
 
 	// Lists, Hits and Misses count list requests, attempts served from a
-	// list and queued attempts that retrieved on their own.
+	// list and queued attempts that retrieved on their own; lingering
+	// counts the attempts waiting for their page to fill.
 	lists, hits, misses atomic.Int64
+	lingering           atomic.Int64
 }
+
+// maxLingerSlots bounds the places in the queue that attempts waiting for
+// their page may take on top of the fetch and action slots.
+const maxLingerSlots = 32
+
+// lingerSlots is how many more attempts the queue keeps in progress
+// because attempts wait for their page: they make no request and run no
+// action, and must not keep sessions whose page was read from their turn.
+func (b *batcher) lingerSlots() int { return int(min(b.lingering.Load(), maxLingerSlots)) }
 
 // cachedSession is a listed session; s is nil once taken.
 type cachedSession struct {
@@ -56,6 +94,11 @@ type batchLoad struct {
 }
 
 func (l *batchLoad) covers(t time.Time) bool { return !t.Before(l.lo) && !t.After(l.hi) }
+
+// listedRange is a created range listed completely at a time.
+type listedRange struct {
+	lo, hi, at time.Time
+}
 
 // BatchStats counts how the queue read its sessions: list requests, attempts
 // served by them, and attempts that retrieved on their own.
@@ -90,6 +133,10 @@ func (b *batcher) take(id string, now time.Time) (s *stripeapi.Session, known bo
 func (b *batcher) keep(ss []*stripeapi.Session, wanted []string, now time.Time) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	b.keepLocked(ss, wanted, now)
+}
+
+func (b *batcher) keepLocked(ss []*stripeapi.Session, wanted []string, now time.Time) {
 	if b.cache == nil {
 		b.cache = map[string]cachedSession{}
 	}
@@ -118,72 +165,246 @@ func (b *batcher) keep(ss []*stripeapi.Session, wanted []string, now time.Time) 
 }
 
 // batched is the session rec names from a list, or nil when it must be
-// retrieved on its own. The caller holds a fetch slot.
+// retrieved on its own. It takes no fetch slot: an attempt served from the
+// cache or waiting for its page makes no request, and lists, a hundred
+// sessions each, are few; the Stripe client paces them with the rest.
 func (f *Fulfiller) batched(ctx context.Context, rec Record) *stripeapi.Session {
 	lister, ok := f.Sessions.(SessionLister)
 	if !ok || rec.SessionCreated.IsZero() {
 		return nil
 	}
 	b := &f.batch
-	s, known := b.take(rec.SessionID, f.now())
-	// A load waited for may have ended before reaching this session (its
-	// range held more than its pages): plan again, a few times at most.
-	for try := 0; !known && try < 3 && ctx.Err() == nil; try++ {
-		f.load(ctx, lister, rec.SessionID, rec.SessionCreated)
-		s, known = b.take(rec.SessionID, f.now())
+	since := time.Now() // real time: how long this attempt waited for its page
+	for tries, waits := 0, 0; ctx.Err() == nil; {
+		if s, known := b.take(rec.SessionID, f.now()); known {
+			if s == nil {
+				break
+			}
+			b.hits.Add(1)
+			return s
+		}
+		if tries >= batchTries {
+			break
+		}
+		step := f.nextStep(rec.SessionID, rec.SessionCreated, time.Since(since))
+		switch {
+		case step.wait != nil:
+			// A load planned for other sessions that covers this one's
+			// created time ends listed, or short of it (then the range
+			// left is planned again): not a try of this attempt's, but
+			// bounded all the same, against a list that keeps failing.
+			if waits++; waits > batchWaits {
+				tries = batchTries
+			}
+			select {
+			case <-step.wait.done:
+			case <-ctx.Done():
+			}
+		case step.run != nil:
+			tries++
+			var wg sync.WaitGroup
+			for _, r := range step.more {
+				wg.Go(func() { f.load(ctx, lister, r.l, r.group) })
+			}
+			f.load(ctx, lister, step.run, step.group)
+			wg.Wait()
+		case step.linger > 0:
+			b.lingering.Add(1)
+			t := time.NewTimer(step.linger)
+			select {
+			case <-t.C:
+			case <-step.changed:
+			case <-ctx.Done():
+			}
+			t.Stop()
+			b.lingering.Add(-1)
+		default:
+			b.misses.Add(1)
+			return nil
+		}
 	}
-	if s == nil {
-		b.misses.Add(1)
-		return nil
-	}
-	b.hits.Add(1)
-	return s
+	b.misses.Add(1)
+	return nil
 }
 
-// load lists the sessions around created: it waits for a load in flight
-// that covers it, or plans and runs one. Errors are not returned: the
-// caller retrieves, and that retrieve reports what is wrong.
-func (f *Fulfiller) load(ctx context.Context, lister SessionLister, id string, created time.Time) {
-	b := &f.batch
-	var group []string
-	wait, l, n := b.start(func(loads []*batchLoad) (lo, hi time.Time, n int) {
-		lo, hi, group = f.plan(id, created, loads)
-		return lo, hi, len(group)
-	}, created)
-	switch {
-	case wait != nil:
-		select {
-		case <-wait.done:
-		case <-ctx.Done():
-		}
-		return
-	case l == nil:
-		return
+// batchStep is what an attempt that missed the cache does next: wait for a
+// load in flight that covers its session, run a load it planned, linger
+// until its page fills or the queue settles (or changed closes), or else
+// retrieve the session on its own.
+type batchStep struct {
+	wait    *batchLoad
+	run     *batchLoad
+	group   []string
+	more    []batchRun // other loads to run beside run
+	linger  time.Duration
+	changed <-chan struct{}
+}
+
+// batchRun is a load planned and the due sessions it is for.
+type batchRun struct {
+	l     *batchLoad
+	group []string
+}
+
+// startLoad registers a load for group, sorted by created. The caller
+// holds b.mu.
+func (b *batcher) startLoad(group []string) *batchLoad {
+	l := &batchLoad{lo: b.due[group[0]], hi: b.due[group[len(group)-1]], done: make(chan struct{})}
+	b.loads = append(b.loads, l)
+	return l
+}
+
+// runs cuts the due sessions that no load covers and no list returned yet
+// into runs of up to batchGroup, sorted by created and never spanning a
+// covered range; runs of one are left to their attempts. The caller holds
+// b.mu, after a plan.
+func (b *batcher) runs(now time.Time) [][]string {
+	type due struct {
+		id string
+		at time.Time
 	}
-	defer func() {
-		b.mu.Lock()
-		b.loads = slices.DeleteFunc(b.loads, func(x *batchLoad) bool { return x == l })
-		b.mu.Unlock()
-		close(l.done)
-	}()
-	// The range was planned to hold about n sessions; sessions the queue
-	// does not want (fulfilled, not paid) may share it, so a page more is
-	// allowed, no more: what is still missing is retrieved.
-	pages := (n+batchGroup-1)/batchGroup + 1
+	var all []due
+	for id, at := range b.due {
+		if at.IsZero() || b.covered(at) {
+			continue
+		}
+		if c, cached := b.cache[id]; cached && now.Sub(c.at) <= batchFresh {
+			continue
+		}
+		all = append(all, due{id, at})
+	}
+	slices.SortFunc(all, func(a, b due) int { return a.at.Compare(b.at) })
+	var out [][]string
+	var run []string
+	for i, d := range all {
+		if len(run) == batchGroup || len(run) > 0 && b.coveredBetween(all[i-1].at, d.at) {
+			out = append(out, run)
+			run = nil
+		}
+		run = append(run, d.id)
+	}
+	out = append(out, run)
+	return slices.DeleteFunc(out, func(r []string) bool { return len(r) < 2 })
+}
+
+// nextStep decides an attempt's next step; waited is how long it has
+// waited for its page so far.
+func (f *Fulfiller) nextStep(id string, created time.Time, waited time.Duration) batchStep {
+	b := &f.batch
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	now := f.now()
+	for _, l := range b.loads {
+		if l.covers(created) {
+			return batchStep{wait: l}
+		}
+	}
+	if b.listedAt(created, now) {
+		// Listed a moment ago and not returned: a list would miss it again.
+		b.keepLocked(nil, []string{id}, now)
+		return batchStep{}
+	}
+	run := f.plan(id, created, now)
+	settle, linger := b.settle, b.linger
+	if settle <= 0 {
+		settle = batchSettle
+	}
+	if linger <= 0 {
+		linger = batchLinger
+	}
+	quiet := time.Since(b.grew)
+	switch {
+	case len(run) >= batchGroup, (quiet >= settle || waited >= linger) && len(run) >= 2:
+		step := batchStep{run: b.startLoad(run), group: run}
+		if quiet >= settle {
+			// The queue stopped growing: what is due will not fill its
+			// pages any further, so every run is listed now, side by side,
+			// rather than each when an attempt of its own comes to it.
+			for _, g := range b.runs(now) {
+				step.more = append(step.more, batchRun{b.startLoad(g), g})
+			}
+		}
+		b.signal()
+		return step
+	case quiet >= settle || waited >= linger:
+		// Alone in its run: a list for one session costs what a retrieve
+		// does.
+		return batchStep{}
+	}
+	if b.changed == nil {
+		b.changed = make(chan struct{})
+	}
+	return batchStep{linger: max(min(settle-quiet, linger-waited), time.Millisecond), changed: b.changed}
+}
+
+// signal wakes the attempts lingering for their page. The caller holds
+// b.mu.
+func (b *batcher) signal() {
+	if b.changed != nil {
+		close(b.changed)
+		b.changed = nil
+	}
+}
+
+// listedAt reports whether a fresh complete list covered created. The
+// caller holds b.mu.
+func (b *batcher) listedAt(created, now time.Time) bool {
+	b.listed = slices.DeleteFunc(b.listed, func(r listedRange) bool { return now.Sub(r.at) > batchFresh })
+	return slices.ContainsFunc(b.listed, func(r listedRange) bool { return !created.Before(r.lo) && !created.After(r.hi) })
+}
+
+// covered reports whether t lies in a load in flight or a fresh listed
+// range. The caller holds b.mu.
+func (b *batcher) covered(t time.Time) bool {
+	return slices.ContainsFunc(b.loads, func(l *batchLoad) bool { return l.covers(t) }) ||
+		slices.ContainsFunc(b.listed, func(r listedRange) bool { return !t.Before(r.lo) && !t.After(r.hi) })
+}
+
+// coveredBetween reports whether a load in flight or a fresh listed range
+// lies between a and b (a before b): a run that spanned it would list that
+// range again. The caller holds b.mu.
+func (b *batcher) coveredBetween(a, c time.Time) bool {
+	in := func(lo, hi time.Time) bool { return lo.After(a) && lo.Before(c) || hi.After(a) && hi.Before(c) }
+	return slices.ContainsFunc(b.loads, func(l *batchLoad) bool { return in(l.lo, l.hi) }) ||
+		slices.ContainsFunc(b.listed, func(r listedRange) bool { return in(r.lo, r.hi) })
+}
+
+// load lists the range of l page by page, keeping every paid session it
+// returns, then ends l. Errors are not returned: the attempts retrieve,
+// and those retrieves report what is wrong.
+func (f *Fulfiller) load(ctx context.Context, lister SessionLister, l *batchLoad, group []string) {
+	b := &f.batch
+	// The range holds the len(group) sessions it was planned for; sessions
+	// the queue does not want yet (fulfilled, not paid, or not queued yet
+	// by the events) may share it, so a page more is allowed, no more:
+	// what is still missing is planned again, or retrieved.
+	pages := (len(group)+batchGroup-1)/batchGroup + 1
 	after := ""
 	var listed []*stripeapi.Session
 	complete := false
+	var reached time.Time // the oldest created time listed so far
 	defer func() {
-		// What the list did not return is marked, so it is retrieved
-		// at once rather than listed for again.
-		seen := map[string]bool{}
-		for _, s := range listed {
-			seen[s.ID] = true
+		now := f.now()
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		b.loads = slices.DeleteFunc(b.loads, func(x *batchLoad) bool { return x == l })
+		switch {
+		case complete:
+			b.listed = append(b.listed, listedRange{lo: l.lo, hi: l.hi, at: now})
+			// What the list did not return is marked, so it is retrieved
+			// at once rather than listed for again.
+			seen := make(map[string]bool, len(listed))
+			for _, s := range listed {
+				seen[s.ID] = true
+			}
+			b.keepLocked(nil, slices.DeleteFunc(group, func(id string) bool { return seen[id] }), now)
+		case !reached.IsZero() && reached.After(l.lo):
+			// Lists run newest first: the seconds after the oldest one
+			// reached are listed completely.
+			b.listed = append(b.listed, listedRange{lo: reached.Add(time.Second), hi: l.hi, at: now})
 		}
-		group = slices.DeleteFunc(group, func(id string) bool { return seen[id] })
-		if complete {
-			b.keep(nil, group, f.now())
-		}
+		close(l.done)
+		b.signal()
 	}()
 	for range pages {
 		b.lists.Add(1)
@@ -194,71 +415,101 @@ func (f *Fulfiller) load(ctx context.Context, lister SessionLister, id string, c
 		}
 		b.keep(page.Sessions, nil, f.now())
 		listed = append(listed, page.Sessions...)
+		for _, s := range page.Sessions {
+			if reached.IsZero() || s.Created.Before(reached) {
+				reached = s.Created
+			}
+		}
 		if !page.HasMore || page.Last == "" {
-			complete = true
+			complete = page.Unreadable == 0
 			return
 		}
 		after = page.Last
 	}
 }
 
-// start finds a load in flight that covers created (wait for it), or
-// plans one and registers it (run it); neither when a list would not pay.
-func (b *batcher) start(plan func([]*batchLoad) (lo, hi time.Time, n int), created time.Time) (wait, run *batchLoad, n int) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, l := range b.loads {
-		if l.covers(created) {
-			return l, nil, 0
-		}
-	}
-	lo, hi, n := plan(b.loads)
-	if n < 2 {
-		// A list for one session costs what a retrieve does.
-		return nil, nil, 0
-	}
-	l := &batchLoad{lo: lo, hi: hi, done: make(chan struct{})}
-	b.loads = append(b.loads, l)
-	return nil, l, n
-}
-
-// plan picks the created range of the next load: the due sessions with
-// known created times, not cached and not covered by a load in flight,
-// sorted by created; the batchGroup of them nearest created. group is what
-// it covers. The caller holds b.mu.
-func (f *Fulfiller) plan(self string, created time.Time, loads []*batchLoad) (lo, hi time.Time, group []string) {
+// plan returns the run of due sessions around id for the next load, sorted
+// by created: due sessions with a known created time, not cached and not
+// covered by a load in flight or a fresh listed range, at most batchGroup
+// of them, never spanning a covered range. The caller holds b.mu.
+func (f *Fulfiller) plan(self string, created, now time.Time) []string {
+	b := &f.batch
 	type due struct {
 		id string
 		at time.Time
 	}
+	known := b.due
+	if _, ok := known[self]; !ok {
+		b.grew = time.Now()
+	}
+	b.due = map[string]time.Time{self: created}
 	all := []due{{self, created}}
 	_ = f.DB.View(func(tx Tx) error {
-		ids, err := tx.Due(SessionQueue, f.now(), batchLookahead, nil)
+		ids, err := tx.Due(SessionQueue, now, batchLookahead, nil)
 		if err != nil {
 			return err
 		}
 		for _, id := range ids {
-			if c, cached := f.batch.cache[id]; cached && f.now().Sub(c.at) <= batchFresh || id == self {
+			if id == self {
 				continue
 			}
-			rec, ok, err := Get(tx, id)
-			if err != nil || !ok || rec.SessionCreated.IsZero() {
+			at, ok := known[id]
+			if !ok {
+				rec, found, err := Get(tx, id)
+				if err != nil || !found {
+					continue
+				}
+				at = rec.SessionCreated
+				b.grew = time.Now()
+			}
+			b.due[id] = at
+			if at.IsZero() {
 				continue
 			}
-			if slices.ContainsFunc(loads, func(l *batchLoad) bool { return l.covers(rec.SessionCreated) }) {
+			if c, cached := b.cache[id]; cached && now.Sub(c.at) <= batchFresh || b.covered(at) {
 				continue
 			}
-			all = append(all, due{id, rec.SessionCreated})
+			all = append(all, due{id, at})
 		}
 		return nil
 	})
 	slices.SortFunc(all, func(a, b due) int { return a.at.Compare(b.at) })
 	i := slices.IndexFunc(all, func(d due) bool { return d.id == self })
-	start := max(0, i-batchGroup/2)
-	end := min(len(all), start+batchGroup)
-	start = max(0, end-batchGroup)
+	// The run: neighbours not separated from self by a covered range.
+	lo, hi := i, i+1
+	for lo > 0 && !b.coveredBetween(all[lo-1].at, all[lo].at) {
+		lo--
+	}
+	for hi < len(all) && !b.coveredBetween(all[hi-1].at, all[hi].at) {
+		hi++
+	}
+	// A window of up to batchGroup sessions that holds self: one at an end
+	// of the run when self is near it, so what stays is one piece rather
+	// than a few sessions on either side; else, of those that hold self,
+	// the one with the narrowest created range. A range also holds
+	// sessions not queued (yet), and the narrowest holds the fewest of
+	// them, so its load fills the fewest pages. In a backfill the queue
+	// grows in one place per slice the poller lists, and this keeps a
+	// list within one.
+	n := min(hi-lo, batchGroup)
+	var start int
+	switch {
+	case i >= hi-n:
+		start = hi - n
+	case i < lo+n:
+		start = lo
+	default:
+		start = i - n + 1
+		for s := start + 1; s <= i && s+n <= hi; s++ {
+			if all[s+n-1].at.Sub(all[s].at) < all[start+n-1].at.Sub(all[start].at) {
+				start = s
+			}
+		}
+	}
+	end := start + n
+	group := make([]string, 0, end-start)
 	for _, d := range all[start:end] {
 		group = append(group, d.id)
 	}
-	return all[start].at, all[end-1].at, group
+	return group
 }

@@ -109,3 +109,95 @@ func TestQueueReadsSessionsInBatches(t *testing.T) {
 		}
 	}
 }
+
+// TestBackfillListsFullPages: a backfill queues its sessions a page of
+// events at a time, in several places at once (the re-scan lists slices
+// side by side, each newest first), while the queue runs. The queue lists
+// sessions in pages that fill up, and no range twice: about N/100 list
+// requests for N sessions, a few more for the ragged ends of the slices —
+// never one per page of events — every session fulfilled once with what
+// a retrieve returns.
+func TestBackfillListsFullPages(t *testing.T) {
+	sim := stripesim.New(stripesim.Options{})
+	t.Cleanup(sim.Close)
+	base := time.Now().Add(-6 * time.Hour).Truncate(time.Second)
+	const n, slices, perPage = 1000, 8, 10
+	ids := make([]string, n)
+	created := map[string]time.Time{}
+	for i := range n {
+		at := base.Add(time.Duration(i) * 10 * time.Second)
+		ids[i] = sim.CreateSession(stripesim.SessionParams{Created: at, LineItems: 1 + i%3})
+		sim.CompleteSession(ids[i], "paid", at.Add(time.Minute))
+		created[ids[i]] = at
+	}
+	db := openTestDB(t)
+	client := stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: sim.URL()})
+	act := &bodyAction{bodies: map[string][]byte{}, runs: map[string]int{}}
+	f := &fulfill.Fulfiller{DB: ledger(db), Sessions: client, Action: act, MaxAttempts: 3, Concurrency: 4}
+	// A pause in queueing longer than settle, or a wait longer than
+	// linger, lists what is due in partial pages; the test's pauses (the
+	// race detector, a busy machine) must not count as the end of the
+	// backfill.
+	fulfill.SetBatchWaits(f, 3*time.Second, time.Minute)
+	wake := make(chan struct{}, 1)
+	done := make(chan struct{})
+	var res fulfill.PassResult
+	var runErr error
+	go func() {
+		defer close(done)
+		res, runErr = f.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true})
+	}()
+	// Slice s holds sessions [s*n/slices, (s+1)*n/slices), listed newest
+	// first; the slices' pages interleave.
+	per := n / slices
+	for page := 0; page*perPage < per; page++ {
+		for s := range slices {
+			hi := (s+1)*per - page*perPage
+			if err := db.Update(func(tx store.Tx) error {
+				for i := hi - 1; i >= max(hi-perPage, s*per); i-- {
+					if _, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: ids[i], EventID: "evt_" + ids[i],
+						Trigger: fulfill.TriggerEvent, At: time.Now(), SessionCreated: created[ids[i]]}); err != nil {
+						return err
+					}
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			select {
+			case wake <- struct{}{}:
+			default:
+			}
+		}
+	}
+	close(wake)
+	<-done
+	if runErr != nil {
+		t.Fatal(runErr)
+	}
+	if res.Fulfilled != n {
+		t.Fatalf("fulfilled %d of %d", res.Fulfilled, n)
+	}
+	st := sim.Stats()
+	lists, retrieves := st.ByEndpoint["GET /v1/checkout/sessions"], st.ByEndpoint["GET /v1/checkout/sessions/:id"]
+	// Ten full pages, and a partial one where each slice ends; a session
+	// left alone between listed ranges is retrieved, for what a list of
+	// it would cost. (Listing as pages of events arrived took 23 lists
+	// and 6 retrieves.)
+	if bound := int64(n/100 + slices); lists+retrieves > bound {
+		t.Errorf("%d list requests and %d retrieves for %d sessions, want at most %d in all", lists, retrieves, n, bound)
+	}
+	t.Logf("%d sessions: %d list requests, %d retrieves; %+v", n, lists, retrieves, f.BatchStats())
+	for _, id := range ids {
+		if act.runs[id] != 1 {
+			t.Fatalf("%s: action ran %d times", id, act.runs[id])
+		}
+		want, err := client.GetSession(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(act.bodies[id], want.JSON) {
+			t.Fatalf("%s: the action received\n%.300s\nbut a retrieve returns\n%.300s", id, act.bodies[id], want.JSON)
+		}
+	}
+}

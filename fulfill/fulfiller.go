@@ -484,17 +484,17 @@ func (f *Fulfiller) saveResult(rec Record, attempt int, next time.Time) error {
 // retrieve reads the session from Stripe holding a fetch slot, released
 // whatever happens (a panic included: a leaked slot would wedge the queue).
 // A queued attempt takes it from a batch listed moments ago when it can
-// (see batcher), and retrieves it alone when it cannot.
+// (see batcher; that takes no slot), and retrieves it alone when it cannot.
 func (f *Fulfiller) retrieve(ctx context.Context, rec Record, st *stages) (*stripeapi.Session, error) {
-	if err := st.gate(false).acquire(ctx); err != nil {
-		return nil, err
-	}
-	defer st.gate(false).release()
 	if st != nil {
 		if s := f.batched(ctx, rec); s != nil {
 			return s, nil
 		}
 	}
+	if err := st.gate(false).acquire(ctx); err != nil {
+		return nil, err
+	}
+	defer st.gate(false).release()
 	return f.Sessions.GetSession(ctx, rec.SessionID)
 }
 
@@ -704,8 +704,9 @@ func (f *Fulfiller) Run(ctx context.Context, opts RunOptions) (PassResult, error
 	w := &worker{
 		db: f.DB, q: SessionQueue, now: f.now, flush: f.results.flush, kept: f.results.len,
 		// Enough sessions in progress to keep both stages busy: a
-		// prefetch at most one fetch stage deep ahead of the actions.
-		slots:  func() int { return st.fetch.size() + st.act.size() },
+		// prefetch at most one fetch stage deep ahead of the actions,
+		// besides the attempts waiting for their batch's page to fill.
+		slots:  func() int { return st.fetch.size() + st.act.size() + f.batch.lingerSlots() },
 		fatal:  func(err error) bool { return errors.Is(err, stripeapi.ErrAuth) },
 		logger: f.logger(),
 		process: func(ctx context.Context, id string) (outcome, error) {

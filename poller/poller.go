@@ -169,6 +169,9 @@ type Poller struct {
 	// than it that the tip finds new was listed late.
 	quiet     bool
 	tipNarrow time.Time
+	// group gathers the pages being committed at the same moment into one
+	// transaction.
+	group groupCommit
 }
 
 // Progress describes a pass as it goes.
@@ -707,121 +710,209 @@ func adaptSlice(cur time.Duration, pages int) time.Duration {
 // commit records one page and the position change after it in one
 // transaction. move changes the position as it stands in the store — other
 // slices commit their pages in between — and reports whether Settled moved.
+// Pages that slices listed at the same moment share a transaction (see
+// groupCommit): each page with its own position change, in order, so the
+// cursor still never passes an event that is not durably queued.
 func (p *Poller) commit(res *Result, page stripeapi.EventPage, phase string, target time.Time, move func(*cursor.Position) bool) error {
+	c := &pageCommit{page: page, phase: phase, move: move}
 	now := p.hostNow() // the queues schedule what is queued on the host's clock
-	queued, fresh, notified, late := 0, 0, 0, 0
-	var settled time.Time
-	var counts map[[2]string]int
-	apply := func(tx Tx) error {
-		// A shared store re-runs the transaction after a serialization
-		// failure: count this run only.
-		queued, fresh, notified, late = 0, 0, 0, 0
-		counts = map[[2]string]int{}
-		for _, ev := range page.Events {
-			if ev.ID != "" {
-				if seen, err := cursor.Seen(tx, ev.ID); err != nil {
-					return err
-				} else if seen {
-					// Handled before, perhaps before a destination was
-					// configured (forward turned on, then --since to catch
-					// up): a destination with no record of it still gets
-					// it; one that has a record, in any state, does not.
-					if !p.DryRun && ev.Err == nil {
-						for _, dest := range p.Routes[ev.Type] {
-							added, err := fulfill.EnqueueDelivery(tx, dest, ev.ID, ev.Type, ev.Raw, now)
-							if err != nil {
-								return fmt.Errorf("event %s: %w", ev.ID, err)
-							}
-							if added {
-								notified++
-							}
-						}
-					}
-					continue
-				}
-			}
-			fresh++
-			if (phase == "rescan" || ev.Created.Before(p.tipNarrow)) && !p.tipCovered.IsZero() && !ev.Created.Before(p.tipCovered) {
-				late++
-			}
-			outcome, err := p.route(tx, ev, now)
-			if err != nil {
-				return fmt.Errorf("event %s: %w", ev.ID, err)
-			}
-			if outcome == OutcomeQueued {
-				queued++
-			}
-			counts[[2]string{typeLabel(ev.Type), outcome}]++
-			if p.DryRun {
-				p.log().Info("dry run: would handle event", "event", ev.ID, "type", ev.Type, "outcome", outcome)
-				continue
-			}
-			if outcome != OutcomeMalformed {
-				for _, dest := range p.Routes[ev.Type] {
-					added, err := fulfill.EnqueueDelivery(tx, dest, ev.ID, ev.Type, ev.Raw, now)
-					if err != nil {
-						return fmt.Errorf("event %s: %w", ev.ID, err)
-					}
-					if added {
-						notified++
-					}
-				}
-			}
-			if ev.ID != "" {
-				if err := cursor.MarkSeen(tx, ev.ID, ev.Created); err != nil {
-					return err
-				}
-			}
-		}
-		if p.DryRun {
-			p.mu.Lock()
-			move(&p.dryPos)
-			settled = p.dryPos.Settled
-			p.mu.Unlock()
-			return nil
-		}
-		if err := cursor.Count(tx, counts); err != nil {
-			return err
-		}
-		pos, err := cursor.Load(tx)
-		if err != nil {
-			return err
-		}
-		move(&pos)
-		// A little at every commit, not all at once when Settled moves: in
-		// a backfill Settled jumps over a whole slice, and forgetting all
-		// of it in one transaction held the seen-set's pages in memory.
-		if _, err := cursor.Prune(tx, pos.Settled.Add(-p.Lookback-pruneMargin), prunePerCommit); err != nil {
-			return fmt.Errorf("prune seen events: %w", err)
-		}
-		settled = pos.Settled
-		return cursor.Save(tx, pos)
-	}
 	var err error
 	if p.DryRun {
-		err = p.DB.View(apply)
+		err = p.DB.View(func(tx Tx) error {
+			if err := p.applyPage(tx, c, now); err != nil {
+				return err
+			}
+			p.mu.Lock()
+			move(&p.dryPos)
+			c.settled = p.dryPos.Settled
+			p.mu.Unlock()
+			return nil
+		})
 	} else {
-		err = p.update(apply)
+		err = p.group.do(c, func(cs []*pageCommit) error { return p.commitPages(cs, now) })
 	}
 	if err != nil {
 		return fmt.Errorf("commit page: %w", err)
 	}
-	if late > 0 {
-		p.log().Info("the re-scan found events Stripe listed late (after the tip had passed them); handled now", "events", late)
+	if c.late > 0 {
+		p.log().Info("the re-scan found events Stripe listed late (after the tip had passed them); handled now", "events", c.late)
 	}
-	if queued+notified > 0 && p.Wake != nil {
+	if c.queued+c.notified > 0 && p.Wake != nil {
 		p.Wake()
 	}
 	p.resMu.Lock()
 	defer p.resMu.Unlock()
 	res.Pages++
 	res.Listed += len(page.Events)
-	res.New += fresh
-	res.Queued += queued
+	res.New += c.fresh
+	res.Queued += c.queued
 	if p.Progress != nil {
-		p.Progress(Progress{Phase: phase, Listed: res.Listed, Queued: res.Queued, Settled: settled, Target: target})
+		p.Progress(Progress{Phase: phase, Listed: res.Listed, Queued: res.Queued, Settled: c.settled, Target: target})
 	}
 	return nil
+}
+
+// pageCommit is one page on its way into the store, and what committing
+// it did.
+type pageCommit struct {
+	page  stripeapi.EventPage
+	phase string
+	move  func(*cursor.Position) bool
+
+	queued, fresh, notified, late int
+	settled                       time.Time
+	done                          chan error
+}
+
+// commitPages records pages and their position changes, in order, in one
+// transaction.
+func (p *Poller) commitPages(cs []*pageCommit, now time.Time) error {
+	return p.update(func(tx Tx) error {
+		for _, c := range cs {
+			if err := p.applyPage(tx, c, now); err != nil {
+				return err
+			}
+		}
+		pos, err := cursor.Load(tx)
+		if err != nil {
+			return err
+		}
+		for _, c := range cs {
+			c.move(&pos)
+			c.settled = pos.Settled
+		}
+		// A little at every commit, not all at once when Settled moves: in
+		// a backfill Settled jumps over a whole slice, and forgetting all
+		// of it in one transaction held the seen-set's pages in memory.
+		if _, err := cursor.Prune(tx, pos.Settled.Add(-p.Lookback-pruneMargin), prunePerCommit*len(cs)); err != nil {
+			return fmt.Errorf("prune seen events: %w", err)
+		}
+		return cursor.Save(tx, pos)
+	})
+}
+
+// applyPage records the events of one page: each new one routed and
+// marked seen, deliveries queued, the counts kept. It may run again in a
+// fresh transaction, so it starts its tallies afresh.
+func (p *Poller) applyPage(tx Tx, c *pageCommit, now time.Time) error {
+	c.queued, c.fresh, c.notified, c.late = 0, 0, 0, 0
+	counts := map[[2]string]int{}
+	for _, ev := range c.page.Events {
+		if ev.ID != "" {
+			if seen, err := cursor.Seen(tx, ev.ID); err != nil {
+				return err
+			} else if seen {
+				// Handled before, perhaps before a destination was
+				// configured (forward turned on, then --since to catch
+				// up): a destination with no record of it still gets
+				// it; one that has a record, in any state, does not.
+				if !p.DryRun && ev.Err == nil {
+					if err := p.deliver(tx, c, ev, now); err != nil {
+						return err
+					}
+				}
+				continue
+			}
+		}
+		c.fresh++
+		if (c.phase == "rescan" || ev.Created.Before(p.tipNarrow)) && !p.tipCovered.IsZero() && !ev.Created.Before(p.tipCovered) {
+			c.late++
+		}
+		outcome, err := p.route(tx, ev, now)
+		if err != nil {
+			return fmt.Errorf("event %s: %w", ev.ID, err)
+		}
+		if outcome == OutcomeQueued {
+			c.queued++
+		}
+		counts[[2]string{typeLabel(ev.Type), outcome}]++
+		if p.DryRun {
+			p.log().Info("dry run: would handle event", "event", ev.ID, "type", ev.Type, "outcome", outcome)
+			continue
+		}
+		if outcome != OutcomeMalformed {
+			if err := p.deliver(tx, c, ev, now); err != nil {
+				return err
+			}
+		}
+		if ev.ID != "" {
+			if err := cursor.MarkSeen(tx, ev.ID, ev.Created); err != nil {
+				return err
+			}
+		}
+	}
+	if p.DryRun {
+		return nil
+	}
+	return cursor.Count(tx, counts)
+}
+
+// deliver queues a delivery of ev to each destination its type is routed
+// to that has no record of it yet.
+func (p *Poller) deliver(tx Tx, c *pageCommit, ev stripeapi.Event, now time.Time) error {
+	for _, dest := range p.Routes[ev.Type] {
+		added, err := fulfill.EnqueueDelivery(tx, dest, ev.ID, ev.Type, ev.Raw, now)
+		if err != nil {
+			return fmt.Errorf("event %s: %w", ev.ID, err)
+		}
+		if added {
+			c.notified++
+		}
+	}
+	return nil
+}
+
+// groupCommit lets the pages that slices listed at the same moment share
+// one transaction: a commit waits while another is being written, and
+// then the first of those waiting writes all that gathered, up to
+// maxGroupPages. A durable commit costs about the same for one page or four;
+// a backfill lists up to eight slices at once.
+type groupCommit struct {
+	mu      sync.Mutex
+	queue   []*pageCommit
+	leading bool
+}
+
+// maxGroupPages bounds the pages of one transaction: a larger one holds
+// more dirty pages of the store in memory (16 took 3 MiB more than 4 at
+// 100,000 events, for no less CPU).
+const maxGroupPages = 4
+
+// errLead hands the writing over to a commit that was waiting.
+var errLead = errors.New("write the pages gathered")
+
+// do commits c with whatever gathered meanwhile, through write.
+func (g *groupCommit) do(c *pageCommit, write func([]*pageCommit) error) error {
+	c.done = make(chan error, 1)
+	g.mu.Lock()
+	g.queue = append(g.queue, c)
+	if g.leading {
+		g.mu.Unlock()
+		if err := <-c.done; !errors.Is(err, errLead) {
+			return err
+		}
+		g.mu.Lock()
+	}
+	g.leading = true
+	n := min(len(g.queue), maxGroupPages)
+	batch := slices.Clone(g.queue[:n])
+	g.queue = slices.Delete(g.queue, 0, n)
+	g.mu.Unlock()
+	err := write(batch)
+	g.mu.Lock()
+	if len(g.queue) > 0 {
+		// The next writer: this goroutine goes back to its slice.
+		g.queue[0].done <- errLead
+	} else {
+		g.leading = false
+	}
+	g.mu.Unlock()
+	for _, b := range batch {
+		if b != c {
+			b.done <- err
+		}
+	}
+	return err
 }
 
 // load reads the position: the stored one, or the dry run's.
@@ -883,7 +974,7 @@ func (p *Poller) route(tx Tx, ev stripeapi.Event, now time.Time) (string, error)
 	}
 	switch {
 	case ev.Type == TypeCompleted || ev.Type == TypeAsyncSucceeded:
-		id, err := objectID(ev.Object, "checkout.session", "cs_")
+		id, err := objectID(ev, "checkout.session", "cs_")
 		if err != nil {
 			return bad(err)
 		}
@@ -896,7 +987,7 @@ func (p *Poller) route(tx Tx, ev stripeapi.Event, now time.Time) (string, error)
 			return p.dryRunSession(tx, id)
 		}
 		queued, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: id, EventID: ev.ID, Trigger: fulfill.TriggerEvent, At: now,
-			SessionCreated: objectCreated(ev.Object)})
+			SessionCreated: objectCreated(ev)})
 		if err != nil {
 			return "", err
 		}
@@ -905,7 +996,7 @@ func (p *Poller) route(tx Tx, ev stripeapi.Event, now time.Time) (string, error)
 		}
 		return OutcomeHandled, nil
 	case ev.Type == TypeAsyncFailed || ev.Type == TypeExpired:
-		id, err := objectID(ev.Object, "checkout.session", "cs_")
+		id, err := objectID(ev, "checkout.session", "cs_")
 		if err != nil {
 			return bad(err)
 		}
@@ -925,15 +1016,14 @@ func (p *Poller) route(tx Tx, ev stripeapi.Event, now time.Time) (string, error)
 		}
 		return OutcomeHandled, nil
 	case strings.HasPrefix(ev.Type, paymentIntentTypeStart):
-		var obj struct {
-			ID               string `json:"id"`
-			Object           string `json:"object"`
-			Status           string `json:"status"`
-			LastPaymentError *struct {
-				Message string `json:"message"`
-			} `json:"last_payment_error"`
+		obj := ev.Head
+		if obj == nil {
+			obj = new(stripeapi.ObjectHead)
+			if err := json.Unmarshal(ev.Object, obj); err != nil {
+				return bad(fmt.Errorf("data.object is not a payment_intent"))
+			}
 		}
-		if err := json.Unmarshal(ev.Object, &obj); err != nil || obj.Object != "payment_intent" || !strings.HasPrefix(obj.ID, "pi_") {
+		if obj.Object != "payment_intent" || !strings.HasPrefix(obj.ID, "pi_") {
 			return bad(fmt.Errorf("data.object is not a payment_intent"))
 		}
 		if p.DryRun {
@@ -966,13 +1056,16 @@ func (p *Poller) dryRunSession(tx Tx, id string) (string, error) {
 	return OutcomeQueued, nil
 }
 
-// objectID reads data.object's id, checking it is the expected kind.
-func objectID(raw json.RawMessage, object, prefix string) (string, error) {
+// objectID reads data.object's id, checking it is the expected kind: from
+// the head read with the event, else from the object itself.
+func objectID(ev stripeapi.Event, object, prefix string) (string, error) {
 	var obj struct {
 		ID     string `json:"id"`
 		Object string `json:"object"`
 	}
-	if err := json.Unmarshal(raw, &obj); err != nil {
+	if ev.Head != nil {
+		obj.ID, obj.Object = ev.Head.ID, ev.Head.Object
+	} else if err := json.Unmarshal(ev.Object, &obj); err != nil {
 		return "", fmt.Errorf("data.object is not a %s: %w", object, err)
 	}
 	if obj.Object != object || !strings.HasPrefix(obj.ID, prefix) {
@@ -984,11 +1077,16 @@ func objectID(raw json.RawMessage, object, prefix string) (string, error) {
 // objectCreated is data.object.created, zero when it is missing or odd: it
 // only helps the queue list sessions in batches, and a session without it
 // is retrieved on its own.
-func objectCreated(raw json.RawMessage) time.Time {
+func objectCreated(ev stripeapi.Event) time.Time {
 	var obj struct {
 		Created int64 `json:"created"`
 	}
-	if json.Unmarshal(raw, &obj) != nil || obj.Created <= 0 || obj.Created > maxObjectCreated {
+	if ev.Head != nil {
+		obj.Created = ev.Head.Created
+	} else if json.Unmarshal(ev.Object, &obj) != nil {
+		return time.Time{}
+	}
+	if obj.Created <= 0 || obj.Created > maxObjectCreated {
 		return time.Time{}
 	}
 	return time.Unix(obj.Created, 0).UTC()

@@ -498,9 +498,9 @@ func shapeErr(ev stripeapi.Event) error {
 	case ev.Err != nil:
 		err = ev.Err
 	case ev.Type == TypeCompleted || ev.Type == TypeAsyncSucceeded || ev.Type == TypeAsyncFailed || ev.Type == TypeExpired:
-		_, err = objectID(ev.Object, "checkout.session", "cs_")
+		_, err = objectID(ev, "checkout.session", "cs_")
 	case strings.HasPrefix(ev.Type, paymentIntentTypeStart):
-		_, err = objectID(ev.Object, "payment_intent", "pi_")
+		_, err = objectID(ev, "payment_intent", "pi_")
 	}
 	return err
 }

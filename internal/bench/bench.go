@@ -123,6 +123,10 @@ type Phase struct {
 	Server   stripesim.Stats
 	Memory   Memory
 	Listed   int
+	// CPU is the processor time this process spent in the phase (user and
+	// system): unlike the wall time, it hardly moves when other work
+	// shares the machine. The simulator, a child process, is not in it.
+	CPU time.Duration
 }
 
 const benchSpan = 6 * time.Hour
@@ -418,6 +422,7 @@ func runDaemon(ctx context.Context, cfg Config, url string, be backend, since ti
 		defer stop()
 	}
 	mem := watchMemory(heapProfile != "")
+	cpu0 := cpuTime()
 	start := time.Now()
 	stopProgress := make(chan struct{})
 	var progressDone sync.WaitGroup
@@ -492,6 +497,7 @@ func runDaemon(ctx context.Context, cfg Config, url string, be backend, since ti
 	if fulfillment {
 		out.phase.Wall = time.Since(start)
 	}
+	out.phase.CPU = cpuTime() - cpu0
 	out.phase.Memory = mem.finish()
 	out.storeTime, out.txs = o.storeTime()
 	out.conflicts = o.conflicts()
@@ -613,7 +619,11 @@ func Print(w io.Writer, r *Report) {
 			secs(r.Floor), r.Lists, r.Retrieves, d.Wall.Seconds()/r.Floor.Seconds())
 	}
 	if c.Sessions > 0 {
-		fmt.Fprintf(w, "  requests / session  %.2f\n", float64(d.Total)/float64(c.Sessions))
+		reads := d.Requests["GET /v1/checkout/sessions"] + d.Requests["GET /v1/checkout/sessions/:id"]
+		fmt.Fprintf(w, "  requests / session  %.3f  (event pages included: at least %.3f here)\n",
+			float64(d.Total)/float64(c.Sessions), float64(r.Lists+r.SessionPages)/float64(c.Sessions))
+		fmt.Fprintf(w, "  session reads       %d  (%.3f a paid session: list pages and retrieves; at least %d)\n",
+			reads, float64(reads)/float64(c.Sessions), r.SessionPages)
 	}
 	if lists := d.Requests["GET /v1/events"]; c.Latency > 0 && lists > 0 {
 		chain := time.Duration(lists) * c.Latency
@@ -624,6 +634,7 @@ func Print(w io.Writer, r *Report) {
 	fmt.Fprintf(w, "  429s received       %d  (%.2f %% of requests; target ≤ 0.5 %%)\n", d.Limited, pct(d.Limited, d.Total))
 	fmt.Fprintf(w, "  server saw          %d requests, %d answered 429\n", d.Server.Total, d.Server.RateLimited)
 	fmt.Fprintf(w, "  fulfilled           %d of %d sessions, %d more than once\n", r.Fulfilled, c.Sessions, r.Doubled)
+	fmt.Fprintf(w, "  CPU                 %s  (this process; %.0f %% of one core)\n", secs(d.CPU), 100*d.CPU.Seconds()/d.Wall.Seconds())
 	fmt.Fprintf(w, "  peak RSS            %s  (VmHWM%s)\n", mib(d.Memory.Peak), resetNote(d.Memory))
 	fmt.Fprintf(w, "    anonymous         %s  (heap, stacks: what the daemon holds)\n", mib(d.Memory.PeakAnon))
 	fmt.Fprintf(w, "    file-backed       %s  (the bbolt map and the binary: the kernel drops and rereads these pages at will)\n", mib(d.Memory.PeakFile))
@@ -647,6 +658,11 @@ func Print(w io.Writer, r *Report) {
 		fmt.Fprintf(w, "\nlocal ceiling (no latency, no limits; poll only: dedupe + durable enqueue):\n")
 		fmt.Fprintf(w, "  %d events in %s = %.0f events/s  (peak RSS %s: anonymous %s, file-backed %s)\n",
 			p.Listed, secs(p.Wall), r.CeilingEPS, mib(p.Memory.Peak), mib(p.Memory.PeakAnon), mib(p.Memory.PeakFile))
+		if p.Listed > 0 && p.CPU > 0 {
+			perEvent := p.CPU / time.Duration(p.Listed)
+			fmt.Fprintf(w, "  CPU %s: %.1f µs an event, %.0f events per CPU-second (the simulator's own work not counted; the wall figure shares the cores with it)\n",
+				secs(p.CPU), float64(perEvent.Nanoseconds())/1000, float64(p.Listed)/p.CPU.Seconds())
+		}
 	}
 	printBackends(w, r.Backends)
 }

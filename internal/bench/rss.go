@@ -123,3 +123,13 @@ func procStatus() map[string]int64 {
 	}
 	return out
 }
+
+// cpuTime is the processor time the process has used so far, user and
+// system.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}

@@ -140,7 +140,11 @@ type Event struct {
 	Type    string
 	Created time.Time
 	Object  json.RawMessage // data.object as sent
-	Raw     json.RawMessage // the whole event
+	// Head is what routing reads of data.object, decoded with the event;
+	// nil when the object does not decode as ObjectHead (then routing
+	// reads Object itself, and says what is wrong with it).
+	Head *ObjectHead
+	Raw  json.RawMessage // the whole event
 	// Err is set when the event could not be read; ID and Type are filled
 	// in as far as they could be.
 	Err error
@@ -206,9 +210,59 @@ func cmp(v, def int) int {
 // not a time.
 const maxCreated = 253402300799
 
-// decodeEvent reads the fields routing needs. It never fails: a bad event
-// carries Err, so the stream can record it and move on.
+// ObjectHead is the part of an event's data.object that routing reads.
+type ObjectHead struct {
+	ID               string `json:"id"`
+	Object           string `json:"object"`
+	Created          int64  `json:"created"`
+	Status           string `json:"status"`
+	LastPaymentError *struct {
+		Message string `json:"message"`
+	} `json:"last_payment_error"`
+}
+
+// eventObject is data.object: kept as sent, and its head decoded when it
+// decodes.
+type eventObject struct {
+	raw  json.RawMessage
+	head *ObjectHead
+}
+
+func (o *eventObject) UnmarshalJSON(b []byte) error {
+	o.raw = append(json.RawMessage(nil), b...)
+	var h ObjectHead
+	if json.Unmarshal(b, &h) == nil {
+		o.head = &h
+	}
+	return nil
+}
+
+// decodeEvent reads the fields routing needs, and data.object's head with
+// them: in the listing goroutine, so that the store's transaction, which
+// pages of events take one at a time, does not parse the object again. It
+// never fails: a bad event carries Err, so the stream can record it and
+// move on. An event whose fields are not of the types Stripe sends is read
+// as decodeEventLoose reads it.
 func decodeEvent(raw json.RawMessage) Event {
+	var head struct {
+		ID      string  `json:"id"`
+		Type    string  `json:"type"`
+		Created float64 `json:"created"`
+		Data    *struct {
+			Object eventObject `json:"object"`
+		} `json:"data"`
+	}
+	if json.Unmarshal(raw, &head) != nil || head.ID == "" || head.Type == "" || head.Data == nil ||
+		len(head.Data.Object.raw) == 0 || head.Created <= 0 || head.Created > maxCreated || head.Created != math.Trunc(head.Created) {
+		return decodeEventLoose(raw)
+	}
+	return Event{ID: head.ID, Type: head.Type, Created: time.Unix(int64(head.Created), 0).UTC(),
+		Object: head.Data.Object.raw, Head: head.Data.Object.head, Raw: raw}
+}
+
+// decodeEventLoose reads what it can of an event whatever its fields'
+// types, and says what is missing.
+func decodeEventLoose(raw json.RawMessage) Event {
 	ev := Event{Raw: raw}
 	var head struct {
 		ID      any `json:"id"`

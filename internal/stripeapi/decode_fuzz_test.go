@@ -1,7 +1,9 @@
 package stripeapi
 
 import (
+	"bytes"
 	"encoding/json"
+	"reflect"
 	"testing"
 )
 
@@ -16,12 +18,26 @@ func FuzzDecodeEvent(f *testing.F) {
 		`{"id":7,"type":[],"created":"yesterday","data":null}`,
 		`{"id":"evt_1","type":"x","created":-5,"data":{}}`,
 		`{"id":"evt_1","type":"x","created":1e300,"data":{"object":{}}}`,
+		`{"id":"evt_1","type":"payment_intent.payment_failed","created":1700000000.5,"data":{"object":{"id":"pi_1","object":"payment_intent","status":"requires_payment_method","last_payment_error":{"message":"declined"}}}}`,
+		`{"id":"evt_1","type":"checkout.session.completed","created":1700000000,"data":{"object":{"id":"cs_1","object":"checkout.session","created":"soon"}}}`,
 		`[]`, `null`, `"evt"`, `{`, ``,
 	} {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		ev := decodeEvent(json.RawMessage(raw))
+		// The quick read of well-typed events reads what the loose one does.
+		loose := decodeEventLoose(json.RawMessage(raw))
+		if ev.ID != loose.ID || ev.Type != loose.Type || !ev.Created.Equal(loose.Created) ||
+			!bytes.Equal(ev.Object, loose.Object) || (ev.Err == nil) != (loose.Err == nil) {
+			t.Fatalf("read %+v, the loose read %+v, from %q", ev, loose, raw)
+		}
+		if ev.Head != nil {
+			var h ObjectHead
+			if err := json.Unmarshal(ev.Object, &h); err != nil || !reflect.DeepEqual(*ev.Head, h) {
+				t.Fatalf("head %+v is not data.object's %+v (%v)", *ev.Head, h, err)
+			}
+		}
 		if ev.Err != nil {
 			return
 		}
