@@ -62,6 +62,9 @@ type batcher struct {
 	due     map[string]time.Time
 	grew    time.Time
 	changed chan struct{}
+	// waiting counts the attempts in batched per session: the sessions
+	// someone is waiting for now, as opposed to all that are due.
+	waiting map[string]int
 	// settle and linger replace batchSettle and batchLinger when set.
 	settle, linger time.Duration
 
@@ -174,6 +177,8 @@ func (f *Fulfiller) batched(ctx context.Context, rec Record) *stripeapi.Session 
 		return nil
 	}
 	b := &f.batch
+	b.wait(rec.SessionID, 1)
+	defer b.wait(rec.SessionID, -1)
 	since := time.Now() // real time: how long this attempt waited for its page
 	for tries, waits := 0, 0; ctx.Err() == nil; {
 		if s, known := b.take(rec.SessionID, f.now()); known {
@@ -227,6 +232,18 @@ func (f *Fulfiller) batched(ctx context.Context, rec Record) *stripeapi.Session 
 	return nil
 }
 
+// wait counts an attempt for id in or out of batched.
+func (b *batcher) wait(id string, d int) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.waiting == nil {
+		b.waiting = map[string]int{}
+	}
+	if b.waiting[id] += d; b.waiting[id] <= 0 {
+		delete(b.waiting, id)
+	}
+}
+
 // batchStep is what an attempt that missed the cache does next: wait for a
 // load in flight that covers its session, run a load it planned, linger
 // until its page fills or the queue settles (or changed closes), or else
@@ -256,7 +273,10 @@ func (b *batcher) startLoad(group []string) *batchLoad {
 
 // runs cuts the due sessions that no load covers and no list returned yet
 // into runs of up to batchGroup, sorted by created and never spanning a
-// covered range; runs of one are left to their attempts. The caller holds
+// covered range; runs of one are left to their attempts, and so are runs
+// that no attempt is waiting for yet: a backlog the actions drain slower
+// than a listed session stays fresh would otherwise be listed whole again
+// every batchFresh, more requests than a retrieve each. The caller holds
 // b.mu, after a plan.
 func (b *batcher) runs(now time.Time) [][]string {
 	type due struct {
@@ -284,7 +304,9 @@ func (b *batcher) runs(now time.Time) [][]string {
 		run = append(run, d.id)
 	}
 	out = append(out, run)
-	return slices.DeleteFunc(out, func(r []string) bool { return len(r) < 2 })
+	return slices.DeleteFunc(out, func(r []string) bool {
+		return len(r) < 2 || !slices.ContainsFunc(r, func(id string) bool { return b.waiting[id] > 0 })
+	})
 }
 
 // nextStep decides an attempt's next step; waited is how long it has

@@ -201,3 +201,89 @@ func TestBackfillListsFullPages(t *testing.T) {
 		}
 	}
 }
+
+// slowAction is an action that takes a while on the fulfiller's clock:
+// each delivery moves the clock on by took.
+type slowAction struct {
+	bodyAction
+	clock *fakeClock
+	took  time.Duration
+}
+
+func (a *slowAction) Deliver(ctx context.Context, d fulfill.Delivery) (fulfill.Outcome, error) {
+	a.clock.add(a.took)
+	return a.bodyAction.Deliver(ctx, d)
+}
+
+type fakeClock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *fakeClock) now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *fakeClock) add(d time.Duration) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.t = c.t.Add(d)
+}
+
+// TestSlowBacklogIsNotListedOverAndOver: a backlog that the action drains
+// slower than listed sessions stay fresh (here 20 a minute) is listed as
+// the attempts come to it — a page for the attempts waiting, not every
+// session due at once. Listing all that is due whenever the queue is quiet
+// read the whole backlog again every minute: more requests than
+// retrieving each session on its own.
+func TestSlowBacklogIsNotListedOverAndOver(t *testing.T) {
+	sim := stripesim.New(stripesim.Options{})
+	t.Cleanup(sim.Close)
+	base := time.Now().Add(-6 * time.Hour).Truncate(time.Second)
+	const n = 1000
+	var ids []string
+	created := map[string]time.Time{}
+	for i := range n {
+		at := base.Add(time.Duration(i) * 10 * time.Second)
+		id := sim.CreateSession(stripesim.SessionParams{Created: at, LineItems: 1})
+		sim.CompleteSession(id, "paid", at.Add(time.Minute))
+		ids = append(ids, id)
+		created[id] = at
+	}
+	clock := &fakeClock{t: base.Add(5 * time.Hour)}
+	db := openTestDB(t)
+	if err := db.Update(func(tx store.Tx) error {
+		// Queued in the order a backfill lists them: newest first.
+		for i, id := range ids {
+			if _, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: id, EventID: "evt_" + id, Trigger: fulfill.TriggerEvent,
+				At: clock.now().Add(-time.Duration(i) * time.Millisecond), SessionCreated: created[id]}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	client := stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: sim.URL()})
+	act := &slowAction{bodyAction: bodyAction{bodies: map[string][]byte{}, runs: map[string]int{}}, clock: clock, took: 3 * time.Second}
+	f := &fulfill.Fulfiller{DB: ledger(db), Sessions: client, Action: act, MaxAttempts: 3, Concurrency: 1, Now: clock.now}
+	wake := make(chan struct{})
+	close(wake)
+	res, err := f.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Fulfilled != n {
+		t.Fatalf("fulfilled %d of %d", res.Fulfilled, n)
+	}
+	st := sim.Stats()
+	lists, retrieves := st.ByEndpoint["GET /v1/checkout/sessions"], st.ByEndpoint["GET /v1/checkout/sessions/:id"]
+	t.Logf("%d sessions: %d list requests, %d retrieves; %+v", n, lists, retrieves, f.BatchStats())
+	// Twenty sessions a fresh minute: a list of a page serves twenty, and
+	// may take two requests when its range holds sessions not due.
+	if bound := int64(2 * n / 20); lists+retrieves > bound {
+		t.Errorf("%d list requests and %d retrieves for %d sessions, want at most %d", lists, retrieves, n, bound)
+	}
+	for _, id := range ids {
+		if act.runs[id] != 1 {
+			t.Fatalf("%s: action ran %d times", id, act.runs[id])
+		}
+	}
+}
