@@ -405,6 +405,11 @@ func (f *Fulfiller) load(ctx context.Context, lister SessionLister, l *batchLoad
 	var listed []*stripeapi.Session
 	complete := false
 	var reached time.Time // the oldest created time listed so far
+	// A range counts as listed from when its listing began, so it goes
+	// stale no later than the sessions listed in it: one whose cached copy
+	// went stale while its range still counted as listed would be
+	// retrieved on its own, although the list returned it.
+	began := f.now()
 	defer func() {
 		now := f.now()
 		b.mu.Lock()
@@ -412,7 +417,7 @@ func (f *Fulfiller) load(ctx context.Context, lister SessionLister, l *batchLoad
 		b.loads = slices.DeleteFunc(b.loads, func(x *batchLoad) bool { return x == l })
 		switch {
 		case complete:
-			b.listed = append(b.listed, listedRange{lo: l.lo, hi: l.hi, at: now})
+			b.listed = append(b.listed, listedRange{lo: l.lo, hi: l.hi, at: began})
 			// What the list did not return is marked, so it is retrieved
 			// at once rather than listed for again.
 			seen := make(map[string]bool, len(listed))
@@ -423,7 +428,7 @@ func (f *Fulfiller) load(ctx context.Context, lister SessionLister, l *batchLoad
 		case !reached.IsZero() && reached.After(l.lo):
 			// Lists run newest first: the seconds after the oldest one
 			// reached are listed completely.
-			b.listed = append(b.listed, listedRange{lo: reached.Add(time.Second), hi: l.hi, at: now})
+			b.listed = append(b.listed, listedRange{lo: reached.Add(time.Second), hi: l.hi, at: began})
 		}
 		close(l.done)
 		b.signal()
