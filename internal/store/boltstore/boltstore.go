@@ -41,7 +41,19 @@ var (
 //	4: notifications generalized to event deliveries keyed by destination
 //	   and event id ("notify:evt_…", "forward:evt_…"), in the records, the
 //	   delivery queue and the counters ("delivery:<dest>:<state>")
-const Format = 4
+//	5: ledger records (sessions, deliveries, PaymentIntent statuses)
+//	   written compressed (see codec.go). The upgrade rewrites nothing:
+//	   format 4's plain JSON still reads, each record is compressed when
+//	   it is next written, and retention prunes the rest — one
+//	   transaction rewriting a multi-gigabyte file would stop every
+//	   writer for minutes. A format 4 binary must not open it: it would
+//	   misread the compressed records.
+const Format = 5
+
+// readableFrom is the oldest format a read-only open reads as it is: from
+// format 4 on, what changed is only how records are encoded, and this
+// binary reads every encoding.
+const readableFrom = 4
 
 // The buckets. Keys and values are described beside each.
 var (
@@ -51,9 +63,9 @@ var (
 	bucketSeenByTime = []byte("seen_by_time")    // created (8 bytes) + event id → nothing
 	bucketEventStats = []byte("event_stats")     // "type\x00outcome" → uint64
 	bucketBad        = []byte("bad_events")      // event id → BadEvent JSON
-	bucketSessions   = []byte("sessions")        // session id → Record JSON
-	bucketIntents    = []byte("payment_intents") // pi id → PaymentIntent JSON
-	bucketDeliveries = []byte("notifications")   // "<destination>:<event id>" → EventDelivery JSON (the name from format 2)
+	bucketSessions   = []byte("sessions")        // session id → Record (codec.go), or a tombstone
+	bucketIntents    = []byte("payment_intents") // pi id → PaymentIntent (codec.go)
+	bucketDeliveries = []byte("notifications")   // "<destination>:<event id>" → EventDelivery (codec.go; the bucket's name from format 2)
 	bucketCounts     = []byte("fulfill_counts")  // "session:<state>", "pi_fulfill:<state>", "pi:<status>", "delivery:<dest>:<state>", … → uint64
 	bucketFailed     = []byte("failed_index")    // kind byte + updated (8 bytes) + id → nothing
 	bucketSettled    = []byte("settled_index")   // settled (8 bytes) + kind byte + id → nothing
@@ -238,7 +250,7 @@ func checkFormat(tx *bbolt.Tx) error {
 	switch v := formatOf(tx); {
 	case v > Format:
 		return newerFormat(v)
-	case v < Format:
+	case v < readableFrom:
 		return fmt.Errorf("%w %d predates this fulfilld (%d): start `fulfilld run` (or `fulfilld compact`) once to upgrade it in place",
 			ErrFormat, v, Format)
 	}
