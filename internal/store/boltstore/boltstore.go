@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -117,6 +118,7 @@ func Open(path string, readOnly bool, wait time.Duration) (*Store, error) {
 			// wait ever longer as the file aged; bbolt rebuilds the list
 			// when the file opens instead, and keeps it as a map.
 			NoFreelistSync: true, FreelistType: bbolt.FreelistMapType,
+			InitialMmapSize: mapAhead(path),
 			OpenFile: func(name string, flag int, mode os.FileMode) (*os.File, error) {
 				file, err = os.OpenFile(name, flag, mode)
 				return file, err
@@ -155,6 +157,28 @@ func Open(path string, readOnly bool, wait time.Duration) (*Store, error) {
 		return nil, fmt.Errorf("prepare store %s: %w", path, err)
 	}
 	return &Store{db: db}, nil
+}
+
+// mapAhead is how much of the file to map when it opens: at least 1 GiB,
+// and twice what the file holds. bbolt maps the file and, when a commit
+// needs pages past the map, remaps it — which waits for every open read
+// transaction to end and holds up every new one (a scrape, status) until
+// it is done, while munmap tears down the old map of a multi-gigabyte
+// file. Mapped ahead, a store remaps only when it doubles since it was
+// opened (and not at all below 1 GiB). It is address space, not memory:
+// only the pages read count towards the process's memory, and the file
+// does not grow with it (Linux; compact.go already limits this package to
+// Unix). A 32-bit process maps what it must.
+func mapAhead(path string) int {
+	if strconv.IntSize < 64 {
+		return 0
+	}
+	var size int64
+	if fi, err := os.Stat(path); err == nil {
+		size = fi.Size()
+	}
+	const gib = 1 << 30
+	return int(max(gib, (2*size+gib-1)/gib*gib))
 }
 
 // replaced reports whether path no longer names the file that was opened.
@@ -294,11 +318,17 @@ func (s *Store) Batch(fn func(store.Tx) error) error {
 }
 
 // Tune trades durability for speed, for a benchmark that measures the file
-// and its readers rather than the disk: no fsync per commit, and a short
-// Batch window. Never for the daemon.
+// and its readers rather than the disk: no fsync per commit (nor the one
+// bbolt makes when a commit grows the file: with no other fsync, that one
+// flushed every page written since the last growth, and took seconds on a
+// multi-gigabyte file), and a short Batch window. Never for the daemon.
 func (s *Store) Tune(noSync bool, maxBatchDelay time.Duration) {
-	s.db.NoSync, s.db.MaxBatchDelay = noSync, maxBatchDelay
+	s.db.NoSync, s.db.NoGrowSync, s.db.MaxBatchDelay = noSync, noSync, maxBatchDelay
 }
+
+// Stats are bbolt's counters: a benchmark reads remaps (TxStats's
+// NodeDeref moves only when a commit remaps the file) and commit times.
+func (s *Store) Stats() bbolt.Stats { return s.db.Stats() }
 
 // Now implements fulfill.Tx: a bbolt file is one process's alone, so the
 // store's clock is the host's.
