@@ -16,11 +16,13 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 	"unicode/utf8"
 
@@ -120,16 +122,25 @@ type StoreReport struct {
 	Orders int
 	Events int
 	Wall   time.Duration
+	// Load is the machine's load average (1, 5, 15 minutes) when the year
+	// was written: other work competes with the reader for a CPU.
+	Load string
 	// Phases is wall time by kind of work.
 	Phases map[string]time.Duration
 
 	SizeBefore, SizeAfter int64
-	Buckets               []BucketSize
+	// Buckets are what each bucket holds in the compacted file, and
+	// BucketsBefore in the file the year left.
+	Buckets, BucketsBefore []BucketSize
 
 	// Scrape and Status are measured while the year is written (Run) and
 	// after it, on the year-end store before compaction (End).
 	ScrapeRun, StatusRun Latency
 	ScrapeEnd, StatusEnd Latency
+	// ScrapeRunCPU and StatusRunCPU are the reads during the year on a
+	// CPU: what they cost themselves, without the time they waited for one
+	// on a busy machine (N = 0 where that cannot be measured).
+	ScrapeRunCPU, StatusRunCPU Latency
 
 	Stall      Stall
 	ReaderWait ReaderWait
@@ -382,10 +393,14 @@ func RunStore(ctx context.Context, cfg StoreConfig) (*StoreReport, error) {
 	stopReader()
 	wg.Wait()
 	r.Wall = time.Since(start)
+	if l, err := os.ReadFile("/proc/loadavg"); err == nil {
+		r.Load = strings.Join(strings.Fields(string(l))[:3], " ")
+	}
 	if err != nil {
 		return r, err
 	}
 	r.ScrapeRun, r.StatusRun = summarize(reads.scrape), summarize(reads.status)
+	r.ScrapeRunCPU, r.StatusRunCPU = summarize(reads.scrapeCPU), summarize(reads.statusCPU)
 	r.Stall, r.Writes, r.SlowWrites = s.stats.max, s.stats.n, s.stats.slow
 	r.ReaderWait, r.LongestCommit = s.stats.waits, s.stats.commit
 
@@ -405,6 +420,9 @@ func RunStore(ctx context.Context, cfg StoreConfig) (*StoreReport, error) {
 		return r, fmt.Errorf("bench store: close: %w", err)
 	}
 	closed = true
+	if r.BucketsBefore, err = bucketSizes(path); err != nil {
+		return r, err
+	}
 	sz, err := boltstore.Compact(path, time.Second)
 	if err != nil {
 		return r, fmt.Errorf("bench store: %w", err)
@@ -756,6 +774,22 @@ func (a actionFunc) Deliver(ctx context.Context, d fulfill.Delivery) (fulfill.Ou
 type readSamples struct {
 	mu             sync.Mutex
 	scrape, status []time.Duration
+	// scrapeCPU and statusCPU are the same reads' time on a CPU, when the
+	// reader's thread could be measured (Linux).
+	scrapeCPU, statusCPU []time.Duration
+}
+
+// threadCPU is the calling thread's CPU time (user + system), or -1 where
+// the system cannot tell (RUSAGE_THREAD is Linux's). The reader locks its
+// goroutine to its thread, so this is the reads' own CPU: the rest of a
+// read's wall time it spent waiting — for a CPU, or for bbolt.
+func threadCPU() time.Duration {
+	const rusageThread = 1
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(rusageThread, &ru); err != nil {
+		return -1
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // read scrapes and reads status over and over until ctx ends, as an
@@ -778,23 +812,31 @@ func (s *storeRun) readOnce(out *readSamples) error {
 }
 
 func (s *storeRun) readWith(m *metrics.Metrics, out *readSamples) error {
-	t := time.Now()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	c, t := threadCPU(), time.Now()
 	if _, err := m.Registry.Gather(); err != nil {
 		return fmt.Errorf("scrape: %w", err)
 	}
-	scrape := time.Since(t)
-	var status time.Duration
+	scrape, scrapeCPU := time.Since(t), threadCPU()-c
+	var status, statusCPU time.Duration
 	if s.cfg.Status != nil {
-		t = time.Now()
+		c, t = threadCPU(), time.Now()
 		if _, err := s.cfg.Status(s.dbFor("read"), s.clock.Now()); err != nil {
 			return fmt.Errorf("status: %w", err)
 		}
-		status = time.Since(t)
+		status, statusCPU = time.Since(t), threadCPU()-c
 	}
 	out.mu.Lock()
 	out.scrape = append(out.scrape, scrape)
+	if c >= 0 {
+		out.scrapeCPU = append(out.scrapeCPU, scrapeCPU)
+	}
 	if s.cfg.Status != nil {
 		out.status = append(out.status, status)
+		if c >= 0 {
+			out.statusCPU = append(out.statusCPU, statusCPU)
+		}
 	}
 	out.mu.Unlock()
 	return nil
@@ -1038,7 +1080,7 @@ func (b *bodies) output(sessionID string, at time.Time) string {
 	for n > 0 && n < len(out) && !utf8.RuneStart(out[n]) {
 		n-- // not inside a name's ü
 	}
-	out = out[:n]
+	out = out[:n] + strings.Repeat(" ", b.outputBytes-n)
 	return out
 }
 
@@ -1081,7 +1123,11 @@ func PrintStore(w io.Writer, r *StoreReport) {
 	c := r.Config
 	fmt.Fprintf(w, "fulfilld bench store: %d simulated days × %d orders = %d orders (%d events: completed, expired, payment_intent.succeeded);\n",
 		c.Days, c.OrdersPerDay, r.Orders, r.Events)
-	fmt.Fprintf(w, "retention %s, notify on, action output %d B; %d cores; wall %s\n\n", days(c.Retention), c.OutputBytes, runtimeCPUs(), r.Wall.Round(time.Second))
+	fmt.Fprintf(w, "retention %s, notify on, action output %d B; %d cores; wall %s", days(c.Retention), c.OutputBytes, runtimeCPUs(), r.Wall.Round(time.Second))
+	if r.Load != "" {
+		fmt.Fprintf(w, "; load average at the end %s", r.Load)
+	}
+	fmt.Fprintf(w, "\n\n")
 	row := func(what, got, target, verdict string) {
 		fmt.Fprintf(w, "  %-34s %-40s %-10s %s\n", what, got, target, verdict)
 	}
@@ -1094,8 +1140,14 @@ func PrintStore(w io.Writer, r *StoreReport) {
 		row("status read at the end", lat(r.StatusEnd), "≤ 50 ms", met(r.StatusEnd.Max <= TargetRead))
 	}
 	row("/metrics scrape during the year", lat(r.ScrapeRun), "≤ 50 ms", met(r.ScrapeRun.Max <= TargetRead))
+	if r.ScrapeRunCPU.N > 0 {
+		row("  the same on a CPU", lat(r.ScrapeRunCPU), "", "")
+	}
 	if c.Status != nil {
 		row("status read during the year", lat(r.StatusRun), "≤ 50 ms", met(r.StatusRun.Max <= TargetRead))
+		if r.StatusRunCPU.N > 0 {
+			row("  the same on a CPU", lat(r.StatusRunCPU), "", "")
+		}
 	}
 	wait := "none (no commit remapped the file)"
 	if r.ReaderWait.Remaps > 0 {
@@ -1114,12 +1166,16 @@ func PrintStore(w io.Writer, r *StoreReport) {
 		fmt.Fprintf(w, "; the oldest session, asked for again after retention, did not run again")
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "\nwhere the bytes are (after compact; pages allocated per bucket):\n")
+	fmt.Fprintf(w, "\nwhere the bytes are (pages allocated per bucket, after compact; at the end of the year before it):\n")
+	before := map[string]int64{}
+	for _, b := range r.BucketsBefore {
+		before[b.Name] = b.Bytes
+	}
 	for _, b := range r.Buckets {
 		if b.Bytes < 64<<10 {
 			continue
 		}
-		fmt.Fprintf(w, "  %-20s %10d keys  %10s  %4d B/key\n", b.Name, b.Keys, mib(b.Bytes), b.Bytes/int64(max(b.Keys, 1)))
+		fmt.Fprintf(w, "  %-20s %10d keys  %10s  %4d B/key   (%s before)\n", b.Name, b.Keys, mib(b.Bytes), b.Bytes/int64(max(b.Keys, 1)), mib(before[b.Name]))
 	}
 	fmt.Fprintf(w, "\nwhere the time went:\n")
 	names := make([]string, 0, len(r.Phases))
