@@ -22,11 +22,11 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 	"unicode/utf8"
 
 	"go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
@@ -96,6 +96,16 @@ type Stall struct {
 	Wait, Body, Commit time.Duration
 }
 
+// Commit is one commit's time: in bbolt's spill (splitting pages and
+// allocating them: from the free list, or by growing the file, which
+// remaps it), in writing the pages, and how much of it the writing thread
+// was on a CPU (-1 when not measured): the rest it waited for one.
+type Commit struct {
+	Took, Spill, Write, CPU time.Duration
+	Op                      string
+	Day                     int
+}
+
 // ReaderWait is the longest a write waited on a reader. In bbolt that
 // happens in one place only: a commit that needs pages past the file's
 // map remaps it, and the remap waits for every open read transaction to
@@ -145,9 +155,12 @@ type StoreReport struct {
 	Stall      Stall
 	ReaderWait ReaderWait
 	// LongestCommit is the longest commit of any write (the Commit part of
-	// its Stall), wherever its time went.
-	LongestCommit time.Duration
-	Writes        int64 // write transactions
+	// its Stall), and LongestOwnCommit the longest of a write in a
+	// transaction of its own (a page commit, pruning, usage), with where
+	// its time went.
+	LongestCommit    time.Duration
+	LongestOwnCommit Commit
+	Writes           int64 // write transactions
 	// SlowWrites counts writes that took longer than 100 ms.
 	SlowWrites int64
 
@@ -189,6 +202,7 @@ type writeStats struct {
 	mu     sync.Mutex
 	max    Stall
 	commit time.Duration
+	own    Commit
 	waits  ReaderWait
 	n      int64
 	slow   int64
@@ -280,17 +294,30 @@ func (t timedDB) Update(fn func(store.Tx) error) error {
 	remaps := t.stats.remaps()
 	start := time.Now()
 	var in, out time.Time
+	var cpuOut time.Duration
 	timed := func(tx store.Tx) error {
 		in = time.Now()
 		err := fn(tx)
-		out = time.Now()
+		out, cpuOut = time.Now(), threadCPU()
 		return err
 	}
 	var err error
+	var before, after bbolt.TxStats
 	if t.batch {
 		err = t.db.Batch(timed)
 	} else {
+		// A transaction of its own commits on this goroutine, locked to
+		// its thread: the thread's CPU time is the commit's.
+		runtime.LockOSThread()
+		before = t.db.Stats().TxStats
 		err = t.db.Update(timed)
+		after = t.db.Stats().TxStats
+		if cpuEnd := threadCPU(); cpuOut >= 0 && cpuEnd >= 0 && !out.IsZero() {
+			cpuOut = cpuEnd - cpuOut
+		} else {
+			cpuOut = -1
+		}
+		runtime.UnlockOSThread()
 	}
 	end := time.Now()
 	took := end.Sub(start)
@@ -312,6 +339,12 @@ func (t timedDB) Update(fn func(store.Tx) error) error {
 	}
 	if !out.IsZero() {
 		s.commit = max(s.commit, end.Sub(out))
+		if !t.batch && end.Sub(out) > s.own.Took {
+			// Between the two reads of the totals only this transaction
+			// committed: bbolt has one writer.
+			s.own = Commit{Took: end.Sub(out), Spill: after.GetSpillTime() - before.GetSpillTime(),
+				Write: after.GetWriteTime() - before.GetWriteTime(), CPU: cpuOut, Op: t.op, Day: s.clock.day()}
+		}
 	}
 	if took > TargetWriteStall {
 		s.slow++
@@ -402,7 +435,7 @@ func RunStore(ctx context.Context, cfg StoreConfig) (*StoreReport, error) {
 	r.ScrapeRun, r.StatusRun = summarize(reads.scrape), summarize(reads.status)
 	r.ScrapeRunCPU, r.StatusRunCPU = summarize(reads.scrapeCPU), summarize(reads.statusCPU)
 	r.Stall, r.Writes, r.SlowWrites = s.stats.max, s.stats.n, s.stats.slow
-	r.ReaderWait, r.LongestCommit = s.stats.waits, s.stats.commit
+	r.ReaderWait, r.LongestCommit, r.LongestOwnCommit = s.stats.waits, s.stats.commit, s.stats.own
 
 	// At the end: what an operator's scrape and status see on the store
 	// the year left, before anything compacts it.
@@ -779,17 +812,16 @@ type readSamples struct {
 	scrapeCPU, statusCPU []time.Duration
 }
 
-// threadCPU is the calling thread's CPU time (user + system), or -1 where
-// the system cannot tell (RUSAGE_THREAD is Linux's). The reader locks its
-// goroutine to its thread, so this is the reads' own CPU: the rest of a
-// read's wall time it spent waiting — for a CPU, or for bbolt.
+// threadCPU is the calling thread's CPU time, or -1 where the system
+// cannot tell. The reader locks its goroutine to its thread, so this is
+// the reads' own CPU: the rest of a read's wall time it spent waiting —
+// for a CPU, or for bbolt.
 func threadCPU() time.Duration {
-	const rusageThread = 1
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(rusageThread, &ru); err != nil {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts); err != nil {
 		return -1
 	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	return time.Duration(ts.Nano())
 }
 
 // read scrapes and reads status over and over until ctx ends, as an
@@ -1157,6 +1189,14 @@ func PrintStore(w io.Writer, r *StoreReport) {
 	row("longest write, call to return", fmt.Sprintf("%s (%s, day %d)", ms(r.Stall.Took), r.Stall.Op, r.Stall.Day+1), "(≤ 100 ms)", met(r.Stall.Took <= TargetWriteStall))
 	row("  of which", fmt.Sprintf("wait %s, write %s, commit %s", ms(r.Stall.Wait), ms(r.Stall.Body), ms(r.Stall.Commit)), "", "")
 	row("longest commit of any write", ms(r.LongestCommit), "", "")
+	if o := r.LongestOwnCommit; o.Took > 0 {
+		cpu := "not measured"
+		if o.CPU >= 0 {
+			cpu = ms(o.CPU)
+		}
+		row("  of a write in its own transaction", fmt.Sprintf("%s (%s, day %d): spill %s, write %s; on a CPU %s",
+			ms(o.Took), o.Op, o.Day+1, ms(o.Spill), ms(o.Write), cpu), "", "")
+	}
 	row("writes over 100 ms", fmt.Sprintf("%d of %d", r.SlowWrites, r.Writes), "", "")
 
 	fmt.Fprintf(w, "\nchecked: %d fulfilled (status says %s), none twice; %d expired; %d notifications sent; %d PaymentIntents;\n",
