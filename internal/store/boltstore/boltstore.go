@@ -129,6 +129,12 @@ func Open(path string, readOnly bool, wait time.Duration) (*Store, error) {
 		if err != nil {
 			return nil, fmt.Errorf("open store %s: %w", path, err)
 		}
+		// bbolt grows a file mapped past its AllocSize by what a commit
+		// needs plus AllocSize (16 MiB by default): mapped ahead, a new
+		// store would be 16 MiB at once. A step of 1 MiB keeps a small
+		// store small; growing costs a truncate (and an fsync, which the
+		// commit makes anyway) per MiB.
+		db.AllocSize = allocStep
 		// A compaction renames a new file over the path while it holds the
 		// old one's lock; whoever waited for that lock holds a file that
 		// is no longer the store. Open the one that is.
@@ -180,6 +186,9 @@ func mapAhead(path string) int {
 	const gib = 1 << 30
 	return int(max(gib, (2*size+gib-1)/gib*gib))
 }
+
+// allocStep is how much a growing file grows by beyond what it needs.
+const allocStep = 1 << 20
 
 // replaced reports whether path no longer names the file that was opened.
 func replaced(path string, opened *os.File) bool {
