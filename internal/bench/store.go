@@ -16,14 +16,17 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"go.etcd.io/bbolt"
+	"golang.org/x/sys/unix"
 
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
@@ -93,6 +96,29 @@ type Stall struct {
 	Wait, Body, Commit time.Duration
 }
 
+// Commit is one commit's time: in bbolt's spill (splitting pages and
+// allocating them: from the free list, or by growing the file, which
+// remaps it), in writing the pages, and how much of it the writing thread
+// was on a CPU (-1 when not measured): the rest it waited for one.
+type Commit struct {
+	Took, Spill, Write, CPU time.Duration
+	Op                      string
+	Day                     int
+}
+
+// ReaderWait is the longest a write waited on a reader. In bbolt that
+// happens in one place only: a commit that needs pages past the file's
+// map remaps it, and the remap waits for every open read transaction to
+// end. The benchmark counts remaps (bbolt's NodeDeref moves only then) and
+// bounds each one's wait by the read transactions open during that
+// commit: it waited no longer than the longest of them lasted from the
+// commit's start.
+type ReaderWait struct {
+	Remaps int           // commits that remapped the file
+	Max    time.Duration // the longest a remap can have waited on readers
+	Day    int
+}
+
 // BucketSize is what one top-level bucket holds in the compacted file.
 type BucketSize struct {
 	Name  string
@@ -106,19 +132,35 @@ type StoreReport struct {
 	Orders int
 	Events int
 	Wall   time.Duration
+	// Load is the machine's load average (1, 5, 15 minutes) when the year
+	// was written: other work competes with the reader for a CPU.
+	Load string
 	// Phases is wall time by kind of work.
 	Phases map[string]time.Duration
 
 	SizeBefore, SizeAfter int64
-	Buckets               []BucketSize
+	// Buckets are what each bucket holds in the compacted file, and
+	// BucketsBefore in the file the year left.
+	Buckets, BucketsBefore []BucketSize
 
 	// Scrape and Status are measured while the year is written (Run) and
 	// after it, on the year-end store before compaction (End).
 	ScrapeRun, StatusRun Latency
 	ScrapeEnd, StatusEnd Latency
+	// ScrapeRunCPU and StatusRunCPU are the reads during the year on a
+	// CPU: what they cost themselves, without the time they waited for one
+	// on a busy machine (N = 0 where that cannot be measured).
+	ScrapeRunCPU, StatusRunCPU Latency
 
-	Stall  Stall
-	Writes int64 // write transactions
+	Stall      Stall
+	ReaderWait ReaderWait
+	// LongestCommit is the longest commit of any write (the Commit part of
+	// its Stall), and LongestOwnCommit the longest of a write in a
+	// transaction of its own (a page commit, pruning, usage), with where
+	// its time went.
+	LongestCommit    time.Duration
+	LongestOwnCommit Commit
+	Writes           int64 // write transactions
 	// SlowWrites counts writes that took longer than 100 ms.
 	SlowWrites int64
 
@@ -154,11 +196,78 @@ var benchEpoch = time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC)
 
 // writeStats times every write transaction, whoever makes it.
 type writeStats struct {
-	clock *simClock
-	mu    sync.Mutex
-	max   Stall
-	n     int64
-	slow  int64
+	clock  *simClock
+	db     *boltstore.Store
+	views  viewLog
+	mu     sync.Mutex
+	max    Stall
+	commit time.Duration
+	own    Commit
+	waits  ReaderWait
+	n      int64
+	slow   int64
+}
+
+// remaps reads bbolt's count of node dereferences: it moves only when a
+// commit remaps the file.
+func (s *writeStats) remaps() int64 {
+	st := s.db.Stats()
+	return st.TxStats.GetNodeDeref()
+}
+
+// viewLog keeps when read transactions ran: those open now, and the last
+// few hundred that ended.
+type viewLog struct {
+	mu   sync.Mutex
+	next int
+	open map[int]time.Time
+	done [512]struct{ from, to time.Time }
+	i    int
+}
+
+func (l *viewLog) begin() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.open == nil {
+		l.open = map[int]time.Time{}
+	}
+	l.next++
+	l.open[l.next] = time.Now()
+	return l.next
+}
+
+func (l *viewLog) end(id int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.done[l.i%len(l.done)] = struct{ from, to time.Time }{l.open[id], time.Now()}
+	l.i++
+	delete(l.open, id)
+}
+
+// longestDuring is the longest any read transaction ran between from and
+// to: the most a remap in that span can have waited on readers.
+func (l *viewLog) longestDuring(from, to time.Time) time.Duration {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var longest time.Duration
+	span := func(a, b time.Time) {
+		if a.Before(from) {
+			a = from
+		}
+		if b.After(to) {
+			b = to
+		}
+		longest = max(longest, b.Sub(a))
+	}
+	for _, start := range l.open {
+		span(start, to)
+	}
+	for _, v := range l.done {
+		if v.to.After(from) {
+			span(v.from, v.to)
+		}
+	}
+	return longest
 }
 
 // timedDB is the store as one component sees it, with its writes timed.
@@ -172,31 +281,71 @@ type timedDB struct {
 	batch bool
 }
 
-func (t timedDB) View(fn func(store.Tx) error) error { return t.db.View(fn) }
+func (t timedDB) View(fn func(store.Tx) error) error {
+	id := t.stats.views.begin()
+	defer t.stats.views.end(id)
+	return t.db.View(fn)
+}
 
 // Close is the store's: timedDB is a store.Store for store.As.
 func (t timedDB) Close() error { return nil }
 
 func (t timedDB) Update(fn func(store.Tx) error) error {
+	remaps := t.stats.remaps()
 	start := time.Now()
 	var in, out time.Time
+	var cpuOut time.Duration
 	timed := func(tx store.Tx) error {
 		in = time.Now()
 		err := fn(tx)
-		out = time.Now()
+		out, cpuOut = time.Now(), threadCPU()
 		return err
 	}
 	var err error
+	var before, after bbolt.TxStats
 	if t.batch {
 		err = t.db.Batch(timed)
 	} else {
+		// A transaction of its own commits on this goroutine, locked to
+		// its thread: the thread's CPU time is the commit's.
+		runtime.LockOSThread()
+		before = t.db.Stats().TxStats
 		err = t.db.Update(timed)
+		after = t.db.Stats().TxStats
+		if cpuEnd := threadCPU(); cpuOut >= 0 && cpuEnd >= 0 && !out.IsZero() {
+			cpuOut = cpuEnd - cpuOut
+		} else {
+			cpuOut = -1
+		}
+		runtime.UnlockOSThread()
 	}
 	end := time.Now()
 	took := end.Sub(start)
 	s := t.stats
+	remapped := s.remaps() != remaps
+	var readers time.Duration
+	if remapped {
+		// out is when this call's function returned; in a batch the
+		// commit may start later, never earlier.
+		readers = s.views.longestDuring(cmp.Or(out, start), end)
+	}
 	s.mu.Lock()
 	s.n++
+	if remapped {
+		s.waits.Remaps++
+		if readers > s.waits.Max {
+			s.waits.Max, s.waits.Day = readers, s.clock.day()
+		}
+	}
+	if !out.IsZero() {
+		s.commit = max(s.commit, end.Sub(out))
+		if !t.batch && end.Sub(out) > s.own.Took {
+			// Between the two reads of the totals only this transaction
+			// committed: bbolt has one writer.
+			s.own = Commit{Took: end.Sub(out), Spill: after.GetSpillTime() - before.GetSpillTime(),
+				Write: after.GetWriteTime() - before.GetWriteTime(), CPU: cpuOut, Op: t.op, Day: s.clock.day()}
+		}
+	}
 	if took > TargetWriteStall {
 		s.slow++
 	}
@@ -261,7 +410,7 @@ func RunStore(ctx context.Context, cfg StoreConfig) (*StoreReport, error) {
 	r := &StoreReport{Config: cfg, Phases: map[string]time.Duration{}, StatusFulfilled: -1}
 	s := &storeRun{cfg: cfg, db: db, rep: r, clock: &simClock{}, ids: newIDs(1)}
 	s.clock.Set(benchEpoch)
-	s.stats = &writeStats{clock: s.clock}
+	s.stats = &writeStats{clock: s.clock, db: db}
 	s.body = newBodies(cfg.OutputBytes)
 
 	start := time.Now()
@@ -277,11 +426,16 @@ func RunStore(ctx context.Context, cfg StoreConfig) (*StoreReport, error) {
 	stopReader()
 	wg.Wait()
 	r.Wall = time.Since(start)
+	if l, err := os.ReadFile("/proc/loadavg"); err == nil {
+		r.Load = strings.Join(strings.Fields(string(l))[:3], " ")
+	}
 	if err != nil {
 		return r, err
 	}
 	r.ScrapeRun, r.StatusRun = summarize(reads.scrape), summarize(reads.status)
+	r.ScrapeRunCPU, r.StatusRunCPU = summarize(reads.scrapeCPU), summarize(reads.statusCPU)
 	r.Stall, r.Writes, r.SlowWrites = s.stats.max, s.stats.n, s.stats.slow
+	r.ReaderWait, r.LongestCommit, r.LongestOwnCommit = s.stats.waits, s.stats.commit, s.stats.own
 
 	// At the end: what an operator's scrape and status see on the store
 	// the year left, before anything compacts it.
@@ -299,6 +453,9 @@ func RunStore(ctx context.Context, cfg StoreConfig) (*StoreReport, error) {
 		return r, fmt.Errorf("bench store: close: %w", err)
 	}
 	closed = true
+	if r.BucketsBefore, err = bucketSizes(path); err != nil {
+		return r, err
+	}
 	sz, err := boltstore.Compact(path, time.Second)
 	if err != nil {
 		return r, fmt.Errorf("bench store: %w", err)
@@ -633,7 +790,7 @@ func (s *storeRun) fulfilled(_ context.Context, d fulfill.Delivery) (fulfill.Out
 		s.late.Add(1)
 	}
 	s.ranMu.Unlock()
-	return fulfill.Outcome{Output: s.body.output}, nil
+	return fulfill.Outcome{Output: s.body.output(id, s.clock.Now())}, nil
 }
 
 func (s *storeRun) notified(context.Context, fulfill.Delivery) (fulfill.Outcome, error) {
@@ -650,12 +807,27 @@ func (a actionFunc) Deliver(ctx context.Context, d fulfill.Delivery) (fulfill.Ou
 type readSamples struct {
 	mu             sync.Mutex
 	scrape, status []time.Duration
+	// scrapeCPU and statusCPU are the same reads' time on a CPU, when the
+	// reader's thread could be measured (Linux).
+	scrapeCPU, statusCPU []time.Duration
+}
+
+// threadCPU is the calling thread's CPU time, or -1 where the system
+// cannot tell. The reader locks its goroutine to its thread, so this is
+// the reads' own CPU: the rest of a read's wall time it spent waiting —
+// for a CPU, or for bbolt.
+func threadCPU() time.Duration {
+	var ts unix.Timespec
+	if err := unix.ClockGettime(unix.CLOCK_THREAD_CPUTIME_ID, &ts); err != nil {
+		return -1
+	}
+	return time.Duration(ts.Nano())
 }
 
 // read scrapes and reads status over and over until ctx ends, as an
 // impatient operator would: the harshest reader a writer could meet.
 func (s *storeRun) read(ctx context.Context, out *readSamples) {
-	m := metrics.New(s.db, s.clock.Now)
+	m := metrics.New(s.dbFor("read"), s.clock.Now)
 	for ctx.Err() == nil {
 		if err := s.readWith(m, out); err != nil {
 			return
@@ -668,27 +840,35 @@ func (s *storeRun) read(ctx context.Context, out *readSamples) {
 }
 
 func (s *storeRun) readOnce(out *readSamples) error {
-	return s.readWith(metrics.New(s.db, s.clock.Now), out)
+	return s.readWith(metrics.New(s.dbFor("read"), s.clock.Now), out)
 }
 
 func (s *storeRun) readWith(m *metrics.Metrics, out *readSamples) error {
-	t := time.Now()
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	c, t := threadCPU(), time.Now()
 	if _, err := m.Registry.Gather(); err != nil {
 		return fmt.Errorf("scrape: %w", err)
 	}
-	scrape := time.Since(t)
-	var status time.Duration
+	scrape, scrapeCPU := time.Since(t), threadCPU()-c
+	var status, statusCPU time.Duration
 	if s.cfg.Status != nil {
-		t = time.Now()
-		if _, err := s.cfg.Status(s.db, s.clock.Now()); err != nil {
+		c, t = threadCPU(), time.Now()
+		if _, err := s.cfg.Status(s.dbFor("read"), s.clock.Now()); err != nil {
 			return fmt.Errorf("status: %w", err)
 		}
-		status = time.Since(t)
+		status, statusCPU = time.Since(t), threadCPU()-c
 	}
 	out.mu.Lock()
 	out.scrape = append(out.scrape, scrape)
+	if c >= 0 {
+		out.scrapeCPU = append(out.scrapeCPU, scrapeCPU)
+	}
 	if s.cfg.Status != nil {
 		out.status = append(out.status, status)
+		if c >= 0 {
+			out.statusCPU = append(out.statusCPU, statusCPU)
+		}
 	}
 	out.mu.Unlock()
 	return nil
@@ -844,18 +1024,96 @@ func (g *ids) order(created time.Time) order {
 // bodies are the payloads the simulated Stripe and action hand over.
 type bodies struct {
 	session      []byte // a paid session, line items expanded
-	output       string // the fulfillment action's output
+	outputBytes  int    // how much the fulfillment action prints
 	notifyOutput string
 }
 
 func newBodies(outputBytes int) *bodies {
-	line := "2025-01-01T00:00:00Z order accepted by the warehouse; shipment label 1Z999AA10123456784 created; invoice INV-000000 mailed\n"
-	out := strings.Repeat(line, outputBytes/len(line)+1)[:max(outputBytes, 0)]
 	return &bodies{
 		session:      []byte(`{"id":"cs_live_x","object":"checkout.session","payment_status":"paid","status":"complete","line_items":{"data":[]}}`),
-		output:       out,
+		outputBytes:  max(outputBytes, 0),
 		notifyOutput: strings.Repeat("x", notifyOutputB),
 	}
+}
+
+// Names, places and products the simulated shop's orders draw from.
+var (
+	firstNames = []string{"Johanna", "Pieter", "Sofie", "Lukas", "Emma", "Noah", "Marie", "Finn", "Anouk", "Daan", "Lena", "Jonas"}
+	lastNames  = []string{"de Vries", "Jansen", "Müller", "Peeters", "Bakker", "Schmidt", "Visser", "Maes", "Smit", "Wagner"}
+	streets    = []string{"Westersingel", "Kerkstraat", "Hauptstraße", "Rue Neuve", "Dorpsstraat", "Bahnhofstraße", "Meir", "Stationsweg"}
+	cities     = []string{"Rotterdam|NL|3015 LD", "Utrecht|NL|3511 AB", "Köln|DE|50667", "Antwerpen|BE|2000", "Gent|BE|9000", "Berlin|DE|10115"}
+	products   = []string{"SKU-TEE-BLK-M|Organic tee, black, M|2900", "SKU-MUG-350|Stoneware mug 350 ml|1800",
+		"SKU-CAP-NVY|Cap, navy|2400", "SKU-BAG-TOTE|Canvas tote|1500", "SKU-SOCK-3P|Socks, 3 pairs|1200", "SKU-HOOD-GRY-L|Hoodie, grey, L|5900"}
+)
+
+// output is what the fulfillment action prints for one session: the log
+// lines and the warehouse API's JSON answer a real shipping script
+// prints, with this order's own ids, times, customer, items, tracking
+// number and label token, cut to the configured size. It is text with
+// the repetition real output has, not random bytes and not one line over
+// and over: what compressing it gains is what a real action's output
+// would gain. The same session always gets the same output.
+func (b *bodies) output(sessionID string, at time.Time) string {
+	if b.outputBytes == 0 {
+		return ""
+	}
+	var seed uint64
+	for _, c := range []byte(sessionID) {
+		seed = seed*131 + uint64(c)
+	}
+	rng := rand.New(rand.NewPCG(seed, 7))
+	tok := func(n int) string {
+		t := make([]byte, n)
+		for i := range t {
+			t[i] = base62[rng.IntN(len(base62))]
+		}
+		return string(t)
+	}
+	pick := func(xs []string) string { return xs[rng.IntN(len(xs))] }
+	name := pick(firstNames) + " " + pick(lastNames)
+	city := strings.Split(pick(cities), "|")
+	street := fmt.Sprintf("%s %d", pick(streets), 1+rng.IntN(240))
+	order := fmt.Sprintf("ORD-%07d", rng.IntN(10_000_000))
+	tracking := fmt.Sprintf("1Z%s%010d", strings.ToUpper(tok(6)), rng.Int64N(10_000_000_000))
+	reqID := fmt.Sprintf("%08x-%04x-%04x-%04x-%012x", rng.Uint32(), rng.Uint32()&0xffff, rng.Uint32()&0xffff, rng.Uint32()&0xffff, rng.Uint64()&0xffffffffffff)
+	t := at
+	ts := func() string {
+		t = t.Add(time.Duration(20+rng.IntN(900)) * time.Millisecond)
+		return t.Format("2006-01-02T15:04:05.000Z07:00")
+	}
+	var w strings.Builder
+	fmt.Fprintf(&w, "%s INFO fulfil start session=%s order=%s attempt=1\n", ts(), sessionID, order)
+	fmt.Fprintf(&w, "%s INFO stripe: session %s paid, amount_total=%d eur, customer=%q <%s@example.com>\n",
+		ts(), sessionID, 1500+rng.IntN(20000), name, strings.ToLower(strings.ReplaceAll(name, " ", "."))+tok(3))
+	var items []string
+	total := 0
+	for range 1 + rng.IntN(4) {
+		p := strings.Split(pick(products), "|")
+		qty := 1 + rng.IntN(3)
+		price, _ := strconv.Atoi(p[2])
+		total += qty * price
+		fmt.Fprintf(&w, "%s INFO line item %s %q qty=%d unit_amount=%s\n", ts(), p[0], p[1], qty, p[2])
+		items = append(items, fmt.Sprintf(`{"sku":%q,"quantity":%d,"bin":"%c-%02d-%02d"}`, p[0], qty, 'A'+rune(rng.IntN(8)), rng.IntN(40), rng.IntN(12)))
+	}
+	fmt.Fprintf(&w, "%s INFO POST https://wms.example.com/v2/shipments Idempotency-Key: fulfilld-%s\n", ts(), sessionID)
+	fmt.Fprintf(&w, `%s INFO 201 Created in %dms request_id=%s {"id":"shp_%s","order":%q,"status":"label_created",`+
+		`"carrier":"ups","service":"standard","tracking_number":%q,"label_url":"https://wms.example.com/labels/%s.pdf",`+
+		`"ship_to":{"name":%q,"line1":%q,"city":%q,"postal_code":%q,"country":%q},"items":[%s],"weight_grams":%d,"value":%d}`+"\n",
+		ts(), 40+rng.IntN(400), reqID, tok(14), order, tracking, tok(22), name, street, city[0], city[2], city[1],
+		strings.Join(items, ","), 150+rng.IntN(3000), total)
+	fmt.Fprintf(&w, "%s INFO invoice INV-%06d mailed to customer\n", ts(), rng.IntN(1_000_000))
+	fmt.Fprintf(&w, "%s INFO fulfil done session=%s tracking=%s\n", ts(), sessionID, tracking)
+	for i := 0; w.Len() < b.outputBytes; i++ {
+		fmt.Fprintf(&w, "%s DEBUG wms poll %d: shipment %s status=%s eta=%s\n", ts(), i+1, order,
+			pick([]string{"label_created", "picked", "packed", "handed_over"}), t.Add(48*time.Hour).Format("2006-01-02"))
+	}
+	out := w.String()
+	n := b.outputBytes
+	for n > 0 && n < len(out) && !utf8.RuneStart(out[n]) {
+		n-- // not inside a name's ü
+	}
+	out = out[:n] + strings.Repeat(" ", b.outputBytes-n)
+	return out
 }
 
 // GetSession is the simulated Stripe's answer: every session is paid.
@@ -897,24 +1155,48 @@ func PrintStore(w io.Writer, r *StoreReport) {
 	c := r.Config
 	fmt.Fprintf(w, "fulfilld bench store: %d simulated days × %d orders = %d orders (%d events: completed, expired, payment_intent.succeeded);\n",
 		c.Days, c.OrdersPerDay, r.Orders, r.Events)
-	fmt.Fprintf(w, "retention %s, notify on, action output %d B; %d cores; wall %s\n\n", days(c.Retention), c.OutputBytes, runtimeCPUs(), r.Wall.Round(time.Second))
+	fmt.Fprintf(w, "retention %s, notify on, action output %d B; %d cores; wall %s", days(c.Retention), c.OutputBytes, runtimeCPUs(), r.Wall.Round(time.Second))
+	if r.Load != "" {
+		fmt.Fprintf(w, "; load average at the end %s", r.Load)
+	}
+	fmt.Fprintf(w, "\n\n")
 	row := func(what, got, target, verdict string) {
 		fmt.Fprintf(w, "  %-34s %-40s %-10s %s\n", what, got, target, verdict)
 	}
 	row("", "measured", "target", "")
-	row("file size at the end", fmt.Sprintf("%s", mib(r.SizeBefore)), "", "")
-	row("file size after compact", mib(r.SizeAfter), "< 1 GiB", met(r.SizeAfter < TargetFileSize && r.SizeBefore < TargetFileSize))
+	row("file size at the end", mib(r.SizeBefore), "< 1 GiB", met(r.SizeBefore < TargetFileSize))
+	row("file size after compact", mib(r.SizeAfter), "< 1 GiB", met(r.SizeAfter < TargetFileSize))
 	row("bytes per order (after compact)", fmt.Sprintf("%d B", r.SizeAfter/int64(max(r.Orders, 1))), "", "")
 	row("/metrics scrape at the end", lat(r.ScrapeEnd), "≤ 50 ms", met(r.ScrapeEnd.Max <= TargetRead))
 	if c.Status != nil {
 		row("status read at the end", lat(r.StatusEnd), "≤ 50 ms", met(r.StatusEnd.Max <= TargetRead))
 	}
 	row("/metrics scrape during the year", lat(r.ScrapeRun), "≤ 50 ms", met(r.ScrapeRun.Max <= TargetRead))
+	if r.ScrapeRunCPU.N > 0 {
+		row("  the same on a CPU", lat(r.ScrapeRunCPU), "", "")
+	}
 	if c.Status != nil {
 		row("status read during the year", lat(r.StatusRun), "≤ 50 ms", met(r.StatusRun.Max <= TargetRead))
+		if r.StatusRunCPU.N > 0 {
+			row("  the same on a CPU", lat(r.StatusRunCPU), "", "")
+		}
 	}
-	row("longest write stall", fmt.Sprintf("%s (%s, day %d)", ms(r.Stall.Took), r.Stall.Op, r.Stall.Day+1), "≤ 100 ms", met(r.Stall.Took <= TargetWriteStall))
+	wait := "none (no commit remapped the file)"
+	if r.ReaderWait.Remaps > 0 {
+		wait = fmt.Sprintf("≤ %s (%d remaps; the longest day %d)", ms(r.ReaderWait.Max), r.ReaderWait.Remaps, r.ReaderWait.Day+1)
+	}
+	row("longest wait of a write on a reader", wait, "≤ 100 ms", met(r.ReaderWait.Max <= TargetWriteStall))
+	row("longest write, call to return", fmt.Sprintf("%s (%s, day %d)", ms(r.Stall.Took), r.Stall.Op, r.Stall.Day+1), "(≤ 100 ms)", met(r.Stall.Took <= TargetWriteStall))
 	row("  of which", fmt.Sprintf("wait %s, write %s, commit %s", ms(r.Stall.Wait), ms(r.Stall.Body), ms(r.Stall.Commit)), "", "")
+	row("longest commit of any write", ms(r.LongestCommit), "", "")
+	if o := r.LongestOwnCommit; o.Took > 0 {
+		cpu := "not measured"
+		if o.CPU >= 0 {
+			cpu = ms(o.CPU)
+		}
+		row("  of a write in its own transaction", fmt.Sprintf("%s (%s, day %d): spill %s, write %s; on a CPU %s",
+			ms(o.Took), o.Op, o.Day+1, ms(o.Spill), ms(o.Write), cpu), "", "")
+	}
 	row("writes over 100 ms", fmt.Sprintf("%d of %d", r.SlowWrites, r.Writes), "", "")
 
 	fmt.Fprintf(w, "\nchecked: %d fulfilled (status says %s), none twice; %d expired; %d notifications sent; %d PaymentIntents;\n",
@@ -924,12 +1206,16 @@ func PrintStore(w io.Writer, r *StoreReport) {
 		fmt.Fprintf(w, "; the oldest session, asked for again after retention, did not run again")
 	}
 	fmt.Fprintln(w)
-	fmt.Fprintf(w, "\nwhere the bytes are (after compact; pages allocated per bucket):\n")
+	fmt.Fprintf(w, "\nwhere the bytes are (pages allocated per bucket, after compact; at the end of the year before it):\n")
+	before := map[string]int64{}
+	for _, b := range r.BucketsBefore {
+		before[b.Name] = b.Bytes
+	}
 	for _, b := range r.Buckets {
 		if b.Bytes < 64<<10 {
 			continue
 		}
-		fmt.Fprintf(w, "  %-20s %10d keys  %10s  %4d B/key\n", b.Name, b.Keys, mib(b.Bytes), b.Bytes/int64(max(b.Keys, 1)))
+		fmt.Fprintf(w, "  %-20s %10d keys  %10s  %4d B/key   (%s before)\n", b.Name, b.Keys, mib(b.Bytes), b.Bytes/int64(max(b.Keys, 1)), mib(before[b.Name]))
 	}
 	fmt.Fprintf(w, "\nwhere the time went:\n")
 	names := make([]string, 0, len(r.Phases))
@@ -944,7 +1230,10 @@ func PrintStore(w io.Writer, r *StoreReport) {
 	if !c.TxPerWrite {
 		fmt.Fprintf(w, "The fulfiller's and notifier's writes share transactions through bbolt's Batch (--tx-per-write: one each, as the daemon).\n")
 	}
-	fmt.Fprintf(w, "A write stall is one db.Update from call to return: the writer lock, the work, and any wait for readers before a remap.\n")
+	fmt.Fprintf(w, "A write waits on a reader only when its commit remaps the file: bbolt then waits for every open read transaction.\n")
+	fmt.Fprintf(w, "That wait is bounded by the longest read transaction open during such a commit (the target's own words);\n")
+	fmt.Fprintf(w, "a write's whole time — the writer lock (\"wait\": other writers, not readers), its work and its commit — is the\n")
+	fmt.Fprintf(w, "stricter reading, shown in parentheses.\n")
 }
 
 func met(ok bool) string {

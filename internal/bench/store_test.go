@@ -3,7 +3,6 @@ package bench
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -87,6 +86,8 @@ func TestRunStoreSmall(t *testing.T) {
 				t.Errorf("%s settled %s, after the retention edge %s, but was pruned", k, r.Updated, edge)
 			case !old && r.State == fulfill.StateFulfilled && len(r.Output) != cfg.OutputBytes:
 				t.Errorf("%s keeps %d bytes of output, want %d", k, len(r.Output), cfg.OutputBytes)
+			case !old && r.State == fulfill.StateFulfilled && !strings.Contains(r.Output, "INFO fulfil start session="+string(k)):
+				t.Errorf("%s keeps output that is not what its action printed: %.80q", k, r.Output)
 			}
 			if r.Pruned {
 				tomb++
@@ -98,8 +99,8 @@ func TestRunStoreSmall(t *testing.T) {
 			return err
 		}
 		return tx.Bucket([]byte("notifications")).ForEach(func(k, v []byte) error {
-			var n fulfill.EventDelivery
-			if err := json.Unmarshal(v, &n); err != nil {
+			n, err := boltstore.DecodeEventDelivery(v)
+			if err != nil {
 				return err
 			}
 			if len(n.Event) != 0 {
@@ -121,7 +122,7 @@ func TestRunStoreSmall(t *testing.T) {
 	var out bytes.Buffer
 	PrintStore(&out, rep)
 	for _, want := range []string{"file size after compact", "bytes per order", "/metrics scrape at the end",
-		"status read at the end", "longest write stall", "status says 150"} {
+		"status read at the end", "longest wait of a write on a reader", "longest write, call to return", "status says 150"} {
 		if !strings.Contains(out.String(), want) {
 			t.Errorf("the report lacks %q:\n%s", want, out.String())
 		}

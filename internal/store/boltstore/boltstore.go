@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"time"
 
 	"go.etcd.io/bbolt"
@@ -41,7 +42,19 @@ var (
 //	4: notifications generalized to event deliveries keyed by destination
 //	   and event id ("notify:evt_…", "forward:evt_…"), in the records, the
 //	   delivery queue and the counters ("delivery:<dest>:<state>")
-const Format = 4
+//	5: ledger records (sessions, deliveries, PaymentIntent statuses)
+//	   written compressed (see codec.go). The upgrade rewrites nothing:
+//	   format 4's plain JSON still reads, each record is compressed when
+//	   it is next written, and retention prunes the rest — one
+//	   transaction rewriting a multi-gigabyte file would stop every
+//	   writer for minutes. A format 4 binary must not open it: it would
+//	   misread the compressed records.
+const Format = 5
+
+// readableFrom is the oldest format a read-only open reads as it is: from
+// format 4 on, what changed is only how records are encoded, and this
+// binary reads every encoding.
+const readableFrom = 4
 
 // The buckets. Keys and values are described beside each.
 var (
@@ -51,9 +64,9 @@ var (
 	bucketSeenByTime = []byte("seen_by_time")    // created (8 bytes) + event id → nothing
 	bucketEventStats = []byte("event_stats")     // "type\x00outcome" → uint64
 	bucketBad        = []byte("bad_events")      // event id → BadEvent JSON
-	bucketSessions   = []byte("sessions")        // session id → Record JSON
-	bucketIntents    = []byte("payment_intents") // pi id → PaymentIntent JSON
-	bucketDeliveries = []byte("notifications")   // "<destination>:<event id>" → EventDelivery JSON (the name from format 2)
+	bucketSessions   = []byte("sessions")        // session id → Record (codec.go), or a tombstone
+	bucketIntents    = []byte("payment_intents") // pi id → PaymentIntent (codec.go)
+	bucketDeliveries = []byte("notifications")   // "<destination>:<event id>" → EventDelivery (codec.go; the bucket's name from format 2)
 	bucketCounts     = []byte("fulfill_counts")  // "session:<state>", "pi_fulfill:<state>", "pi:<status>", "delivery:<dest>:<state>", … → uint64
 	bucketFailed     = []byte("failed_index")    // kind byte + updated (8 bytes) + id → nothing
 	bucketSettled    = []byte("settled_index")   // settled (8 bytes) + kind byte + id → nothing
@@ -105,6 +118,7 @@ func Open(path string, readOnly bool, wait time.Duration) (*Store, error) {
 			// wait ever longer as the file aged; bbolt rebuilds the list
 			// when the file opens instead, and keeps it as a map.
 			NoFreelistSync: true, FreelistType: bbolt.FreelistMapType,
+			InitialMmapSize: mapAhead(path),
 			OpenFile: func(name string, flag int, mode os.FileMode) (*os.File, error) {
 				file, err = os.OpenFile(name, flag, mode)
 				return file, err
@@ -115,6 +129,12 @@ func Open(path string, readOnly bool, wait time.Duration) (*Store, error) {
 		if err != nil {
 			return nil, fmt.Errorf("open store %s: %w", path, err)
 		}
+		// bbolt grows a file mapped past its AllocSize by what a commit
+		// needs plus AllocSize (16 MiB by default): mapped ahead, a new
+		// store would be 16 MiB at once. A step of 1 MiB keeps a small
+		// store small; growing costs a truncate (and an fsync, which the
+		// commit makes anyway) per MiB.
+		db.AllocSize = allocStep
 		// A compaction renames a new file over the path while it holds the
 		// old one's lock; whoever waited for that lock holds a file that
 		// is no longer the store. Open the one that is.
@@ -144,6 +164,31 @@ func Open(path string, readOnly bool, wait time.Duration) (*Store, error) {
 	}
 	return &Store{db: db}, nil
 }
+
+// mapAhead is how much of the file to map when it opens: at least 1 GiB,
+// and twice what the file holds. bbolt maps the file and, when a commit
+// needs pages past the map, remaps it — which waits for every open read
+// transaction to end and holds up every new one (a scrape, status) until
+// it is done, while munmap tears down the old map of a multi-gigabyte
+// file. Mapped ahead, a store remaps only when it doubles since it was
+// opened (and not at all below 1 GiB). It is address space, not memory:
+// only the pages read count towards the process's memory, and the file
+// does not grow with it (Linux; compact.go already limits this package to
+// Unix). A 32-bit process maps what it must.
+func mapAhead(path string) int {
+	if strconv.IntSize < 64 {
+		return 0
+	}
+	var size int64
+	if fi, err := os.Stat(path); err == nil {
+		size = fi.Size()
+	}
+	const gib = 1 << 30
+	return int(max(gib, (2*size+gib-1)/gib*gib))
+}
+
+// allocStep is how much a growing file grows by beyond what it needs.
+const allocStep = 1 << 20
 
 // replaced reports whether path no longer names the file that was opened.
 func replaced(path string, opened *os.File) bool {
@@ -238,7 +283,7 @@ func checkFormat(tx *bbolt.Tx) error {
 	switch v := formatOf(tx); {
 	case v > Format:
 		return newerFormat(v)
-	case v < Format:
+	case v < readableFrom:
 		return fmt.Errorf("%w %d predates this fulfilld (%d): start `fulfilld run` (or `fulfilld compact`) once to upgrade it in place",
 			ErrFormat, v, Format)
 	}
@@ -282,11 +327,17 @@ func (s *Store) Batch(fn func(store.Tx) error) error {
 }
 
 // Tune trades durability for speed, for a benchmark that measures the file
-// and its readers rather than the disk: no fsync per commit, and a short
-// Batch window. Never for the daemon.
+// and its readers rather than the disk: no fsync per commit (nor the one
+// bbolt makes when a commit grows the file: with no other fsync, that one
+// flushed every page written since the last growth, and took seconds on a
+// multi-gigabyte file), and a short Batch window. Never for the daemon.
 func (s *Store) Tune(noSync bool, maxBatchDelay time.Duration) {
-	s.db.NoSync, s.db.MaxBatchDelay = noSync, maxBatchDelay
+	s.db.NoSync, s.db.NoGrowSync, s.db.MaxBatchDelay = noSync, noSync, maxBatchDelay
 }
+
+// Stats are bbolt's counters: a benchmark reads remaps (TxStats's
+// NodeDeref moves only when a commit remaps the file) and commit times.
+func (s *Store) Stats() bbolt.Stats { return s.db.Stats() }
 
 // Now implements fulfill.Tx: a bbolt file is one process's alone, so the
 // store's clock is the host's.

@@ -38,9 +38,18 @@ func fill(t *testing.T, path string, n, keep int) {
 		}
 	}
 	if err := db.db.Update(func(tx *bbolt.Tx) error {
-		b := tx.Bucket([]byte("sessions"))
+		// The records and their places in the queue: records are compressed
+		// (format 5), so the queue would be most of what is left.
+		b, items, index := tx.Bucket([]byte("sessions")), tx.Bucket([]byte("queue")), tx.Bucket([]byte("queue_index"))
 		for i := keep; i < n; i++ {
-			if err := b.Delete([]byte(fmt.Sprintf("cs_test_%06d", i))); err != nil {
+			id := []byte(fmt.Sprintf("cs_test_%06d", i))
+			if err := b.Delete(id); err != nil {
+				return err
+			}
+			if err := items.Delete(index.Get(id)); err != nil {
+				return err
+			}
+			if err := index.Delete(id); err != nil {
 				return err
 			}
 		}

@@ -89,12 +89,7 @@ func (t *Tx) Session(id string) (fulfill.Record, bool, error) {
 	}
 	var r fulfill.Record
 	var err error
-	if len(raw) > 0 && raw[0] == tombstoneMark {
-		r, err = decodeTombstone(id, raw)
-	} else {
-		err = json.Unmarshal(raw, &r)
-	}
-	if err != nil {
+	if r, err = DecodeSession(id, raw); err != nil {
 		return fulfill.Record{}, false, fmt.Errorf("read record of %s: %w", id, err)
 	}
 	return r, true, nil
@@ -114,7 +109,7 @@ func (t *Tx) PutSession(r fulfill.Record) error {
 		if r, err = decodeTombstone(r.SessionID, raw); err != nil {
 			return err
 		}
-	} else if raw, err = json.Marshal(r); err != nil {
+	} else if raw, err = encodeRecord(r); err != nil {
 		return err
 	}
 	if err := t.b(bucketSessions).Put([]byte(r.SessionID), raw); err != nil {
@@ -124,14 +119,31 @@ func (t *Tx) PutSession(r fulfill.Record) error {
 }
 
 // DecodeSession reads a session record as the sessions bucket holds it
-// (JSON, or a tombstone): for tools that read the file itself.
+// (a tombstone, compressed JSON or, written before format 5, plain JSON):
+// for tools that read the file itself.
 func DecodeSession(id string, raw []byte) (fulfill.Record, error) {
 	if len(raw) > 0 && raw[0] == tombstoneMark {
 		return decodeTombstone(id, raw)
 	}
 	var r fulfill.Record
-	err := json.Unmarshal(raw, &r)
+	err := decodeRecord(raw, &r)
 	return r, err
+}
+
+// DecodeEventDelivery reads a delivery as the notifications bucket holds
+// it, and DecodePaymentIntent a status as payment_intents does: for tools
+// that read the file itself.
+func DecodeEventDelivery(raw []byte) (fulfill.EventDelivery, error) {
+	var n fulfill.EventDelivery
+	err := decodeRecord(raw, &n)
+	return n, err
+}
+
+// DecodePaymentIntent: see DecodeEventDelivery.
+func DecodePaymentIntent(raw []byte) (fulfill.PaymentIntent, error) {
+	var pi fulfill.PaymentIntent
+	err := decodeRecord(raw, &pi)
+	return pi, err
 }
 
 // DeleteSession implements fulfill.Tx.
@@ -219,7 +231,7 @@ func decodeTombstone(id string, b []byte) (fulfill.Record, error) {
 // EventDelivery implements fulfill.Tx.
 func (t *Tx) EventDelivery(key string) (fulfill.EventDelivery, bool, error) {
 	var n fulfill.EventDelivery
-	ok, err := t.getJSON(bucketDeliveries, []byte(key), &n)
+	ok, err := t.getRecord(bucketDeliveries, []byte(key), &n)
 	if err != nil {
 		return fulfill.EventDelivery{}, false, fmt.Errorf("read delivery %s: %w", key, err)
 	}
@@ -237,7 +249,7 @@ func (t *Tx) PutEventDelivery(n fulfill.EventDelivery) error {
 	if err != nil {
 		had = false
 	}
-	if err := t.putJSON(bucketDeliveries, []byte(key), n); err != nil {
+	if err := t.putRecord(bucketDeliveries, []byte(key), n); err != nil {
 		return fmt.Errorf("write delivery %s: %w", key, err)
 	}
 	return t.reindex(fulfill.KindDelivery, key, deliveryIndexed(old), had, deliveryIndexed(n))
@@ -246,7 +258,7 @@ func (t *Tx) PutEventDelivery(n fulfill.EventDelivery) error {
 // PaymentIntent implements fulfill.Tx.
 func (t *Tx) PaymentIntent(id string) (fulfill.PaymentIntent, bool, error) {
 	var pi fulfill.PaymentIntent
-	ok, err := t.getJSON(bucketIntents, []byte(id), &pi)
+	ok, err := t.getRecord(bucketIntents, []byte(id), &pi)
 	return pi, ok, err
 }
 
@@ -256,7 +268,7 @@ func (t *Tx) PutPaymentIntent(pi fulfill.PaymentIntent) error {
 	if err != nil {
 		had = false
 	}
-	if err := t.putJSON(bucketIntents, []byte(pi.ID), pi); err != nil {
+	if err := t.putRecord(bucketIntents, []byte(pi.ID), pi); err != nil {
 		return err
 	}
 	return t.reindex(fulfill.KindPaymentIntent, pi.ID, intentIndexed(old), had, intentIndexed(pi))
@@ -351,8 +363,8 @@ func (t *Tx) recount() error {
 		}
 	}
 	if err := t.b(bucketSessions).ForEach(func(k, v []byte) error {
-		var r fulfill.Record
-		if err := json.Unmarshal(v, &r); err != nil {
+		r, err := DecodeSession(string(k), v)
+		if err != nil {
 			return fmt.Errorf("record of %s: %w", k, err)
 		}
 		return t.reindex(fulfill.KindSession, string(k), indexed{}, false, sessionIndexed(r))
@@ -360,8 +372,8 @@ func (t *Tx) recount() error {
 		return err
 	}
 	if err := t.b(bucketDeliveries).ForEach(func(k, v []byte) error {
-		var n fulfill.EventDelivery
-		if err := json.Unmarshal(v, &n); err != nil {
+		n, err := DecodeEventDelivery(v)
+		if err != nil {
 			return fmt.Errorf("delivery %s: %w", k, err)
 		}
 		return t.reindex(fulfill.KindDelivery, string(k), indexed{}, false, deliveryIndexed(n))
@@ -369,8 +381,8 @@ func (t *Tx) recount() error {
 		return err
 	}
 	if err := t.b(bucketIntents).ForEach(func(k, v []byte) error {
-		var pi fulfill.PaymentIntent
-		if err := json.Unmarshal(v, &pi); err != nil {
+		pi, err := DecodePaymentIntent(v)
+		if err != nil {
 			return fmt.Errorf("payment intent %s: %w", k, err)
 		}
 		return t.reindex(fulfill.KindPaymentIntent, string(k), indexed{}, false, intentIndexed(pi))
