@@ -83,8 +83,8 @@ func exportSessions(t *Tx, fn func(Item) error) error {
 
 func exportDeliveries(t *Tx, fn func(Item) error) error {
 	return each(t, bucketDeliveries, func(k, v []byte) error {
-		var n fulfill.EventDelivery
-		if err := json.Unmarshal(v, &n); err != nil {
+		n, err := DecodeEventDelivery(v)
+		if err != nil {
 			return fmt.Errorf("export: delivery %s cannot be read: %w", k, err)
 		}
 		if n.Key() != string(k) {
@@ -96,8 +96,8 @@ func exportDeliveries(t *Tx, fn func(Item) error) error {
 
 func exportIntents(t *Tx, fn func(Item) error) error {
 	return each(t, bucketIntents, func(k, v []byte) error {
-		var pi fulfill.PaymentIntent
-		if err := json.Unmarshal(v, &pi); err != nil {
+		pi, err := DecodePaymentIntent(v)
+		if err != nil {
 			return fmt.Errorf("export: payment intent %s cannot be read: %w", k, err)
 		}
 		return fn(Item{Kind: ItemPaymentIntent, Key: string(k), Put: func(tx store.Tx) error { return tx.PutPaymentIntent(pi) }})
