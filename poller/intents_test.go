@@ -172,3 +172,22 @@ func TestPaymentIntentsOffByDefault(t *testing.T) {
 		t.Errorf("%d requests for PaymentIntents", retrieves+owners)
 	}
 }
+
+// A payment_intent event whose object has a field routing does not read in
+// an unfamiliar shape (here created as a string) is still recorded: the
+// daemon never fails on an unfamiliar field.
+func TestPaymentIntentWithAnUnfamiliarFieldIsRecorded(t *testing.T) {
+	h := newHarness(t)
+	h.sim.AddEvent("", "payment_intent.payment_failed", t0.Add(-30*time.Minute), json.RawMessage(
+		`{"id":"pi_odd","object":"payment_intent","created":"1764500000","status":"requires_payment_method",`+
+			`"last_payment_error":{"message":"Your card was declined."}}`))
+	h.pass(t0.Add(-time.Hour))
+	var pi fulfill.PaymentIntent
+	var ok bool
+	if err := h.db.View(func(tx store.Tx) (err error) { pi, ok, err = fulfill.GetPaymentIntent(tx, "pi_odd"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	if !ok || pi.Status != "requires_payment_method" || pi.LastError != "Your card was declined." {
+		t.Fatalf("pi_odd recorded as %+v (found %v); want its status and error", pi, ok)
+	}
+}

@@ -1018,9 +1018,25 @@ func (p *Poller) route(tx Tx, ev stripeapi.Event, now time.Time) (string, error)
 	case strings.HasPrefix(ev.Type, paymentIntentTypeStart):
 		obj := ev.Head
 		if obj == nil {
-			obj = new(stripeapi.ObjectHead)
-			if err := json.Unmarshal(ev.Object, obj); err != nil {
+			// The head did not decode (a field routing does not need,
+			// such as created, in an unfamiliar shape): what routing
+			// reads decides, as before the head was read while listing.
+			var head struct {
+				ID               string `json:"id"`
+				Object           string `json:"object"`
+				Status           string `json:"status"`
+				LastPaymentError *struct {
+					Message string `json:"message"`
+				} `json:"last_payment_error"`
+			}
+			if err := json.Unmarshal(ev.Object, &head); err != nil {
 				return bad(fmt.Errorf("data.object is not a payment_intent"))
+			}
+			obj = &stripeapi.ObjectHead{ID: head.ID, Object: head.Object, Status: head.Status}
+			if head.LastPaymentError != nil {
+				obj.LastPaymentError = &struct {
+					Message string `json:"message"`
+				}{head.LastPaymentError.Message}
 			}
 		}
 		if obj.Object != "payment_intent" || !strings.HasPrefix(obj.ID, "pi_") {
