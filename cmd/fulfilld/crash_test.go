@@ -40,22 +40,7 @@ func TestCrashDuringBackfill(t *testing.T) {
 	for i := range 5 {
 		paid[h.paidSession(now.Add(-20*time.Second+time.Duration(i)*time.Second), 2)] = 2
 	}
-	notPaid := map[string]string{} // session → the state it must end in
-	for i := range 20 {
-		at := now.Add(-45*time.Minute + time.Duration(i)*time.Minute)
-		waiting := h.sim.CreateSession(stripesim.SessionParams{Created: at})
-		h.sim.CompleteSession(waiting, "unpaid", at.Add(time.Second))
-		notPaid[waiting] = "awaiting_payment"
-
-		failed := h.sim.CreateSession(stripesim.SessionParams{Created: at})
-		h.sim.CompleteSession(failed, "unpaid", at.Add(time.Second))
-		h.sim.AsyncPaymentFailed(failed, at.Add(2*time.Minute))
-		notPaid[failed] = "payment_failed"
-
-		expired := h.sim.CreateSession(stripesim.SessionParams{Created: at})
-		h.sim.ExpireSession(expired, at.Add(30*time.Second))
-		notPaid[expired] = "expired"
-	}
+	notPaid := h.notPaidSessions(now, 20) // session → the state it must end in
 
 	kills := 0
 	start := time.Now()

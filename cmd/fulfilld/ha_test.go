@@ -360,20 +360,7 @@ func TestTwoDaemonsKilledDuringBackfill(t *testing.T) {
 		}
 		paid[id] = true
 	}
-	notPaid := map[string]string{}
-	for i := range 15 {
-		at := now.Add(-45*time.Minute + time.Duration(i)*time.Minute)
-		waiting := h.sim.CreateSession(stripesim.SessionParams{Created: at})
-		h.sim.CompleteSession(waiting, "unpaid", at.Add(time.Second))
-		notPaid[waiting] = "awaiting_payment"
-		failed := h.sim.CreateSession(stripesim.SessionParams{Created: at})
-		h.sim.CompleteSession(failed, "unpaid", at.Add(time.Second))
-		h.sim.AsyncPaymentFailed(failed, at.Add(2*time.Minute))
-		notPaid[failed] = "payment_failed"
-		expired := h.sim.CreateSession(stripesim.SessionParams{Created: at})
-		h.sim.ExpireSession(expired, at.Add(30*time.Second))
-		notPaid[expired] = "expired"
-	}
+	notPaid := h.notPaidSessions(now, 15)
 
 	start := time.Now()
 	in := &instances{h: h, byName: map[string]*proc{}, killed: map[int]time.Time{}}

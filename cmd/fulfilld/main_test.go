@@ -177,6 +177,30 @@ func newHarness(t *testing.T, opts harnessOptions) *harness {
 	return h
 }
 
+// notPaidSessions creates n of each session that must never be fulfilled —
+// left unpaid (awaiting_payment), whose async payment failed, and expired —
+// a minute apart from 45 minutes before now, and returns each with the
+// state it must end in.
+func (h *harness) notPaidSessions(now time.Time, n int) map[string]string {
+	notPaid := map[string]string{}
+	for i := range n {
+		at := now.Add(-45*time.Minute + time.Duration(i)*time.Minute)
+		waiting := h.sim.CreateSession(stripesim.SessionParams{Created: at})
+		h.sim.CompleteSession(waiting, "unpaid", at.Add(time.Second))
+		notPaid[waiting] = "awaiting_payment"
+
+		failed := h.sim.CreateSession(stripesim.SessionParams{Created: at})
+		h.sim.CompleteSession(failed, "unpaid", at.Add(time.Second))
+		h.sim.AsyncPaymentFailed(failed, at.Add(2*time.Minute))
+		notPaid[failed] = "payment_failed"
+
+		expired := h.sim.CreateSession(stripesim.SessionParams{Created: at})
+		h.sim.ExpireSession(expired, at.Add(30*time.Second))
+		notPaid[expired] = "expired"
+	}
+	return notPaid
+}
+
 func (h *harness) path(name string) string { return filepath.Join(h.dir, name) }
 
 func (h *harness) writeFile(name, content string) {
