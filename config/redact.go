@@ -35,7 +35,9 @@ func (c *Config) Secrets() []string {
 	add(c.Notify.Secret)
 	add(c.Forward.Secret)
 	if c.Store.Postgres != "" {
-		add(dsnPassword(c.Store.Postgres))
+		for _, p := range DSNPasswords(c.Store.Postgres) {
+			add(p)
+		}
 		// libpq's own variable: a password given there is as secret.
 		add(os.Getenv("PGPASSWORD"))
 	}
@@ -49,58 +51,79 @@ func (c *Config) Secrets() []string {
 	return out
 }
 
-// dsnKV matches a password in libpq's key=value form, quoted or not.
-var dsnKV = regexp.MustCompile(`(?i)(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
+// The parts of a connection string that hold a password, in either form
+// libpq accepts.
+var (
+	dsnURLPassword   = regexp.MustCompile(`^(postgres(?:ql)?://[^:@/]*:)([^@]*)@`)
+	dsnQueryPassword = regexp.MustCompile(`([?&]password=)([^&#]*)`)
+	dsnKVPassword    = regexp.MustCompile(`(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
+)
 
-// dsnPassword is the password a connection string holds, "" if none.
-func dsnPassword(dsn string) string {
-	if strings.Contains(dsn, "://") {
-		if u, err := url.Parse(dsn); err == nil {
-			if p, ok := u.User.Password(); ok {
-				return p
-			}
-			return u.Query().Get("password")
-		}
-		if q := strings.Index(dsn, "password="); q >= 0 {
-			rest := dsn[q+len("password="):]
-			if end := strings.IndexAny(rest, "&# "); end >= 0 {
-				rest = rest[:end]
-			}
-			p, _ := url.QueryUnescape(rest)
-			return p
-		}
-		return ""
-	}
-	m := dsnKV.FindStringSubmatch(dsn)
-	if m == nil {
-		return ""
-	}
-	p := m[2]
-	if strings.HasPrefix(p, "'") {
-		p = strings.ReplaceAll(strings.Trim(p, "'"), `\'`, "'")
-	}
-	return p
+func isDSNURL(dsn string) bool {
+	return strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://")
 }
 
-// RedactDSN is a connection string with its password replaced, for errors
-// and logs: the host, port, database and user stay, so it still says which
-// database is meant.
+// DSNPasswords is every password a connection string holds: in the URL's
+// user part or its password parameter (also in a URL Go cannot parse, such
+// as a multi-host one), or in key=value form. libpq's PGPASSWORD is not
+// included.
+func DSNPasswords(dsn string) []string {
+	var out []string
+	if isDSNURL(dsn) {
+		if u, err := url.Parse(dsn); err == nil {
+			if p, ok := u.User.Password(); ok && p != "" {
+				out = append(out, p)
+			}
+			if p := u.Query().Get("password"); p != "" {
+				out = append(out, p)
+			}
+			return out
+		}
+		if m := dsnURLPassword.FindStringSubmatch(dsn); m != nil && m[2] != "" {
+			p, err := url.PathUnescape(m[2])
+			if err != nil {
+				p = m[2]
+			}
+			out = append(out, p)
+		}
+		for _, m := range dsnQueryPassword.FindAllStringSubmatch(dsn, -1) {
+			if p, err := url.QueryUnescape(m[2]); err == nil && p != "" {
+				out = append(out, p)
+			}
+		}
+		return out
+	}
+	for _, m := range dsnKVPassword.FindAllStringSubmatch(dsn, -1) {
+		p := m[2]
+		if strings.HasPrefix(p, "'") {
+			p = strings.ReplaceAll(strings.Trim(p, "'"), `\'`, "'")
+		}
+		out = append(out, p)
+	}
+	return out
+}
+
+// RedactDSN is a connection string with its password replaced by xxxxx,
+// for errors and logs: the host, port, database and user stay, so it still
+// says which database is meant.
 func RedactDSN(dsn string) string {
-	if dsn == "" {
-		return ""
-	}
-	if strings.Contains(dsn, "://") {
-		u, err := url.Parse(dsn)
-		if err != nil {
-			return redacted
+	if isDSNURL(dsn) {
+		if u, err := url.Parse(dsn); err == nil {
+			if _, has := u.User.Password(); has {
+				u.User = url.UserPassword(u.User.Username(), "xxxxx")
+			}
+			if q := u.Query(); q.Has("password") {
+				q.Set("password", "xxxxx")
+				u.RawQuery = q.Encode()
+			}
+			return u.String()
 		}
-		if q := u.Query(); q.Has("password") {
-			q.Set("password", "xxxxx")
-			u.RawQuery = q.Encode()
-		}
-		return u.Redacted()
+		// Not a URL Go can parse: cut whatever sits between the user and
+		// the host, and any password parameter.
+		dsn = dsnURLPassword.ReplaceAllString(dsn, "${1}xxxxx@")
+		return dsnQueryPassword.ReplaceAllString(dsn, "${1}xxxxx")
 	}
-	return dsnKV.ReplaceAllString(dsn, "${1}xxxxx")
+	return dsnKVPassword.ReplaceAllString(dsn, "${1}xxxxx")
 }
 
 func hide(s string) string {

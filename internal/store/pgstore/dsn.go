@@ -4,11 +4,12 @@ import (
 	"fmt"
 	"net/url"
 	"os"
-	"regexp"
 	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/fulfilld/fulfilld/config"
 )
 
 // The database password is a secret like the API key: no error, log line
@@ -16,51 +17,16 @@ import (
 // these make sure of it whatever an error quotes.
 
 // Redact returns dsn with its password replaced by xxxxx, in either form
-// libpq accepts (postgres://user:password@host/db?password=… or
-// "host=… password=…"), for a log line or an error.
-func Redact(dsn string) string {
-	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
-		if u, err := url.Parse(dsn); err == nil {
-			if _, has := u.User.Password(); has {
-				u.User = url.UserPassword(u.User.Username(), "xxxxx")
-			}
-			if q := u.Query(); q.Has("password") {
-				q.Set("password", "xxxxx")
-				u.RawQuery = q.Encode()
-			}
-			return u.String()
-		}
-		// Not a URL Go can parse: cut whatever sits between the user and
-		// the host, and any password parameter.
-		dsn = urlPassword.ReplaceAllString(dsn, "${1}xxxxx@")
-		return queryPassword.ReplaceAllString(dsn, "${1}xxxxx")
-	}
-	return keywordPassword.ReplaceAllString(dsn, "${1}xxxxx")
-}
-
-var (
-	urlPassword     = regexp.MustCompile(`^(postgres(?:ql)?://[^:@/]*:)[^@]*@`)
-	queryPassword   = regexp.MustCompile(`([?&]password=)[^&]*`)
-	keywordPassword = regexp.MustCompile(`(?i)(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)`)
-)
+// libpq accepts, for a log line or an error: config.RedactDSN, which the
+// configuration's own log lines use too.
+func Redact(dsn string) string { return config.RedactDSN(dsn) }
 
 // secretsOf is every password dsn or the environment may carry, for scrub
 // when the DSN could not even be parsed.
 func secretsOf(dsn string) []string {
-	var out []string
+	out := config.DSNPasswords(dsn)
 	if p := os.Getenv("PGPASSWORD"); p != "" {
 		out = append(out, p)
-	}
-	if u, err := url.Parse(dsn); err == nil && u.User != nil {
-		if p, ok := u.User.Password(); ok {
-			out = append(out, p)
-		}
-		if p := u.Query().Get("password"); p != "" {
-			out = append(out, p)
-		}
-	}
-	for _, m := range keywordPassword.FindAllStringSubmatch(dsn, -1) {
-		out = append(out, strings.Trim(m[2], "'"))
 	}
 	return out
 }
