@@ -49,7 +49,10 @@ var (
 //	   transaction rewriting a multi-gigabyte file would stop every
 //	   writer for minutes. A format 4 binary must not open it: it would
 //	   misread the compressed records.
-const Format = 5
+//	6: PaymentIntent statuses written in a binary form of their own (see
+//	   encodeIntent). As for 5, nothing is rewritten: older values still
+//	   read, and a format 5 binary must not open it.
+const Format = 6
 
 // readableFrom is the oldest format a read-only open reads as it is: from
 // format 4 on, what changed is only how records are encoded, and this

@@ -16,6 +16,7 @@ import (
 //	'{'…            JSON, as formats 1–4 wrote every record (still read;
 //	                and written when compressing would not make it smaller)
 //	tombstoneMark…  a pruned session (format 4; see encodeTombstone)
+//	intentMark…     a PaymentIntent status (format 6; see encodeIntent)
 //	deflateMark…    the record's JSON, DEFLATE-compressed (RFC 1951) with
 //	                recordDict as the preset dictionary
 //

@@ -90,20 +90,20 @@ func TestKeptOutputReadsBackIdentical(t *testing.T) {
 		for _, c := range []struct {
 			bucket, key string
 			v           any
-			compressed  bool
+			mark        byte // compressed, or a PaymentIntent's own form
 		}{
-			{"sessions", rec.SessionID, rec, true},
-			{"sessions", random.SessionID, random, true},
-			{"notifications", dl.Key(), dl, true},
-			{"payment_intents", pi.ID, pi, true},
+			{"sessions", rec.SessionID, rec, deflateMark},
+			{"sessions", random.SessionID, random, deflateMark},
+			{"notifications", dl.Key(), dl, deflateMark},
+			{"payment_intents", pi.ID, pi, intentMark},
 		} {
 			raw := tx.Bucket([]byte(c.bucket)).Get([]byte(c.key))
 			plain, _ := json.Marshal(c.v)
-			if got := raw[0] == deflateMark; got != c.compressed {
-				t.Errorf("%s/%s compressed %t, want %t", c.bucket, c.key, got, c.compressed)
+			if raw[0] != c.mark {
+				t.Errorf("%s/%s kept as %.10q, want mark %#x", c.bucket, c.key, raw, c.mark)
 			}
-			if c.compressed && len(raw) >= len(plain) {
-				t.Errorf("%s/%s takes %d bytes compressed, %d as JSON", c.bucket, c.key, len(raw), len(plain))
+			if len(raw) >= len(plain) {
+				t.Errorf("%s/%s takes %d bytes, %d as JSON", c.bucket, c.key, len(raw), len(plain))
 			}
 			t.Logf("%s/%s: %d bytes of JSON kept in %d", c.bucket, c.key, len(plain), len(raw))
 		}
@@ -225,7 +225,7 @@ func TestFormat4StoreKeepsWorking(t *testing.T) {
 				return err
 			}
 			if c.Sessions[fulfill.StateFulfilled] != 2 || c.Sessions[fulfill.StateFailed] != 1 ||
-				c.Deliveries[fulfill.DestNotify][fulfill.DeliveryPending] != 1 || c.PaymentIntents["succeeded"] != 1 {
+				c.Deliveries[fulfill.DestNotify][fulfill.DeliveryPending] != 1 || c.PaymentIntents[pis[0].Status] != 1 {
 				t.Errorf("%s: counts %+v", when, c)
 			}
 			return nil
@@ -260,11 +260,22 @@ func TestFormat4StoreKeepsWorking(t *testing.T) {
 		return c
 	}
 	before := recounted()
-	// The fulfilled session is written again: now it is compressed.
+	// The fulfilled session is written again: now it is compressed; and
+	// the PaymentIntent's status, now in its binary form.
 	recs[0].Seq++
-	if err := db.Update(func(tx store.Tx) error { return tx.PutSession(recs[0]) }); err != nil {
+	pis[0].Status, pis[0].EventType, pis[0].LastError = "canceled", "payment_intent.canceled", "Your card was declined."
+	if err := db.Update(func(tx store.Tx) error {
+		if err := tx.PutPaymentIntent(pis[0]); err != nil {
+			return err
+		}
+		return tx.PutSession(recs[0])
+	}); err != nil {
 		t.Fatal(err)
 	}
+	if c := recounted(); c.PaymentIntents["succeeded"] != 0 || c.PaymentIntents["canceled"] != 1 {
+		t.Errorf("counts after the PaymentIntent's old value was replaced: %+v", c.PaymentIntents)
+	}
+	before = recounted()
 	if err := db.Update(func(tx store.Tx) error { return tx.(*Tx).Recount() }); err != nil {
 		t.Fatal(err)
 	}
@@ -276,11 +287,40 @@ func TestFormat4StoreKeepsWorking(t *testing.T) {
 		if v := tx.Bucket([]byte("sessions")).Get([]byte("cs_done")); v[0] != deflateMark {
 			t.Errorf("cs_done written after the upgrade is not compressed: %.20q", v)
 		}
+		if v := tx.Bucket([]byte("payment_intents")).Get([]byte("pi_1")); v[0] != intentMark {
+			t.Errorf("pi_1 written after the upgrade is not in its binary form: %.20q", v)
+		}
 		if v := tx.Bucket([]byte("sessions")).Get([]byte("cs_dead")); v[0] != '{' {
 			t.Errorf("cs_dead, not written since, was rewritten: %.20q", v)
 		}
 		return nil
 	}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestPaymentIntentForm: a PaymentIntent status reads back as it was
+// written, whatever its time and text, and a value cut short is an error,
+// never a status read wrong.
+func TestPaymentIntentForm(t *testing.T) {
+	at := time.Date(2026, 11, 30, 12, 0, 0, 999_999_999, time.UTC)
+	for _, pi := range []fulfill.PaymentIntent{
+		{ID: "pi_1", Status: "succeeded", EventID: "evt_1", EventType: "payment_intent.succeeded", At: at},
+		{ID: "pi_2", Status: "requires_payment_method", LastError: strings.Repeat("Your card was declined. ", 200), EventID: "evt_2",
+			EventType: "payment_intent.payment_failed", At: at.Truncate(time.Second)},
+		{ID: "pi_3", Status: "canceled", Pruned: true},
+		{ID: "pi_4", Status: "succeeded", At: time.Unix(0, 0).UTC()},
+		{ID: "pi_5", Status: "processing", At: time.Date(1969, 7, 20, 20, 17, 40, 5, time.UTC)},
+	} {
+		raw := encodeIntent(pi)
+		got, err := DecodePaymentIntent(pi.ID, raw)
+		if err != nil || got != pi {
+			t.Errorf("%s read back as %+v (%v), want %+v", pi.ID, got, err, pi)
+		}
+		for n := 1; n < len(raw); n++ {
+			if got, err := DecodePaymentIntent(pi.ID, raw[:n]); err == nil {
+				t.Errorf("%s cut to %d of %d bytes read as %+v", pi.ID, n, len(raw), got)
+			}
+		}
 	}
 }

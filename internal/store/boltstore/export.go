@@ -96,7 +96,7 @@ func exportDeliveries(t *Tx, fn func(Item) error) error {
 
 func exportIntents(t *Tx, fn func(Item) error) error {
 	return each(t, bucketIntents, func(k, v []byte) error {
-		pi, err := DecodePaymentIntent(v)
+		pi, err := DecodePaymentIntent(string(k), v)
 		if err != nil {
 			return fmt.Errorf("export: payment intent %s cannot be read: %w", k, err)
 		}
