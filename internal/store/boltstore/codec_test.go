@@ -309,10 +309,12 @@ func TestPaymentIntentForm(t *testing.T) {
 		{ID: "pi_2", Status: "requires_payment_method", LastError: strings.Repeat("Your card was declined. ", 200), EventID: "evt_2",
 			EventType: "payment_intent.payment_failed", At: at.Truncate(time.Second)},
 		{ID: "pi_3", Status: "canceled", Pruned: true},
+		{ID: "pi_6", Status: "succeeded", EventType: "checkout.session.completed", At: at},
 		{ID: "pi_4", Status: "succeeded", At: time.Unix(0, 0).UTC()},
 		{ID: "pi_5", Status: "processing", At: time.Date(1969, 7, 20, 20, 17, 40, 5, time.UTC)},
 	} {
 		raw := encodeIntent(pi)
+		t.Logf("%s: %d bytes", pi.ID, len(raw))
 		got, err := DecodePaymentIntent(pi.ID, raw)
 		if err != nil || got != pi {
 			t.Errorf("%s read back as %+v (%v), want %+v", pi.ID, got, err, pi)

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/fulfilld/fulfilld/fulfill"
@@ -233,18 +234,29 @@ func decodeTombstone(id string, b []byte) (fulfill.Record, error) {
 }
 
 // A PaymentIntent status (format 6): intentMark, then the status, last
-// payment error, event id and event type as length-prefixed strings, the
-// event's created time as unix seconds and nanoseconds (varints), and a
-// flags byte. The poller writes one for most events it lists: compressing
+// payment error, event id and event type (without "payment_intent.", which
+// flag 2 then says) as length-prefixed strings, the event's created time
+// as unix seconds and nanoseconds + 1 (varints; 0 for none), and a flags
+// byte (1: pruned). The poller writes one for most events it lists: compressing
 // a record this small took longer than the rest of the event's work (the
 // preset dictionary is read into the compressor for every record) and
 // still left it larger than this.
 const intentMark = 0x03
 
+const intentTypePrefix = "payment_intent."
+
 func encodeIntent(pi fulfill.PaymentIntent) []byte {
-	b := make([]byte, 0, 16+len(pi.Status)+len(pi.LastError)+len(pi.EventID)+len(pi.EventType))
+	var flags byte
+	if pi.Pruned {
+		flags |= 1
+	}
+	typ, short := strings.CutPrefix(pi.EventType, intentTypePrefix)
+	if short {
+		flags |= 2
+	}
+	b := make([]byte, 0, 24+len(pi.Status)+len(pi.LastError)+len(pi.EventID)+len(typ))
 	b = append(b, intentMark)
-	for _, s := range []string{pi.Status, pi.LastError, pi.EventID, pi.EventType} {
+	for _, s := range []string{pi.Status, pi.LastError, pi.EventID, typ} {
 		b = binary.AppendUvarint(b, uint64(len(s)))
 		b = append(b, s...)
 	}
@@ -253,10 +265,6 @@ func encodeIntent(pi fulfill.PaymentIntent) []byte {
 	} else {
 		b = binary.AppendVarint(b, pi.At.Unix())
 		b = binary.AppendUvarint(b, uint64(pi.At.Nanosecond())+1)
-	}
-	var flags byte
-	if pi.Pruned {
-		flags |= 1
 	}
 	return append(b, flags)
 }
@@ -291,6 +299,9 @@ func decodeIntent(id string, b []byte) (fulfill.PaymentIntent, error) {
 		return pi, bad
 	}
 	pi.Pruned = b[0]&1 != 0
+	if b[0]&2 != 0 {
+		pi.EventType = intentTypePrefix + pi.EventType
+	}
 	return pi, nil
 }
 
