@@ -72,10 +72,20 @@ func TestRunStoreSmall(t *testing.T) {
 	edge := end.Add(-cfg.Retention)
 	var tomb, full int
 	err = db.View(func(tx *bbolt.Tx) error {
-		if err := tx.Bucket([]byte("sessions")).ForEach(func(k, v []byte) error {
+		// Full records in sessions, tombstones in a bucket of their own.
+		each := func(fn func(k, v []byte) error) error {
+			if err := tx.Bucket([]byte("sessions")).ForEach(fn); err != nil {
+				return err
+			}
+			return tx.Bucket([]byte("tombstones")).ForEach(fn)
+		}
+		if err := each(func(k, v []byte) error {
 			r, err := boltstore.DecodeSession(string(k), v)
 			if err != nil {
 				return err
+			}
+			if inTombstones := tx.Bucket([]byte("tombstones")).Get(k) != nil; inTombstones != r.Pruned {
+				t.Errorf("%s (pruned %t) is in the tombstones bucket: %t", k, r.Pruned, inTombstones)
 			}
 			old := r.Updated.Before(edge)
 			switch {

@@ -1,6 +1,7 @@
 package boltstore
 
 import (
+	"bytes"
 	"crypto/rand"
 	"crypto/sha256"
 	"encoding/binary"
@@ -160,6 +161,16 @@ func format4Store(t *testing.T, path string, recs []fulfill.Record, dls []fulfil
 				if err := plain("sessions", r.SessionID, r); err != nil {
 					return err
 				}
+				continue
+			}
+			// Before format 6 a tombstone stood in sessions.
+			tombs := tx.Bucket([]byte("tombstones"))
+			v := bytes.Clone(tombs.Get([]byte(r.SessionID)))
+			if err := tombs.Delete([]byte(r.SessionID)); err != nil {
+				return err
+			}
+			if err := tx.Bucket([]byte("sessions")).Put([]byte(r.SessionID), v); err != nil {
+				return err
 			}
 		}
 		for _, d := range dls {

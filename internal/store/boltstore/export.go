@@ -72,13 +72,18 @@ func each(t *Tx, bucket []byte, fn func(k, v []byte) error) error {
 }
 
 func exportSessions(t *Tx, fn func(Item) error) error {
-	return each(t, bucketSessions, func(k, v []byte) error {
-		r, err := DecodeSession(string(k), v)
-		if err != nil {
-			return fmt.Errorf("export: record of %s cannot be read: %w", k, err)
+	for _, b := range [][]byte{bucketSessions, bucketTombstones} {
+		if err := each(t, b, func(k, v []byte) error {
+			r, err := DecodeSession(string(k), v)
+			if err != nil {
+				return fmt.Errorf("export: record of %s cannot be read: %w", k, err)
+			}
+			return fn(Item{Kind: ItemSession, Key: string(k), Put: func(tx store.Tx) error { return tx.PutSession(r) }})
+		}); err != nil {
+			return err
 		}
-		return fn(Item{Kind: ItemSession, Key: string(k), Put: func(tx store.Tx) error { return tx.PutSession(r) }})
-	})
+	}
+	return nil
 }
 
 func exportDeliveries(t *Tx, fn func(Item) error) error {
