@@ -1,7 +1,9 @@
 package fulfill
 
 import (
+	"cmp"
 	"context"
+	"math"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -67,6 +69,15 @@ type batcher struct {
 	waiting map[string]int
 	// settle and linger replace batchSettle and batchLinger when set.
 	settle, linger time.Duration
+	// rank is each due session's place in the queue, as plans read it.
+	rank map[string]int
+	// taken counts the sessions attempts took from lists, decaying with
+	// time constant batchFresh (at takenAt): at a steady pace, about how
+	// many the queue takes in batchFresh.
+	taken   float64
+	takenAt time.Time
+	// settledAt is when a poll last said it listed all it will (Settle).
+	settledAt time.Time
 
 	// Lists, Hits and Misses count list requests, attempts served from a
 	// list and queued attempts that retrieved on their own; lingering
@@ -127,7 +138,39 @@ func (b *batcher) take(id string, now time.Time) (s *stripeapi.Session, known bo
 		return nil, false
 	}
 	b.cache[id] = cachedSession{at: c.at}
+	if c.s != nil {
+		b.taken = b.pace(now) + 1
+		b.takenAt = now
+	}
 	return c.s, true
+}
+
+// pace is taken as of now. The caller holds b.mu.
+func (b *batcher) pace(now time.Time) float64 {
+	if b.takenAt.IsZero() {
+		return 0
+	}
+	return b.taken * math.Exp(-max(now.Sub(b.takenAt), 0).Seconds()/batchFresh.Seconds())
+}
+
+// Settle tells the queue that the stream is listed up to now (a poll
+// reached its horizon): the due sessions will not grow in number until
+// something else queues more, so the runs that wait for their page to
+// fill are listed at once, rather than after batchSettle of quiet.
+func (f *Fulfiller) Settle() {
+	b := &f.batch
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.grew, b.settledAt = time.Time{}, f.now()
+	b.signal()
+}
+
+// queuedSince reports whether rec was queued after the last Settle: a
+// plan that finds it finds the queue still growing. Sessions the settled
+// poll queued are found after it, by the attempts it woke. The caller
+// holds b.mu.
+func (b *batcher) queuedSince(rec Record) bool {
+	return b.settledAt.IsZero() || rec.Updated.After(b.settledAt)
 }
 
 // keep caches the sessions of a listed page, and marks the ids it was
@@ -191,7 +234,7 @@ func (f *Fulfiller) batched(ctx context.Context, rec Record) *stripeapi.Session 
 		if tries >= batchTries {
 			break
 		}
-		step := f.nextStep(rec.SessionID, rec.SessionCreated, time.Since(since))
+		step := f.nextStep(rec, time.Since(since))
 		switch {
 		case step.wait != nil:
 			// A load planned for other sessions that covers this one's
@@ -273,11 +316,13 @@ func (b *batcher) startLoad(group []string) *batchLoad {
 
 // runs cuts the due sessions that no load covers and no list returned yet
 // into runs of up to batchGroup, sorted by created and never spanning a
-// covered range; runs of one are left to their attempts, and so are runs
-// that no attempt is waiting for yet: a backlog the actions drain slower
-// than a listed session stays fresh would otherwise be listed whole again
-// every batchFresh, more requests than a retrieve each. The caller holds
-// b.mu, after a plan.
+// covered range. Runs of one are left to their attempts. Runs that an
+// attempt waits for come first; then the others in queue order, while the
+// queue's pace (sessions taken from lists in the last batchFresh) says
+// they will be taken before their lists go stale: a
+// backlog the actions drain slower than that would otherwise be listed
+// whole again every batchFresh, more requests than a retrieve each. The
+// caller holds b.mu, after a plan.
 func (b *batcher) runs(now time.Time) [][]string {
 	type due struct {
 		id string
@@ -304,14 +349,39 @@ func (b *batcher) runs(now time.Time) [][]string {
 		run = append(run, d.id)
 	}
 	out = append(out, run)
-	return slices.DeleteFunc(out, func(r []string) bool {
-		return len(r) < 2 || !slices.ContainsFunc(r, func(id string) bool { return b.waiting[id] > 0 })
-	})
+	out = slices.DeleteFunc(out, func(r []string) bool { return len(r) < 2 })
+	// Runs someone waits for first, then the others in queue order, as
+	// long as the queue takes them while their lists are fresh: at the end
+	// of a backfill, the last runs of every slice are listed side by side
+	// instead of each when an attempt comes to it.
+	first := func(r []string) int {
+		if slices.ContainsFunc(r, func(id string) bool { return b.waiting[id] > 0 }) {
+			return -1
+		}
+		m := math.MaxInt
+		for _, id := range r {
+			if k, ok := b.rank[id]; ok {
+				m = min(m, k)
+			}
+		}
+		return m
+	}
+	slices.SortStableFunc(out, func(x, y []string) int { return cmp.Compare(first(x), first(y)) })
+	ahead := int(b.pace(now))
+	n := 0
+	for i, r := range out {
+		if first(r) >= 0 && n+len(r) > ahead {
+			return out[:i]
+		}
+		n += len(r)
+	}
+	return out
 }
 
 // nextStep decides an attempt's next step; waited is how long it has
 // waited for its page so far.
-func (f *Fulfiller) nextStep(id string, created time.Time, waited time.Duration) batchStep {
+func (f *Fulfiller) nextStep(rec Record, waited time.Duration) batchStep {
+	id, created := rec.SessionID, rec.SessionCreated
 	b := &f.batch
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -326,7 +396,7 @@ func (f *Fulfiller) nextStep(id string, created time.Time, waited time.Duration)
 		b.keepLocked(nil, []string{id}, now)
 		return batchStep{}
 	}
-	run := f.plan(id, created, now)
+	run := f.plan(rec, now)
 	settle, linger := b.settle, b.linger
 	if settle <= 0 {
 		settle = batchSettle
@@ -459,27 +529,30 @@ func (f *Fulfiller) load(ctx context.Context, lister SessionLister, l *batchLoad
 // by created: due sessions with a known created time, not cached and not
 // covered by a load in flight or a fresh listed range, at most batchGroup
 // of them, never spanning a covered range. The caller holds b.mu.
-func (f *Fulfiller) plan(self string, created, now time.Time) []string {
+func (f *Fulfiller) plan(rec Record, now time.Time) []string {
+	self, created := rec.SessionID, rec.SessionCreated
 	b := &f.batch
 	type due struct {
 		id string
 		at time.Time
 	}
 	known := b.due
-	if _, ok := known[self]; !ok {
+	if _, ok := known[self]; !ok && b.queuedSince(rec) {
 		b.grew = time.Now()
 	}
 	b.due = map[string]time.Time{self: created}
+	b.rank = map[string]int{self: -1}
 	all := []due{{self, created}}
 	_ = f.DB.View(func(tx Tx) error {
 		ids, err := tx.Due(SessionQueue, now, batchLookahead, nil)
 		if err != nil {
 			return err
 		}
-		for _, id := range ids {
+		for i, id := range ids {
 			if id == self {
 				continue
 			}
+			b.rank[id] = i
 			at, ok := known[id]
 			if !ok {
 				rec, found, err := Get(tx, id)
@@ -487,7 +560,9 @@ func (f *Fulfiller) plan(self string, created, now time.Time) []string {
 					continue
 				}
 				at = rec.SessionCreated
-				b.grew = time.Now()
+				if b.queuedSince(rec) {
+					b.grew = time.Now()
+				}
 			}
 			b.due[id] = at
 			if at.IsZero() {

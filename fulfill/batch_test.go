@@ -3,6 +3,7 @@ package fulfill_test
 import (
 	"bytes"
 	"context"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -291,5 +292,94 @@ func TestSlowBacklogIsNotListedOverAndOver(t *testing.T) {
 		if act.runs[id] != 1 {
 			t.Fatalf("%s: action ran %d times", id, act.runs[id])
 		}
+	}
+}
+
+// TestSettledBackfillListsItsLastPagesAtOnce: when the poll says it has
+// listed all it will (Settle), the partial pages left at the end of every
+// slice are listed at once and side by side — not after the queue has
+// been quiet for a while, nor one after another as the attempts come to
+// them — and every session is still fulfilled once, from a list.
+func TestSettledBackfillListsItsLastPagesAtOnce(t *testing.T) {
+	const latency = 300 * time.Millisecond
+	sim := stripesim.New(stripesim.Options{Latency: func() time.Duration { return latency }})
+	t.Cleanup(sim.Close)
+	base := time.Now().Add(-6 * time.Hour).Truncate(time.Second)
+	const nslices, per, perPage = 8, 150, 10
+	n := nslices * per
+	ids := make([]string, n)
+	created := map[string]time.Time{}
+	for i := range n {
+		at := base.Add(time.Duration(i) * 10 * time.Second)
+		ids[i] = sim.CreateSession(stripesim.SessionParams{Created: at, LineItems: 1})
+		sim.CompleteSession(ids[i], "paid", at.Add(time.Minute))
+		created[ids[i]] = at
+	}
+	db := openTestDB(t)
+	client := stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: sim.URL()})
+	act := &bodyAction{bodies: map[string][]byte{}, runs: map[string]int{}}
+	f := &fulfill.Fulfiller{DB: ledger(db), Sessions: client, Action: act, MaxAttempts: 3, Concurrency: 4}
+	// Without Settle, each partial page would wait a minute.
+	fulfill.SetBatchWaits(f, time.Minute, time.Minute)
+	// Queued as a backfill's slices queue them, newest first, their pages
+	// interleaved; then the poll is done.
+	for page := 0; page*perPage < per; page++ {
+		for s := range nslices {
+			hi := (s+1)*per - page*perPage
+			if err := db.Update(func(tx store.Tx) error {
+				for i := hi - 1; i >= max(hi-perPage, s*per); i-- {
+					if _, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: ids[i], EventID: "evt_" + ids[i],
+						Trigger: fulfill.TriggerEvent, At: time.Now(), SessionCreated: created[ids[i]]}); err != nil {
+						return err
+					}
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	f.Settle()
+	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
+	defer cancel()
+	wake := make(chan struct{})
+	close(wake)
+	res, err := f.Run(ctx, fulfill.RunOptions{Wake: wake, UntilIdle: true})
+	if err != nil {
+		t.Fatalf("%v (fulfilled %d of %d)", err, res.Fulfilled, n)
+	}
+	if res.Fulfilled != n {
+		t.Fatalf("fulfilled %d of %d", res.Fulfilled, n)
+	}
+	for _, id := range ids {
+		if act.runs[id] != 1 {
+			t.Fatalf("%s: action ran %d times", id, act.runs[id])
+		}
+	}
+	var lists []time.Time
+	for _, r := range sim.Requests() {
+		if r.Endpoint == "GET /v1/checkout/sessions" {
+			lists = append(lists, r.Time)
+		}
+	}
+	st := sim.Stats()
+	t.Logf("%d sessions: %d list requests, %d retrieves; %+v", n, len(lists), st.ByEndpoint["GET /v1/checkout/sessions/:id"], f.BatchStats())
+	// A full page and a partial one for each slice.
+	if len(lists) > 2*nslices+2 || st.ByEndpoint["GET /v1/checkout/sessions/:id"] > 2 {
+		t.Errorf("%d list requests and %d retrieves, want at most %d lists and 2 retrieves",
+			len(lists), st.ByEndpoint["GET /v1/checkout/sessions/:id"], 2*nslices+2)
+	}
+	// Lists go out in waves: the first pages side by side, and then,
+	// once the pace is known, what is left all at once. One after another,
+	// as the attempts come to each, was a wave per page or two.
+	slices.SortFunc(lists, time.Time.Compare)
+	waves := 1
+	for i := 1; i < len(lists); i++ {
+		if lists[i].Sub(lists[i-1]) >= latency/2 {
+			waves++
+		}
+	}
+	if waves > 3 {
+		t.Errorf("the lists went out in %d waves, one after another (latency %s)", waves, latency)
 	}
 }

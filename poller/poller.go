@@ -136,6 +136,10 @@ type Poller struct {
 	Logger *slog.Logger
 	// Wake is called after a commit that queued work.
 	Wake func()
+	// Settled, when set, is called when a poll has listed all it will:
+	// what it queued will not grow until the next one (the fulfiller then
+	// lists at once the sessions it holds back for a fuller page).
+	Settled func()
 	// Routes queues a delivery of each listed event to the destinations
 	// (notify, forward) that its type is routed to, once per event id and
 	// destination, in the same commit as the page; malformed events are
@@ -331,6 +335,9 @@ func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
 	start, hostStart := p.now(), p.hostNow()
 	if err == nil {
 		res, err = p.poll(ctx, complete)
+	}
+	if p.Settled != nil {
+		p.Settled()
 	}
 	var skew *float64
 	if p.Clock != nil {

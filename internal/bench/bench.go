@@ -461,6 +461,7 @@ func runDaemon(ctx context.Context, cfg Config, url string, be backend, since ti
 	var working sync.WaitGroup
 	// What the lister queues wakes every worker: in process, the bench
 	// tells the others at once, which a standby learns at its next look.
+	p.Settled = lister.f.Settle
 	p.Wake = func() {
 		for _, in := range workers {
 			select {

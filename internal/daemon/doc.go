@@ -103,6 +103,9 @@ func New(d *Daemon, progress func(poller.Progress)) *Daemon {
 		}
 		d.Poller.Routes = d.Deliverer.Routes
 	}
+	// A poll that has listed all it will lets the queue list the sessions
+	// it holds back for a fuller page at once.
+	d.Poller.Settled = d.Fulfiller.Settle
 	d.Poller.Progress = func(p poller.Progress) {
 		d.beat()
 		if progress != nil {
