@@ -237,21 +237,14 @@ type Tx struct {
 	tx *bbolt.Tx
 }
 
-func (t *Tx) b(name []byte) *bbolt.Bucket {
-	b := t.tx.Bucket(name)
-	if b != nil && appended[string(name)] {
-		b.FillPercent = 1
-	}
-	return b
-}
-
-// appended are the buckets whose keys begin with a time that is nearly
-// always the latest: what is added goes at the end and what is removed
-// leaves from the start. bbolt splits a full page in half by default, which
-// suits keys that land anywhere; here it left every page behind the last
-// half empty for good (settled_index was 221 MiB where 131 held it, after
-// 120 simulated days). Filled whole, the pages behind the end stay full.
-var appended = map[string]bool{string(bucketSettled): true, string(bucketSeenByTime): true}
+// b is a bucket of the transaction. Every bucket splits its pages as bbolt
+// does by default, in halves. Filling them whole where keys begin with a
+// time (settled_index, seen_by_time) made those buckets twice as large, not
+// smaller: the times arrive a little out of order (a page of events is
+// listed newest first; a PaymentIntent settles at its event's time), and
+// an insert into a full page split it into a full one and one with a key
+// or two.
+func (t *Tx) b(name []byte) *bbolt.Bucket { return t.tx.Bucket(name) }
 
 // formatOf reads a file's format: 1 for one from before it was kept.
 func formatOf(tx *bbolt.Tx) int {
