@@ -1036,7 +1036,7 @@ func (p *Poller) route(tx Tx, ev stripeapi.Event, now time.Time) (string, error)
 					Message string `json:"message"`
 				} `json:"last_payment_error"`
 			}
-			if err := json.Unmarshal(ev.Object, &head); err != nil {
+			if err := json.Unmarshal(ev.ObjectJSON(), &head); err != nil {
 				return bad(fmt.Errorf("data.object is not a payment_intent"))
 			}
 			obj = &stripeapi.ObjectHead{ID: head.ID, Object: head.Object, Status: head.Status}
@@ -1088,7 +1088,7 @@ func objectID(ev stripeapi.Event, object, prefix string) (string, error) {
 	}
 	if ev.Head != nil {
 		obj.ID, obj.Object = ev.Head.ID, ev.Head.Object
-	} else if err := json.Unmarshal(ev.Object, &obj); err != nil {
+	} else if err := json.Unmarshal(ev.ObjectJSON(), &obj); err != nil {
 		return "", fmt.Errorf("data.object is not a %s: %w", object, err)
 	}
 	if obj.Object != object || !strings.HasPrefix(obj.ID, prefix) {
@@ -1106,7 +1106,7 @@ func objectCreated(ev stripeapi.Event) time.Time {
 	}
 	if ev.Head != nil {
 		obj.Created = ev.Head.Created
-	} else if json.Unmarshal(ev.Object, &obj) != nil {
+	} else if json.Unmarshal(ev.ObjectJSON(), &obj) != nil {
 		return time.Time{}
 	}
 	if obj.Created <= 0 || obj.Created > maxObjectCreated {

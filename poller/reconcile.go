@@ -383,11 +383,15 @@ func (r *Reconciler) reportMisses(ctx context.Context, sw *Sweep) error {
 			pageRep, pageMisses = RepairReport{}, pageMisses[:0]
 			for _, ev := range page.Events {
 				m := WebhookMiss{EventID: ev.ID, Type: ev.Type, Created: ev.Created}
-				var obj struct {
-					ID string `json:"id"`
+				if ev.Head != nil {
+					m.Object = ev.Head.ID
+				} else {
+					var obj struct {
+						ID string `json:"id"`
+					}
+					_ = json.Unmarshal(ev.ObjectJSON(), &obj)
+					m.Object = obj.ID
 				}
-				_ = json.Unmarshal(ev.Object, &obj)
-				m.Object = obj.ID
 				var err error
 				switch {
 				case rep != nil:
@@ -402,7 +406,7 @@ func (r *Reconciler) reportMisses(ctx context.Context, sw *Sweep) error {
 					if m.Handled, err = cursor.Seen(tx, ev.ID); err != nil {
 						return err
 					}
-					if rec, ok, _ := fulfill.Get(tx, obj.ID); ok {
+					if rec, ok, _ := fulfill.Get(tx, m.Object); ok {
 						m.Handled, m.State = true, string(rec.State)
 					}
 				}

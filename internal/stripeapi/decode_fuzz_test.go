@@ -29,19 +29,19 @@ func FuzzDecodeEvent(f *testing.F) {
 		// The quick read of well-typed events reads what the loose one does.
 		loose := decodeEventLoose(json.RawMessage(raw))
 		if ev.ID != loose.ID || ev.Type != loose.Type || !ev.Created.Equal(loose.Created) ||
-			!bytes.Equal(ev.Object, loose.Object) || (ev.Err == nil) != (loose.Err == nil) {
+			!bytes.Equal(ev.ObjectJSON(), loose.Object) || (ev.Err == nil) != (loose.Err == nil) {
 			t.Fatalf("read %+v, the loose read %+v, from %q", ev, loose, raw)
 		}
 		if ev.Head != nil {
 			var h ObjectHead
-			if err := json.Unmarshal(ev.Object, &h); err != nil || !reflect.DeepEqual(*ev.Head, h) {
+			if err := json.Unmarshal(ev.ObjectJSON(), &h); err != nil || !reflect.DeepEqual(*ev.Head, h) {
 				t.Fatalf("head %+v is not data.object's %+v (%v)", *ev.Head, h, err)
 			}
 		}
 		if ev.Err != nil {
 			return
 		}
-		if ev.ID == "" || ev.Type == "" || ev.Created.Unix() <= 0 || len(ev.Object) == 0 {
+		if ev.ID == "" || ev.Type == "" || ev.Created.Unix() <= 0 || len(ev.ObjectJSON()) == 0 {
 			t.Fatalf("event read without error but unroutable: %+v from %q", ev, raw)
 		}
 	})

@@ -62,7 +62,7 @@ func TestDecodeEventFixtures(t *testing.T) {
 				t.Errorf("read id %q type %q created %v, want %q %q %v", ev.ID, ev.Type, ev.Created, want.ID, want.Type, time.Unix(want.Created, 0).UTC())
 			}
 			var obj struct{ ID, Object string }
-			if err := json.Unmarshal(ev.Object, &obj); err != nil {
+			if err := json.Unmarshal(ev.ObjectJSON(), &obj); err != nil {
 				t.Fatalf("data.object: %v", err)
 			}
 			object, prefix := wantObject(want.Type)
