@@ -252,7 +252,13 @@ func (f *Fulfiller) batched(ctx context.Context, rec Record) *stripeapi.Session 
 			tries++
 			var wg sync.WaitGroup
 			for _, r := range step.more {
-				wg.Go(func() { f.load(ctx, lister, r.l, r.group) })
+				if !r.ahead {
+					wg.Go(func() { f.load(ctx, lister, r.l, r.group) })
+					continue
+				}
+				// Read ahead for attempts to come: this one does not
+				// wait for it.
+				go f.load(ctx, lister, r.l, r.group)
 			}
 			f.load(ctx, lister, step.run, step.group)
 			wg.Wait()
@@ -304,6 +310,7 @@ type batchStep struct {
 type batchRun struct {
 	l     *batchLoad
 	group []string
+	ahead bool // no attempt waits for it yet
 }
 
 // startLoad registers a load for group, sorted by created. The caller
@@ -317,13 +324,14 @@ func (b *batcher) startLoad(group []string) *batchLoad {
 // runs cuts the due sessions that no load covers and no list returned yet
 // into runs of up to batchGroup, sorted by created and never spanning a
 // covered range. Runs of one are left to their attempts. Runs that an
-// attempt waits for come first; then the others in queue order, while the
-// queue's pace (sessions taken from lists in the last batchFresh) says
-// they will be taken before their lists go stale: a
-// backlog the actions drain slower than that would otherwise be listed
+// attempt waits for come first; then, ahead of the attempts, the others in
+// queue order while every session of the run is among the next ones the
+// queue's pace (sessions taken from lists in the last batchFresh, less
+// those listed and not taken yet) will take before their lists go stale:
+// a backlog the actions drain slower than that would otherwise be listed
 // whole again every batchFresh, more requests than a retrieve each. The
 // caller holds b.mu, after a plan.
-func (b *batcher) runs(now time.Time) [][]string {
+func (b *batcher) runs(now time.Time) []plannedRun {
 	type due struct {
 		id string
 		at time.Time
@@ -339,43 +347,61 @@ func (b *batcher) runs(now time.Time) [][]string {
 		all = append(all, due{id, at})
 	}
 	slices.SortFunc(all, func(a, b due) int { return a.at.Compare(b.at) })
-	var out [][]string
+	var cut [][]string
 	var run []string
 	for i, d := range all {
 		if len(run) == batchGroup || len(run) > 0 && b.coveredBetween(all[i-1].at, d.at) {
-			out = append(out, run)
+			cut = append(cut, run)
 			run = nil
 		}
 		run = append(run, d.id)
 	}
-	out = append(out, run)
-	out = slices.DeleteFunc(out, func(r []string) bool { return len(r) < 2 })
-	// Runs someone waits for first, then the others in queue order, as
-	// long as the queue takes them while their lists are fresh: at the end
-	// of a backfill, the last runs of every slice are listed side by side
-	// instead of each when an attempt comes to it.
-	first := func(r []string) int {
-		if slices.ContainsFunc(r, func(id string) bool { return b.waiting[id] > 0 }) {
-			return -1
-		}
-		m := math.MaxInt
-		for _, id := range r {
-			if k, ok := b.rank[id]; ok {
-				m = min(m, k)
+	cut = append(cut, run)
+	var out, ahead []plannedRun
+	for _, r := range cut {
+		switch {
+		case len(r) < 2:
+		case slices.ContainsFunc(r, func(id string) bool { return b.waiting[id] > 0 }):
+			out = append(out, plannedRun{ids: r})
+		default:
+			last := 0
+			for _, id := range r {
+				k, ok := b.rank[id]
+				if !ok {
+					last = math.MaxInt
+					break
+				}
+				last = max(last, k)
 			}
+			ahead = append(ahead, plannedRun{ids: r, ahead: true, last: last})
 		}
-		return m
 	}
-	slices.SortStableFunc(out, func(x, y []string) int { return cmp.Compare(first(x), first(y)) })
-	ahead := int(b.pace(now))
-	n := 0
-	for i, r := range out {
-		if first(r) >= 0 && n+len(r) > ahead {
-			return out[:i]
+	if len(ahead) == 0 {
+		return out
+	}
+	pending := 0
+	for _, c := range b.cache {
+		if c.s != nil && now.Sub(c.at) <= batchFresh {
+			pending++
 		}
-		n += len(r)
+	}
+	reach := int(b.pace(now)) - pending
+	slices.SortFunc(ahead, func(x, y plannedRun) int { return cmp.Compare(x.last, y.last) })
+	for _, r := range ahead {
+		if r.last >= reach {
+			break
+		}
+		out = append(out, r)
 	}
 	return out
+}
+
+// plannedRun is a run of due sessions to list; ahead when no attempt waits
+// for it yet, last the furthest of its sessions' places in the queue.
+type plannedRun struct {
+	ids   []string
+	ahead bool
+	last  int
 }
 
 // nextStep decides an attempt's next step; waited is how long it has
@@ -413,7 +439,7 @@ func (f *Fulfiller) nextStep(rec Record, waited time.Duration) batchStep {
 			// pages any further, so every run is listed now, side by side,
 			// rather than each when an attempt of its own comes to it.
 			for _, g := range b.runs(now) {
-				step.more = append(step.more, batchRun{b.startLoad(g), g})
+				step.more = append(step.more, batchRun{l: b.startLoad(g.ids), group: g.ids, ahead: g.ahead})
 			}
 		}
 		b.signal()

@@ -136,8 +136,9 @@ type Poller struct {
 	Logger *slog.Logger
 	// Wake is called after a commit that queued work.
 	Wake func()
-	// Settled, when set, is called when a poll has listed all it will:
-	// what it queued will not grow until the next one (the fulfiller then
+	// Settled, when set, is called when a poll has listed all it was to
+	// (not after one that failed): what it queued will not grow until the
+	// next one (the fulfiller then
 	// lists at once the sessions it holds back for a fuller page).
 	Settled func()
 	// Routes queues a delivery of each listed event to the destinations
@@ -336,7 +337,7 @@ func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
 	if err == nil {
 		res, err = p.poll(ctx, complete)
 	}
-	if p.Settled != nil {
+	if err == nil && p.Settled != nil {
 		p.Settled()
 	}
 	var skew *float64

@@ -183,6 +183,10 @@ func format4Store(t *testing.T, path string, recs []fulfill.Record, dls []fulfil
 				return err
 			}
 		}
+		// Nor had it a tombstones bucket (format 6).
+		if err := tx.DeleteBucket([]byte("tombstones")); err != nil {
+			return err
+		}
 		var v [8]byte
 		binary.BigEndian.PutUint64(v[:], 4)
 		return tx.Bucket([]byte("meta")).Put([]byte("format"), v[:])
@@ -250,6 +254,30 @@ func TestFormat4StoreKeepsWorking(t *testing.T) {
 		t.Fatalf("read-only open of a format 4 store: %v", err)
 	}
 	check(ro, "format 4, read-only")
+	// A session it never saw, and the whole file for migrate-store.
+	if err := ro.View(func(tx store.Tx) error {
+		_, ok, err := tx.Session("cs_unknown")
+		if ok || err != nil {
+			t.Errorf("format 4, read-only: a session never seen reads as %t, %v", ok, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	exported := map[string]bool{}
+	if err := ro.Export(func(it Item) error {
+		if it.Kind == ItemSession {
+			exported[it.Key] = true
+		}
+		return nil
+	}); err != nil {
+		t.Errorf("format 4, read-only: export: %v", err)
+	}
+	for _, r := range recs {
+		if !exported[r.SessionID] {
+			t.Errorf("format 4, read-only: export left out %s", r.SessionID)
+		}
+	}
 	ro.Close()
 
 	db, err := Open(path, false, time.Second)
@@ -325,6 +353,9 @@ func TestPaymentIntentForm(t *testing.T) {
 		{ID: "pi_5", Status: "processing", At: time.Date(1969, 7, 20, 20, 17, 40, 5, time.UTC)},
 	} {
 		raw := encodeIntent(pi)
+		if _, err := DecodePaymentIntent(pi.ID, encodeIntent(fulfill.PaymentIntent{ID: pi.ID})); err == nil {
+			t.Errorf("a status without a status read without an error")
+		}
 		t.Logf("%s: %d bytes", pi.ID, len(raw))
 		got, err := DecodePaymentIntent(pi.ID, raw)
 		if err != nil || got != pi {
@@ -333,6 +364,12 @@ func TestPaymentIntentForm(t *testing.T) {
 		for n := 1; n < len(raw); n++ {
 			if got, err := DecodePaymentIntent(pi.ID, raw[:n]); err == nil {
 				t.Errorf("%s cut to %d of %d bytes read as %+v", pi.ID, n, len(raw), got)
+			}
+		}
+		// A flags byte with bits no writer sets, or a byte too many.
+		for _, bad := range [][]byte{append(bytes.Clone(raw[:len(raw)-1]), raw[len(raw)-1]|0x80), append(bytes.Clone(raw), 0)} {
+			if got, err := DecodePaymentIntent(pi.ID, bad); err == nil {
+				t.Errorf("%s with a corrupt end read as %+v", pi.ID, got)
 			}
 		}
 	}

@@ -66,9 +66,14 @@ func (s *Store) Export(fn func(Item) error) error {
 	})
 }
 
-// each calls fn with a copy of every key and value of a bucket.
+// each calls fn with a copy of every key and value of a bucket; none when
+// the file predates the bucket (opened read-only, it was not created).
 func each(t *Tx, bucket []byte, fn func(k, v []byte) error) error {
-	return t.b(bucket).ForEach(func(k, v []byte) error { return fn(bytes.Clone(k), bytes.Clone(v)) })
+	b := t.b(bucket)
+	if b == nil {
+		return nil
+	}
+	return b.ForEach(func(k, v []byte) error { return fn(bytes.Clone(k), bytes.Clone(v)) })
 }
 
 func exportSessions(t *Tx, fn func(Item) error) error {

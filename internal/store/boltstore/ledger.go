@@ -95,8 +95,14 @@ func (t *Tx) session(id string) (fulfill.Record, []byte, error) {
 	where := bucketSessions
 	raw := t.b(where).Get([]byte(id))
 	if raw == nil {
+		// A file older than format 6, opened read-only, has no
+		// tombstones bucket: its tombstones are all in sessions.
 		where = bucketTombstones
-		if raw = t.b(where).Get([]byte(id)); raw == nil {
+		tombs := t.b(where)
+		if tombs == nil {
+			return fulfill.Record{}, nil, nil
+		}
+		if raw = tombs.Get([]byte(id)); raw == nil {
 			return fulfill.Record{}, nil, nil
 		}
 	}
@@ -316,8 +322,8 @@ func decodeIntent(id string, b []byte) (fulfill.PaymentIntent, error) {
 	if nsec > 0 {
 		pi.At = time.Unix(sec, int64(nsec-1)).UTC()
 	}
-	if len(b) != 1 {
-		return pi, bad
+	if len(b) != 1 || b[0]&^3 != 0 || pi.Status == "" {
+		return pi, fmt.Errorf("a PaymentIntent status that cannot be read")
 	}
 	pi.Pruned = b[0]&1 != 0
 	if b[0]&2 != 0 {

@@ -1,0 +1,87 @@
+package fulfill
+
+import (
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/fulfilld/fulfilld/internal/stripeapi"
+)
+
+// TestRunsAhead: once the queue has settled, the runs an attempt waits
+// for are listed, and the others ahead of the attempts only in queue order
+// and only as far as the queue's pace says it will take them while their
+// lists are fresh, less what is listed and not taken yet; with no pace
+// known, none.
+func TestRunsAhead(t *testing.T) {
+	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	base := now.Add(-6 * time.Hour)
+	// Four runs of 50, their created times an hour apart with a listed
+	// range between each, queued so that run r's sessions take places
+	// r*50 … r*50+49 — except run 3, queued first (places 0–49).
+	newBatcher := func() (*batcher, [][]string) {
+		b := &batcher{due: map[string]time.Time{}, rank: map[string]int{}, waiting: map[string]int{}, cache: map[string]cachedSession{}}
+		var groups [][]string
+		for r := range 4 {
+			var g []string
+			for i := range 50 {
+				id := fmt.Sprintf("cs_%d_%02d", r, i)
+				b.due[id] = base.Add(time.Duration(r)*time.Hour + time.Duration(i)*time.Second)
+				place := r*50 + i
+				switch r {
+				case 3:
+					place = i
+				case 0:
+					place = 150 + i
+				}
+				b.rank[id] = place
+				g = append(g, id)
+			}
+			groups = append(groups, g)
+			gap := base.Add(time.Duration(r)*time.Hour + 30*time.Minute)
+			b.listed = append(b.listed, listedRange{lo: gap, hi: gap.Add(time.Minute), at: now})
+		}
+		return b, groups
+	}
+	listed := func(runs []plannedRun) (got []string) {
+		for _, r := range runs {
+			got = append(got, fmt.Sprintf("%s+%t", r.ids[0][:4], r.ahead))
+		}
+		slices.Sort(got)
+		return got
+	}
+
+	b, groups := newBatcher()
+	b.waiting[groups[1][7]] = 1
+	if got, want := listed(b.runs(now)), []string{"cs_1+false"}; !slices.Equal(got, want) {
+		t.Errorf("no pace known: listed %v, want only the run waited for, %v", got, want)
+	}
+
+	// A pace of 120 sessions a fresh minute: run 3 (places 0–49) and run 1
+	// (50–99) fit, run 2 (100–149) does not.
+	b, groups = newBatcher()
+	b.taken, b.takenAt = 120, now
+	if got, want := listed(b.runs(now)), []string{"cs_1+true", "cs_3+true"}; !slices.Equal(got, want) {
+		t.Errorf("pace 120: listed %v, want %v", got, want)
+	}
+	// The same pace with 60 sessions listed and not taken yet: only run 3.
+	for i := range 60 {
+		b.cache[fmt.Sprintf("cs_x_%02d", i)] = cachedSession{s: &stripeapi.Session{}, at: now}
+	}
+	if got, want := listed(b.runs(now)), []string{"cs_3+true"}; !slices.Equal(got, want) {
+		t.Errorf("pace 120, 60 waiting in the cache: listed %v, want %v", got, want)
+	}
+	// A pace of a thousand: all four, side by side; the one waited for
+	// is not ahead.
+	b, groups = newBatcher()
+	b.taken, b.takenAt = 1000, now
+	b.waiting[groups[0][0]] = 1
+	if got, want := listed(b.runs(now)), []string{"cs_0+false", "cs_1+true", "cs_2+true", "cs_3+true"}; !slices.Equal(got, want) {
+		t.Errorf("pace 1000: listed %v, want %v", got, want)
+	}
+	// The pace decays: a minute without taking a session leaves 1000/e.
+	if got := b.pace(now.Add(batchFresh)); got < 360 || got > 375 {
+		t.Errorf("pace a fresh minute later: %.0f, want about 368", got)
+	}
+}
