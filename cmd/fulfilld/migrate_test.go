@@ -3,16 +3,20 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"net/url"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"go.etcd.io/bbolt"
+
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/store/boltstore"
+	"github.com/fulfilld/fulfilld/internal/store/pgstore"
 	"github.com/fulfilld/fulfilld/internal/store/pgstore/pgtest"
 )
 
@@ -47,6 +51,13 @@ func TestMigrateStore(t *testing.T) {
 		if _, err := fulfill.End(tx, "cs_test_x", fulfill.StateExpired, "evt_2", now); err != nil {
 			return err
 		}
+		// Two sessions fulfilled long ago and pruned to tombstones.
+		for _, id := range []string{"cs_test_old", "cs_test_older"} {
+			if err := tx.PutSession(fulfill.Record{SessionID: id, State: fulfill.StateFulfilled, Attempts: 1, Pruned: true,
+				Created: now.Add(-200 * 24 * time.Hour), Updated: now.Add(-200 * 24 * time.Hour), FulfilledAt: now.Add(-200 * 24 * time.Hour)}); err != nil {
+				return err
+			}
+		}
 		return cursor.Save(tx, cursor.Position{Settled: now.Add(-time.Minute), Tip: now})
 	}); err != nil {
 		t.Fatal(err)
@@ -63,6 +74,32 @@ func TestMigrateStore(t *testing.T) {
 	}
 	withPG := []string{"--set", "store.postgres=" + dsn, "migrate-store", "--batch", "2"}
 
+	// The older tombstone where a format 5 file kept it, among the full
+	// records.
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+	raw, err := bbolt.Open(path, 0o600, &bbolt.Options{Timeout: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := raw.Update(func(tx *bbolt.Tx) error {
+		v := bytes.Clone(tx.Bucket([]byte("tombstones")).Get([]byte("cs_test_older")))
+		if v == nil {
+			return errors.New("no tombstone for cs_test_older")
+		}
+		if err := tx.Bucket([]byte("tombstones")).Delete([]byte("cs_test_older")); err != nil {
+			return err
+		}
+		return tx.Bucket([]byte("sessions")).Put([]byte("cs_test_older"), v)
+	}); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+	if db, err = boltstore.Open(path, false, time.Second); err != nil {
+		t.Fatal(err)
+	}
+
 	// A daemon holds the file: refused, nothing moved.
 	if code, out := run(withPG...); code != 2 || !strings.Contains(out, "held") || !strings.Contains(out, "stop") {
 		t.Errorf("migrate-store while the file is held: exit %d, want 2 and what to do:\n%s", code, out)
@@ -77,7 +114,7 @@ func TestMigrateStore(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("migrate-store: exit %d:\n%s", code, out)
 	}
-	for _, want := range []string{"session          2", "queued           1", "cursor           1", "verified", "unchanged", "backup"} {
+	for _, want := range []string{"session          4", "queued           1", "cursor           1", "verified", "unchanged", "backup"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("migrate-store output lacks %q:\n%s", want, out)
 		}
@@ -88,6 +125,29 @@ func TestMigrateStore(t *testing.T) {
 	if code != 0 || !strings.Contains(out, `"expired": 1`) && !strings.Contains(out, `"expired":1`) {
 		t.Errorf("status on the database after the move: exit %d, want one expired session:\n%s", code, out)
 	}
+
+	// The tombstones, both kinds, came along: those sessions never run
+	// again.
+	pg := pgtest.OpenDSN(t, dsn, pgstore.Options{})
+	if err := pg.Update(func(tx store.Tx) error {
+		for _, id := range []string{"cs_test_old", "cs_test_older"} {
+			rec, ok, err := tx.Session(id)
+			if err != nil || !ok || !rec.Pruned || rec.State != fulfill.StateFulfilled {
+				t.Errorf("%s in the database: %+v, %t, %v; want a fulfilled tombstone", id, rec, ok, err)
+			}
+			queued, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: id, Trigger: fulfill.TriggerEvent, EventID: "evt_again", At: now})
+			if err != nil {
+				return err
+			}
+			if queued {
+				t.Errorf("%s, fulfilled and pruned, was queued again after the move", id)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	pg.Close()
 
 	if code, out := run(withPG...); code != 2 || !strings.Contains(out, "not empty") || !strings.Contains(out, "createdb") {
 		t.Errorf("a second migrate-store into the same database: exit %d, want 2 and how to start clean:\n%s", code, out)
