@@ -78,6 +78,10 @@ type batcher struct {
 	takenAt time.Time
 	// settledAt is when a poll last said it listed all it will (Settle).
 	settledAt time.Time
+	// aheadLoads are the loads read ahead of the attempts, which no
+	// attempt waits for: Run waits for them before it returns, so that
+	// none makes a request after it (uncounted in the read budget).
+	aheadLoads sync.WaitGroup
 
 	// Lists, Hits and Misses count list requests, attempts served from a
 	// list and queued attempts that retrieved on their own; lingering
@@ -258,7 +262,7 @@ func (f *Fulfiller) batched(ctx context.Context, rec Record) *stripeapi.Session 
 				}
 				// Read ahead for attempts to come: this one does not
 				// wait for it.
-				go f.load(ctx, lister, r.l, r.group)
+				b.aheadLoads.Go(func() { f.load(ctx, lister, r.l, r.group) })
 			}
 			f.load(ctx, lister, step.run, step.group)
 			wg.Wait()

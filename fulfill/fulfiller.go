@@ -722,7 +722,9 @@ func (f *Fulfiller) Run(ctx context.Context, opts RunOptions) (PassResult, error
 			return outcomeOther, err
 		},
 	}
-	return w.run(ctx, opts)
+	res, err := w.run(ctx, opts)
+	f.batch.aheadLoads.Wait()
+	return res, err
 }
 
 // fetchSlots is how many retrieves Run keeps in flight.

@@ -248,7 +248,9 @@ func (e Event) ObjectJSON() json.RawMessage {
 // ceiling's JSON time.) It never fails: a bad event carries Err, so the
 // stream can record it and move on. An event whose fields are not of the
 // types Stripe sends, its object's included, is read as decodeEventLoose
-// reads it.
+// reads it. JSON that names data.object twice (Stripe never does) gets a
+// head merged from both: routing only takes an id from it, and what that id
+// names is read from Stripe again before anything runs.
 func decodeEvent(raw json.RawMessage) Event {
 	var head struct {
 		ID      string  `json:"id"`

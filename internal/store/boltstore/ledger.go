@@ -322,7 +322,7 @@ func decodeIntent(id string, b []byte) (fulfill.PaymentIntent, error) {
 	if nsec > 0 {
 		pi.At = time.Unix(sec, int64(nsec-1)).UTC()
 	}
-	if len(b) != 1 || b[0]&^3 != 0 || pi.Status == "" {
+	if len(b) != 1 || b[0]&^3 != 0 {
 		return pi, fmt.Errorf("a PaymentIntent status that cannot be read")
 	}
 	pi.Pruned = b[0]&1 != 0
