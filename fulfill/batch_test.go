@@ -122,14 +122,7 @@ func TestBackfillListsFullPages(t *testing.T) {
 	t.Cleanup(sim.Close)
 	base := time.Now().Add(-6 * time.Hour).Truncate(time.Second)
 	const n, slices, perPage = 1000, 8, 10
-	ids := make([]string, n)
-	created := map[string]time.Time{}
-	for i := range n {
-		at := base.Add(time.Duration(i) * 10 * time.Second)
-		ids[i] = sim.CreateSession(stripesim.SessionParams{Created: at, LineItems: 1 + i%3})
-		sim.CompleteSession(ids[i], "paid", at.Add(time.Minute))
-		created[ids[i]] = at
-	}
+	ids, created := paidSessions(sim, base, n, func(i int) int { return 1 + i%3 })
 	db := openTestDB(t)
 	client := stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: sim.URL()})
 	act := &bodyAction{bodies: map[string][]byte{}, runs: map[string]int{}}
@@ -147,29 +140,12 @@ func TestBackfillListsFullPages(t *testing.T) {
 		defer close(done)
 		res, runErr = f.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true})
 	}()
-	// Slice s holds sessions [s*n/slices, (s+1)*n/slices), listed newest
-	// first; the slices' pages interleave.
-	per := n / slices
-	for page := 0; page*perPage < per; page++ {
-		for s := range slices {
-			hi := (s+1)*per - page*perPage
-			if err := db.Update(func(tx store.Tx) error {
-				for i := hi - 1; i >= max(hi-perPage, s*per); i-- {
-					if _, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: ids[i], EventID: "evt_" + ids[i],
-						Trigger: fulfill.TriggerEvent, At: time.Now(), SessionCreated: created[ids[i]]}); err != nil {
-						return err
-					}
-				}
-				return nil
-			}); err != nil {
-				t.Fatal(err)
-			}
-			select {
-			case wake <- struct{}{}:
-			default:
-			}
+	queueSlices(t, db, ids, created, slices, perPage, func() {
+		select {
+		case wake <- struct{}{}:
+		default:
 		}
-	}
+	})
 	close(wake)
 	<-done
 	if runErr != nil {
@@ -306,38 +282,15 @@ func TestSettledBackfillListsItsLastPagesAtOnce(t *testing.T) {
 	base := time.Now().Add(-6 * time.Hour).Truncate(time.Second)
 	const nslices, per, perPage = 8, 150, 10
 	n := nslices * per
-	ids := make([]string, n)
-	created := map[string]time.Time{}
-	for i := range n {
-		at := base.Add(time.Duration(i) * 10 * time.Second)
-		ids[i] = sim.CreateSession(stripesim.SessionParams{Created: at, LineItems: 1})
-		sim.CompleteSession(ids[i], "paid", at.Add(time.Minute))
-		created[ids[i]] = at
-	}
+	ids, created := paidSessions(sim, base, n, func(int) int { return 1 })
 	db := openTestDB(t)
 	client := stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: sim.URL()})
 	act := &bodyAction{bodies: map[string][]byte{}, runs: map[string]int{}}
 	f := &fulfill.Fulfiller{DB: ledger(db), Sessions: client, Action: act, MaxAttempts: 3, Concurrency: 4}
 	// Without Settle, each partial page would wait a minute.
 	fulfill.SetBatchWaits(f, time.Minute, time.Minute)
-	// Queued as a backfill's slices queue them, newest first, their pages
-	// interleaved; then the poll is done.
-	for page := 0; page*perPage < per; page++ {
-		for s := range nslices {
-			hi := (s+1)*per - page*perPage
-			if err := db.Update(func(tx store.Tx) error {
-				for i := hi - 1; i >= max(hi-perPage, s*per); i-- {
-					if _, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: ids[i], EventID: "evt_" + ids[i],
-						Trigger: fulfill.TriggerEvent, At: time.Now(), SessionCreated: created[ids[i]]}); err != nil {
-						return err
-					}
-				}
-				return nil
-			}); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
+	// Queued as a backfill's slices queue them; then the poll is done.
+	queueSlices(t, db, ids, created, nslices, perPage, func() {})
 	f.Settle()
 	ctx, cancel := context.WithTimeout(context.Background(), 40*time.Second)
 	defer cancel()
@@ -362,5 +315,46 @@ func TestSettledBackfillListsItsLastPagesAtOnce(t *testing.T) {
 	// A full page and a partial one for each slice.
 	if lists > 2*nslices+2 || retrieves > 2 {
 		t.Errorf("%d list requests and %d retrieves, want at most %d lists and 2 retrieves", lists, retrieves, 2*nslices+2)
+	}
+}
+
+// paidSessions creates n paid sessions in sim, 10 s apart from base, each
+// completed a minute after it was created, with items(i) line items; it
+// returns their ids in created order and their created times.
+func paidSessions(sim *stripesim.Server, base time.Time, n int, items func(i int) int) ([]string, map[string]time.Time) {
+	ids := make([]string, n)
+	created := map[string]time.Time{}
+	for i := range n {
+		at := base.Add(time.Duration(i) * 10 * time.Second)
+		ids[i] = sim.CreateSession(stripesim.SessionParams{Created: at, LineItems: items(i)})
+		sim.CompleteSession(ids[i], "paid", at.Add(time.Minute))
+		created[ids[i]] = at
+	}
+	return ids, created
+}
+
+// queueSlices queues ids as a backfill's re-scan does: cut into slices
+// consecutive slices, each listed newest first a page of perPage at a
+// time, the slices' pages interleaved, each page in a transaction of its
+// own followed by committed().
+func queueSlices(t *testing.T, db store.Store, ids []string, created map[string]time.Time, slices, perPage int, committed func()) {
+	t.Helper()
+	per := len(ids) / slices
+	for page := 0; page*perPage < per; page++ {
+		for s := range slices {
+			hi := (s+1)*per - page*perPage
+			if err := db.Update(func(tx store.Tx) error {
+				for i := hi - 1; i >= max(hi-perPage, s*per); i-- {
+					if _, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: ids[i], EventID: "evt_" + ids[i],
+						Trigger: fulfill.TriggerEvent, At: time.Now(), SessionCreated: created[ids[i]]}); err != nil {
+						return err
+					}
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
+			committed()
+		}
 	}
 }
