@@ -5,6 +5,8 @@ import (
 	"errors"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -23,5 +25,49 @@ func TestGetSessionWithHasMoreButNoItems(t *testing.T) {
 	var se *Error
 	if err == nil || !errors.As(err, &se) || !se.Retryable() {
 		t.Fatalf("got %v, want a retryable error", err)
+	}
+}
+
+// A page of events cut short on the way, by a connection closed early or by
+// anything in between, is an error of the request, retried later: never a
+// page read as far as it goes, nor a run of bad events recorded as sent.
+func TestEventPageCutShortIsAnError(t *testing.T) {
+	const page = `{"object":"list","data":[{"id":"evt_1","object":"event","type":"checkout.session.completed","created":1700000000,` +
+		`"data":{"object":{"id":"cs_test_1","object":"checkout.session"}}},{"id":"evt_2","object":"event","type":"checkout.session.completed",` +
+		`"created":1700000001,"data":{"object":{"id":"cs_test_2","object":"checkout.session"}}}],"has_more":false,"url":"/v1/events"}`
+	cut := strings.Index(page, `{"id":"evt_2"`) + 20
+	for name, answer := range map[string]func(w http.ResponseWriter){
+		"connection closed early": func(w http.ResponseWriter) {
+			w.Header().Set("Content-Length", strconv.Itoa(len(page)))
+			_, _ = w.Write([]byte(page[:cut]))
+		},
+		"body cut short": func(w http.ResponseWriter) { _, _ = w.Write([]byte(page[:cut])) },
+		"body cut after an event": func(w http.ResponseWriter) {
+			_, _ = w.Write([]byte(page[:strings.Index(page, `{"id":"evt_2"`)]))
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				w.Header().Set("Content-Type", "application/json")
+				answer(w)
+			}))
+			defer srv.Close()
+			c := New(Config{APIKey: "sk_test_123456789", APIBase: srv.URL, MaxRetries: 1})
+			got, err := c.ListEvents(context.Background(), EventQuery{})
+			var se *Error
+			if err == nil || !errors.As(err, &se) || !se.Retryable() {
+				t.Fatalf("listed %+v (%v), want a retryable error", got, err)
+			}
+		})
+	}
+	// The whole page is read, with each event's bytes as sent.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { _, _ = w.Write([]byte(page)) }))
+	defer srv.Close()
+	got, err := New(Config{APIKey: "sk_test_123456789", APIBase: srv.URL}).ListEvents(context.Background(), EventQuery{})
+	if err != nil || len(got.Events) != 2 || got.HasMore {
+		t.Fatalf("listed %+v (%v), want the two events", got, err)
+	}
+	if want := page[strings.Index(page, `{"id":"evt_2"`):strings.LastIndex(page, `]`)]; string(got.Events[1].Raw) != want {
+		t.Errorf("the second event kept as %s, sent as %s", got.Events[1].Raw, want)
 	}
 }

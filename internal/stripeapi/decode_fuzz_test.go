@@ -22,6 +22,17 @@ func FuzzDecodeEvent(f *testing.F) {
 		`{"id":"evt_1","type":"checkout.session.completed","created":1700000000,"data":{"object":{"id":"cs_1","object":"checkout.session","created":"soon"}}}`,
 		`[]`, `null`, `"evt"`, `{`, ``,
 		`{"id":"evt_1","type":"checkout.session.completed","created":1700000000,"data":{"object":{"id":"cs_a","object":"checkout.session"},"object":{"id":"cs_b"}}}`,
+		// What encoding/json reads differently from a plain reading: the
+		// quick read leaves these to the loose one.
+		`{"id":"evt_1","ID":"evt_2","type":"x","created":1700000000,"data":{"object":{"id":"cs_1"}}}`,
+		`{"id":"evt_1","type":"x","created":1700000000,"data":{"object":{"id":"cs_1","ſtatus":"open","statuS":"paid"}}}`,
+		`{"id":"evt_1","type":"x","created":1700000000,"data":{"object":{"id":"cs_1","status":"a","status":"b"}}}`,
+		`{"id":"evt_\ud800","type":"x","created":1700000000,"data":{"object":{"id":"cs_1"}}}`,
+		`{"id":"evt_1","type":"x","created":1700000000,"data":{"object":{"id":"cs_\ud83d\u0041"}}}`,
+		"{\"id\":\"evt_\xff\",\"type\":\"x\",\"created\":1700000000,\"data\":{\"object\":{\"id\":\"cs_1\"}}}",
+		`{"id":"evt_\u0031","type":"x","created":1.7e9,"data":{"object":{"id":null,"created":1e3}}}`,
+		`{"id":"evt_1","type":"x","created":1700000000,"data":{"object":{"id":"cs_1","last_payment_error":{"message":null,"MESSAGE":"x"}}}}`,
+		`{"id":"evt_1","type":"x","created":1700000000,"data":{"object":{"id":"cs_1","last_payment_error":"declined"}}}`,
 	} {
 		f.Add([]byte(seed))
 	}
@@ -44,6 +55,49 @@ func FuzzDecodeEvent(f *testing.F) {
 		}
 		if ev.ID == "" || ev.Type == "" || ev.Created.Unix() <= 0 || len(ev.ObjectJSON()) == 0 {
 			t.Fatalf("event read without error but unroutable: %+v from %q", ev, raw)
+		}
+	})
+}
+
+// FuzzDecodeEventPage: a page is read as encoding/json reads it, or is an
+// error of the request: never a page cut short read as a run of bad events.
+// What it lists are the page's events, each with exactly the bytes Stripe
+// sent, each read as decodeEvent reads it alone.
+func FuzzDecodeEventPage(f *testing.F) {
+	for _, seed := range []string{
+		`{"object":"list","data":[{"id":"evt_1","type":"x","created":1700000000,"data":{"object":{"id":"cs_1"}}}, "oops" ,7],"has_more":true}`,
+		"{\n  \"data\": [\n    {\n      \"id\": \"evt_1\",\n      \"type\": \"x\"\n    }\n  ],\n  \"has_more\": false\n}",
+		`{"data":[{"id":"evt_1","type":"x","created":1700000000,"data":{"object":{"id":"cs_1"}}},{"id":"evt_2","ty`,
+		`{"data":[],"data":[{}]}`, `{"data":null,"has_more":null}`, `{"data":{},"has_more":1}`, `[]`, ``,
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		events, hasMore, err := decodeEventPage(body)
+		var list struct {
+			Data    []json.RawMessage `json:"data"`
+			HasMore bool              `json:"has_more"`
+		}
+		jerr := json.Unmarshal(body, &list)
+		if err != nil {
+			if jerr == nil && !dupKeys(body) {
+				t.Fatalf("page %q refused (%v), yet encoding/json reads it", body, err)
+			}
+			return
+		}
+		if jerr != nil {
+			t.Fatalf("page %q read, yet encoding/json refuses it: %v", body, jerr)
+		}
+		if hasMore != list.HasMore || len(events) != len(list.Data) {
+			t.Fatalf("read has_more %t and %d events, encoding/json %t and %d", hasMore, len(events), list.HasMore, len(list.Data))
+		}
+		for i, ev := range events {
+			if !bytes.Equal(ev.Raw, list.Data[i]) {
+				t.Fatalf("event %d kept as %q, sent as %q", i, ev.Raw, list.Data[i])
+			}
+			if alone := decodeEvent(list.Data[i]); !reflect.DeepEqual(ev, alone) {
+				t.Fatalf("event %d read as %+v in the page, %+v alone", i, ev, alone)
+			}
 		}
 	})
 }

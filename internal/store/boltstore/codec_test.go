@@ -52,8 +52,12 @@ func TestKeptOutputReadsBackIdentical(t *testing.T) {
 		Created: now, Updated: now, Event: body}
 	pi := fulfill.PaymentIntent{ID: "pi_1", Status: "succeeded", EventID: "evt_3", EventType: "payment_intent.succeeded", At: now}
 	random := fulfill.Record{SessionID: "cs_live_rand", State: fulfill.StateFulfilled, Output: hex.EncodeToString(noise), Created: now, Updated: now}
+	// A session on its way is rewritten within moments: kept as JSON,
+	// without the cost of compressing it.
+	queued := fulfill.Record{SessionID: "cs_live_queued", State: fulfill.StatePending, Trigger: fulfill.TriggerEvent, EventID: "evt_4",
+		Attempts: 1, InFlight: true, LastError: "action exited 1", Seq: 2, Created: now, Updated: now, NextAttempt: now.Add(time.Minute)}
 	if err := db.Update(func(tx store.Tx) error {
-		for _, r := range []fulfill.Record{rec, random} {
+		for _, r := range []fulfill.Record{rec, random, queued} {
 			if err := tx.PutSession(r); err != nil {
 				return err
 			}
@@ -72,6 +76,9 @@ func TestKeptOutputReadsBackIdentical(t *testing.T) {
 		}
 		if !reflect.DeepEqual(got, rec) {
 			t.Errorf("session read back:\n%+v\nwant\n%+v", got, rec)
+		}
+		if got, _, err := tx.Session(queued.SessionID); err != nil || !reflect.DeepEqual(got, queued) {
+			t.Errorf("queued session read back:\n%+v\nwant\n%+v (%v)", got, queued, err)
 		}
 		if got, _, err := tx.Session(random.SessionID); err != nil || got.Output != random.Output {
 			t.Errorf("incompressible output read back %d bytes, want %d (%v)", len(got.Output), len(random.Output), err)
@@ -107,6 +114,9 @@ func TestKeptOutputReadsBackIdentical(t *testing.T) {
 				t.Errorf("%s/%s takes %d bytes, %d as JSON", c.bucket, c.key, len(raw), len(plain))
 			}
 			t.Logf("%s/%s: %d bytes of JSON kept in %d", c.bucket, c.key, len(plain), len(raw))
+		}
+		if raw := tx.Bucket([]byte("sessions")).Get([]byte(queued.SessionID)); raw[0] != '{' {
+			t.Errorf("a queued session is kept as %.10q, want its JSON", raw)
 		}
 		return nil
 	}); err != nil {
