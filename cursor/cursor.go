@@ -184,18 +184,17 @@ func LoadPoll(tx Tx) (Poll, error) { return tx.LastPoll() }
 // SavePoll records the last poll's description.
 func SavePoll(tx Tx, p Poll) error { return tx.PutLastPoll(p) }
 
-// Seen reports whether the event was already handled.
-func Seen(tx Tx, id string) (bool, error) { return tx.Seen(id) }
+// Seen reports whether the event, created at created, was already handled.
+func Seen(tx Tx, id string, created time.Time) (bool, error) { return tx.Seen(id, created) }
 
 // MarkSeen records that the event was handled.
 func MarkSeen(tx Tx, id string, created time.Time) error { return tx.MarkSeen(id, created) }
 
 // Prune forgets up to limit seen events created before the given time; no
 // listing reaches back that far any more. It returns how many were
-// forgotten. The limit bounds the transaction: the seen-set is keyed by
-// event id, which carries no order, so each id forgotten dirties a page of
-// its own, and a transaction holds every dirty page in memory until it
-// commits. Callers prune a little at every commit instead.
+// forgotten. The limit bounds the transaction, which holds every page it
+// dirties in memory until it commits: callers prune a little at every
+// commit.
 func Prune(tx Tx, before time.Time, limit int) (int, error) { return tx.ForgetSeen(before, limit) }
 
 // SeenCount is the size of the seen-set, as kept (reading it costs nothing

@@ -40,7 +40,7 @@ func TestPruneForgetsAtMostLimitOldestFirst(t *testing.T) {
 		gone += n
 		_ = db.View(func(tx store.Tx) error {
 			for i := range events {
-				if got, _ := cursor.Seen(tx, id(i)); got != (i >= gone) {
+				if got, _ := cursor.Seen(tx, id(i), base.Add(time.Duration(i)*time.Second)); got != (i >= gone) {
 					want := i >= gone
 					t.Errorf("after forgetting %d: event %d (%s) seen = %v, want %v", gone, i, id(i), got, want)
 				}

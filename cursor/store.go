@@ -12,8 +12,10 @@ type Tx interface {
 	LastPoll() (Poll, error)
 	PutLastPoll(Poll) error
 
-	// The seen-set: event ids already handled, with their created time.
-	Seen(eventID string) (bool, error)
+	// The seen-set: events already handled, each known by its id and its
+	// created time together (Stripe never changes either), so a store
+	// may keep them in created order, as the listing meets them.
+	Seen(eventID string, created time.Time) (bool, error)
 	MarkSeen(eventID string, created time.Time) error
 	// ForgetSeen drops up to limit ids created before the given time,
 	// oldest first, and says how many.

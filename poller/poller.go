@@ -807,7 +807,7 @@ func (p *Poller) applyPage(tx Tx, c *pageCommit, now time.Time) error {
 	counts := map[[2]string]int{}
 	for _, ev := range c.page.Events {
 		if ev.ID != "" {
-			if seen, err := cursor.Seen(tx, ev.ID); err != nil {
+			if seen, err := cursor.Seen(tx, ev.ID, ev.Created); err != nil {
 				return err
 			} else if seen {
 				// Handled before, perhaps before a destination was

@@ -403,7 +403,7 @@ func (r *Reconciler) reportMisses(ctx context.Context, sw *Sweep) error {
 					// Handled: the event went through the stream, or the
 					// session is in the ledger (queued, fulfilled or
 					// otherwise decided).
-					if m.Handled, err = cursor.Seen(tx, ev.ID); err != nil {
+					if m.Handled, err = cursor.Seen(tx, ev.ID, ev.Created); err != nil {
 						return err
 					}
 					if rec, ok, _ := fulfill.Get(tx, m.Object); ok {

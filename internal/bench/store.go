@@ -636,7 +636,7 @@ func (s *storeRun) list(orders []order, pos *cursor.Position) (int, error) {
 		err := db.Update(func(tx store.Tx) error {
 			counts := map[[2]string]int{}
 			for _, ev := range page {
-				if seen, err := cursor.Seen(tx, ev.id); err != nil {
+				if seen, err := cursor.Seen(tx, ev.id, ev.created); err != nil {
 					return err
 				} else if seen {
 					continue

@@ -11,6 +11,7 @@
 package boltstore
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -55,7 +56,11 @@ var (
 //	   rewritten: older values still read, tombstones already in sessions
 //	   stay there, and a format 5 binary must not open it (it would miss
 //	   the tombstones, and repeat their sessions).
-const Format = 6
+//	7: the seen-set kept by created time and id only (see MarkSeen): the
+//	   upgrade drops the bucket keyed by id alone, which format 6 kept
+//	   beside it. A format 6 binary must not open it: it would find no
+//	   event seen, and hand the lookback's events on again.
+const Format = 7
 
 // readableFrom is the oldest format a read-only open reads as it is: from
 // format 4 on, what changed is only how records are encoded, and this
@@ -66,8 +71,8 @@ const readableFrom = 4
 var (
 	bucketMeta       = []byte("meta")            // "format" → uint64
 	bucketCursor     = []byte("cursor")          // "position", "last_poll" → JSON; "seen_count" → uint64
-	bucketSeen       = []byte("seen")            // event id → created (unix, 8 bytes)
-	bucketSeenByTime = []byte("seen_by_time")    // created (8 bytes) + event id → nothing
+	bucketSeenByTime = []byte("seen_by_time")    // created (8 bytes) + event id → nothing (cursor.go)
+	bucketSeenByID   = []byte("seen")            // before format 7: event id → created (unix, 8 bytes)
 	bucketEventStats = []byte("event_stats")     // "type\x00outcome" → uint64
 	bucketBad        = []byte("bad_events")      // event id → BadEvent JSON
 	bucketSessions   = []byte("sessions")        // session id → Record (codec.go); a tombstone before format 6
@@ -96,7 +101,7 @@ var queues = map[string]struct{ items, index []byte }{
 }
 
 func allBuckets() [][]byte {
-	bs := [][]byte{bucketMeta, bucketCursor, bucketSeen, bucketSeenByTime, bucketEventStats, bucketBad,
+	bs := [][]byte{bucketMeta, bucketCursor, bucketSeenByTime, bucketEventStats, bucketBad,
 		bucketSessions, bucketTombstones, bucketIntents, bucketDeliveries, bucketCounts, bucketFailed, bucketSettled, bucketUsage,
 		bucketReconcile}
 	for _, q := range queues {
@@ -274,6 +279,9 @@ func migrate(t *Tx) error {
 	case v == Format:
 		return nil
 	}
+	if err := t.dropSeenByID(); err != nil {
+		return fmt.Errorf("upgrade to format %d: %w", Format, err)
+	}
 	if v < 4 {
 		// Rekeys notifications as deliveries (a no-op for records already
 		// rekeyed), then counts everything once: counters, indexes, queue
@@ -289,6 +297,37 @@ func migrate(t *Tx) error {
 		}
 	}
 	return putUint(t.b(bucketMeta), keyFormat, Format)
+}
+
+// dropSeenByID is the upgrade to format 7: the seen-set's bucket keyed by
+// id goes, after any id it holds that seen_by_time lacks (none, in a file
+// written since format 2) is put there. The seen-set is bounded (the
+// lookback's events, or those of a backfill being read), so this is a few
+// megabytes of pages at most, once.
+func (t *Tx) dropSeenByID() error {
+	byID := t.tx.Bucket(bucketSeenByID)
+	if byID == nil {
+		return nil
+	}
+	byTime := t.b(bucketSeenByTime)
+	n := byTime.Stats().KeyN // as committed: the bucket is not written yet
+	if err := byID.ForEach(func(k, v []byte) error {
+		if len(v) != 8 {
+			return fmt.Errorf("seen event %q cannot be read", k)
+		}
+		key := append(bytes.Clone(v), k...)
+		if has(byTime, key) {
+			return nil
+		}
+		n++
+		return byTime.Put(key, nil)
+	}); err != nil {
+		return err
+	}
+	if err := t.tx.DeleteBucket(bucketSeenByID); err != nil {
+		return err
+	}
+	return putUint(t.b(bucketCursor), keySeenCount, uint64(n))
 }
 
 // checkFormat is migrate for a read-only open: it cannot upgrade, so an

@@ -1,6 +1,8 @@
 package boltstore
 
 import (
+	"go.etcd.io/bbolt"
+
 	"bytes"
 	"encoding/binary"
 	"encoding/json"
@@ -59,47 +61,57 @@ func (t *Tx) LastPoll() (cursor.Poll, error) {
 // PutLastPoll implements cursor.Tx.
 func (t *Tx) PutLastPoll(p cursor.Poll) error { return t.putJSON(bucketCursor, keyPoll, p) }
 
+// The seen-set is one bucket, keyed by created time (8 bytes, big-endian
+// unix seconds) and event id: what a listing marks seen goes in near its
+// end, as the page's events are near one another in time, and pruning
+// deletes from its start. Until format 7 a second bucket keyed by id alone
+// was kept beside it: each event marked or forgotten there went to a page
+// of its own, most of a page commit's work at the local ceiling.
+
+func seenKey(id string, created time.Time) []byte {
+	k := make([]byte, 8, 8+len(id))
+	binary.BigEndian.PutUint64(k, uint64(max(created.Unix(), 0)))
+	return append(k, id...)
+}
+
 // Seen implements cursor.Tx.
-func (t *Tx) Seen(id string) (bool, error) { return t.b(bucketSeen).Get([]byte(id)) != nil, nil }
+func (t *Tx) Seen(id string, created time.Time) (bool, error) {
+	return has(t.b(bucketSeenByTime), seenKey(id, created)), nil
+}
+
+// has reports whether a bucket holds key: Get cannot tell a key without a
+// value from none.
+func has(b *bbolt.Bucket, key []byte) bool {
+	k, _ := b.Cursor().Seek(key)
+	return bytes.Equal(k, key)
+}
 
 // MarkSeen implements cursor.Tx.
 func (t *Tx) MarkSeen(id string, created time.Time) error {
-	var ts [8]byte
-	binary.BigEndian.PutUint64(ts[:], uint64(max(created.Unix(), 0)))
-	seen := t.b(bucketSeen)
-	if old := seen.Get([]byte(id)); old != nil {
-		if bytes.Equal(old, ts[:]) {
-			return nil
-		}
-		if err := t.b(bucketSeenByTime).Delete(append(bytes.Clone(old), id...)); err != nil {
-			return err
-		}
-	} else if err := addUint(t.b(bucketCursor), keySeenCount, 1); err != nil {
-		return err
+	seen, k := t.b(bucketSeenByTime), seenKey(id, created)
+	if has(seen, k) {
+		return nil
 	}
-	if err := seen.Put([]byte(id), ts[:]); err != nil {
+	if err := seen.Put(k, nil); err != nil {
 		return fmt.Errorf("mark event %s seen: %w", id, err)
 	}
-	return t.b(bucketSeenByTime).Put(append(ts[:], id...), nil)
+	return addUint(t.b(bucketCursor), keySeenCount, 1)
 }
 
 // ForgetSeen implements cursor.Tx.
 func (t *Tx) ForgetSeen(before time.Time, limit int) (int, error) {
 	var edge [8]byte
 	binary.BigEndian.PutUint64(edge[:], uint64(max(before.Unix(), 0)))
-	seen, byTime := t.b(bucketSeen), t.b(bucketSeenByTime)
+	seen := t.b(bucketSeenByTime)
 	// Collect first, then delete: deleting under a cursor moves it, and
 	// going back to the first key after each delete walks emptied pages.
 	var keys [][]byte
-	c := byTime.Cursor()
+	c := seen.Cursor()
 	for k, _ := c.First(); k != nil && len(keys) < limit && bytes.Compare(k[:8], edge[:]) < 0; k, _ = c.Next() {
 		keys = append(keys, bytes.Clone(k))
 	}
 	for _, k := range keys {
-		if err := seen.Delete(k[8:]); err != nil {
-			return 0, err
-		}
-		if err := byTime.Delete(k); err != nil {
+		if err := seen.Delete(k); err != nil {
 			return 0, err
 		}
 	}

@@ -135,11 +135,11 @@ func exportQueues(t *Tx, fn func(Item) error) error {
 }
 
 func exportSeen(t *Tx, fn func(Item) error) error {
-	return t.b(bucketSeen).ForEach(func(k, v []byte) error {
-		if len(v) != 8 {
-			return fmt.Errorf("export: seen event %s cannot be read", k)
+	return t.b(bucketSeenByTime).ForEach(func(k, _ []byte) error {
+		if len(k) <= 8 {
+			return fmt.Errorf("export: seen event %q cannot be read", k)
 		}
-		id, created := string(k), time.Unix(int64(binary.BigEndian.Uint64(v)), 0)
+		id, created := string(k[8:]), time.Unix(int64(binary.BigEndian.Uint64(k[:8])), 0)
 		return fn(Item{Kind: ItemSeen, Key: id, Put: func(tx store.Tx) error { return tx.MarkSeen(id, created) }})
 	})
 }

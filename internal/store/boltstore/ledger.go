@@ -515,7 +515,13 @@ func (t *Tx) recount() error {
 			return err
 		}
 	}
-	return putUint(t.b(bucketCursor), keySeenCount, uint64(t.b(bucketSeen).Stats().KeyN))
+	// Counted key by key: Stats reads the bucket as committed, and the
+	// upgrade may have written it in this transaction (dropSeenByID).
+	seen := 0
+	if err := t.b(bucketSeenByTime).ForEach(func(_, _ []byte) error { seen++; return nil }); err != nil {
+		return err
+	}
+	return putUint(t.b(bucketCursor), keySeenCount, uint64(seen))
 }
 
 // Recount is recount for tests: the kept counters and indexes must equal a

@@ -68,8 +68,8 @@ func (t *Tx) LastPoll() (cursor.Poll, error) {
 // PutLastPoll implements cursor.Tx.
 func (t *Tx) PutLastPoll(p cursor.Poll) error { return t.putValue(keyPoll, p) }
 
-// Seen implements cursor.Tx.
-func (t *Tx) Seen(id string) (bool, error) {
+// Seen implements cursor.Tx. The table is keyed by event id alone.
+func (t *Tx) Seen(id string, _ time.Time) (bool, error) {
 	var one int
 	return t.get(`SELECT 1 FROM fulfilld_seen WHERE event_id = $1`, []any{id}, &one)
 }

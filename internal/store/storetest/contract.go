@@ -69,7 +69,7 @@ func testRollback(t *testing.T, s store.Store) {
 	}
 	view(t, s, func(tx store.Tx) error {
 		_, ok, err := tx.Session("cs_1")
-		seen, _ := tx.Seen("evt_1")
+		seen, _ := tx.Seen("evt_1", t0)
 		pos, _ := cursor.Load(tx)
 		n, _ := tx.QueueLen(fulfill.SessionQueue)
 		c, _ := tx.Counts()
@@ -134,10 +134,10 @@ func testCursor(t *testing.T, s store.Store) {
 		if n, err := tx.ForgetSeen(t0.Add(2*time.Hour), 100); err != nil || n != 0 {
 			t.Errorf("forgot %d more seen events (%v), want none: the 2 oldest went first", n, err)
 		}
-		if seen, _ := tx.Seen("evt_1"); seen {
+		if seen, _ := tx.Seen("evt_1", t0); seen {
 			t.Error("a forgotten event is still seen")
 		}
-		if seen, _ := tx.Seen("evt_3"); !seen {
+		if seen, _ := tx.Seen("evt_3", t0.Add(3*time.Hour)); !seen {
 			t.Error("an event created after the edge was forgotten")
 		}
 		if n, _ := tx.SeenCount(); n != 3 {
