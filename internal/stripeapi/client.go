@@ -1,8 +1,9 @@
 // Package stripeapi is fulfilld's one door to Stripe: stripe-go v76 with an
 // explicit backend (never the global key) over a Transport that paces,
 // retries and counts every request. Lists are read as raw JSON through
-// stripe-go's backend so that one malformed object is reported on its own
-// instead of failing the whole page.
+// stripe-go's backend (events through its streaming call, read by
+// decode.go) so that one malformed object is reported on its own instead
+// of failing the whole page.
 package stripeapi
 
 import (
