@@ -14,7 +14,9 @@ type Tx interface {
 
 	// The seen-set: events already handled, each known by its id and its
 	// created time together (Stripe never changes either), so a store
-	// may keep them in created order, as the listing meets them.
+	// may keep them in created order, as the listing meets them; a store
+	// may also key them by id alone (PostgreSQL does). Callers pass the
+	// created time the event was listed with, always the same for an id.
 	Seen(eventID string, created time.Time) (bool, error)
 	MarkSeen(eventID string, created time.Time) error
 	// ForgetSeen drops up to limit ids created before the given time,

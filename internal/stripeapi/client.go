@@ -1,9 +1,9 @@
 // Package stripeapi is fulfilld's one door to Stripe: stripe-go v76 with an
 // explicit backend (never the global key) over a Transport that paces,
 // retries and counts every request. Lists are read as raw JSON through
-// stripe-go's backend (events through its streaming call, read by
-// decode.go) so that one malformed object is reported on its own instead
-// of failing the whole page.
+// stripe-go's backend (events undecoded, then read by decode.go) so that
+// one malformed object is reported on its own instead of failing the
+// whole page.
 package stripeapi
 
 import (
@@ -48,7 +48,8 @@ type Config struct {
 // Client calls Stripe through stripe-go with an explicit backend.
 type Client struct {
 	api       *client.API
-	backend   stripe.Backend
+	backend   *stripe.BackendImplementation
+	http      *http.Client
 	key       string
 	Transport *Transport
 	// Clock is Stripe's clock, learned from every answer.
@@ -85,15 +86,18 @@ func New(cfg Config) *Client {
 	if base == "" {
 		base = stripe.APIURL
 	}
+	// Stripe never redirects: a redirect is an answer (an error), never
+	// followed with the key to wherever it points.
+	hc := &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
 	backend := stripe.GetBackendWithConfig(stripe.APIBackend, &stripe.BackendConfig{
 		URL:               stripe.String(base),
-		HTTPClient:        &http.Client{Transport: tr},
+		HTTPClient:        hc,
 		MaxNetworkRetries: stripe.Int64(0), // Transport retries, watching the context
 		EnableTelemetry:   stripe.Bool(false),
 		LeveledLogger:     &stripe.LeveledLogger{Level: stripe.LevelNull},
 	})
 	api := client.New(cfg.APIKey, &stripe.Backends{API: backend, Connect: backend, Uploads: backend})
-	return &Client{api: api, backend: backend, key: cfg.APIKey, Transport: tr, Clock: tr.Clock, logger: logger}
+	return &Client{api: api, backend: backend.(*stripe.BackendImplementation), http: hc, key: cfg.APIKey, Transport: tr, Clock: tr.Clock, logger: logger}
 }
 
 // SyncClock makes sure Clock has observed Stripe's time: when no answer
@@ -128,55 +132,43 @@ func (c *Client) list(ctx context.Context, path string, params stripe.ListParams
 	return c.backend.CallRaw(http.MethodGet, path, c.key, values, p, into)
 }
 
-// stream makes a GET through stripe-go's streaming call, which hands the
-// answer's body over undecoded (the buffered call decodes it with
-// encoding/json first, half of what reading a page of events cost), and
-// reads the body. Two faults of stripe-go v76's streaming call are worked
-// around here:
-//   - it reflects on a Metadata and an Expand field of the params, which
-//     list params do not have (a panic): the query is encoded the way
-//     stripe-go's own lists encode it and sent in the path, with bare
-//     stripe.Params for the context;
-//   - it dereferences the nil response of a request that got no answer
-//     (DoStreaming's handleResponse returns res.Body with the error), a
-//     panic in this goroutine: it is recovered as the failure the
-//     Transport saw. Any other panic goes on.
-func (c *Client) stream(ctx context.Context, path string, params stripe.ListParamsContainer) (body []byte, err error) {
+// stream makes a GET and hands its answer's body over undecoded: a request
+// stripe-go builds (key, API version, user agent), sent through the same
+// Transport as every other call, an error answer read by stripe-go. The
+// buffered call (CallRaw) decodes every body with encoding/json first,
+// half of what reading a page of events cost; stripe-go v76's streaming
+// call, which does not, panics on a list's params (it reflects on fields
+// they lack) and on a request that got no answer (it dereferences the
+// missing response), so it is not used. The query is encoded as
+// stripe-go's own lists encode it.
+func (c *Client) stream(ctx context.Context, path string, params stripe.ListParamsContainer) ([]byte, error) {
 	query := &form.Values{}
 	form.AppendTo(query, params)
 	if !query.Empty() {
 		path += "?" + query.Encode()
 	}
-	var failed roundTripFailure
-	call := &stripe.Params{Context: context.WithValue(ctx, roundTripFailureKey{}, &failed)}
-	defer func() {
-		if r := recover(); r != nil {
-			switch {
-			case failed.err != nil:
-				err = failed.err
-			case ctx.Err() != nil:
-				err = ctx.Err()
-			default:
-				panic(r)
-			}
-		}
-	}()
-	var answer streamed
-	if err := c.backend.CallStreaming(http.MethodGet, path, c.key, call, &answer); err != nil {
+	req, err := c.backend.NewRequest(http.MethodGet, path, c.key, "application/x-www-form-urlencoded", &stripe.Params{Context: ctx})
+	if err != nil {
 		return nil, err
 	}
-	defer answer.Body.Close()
-	body, err = io.ReadAll(answer.Body)
+	res, err := c.http.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
 	if err != nil {
 		return nil, fmt.Errorf("read the answer: %w", err)
 	}
+	switch {
+	case res.StatusCode >= 400:
+		return nil, c.backend.ResponseToError(res, body)
+	case res.StatusCode >= 300:
+		return nil, &Error{Op: "answer", Status: res.StatusCode,
+			Msg: fmt.Sprintf("stripe answered %s, and Stripe never redirects: check stripe.api_base and any proxy", res.Status)}
+	}
 	return body, nil
 }
-
-// streamed is the answer of a streaming call.
-type streamed struct{ *stripe.StreamingAPIResponse }
-
-func (s *streamed) SetLastResponse(r *stripe.StreamingAPIResponse) { s.StreamingAPIResponse = r }
 
 // rawList is a Stripe list whose items stay undecoded.
 type rawList struct {

@@ -71,3 +71,41 @@ func TestEventPageCutShortIsAnError(t *testing.T) {
 		t.Errorf("the second event kept as %s, sent as %s", got.Events[1].Raw, want)
 	}
 }
+
+// An answer that is not a page of events (a proxy's, or from a wrong
+// stripe.api_base) is an error: not an empty last page, which would let the
+// tip pass events never listed, and not a panic. A redirect is not
+// followed: the key would go wherever it points.
+func TestAnswerNotAListIsAnError(t *testing.T) {
+	elsewhere := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		t.Errorf("a redirect was followed, with Authorization %q", r.Header.Get("Authorization"))
+	}))
+	defer elsewhere.Close()
+	for name, answer := range map[string]func(w http.ResponseWriter){
+		"empty object": func(w http.ResponseWriter) { _, _ = w.Write([]byte(`{}`)) },
+		"null":         func(w http.ResponseWriter) { _, _ = w.Write([]byte(`null`)) },
+		"no data":      func(w http.ResponseWriter) { _, _ = w.Write([]byte(`{"object":"list","has_more":false}`)) },
+		"another object": func(w http.ResponseWriter) {
+			_, _ = w.Write([]byte(`{"object":"event","id":"evt_1","data":[]}`))
+		},
+		"redirect elsewhere": func(w http.ResponseWriter) {
+			w.Header().Set("Location", elsewhere.URL+"/v1/events")
+			w.WriteHeader(http.StatusFound)
+		},
+		"redirect nowhere": func(w http.ResponseWriter) {
+			w.Header().Set("Location", "http://[::1")
+			w.WriteHeader(http.StatusFound)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { answer(w) }))
+			defer srv.Close()
+			c := New(Config{APIKey: "sk_test_123456789", APIBase: srv.URL, MaxRetries: 1})
+			if got, err := c.ListEvents(context.Background(), EventQuery{}); err == nil {
+				t.Fatalf("listed %+v, want an error", got)
+			} else if strings.Contains(err.Error(), "sk_test_123456789") {
+				t.Errorf("the error shows the key: %v", err)
+			}
+		})
+	}
+}

@@ -44,11 +44,17 @@ func decodeEventPage(body []byte) (events []Event, hasMore bool, err error) {
 	defer parsers.Put(p)
 	v, err := p.ParseBytes(body)
 	if err != nil {
-		return nil, false, fmt.Errorf("the page is not JSON: %w", err)
+		// Valid JSON that fastjson does not parse: nested deeper than
+		// it goes (300 levels).
+		return decodeEventPageLoose(body)
 	}
 	var data []*fastjson.Value
+	list := false
 	ok := visit(v, pageKeys, func(i int, v *fastjson.Value) bool {
 		switch t := v.Type(); {
+		case i == 2:
+			list = string(v.GetStringBytes()) == "list"
+			return t == fastjson.TypeString
 		case i == 1:
 			hasMore = t == fastjson.TypeTrue
 			return t == fastjson.TypeTrue || t == fastjson.TypeFalse || t == fastjson.TypeNull
@@ -59,7 +65,7 @@ func decodeEventPage(body []byte) (events []Event, hasMore bool, err error) {
 			return t == fastjson.TypeNull
 		}
 	})
-	if !ok {
+	if !ok || !list || data == nil {
 		return decodeEventPageLoose(body)
 	}
 	events = make([]Event, 0, len(data))
@@ -90,13 +96,21 @@ func decodeEventPage(body []byte) (events []Event, hasMore bool, err error) {
 // decodeEventPageLoose reads a page that is not plainly what Stripe sends
 // (its fields of other types, named twice or in another case) as
 // encoding/json reads it, as every page once was.
+//
+// An answer that is not a list (no "object": "list", no data: what a
+// proxy or a wrong stripe.api_base may answer with 200) is an error, not an
+// empty last page that would let the tip pass events never listed.
 func decodeEventPageLoose(body []byte) ([]Event, bool, error) {
 	var list struct {
+		Object  string            `json:"object"`
 		Data    []json.RawMessage `json:"data"`
 		HasMore bool              `json:"has_more"`
 	}
 	if err := json.Unmarshal(body, &list); err != nil {
 		return nil, false, fmt.Errorf("the page is not a list of events: %w", err)
+	}
+	if list.Object != "list" || list.Data == nil {
+		return nil, false, errors.New("the answer is not a list of events")
 	}
 	events := make([]Event, 0, len(list.Data))
 	for _, raw := range list.Data {
@@ -137,7 +151,7 @@ func readEvent(v *fastjson.Value, raw []byte) Event {
 // The keys read of a page, an event, its data, its object and the
 // object's last_payment_error.
 var (
-	pageKeys  = []string{"data", "has_more"}
+	pageKeys  = []string{"data", "has_more", "object"}
 	eventKeys = []string{"id", "type", "created", "data"}
 	dataKeys  = []string{"object"}
 	headKeys  = []string{"id", "object", "created", "status", "last_payment_error"}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -66,19 +67,31 @@ func FuzzDecodeEvent(f *testing.F) {
 func FuzzDecodeEventPage(f *testing.F) {
 	for _, seed := range []string{
 		`{"object":"list","data":[{"id":"evt_1","type":"x","created":1700000000,"data":{"object":{"id":"cs_1"}}}, "oops" ,7],"has_more":true}`,
-		"{\n  \"data\": [\n    {\n      \"id\": \"evt_1\",\n      \"type\": \"x\"\n    }\n  ],\n  \"has_more\": false\n}",
+		"{\n  \"object\": \"list\",\n  \"data\": [\n    {\n      \"id\": \"evt_1\",\n      \"type\": \"x\"\n    }\n  ],\n  \"has_more\": false\n}",
 		`{"data":[{"id":"evt_1","type":"x","created":1700000000,"data":{"object":{"id":"cs_1"}}},{"id":"evt_2","ty`,
-		`{"data":[],"data":[{}]}`, `{"data":null,"has_more":null}`, `{"data":{},"has_more":1}`, `[]`, ``,
+		`{"object":"list","data":[],"data":[{}]}`, `{"object":"list","data":null,"has_more":null}`, `{"object":"list","data":{},"has_more":1}`, `[]`, ``,
+		`{}`, `{"error":{"message":"no"}}`, `{"object":"list","has_more":false}`, `{"OBJECT":"list","Data":[]}`,
+		// Deeper than fastjson parses (300 levels), which encoding/json reads.
+		`{"object":"list","data":[{"id":"evt_1","type":"x","created":1700000000,"data":{"object":{"id":"cs_1","metadata":` +
+			strings.Repeat(`{"a":`, 310) + `1` + strings.Repeat(`}`, 310) + `}}}],"has_more":false}`,
 	} {
 		f.Add([]byte(seed))
 	}
 	f.Fuzz(func(t *testing.T, body []byte) {
 		events, hasMore, err := decodeEventPage(body)
 		var list struct {
+			Object  string            `json:"object"`
 			Data    []json.RawMessage `json:"data"`
 			HasMore bool              `json:"has_more"`
 		}
 		jerr := json.Unmarshal(body, &list)
+		if jerr == nil && (list.Object != "list" || list.Data == nil) {
+			// Not a list: refused, whatever encoding/json makes of it.
+			if err == nil {
+				t.Fatalf("page %q read, yet it is not a list", body)
+			}
+			return
+		}
 		if err != nil {
 			if jerr == nil && !dupKeys(body) {
 				t.Fatalf("page %q refused (%v), yet encoding/json reads it", body, err)

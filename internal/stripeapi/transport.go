@@ -298,21 +298,8 @@ func average(avg, sample time.Duration) time.Duration {
 	return avg + (sample-avg)/8
 }
 
-// roundTripFailure holds the error of a request that got no answer, for
-// a caller whose stripe-go call loses it (Client.stream).
-type roundTripFailure struct{ err error }
-
-type roundTripFailureKey struct{}
-
 // RoundTrip paces, sends and, when safe, retries one request.
-func (t *Transport) RoundTrip(req *http.Request) (resp *http.Response, err error) {
-	if f, ok := req.Context().Value(roundTripFailureKey{}).(*roundTripFailure); ok {
-		defer func() {
-			if err != nil {
-				f.err = err
-			}
-		}()
-	}
+func (t *Transport) RoundTrip(req *http.Request) (*http.Response, error) {
 	t.init()
 	ctx := req.Context()
 	endpoint := Endpoint(req.Method, req.URL.Path)
