@@ -86,9 +86,10 @@ func New(cfg Config) *Client {
 	if base == "" {
 		base = stripe.APIURL
 	}
-	// Stripe never redirects: a redirect is an answer (an error), never
-	// followed with the key to wherever it points.
-	hc := &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	// Stripe never redirects: a redirect is an error of the request,
+	// never followed with the key to wherever it points, and never an
+	// answer read as a page.
+	hc := &http.Client{Transport: tr, CheckRedirect: func(*http.Request, []*http.Request) error { return errRedirect }}
 	backend := stripe.GetBackendWithConfig(stripe.APIBackend, &stripe.BackendConfig{
 		URL:               stripe.String(base),
 		HTTPClient:        hc,
@@ -160,15 +161,20 @@ func (c *Client) stream(ctx context.Context, path string, params stripe.ListPara
 	if err != nil {
 		return nil, fmt.Errorf("read the answer: %w", err)
 	}
-	switch {
-	case res.StatusCode >= 400:
-		return nil, c.backend.ResponseToError(res, body)
-	case res.StatusCode >= 300:
-		return nil, &Error{Op: "answer", Status: res.StatusCode,
-			Msg: fmt.Sprintf("stripe answered %s, and Stripe never redirects: check stripe.api_base and any proxy", res.Status)}
+	if res.StatusCode >= 400 {
+		err := c.backend.ResponseToError(res, body)
+		if se := (*stripe.Error)(nil); !errors.As(err, &se) {
+			// Not Stripe's error (a proxy's page): its status still says
+			// what it is, and its body, which may echo the request, stays
+			// out of the log.
+			err = &stripe.Error{HTTPStatusCode: res.StatusCode, Msg: "the answer " + res.Status + " is not a Stripe error"}
+		}
+		return nil, err
 	}
 	return body, nil
 }
+
+var errRedirect = errors.New("stripe answered with a redirect, which Stripe never sends: check stripe.api_base and any proxy")
 
 // rawList is a Stripe list whose items stay undecoded.
 type rawList struct {

@@ -92,6 +92,10 @@ func TestAnswerNotAListIsAnError(t *testing.T) {
 			w.Header().Set("Location", elsewhere.URL+"/v1/events")
 			w.WriteHeader(http.StatusFound)
 		},
+		"a proxy's 401": func(w http.ResponseWriter) {
+			w.WriteHeader(http.StatusUnauthorized)
+			_, _ = w.Write([]byte(`<html>Authorization: Bearer sk_test_123456789</html>`))
+		},
 		"redirect nowhere": func(w http.ResponseWriter) {
 			w.Header().Set("Location", "http://[::1")
 			w.WriteHeader(http.StatusFound)
@@ -101,10 +105,18 @@ func TestAnswerNotAListIsAnError(t *testing.T) {
 			srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { answer(w) }))
 			defer srv.Close()
 			c := New(Config{APIKey: "sk_test_123456789", APIBase: srv.URL, MaxRetries: 1})
+			if strings.HasPrefix(name, "redirect") {
+				// Nor is a redirect a retrieve's answer, whatever its body.
+				if s, err := c.GetSession(context.Background(), "cs_test_1"); err == nil {
+					t.Errorf("retrieved %+v through a redirect", s)
+				}
+			}
 			if got, err := c.ListEvents(context.Background(), EventQuery{}); err == nil {
 				t.Fatalf("listed %+v, want an error", got)
 			} else if strings.Contains(err.Error(), "sk_test_123456789") {
 				t.Errorf("the error shows the key: %v", err)
+			} else if name == "a proxy's 401" && !errors.Is(err, ErrAuth) {
+				t.Errorf("a 401 read as %v, want the key refused", err)
 			}
 		})
 	}

@@ -49,7 +49,7 @@ func decodeEventPage(body []byte) (events []Event, hasMore bool, err error) {
 		return decodeEventPageLoose(body)
 	}
 	var data []*fastjson.Value
-	list := false
+	list, hasData := false, false
 	ok := visit(v, pageKeys, func(i int, v *fastjson.Value) bool {
 		switch t := v.Type(); {
 		case i == 2:
@@ -60,12 +60,13 @@ func decodeEventPage(body []byte) (events []Event, hasMore bool, err error) {
 			return t == fastjson.TypeTrue || t == fastjson.TypeFalse || t == fastjson.TypeNull
 		case t == fastjson.TypeArray:
 			data, _ = v.Array()
+			hasData = true
 			return true
 		default:
 			return t == fastjson.TypeNull
 		}
 	})
-	if !ok || !list || data == nil {
+	if !ok || !list || !hasData {
 		return decodeEventPageLoose(body)
 	}
 	events = make([]Event, 0, len(data))
