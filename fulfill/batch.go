@@ -44,6 +44,15 @@ const (
 	batchLookahead = 5000 // due sessions read to plan a load
 	batchCacheMax  = 10000
 	batchSettle    = 150 * time.Millisecond
+	// batchRunSettle: a run that no session joined for this long is
+	// listed even while the queue grows elsewhere. In a backfill each
+	// slice the poller lists adds to a run of its own, a page of events
+	// every few tenths of a second; a run that stopped growing is most
+	// likely a slice's last, and waiting for the whole poll to end left
+	// its sessions to be listed and run after it (about half a second at
+	// the end of the benchmark's backfill). Listed wider below (see
+	// startLoad), it also holds what a slow slice queues next.
+	batchRunSettle = 500 * time.Millisecond
 	batchLinger    = 5 * time.Second
 	// batchTries bounds the loads one attempt runs, batchWaits those it
 	// waits for, before it retrieves its session on its own.
@@ -61,8 +70,10 @@ type batcher struct {
 	// read once. grew is when a plan last found one it did not know (the
 	// queue still growing); changed is closed and replaced when a load
 	// starts or ends, so attempts waiting for their page look again.
+	// joined is when plans first found each due session (real time).
 	due     map[string]time.Time
 	grew    time.Time
+	joined  map[string]time.Time
 	changed chan struct{}
 	// waiting counts the attempts in batched per session: the sessions
 	// someone is waiting for now, as opposed to all that are due.
@@ -105,10 +116,11 @@ type cachedSession struct {
 	at time.Time
 }
 
-// batchLoad is a list in flight over [lo, hi]; done closes when it ends.
+// batchLoad is a list in flight over [lo, hi], planned for sessions
+// created in [own, hi]; done closes when it ends.
 type batchLoad struct {
-	lo, hi time.Time
-	done   chan struct{}
+	lo, hi, own time.Time
+	done        chan struct{}
 }
 
 func (l *batchLoad) covers(t time.Time) bool { return !t.Before(l.lo) && !t.After(l.hi) }
@@ -267,6 +279,9 @@ func (f *Fulfiller) batched(ctx context.Context, rec Record) *stripeapi.Session 
 			f.load(ctx, lister, step.run, step.group)
 			wg.Wait()
 		case step.linger > 0:
+			for _, r := range step.more {
+				b.aheadLoads.Go(func() { f.load(ctx, lister, r.l, r.group) })
+			}
 			b.lingering.Add(1)
 			t := time.NewTimer(step.linger)
 			select {
@@ -317,13 +332,61 @@ type batchRun struct {
 	ahead bool // no attempt waits for it yet
 }
 
-// startLoad registers a load for group, sorted by created. The caller
-// holds b.mu.
-func (b *batcher) startLoad(group []string) *batchLoad {
-	l := &batchLoad{lo: b.due[group[0]], hi: b.due[group[len(group)-1]], done: make(chan struct{})}
+// startLoad registers a load for group, sorted by created, at now. The
+// caller holds b.mu.
+//
+// A run shorter than a page is listed over a wider range than its own:
+// down to where the run's own density of sessions would fill the page.
+// Lists run newest first, so the run's sessions come first in that page
+// whatever the range below holds, and the load stops once it has reached
+// past them (see load). What else the page returns is kept like any listed
+// session. In a backfill that is what the poller queues next: a slice
+// lists its events newest first, so the sessions its next pages queue are
+// older than those it queued so far, and a last run listed while its slice
+// still had a page to go was followed by a list of a few sessions just
+// below it (0.4–0.6 s at the end of a backfill's benchmark, a request's
+// latency and the queue's turn). The range stops short of anything
+// another load covers, a fresh list covered, or a due session outside the
+// run (which has a run of its own), and of an hour below the run.
+func (b *batcher) startLoad(group []string, now time.Time) *batchLoad {
+	lo, hi := b.due[group[0]], b.due[group[len(group)-1]]
+	l := &batchLoad{lo: lo, hi: hi, own: lo, done: make(chan struct{})}
+	if n := len(group); n < batchGroup {
+		reach := min(hi.Sub(lo)*time.Duration(batchGroup-n)/time.Duration(n), maxWiden)
+		floor := lo.Add(-reach)
+		in := make(map[string]bool, n)
+		for _, id := range group {
+			in[id] = true
+		}
+		for id, at := range b.due {
+			if in[id] || at.IsZero() || !at.Before(lo) || at.Before(floor) {
+				continue
+			}
+			if c, cached := b.cache[id]; cached && now.Sub(c.at) <= batchFresh {
+				continue // listed already: it plans no run
+			}
+			floor = at.Add(time.Second)
+		}
+		for _, x := range b.loads {
+			if x.hi.Before(lo) && !x.hi.Before(floor) {
+				floor = x.hi.Add(time.Second)
+			}
+		}
+		for _, r := range b.listed {
+			if r.hi.Before(lo) && !r.hi.Before(floor) {
+				floor = r.hi.Add(time.Second)
+			}
+		}
+		if floor.Before(lo) {
+			l.lo = floor
+		}
+	}
 	b.loads = append(b.loads, l)
 	return l
 }
+
+// maxWiden bounds how far below its own sessions a short run is listed.
+const maxWiden = time.Hour
 
 // runs cuts the due sessions that no load covers and no list returned yet
 // into runs of up to batchGroup, sorted by created and never spanning a
@@ -436,16 +499,13 @@ func (f *Fulfiller) nextStep(rec Record, waited time.Duration) batchStep {
 	}
 	quiet := time.Since(b.grew)
 	switch {
-	case len(run) >= batchGroup, (quiet >= settle || waited >= linger) && len(run) >= 2:
-		step := batchStep{run: b.startLoad(run), group: run}
-		if quiet >= settle {
-			// The queue stopped growing: what is due will not fill its
-			// pages any further, so every run is listed now, side by side,
-			// rather than each when an attempt of its own comes to it.
-			for _, g := range b.runs(now) {
-				step.more = append(step.more, batchRun{l: b.startLoad(g.ids), group: g.ids, ahead: g.ahead})
-			}
-		}
+	case len(run) >= batchGroup, (quiet >= settle || waited >= linger || b.still(run) >= batchRunSettle) && len(run) >= 2:
+		step := batchStep{run: b.startLoad(run, now), group: run}
+		// When the queue stopped growing, what is due will not fill its
+		// pages any further, so every run is listed now, side by side,
+		// rather than each when an attempt of its own comes to it; while
+		// it grows, the runs that stopped growing are.
+		step.more = b.moreRuns(now, quiet >= settle)
 		b.signal()
 		return step
 	case quiet >= settle || waited >= linger:
@@ -453,10 +513,44 @@ func (f *Fulfiller) nextStep(rec Record, waited time.Duration) batchStep {
 		// does.
 		return batchStep{}
 	}
+	step := batchStep{more: b.moreRuns(now, false)}
+	if len(step.more) > 0 {
+		b.signal()
+	}
 	if b.changed == nil {
 		b.changed = make(chan struct{})
 	}
-	return batchStep{linger: max(min(settle-quiet, linger-waited), time.Millisecond), changed: b.changed}
+	wait := min(settle-quiet, linger-waited)
+	if len(run) >= 2 {
+		wait = min(wait, batchRunSettle-b.still(run))
+	}
+	step.linger, step.changed = max(wait, time.Millisecond), b.changed
+	return step
+}
+
+// moreRuns starts the loads of the runs an attempt lists beside its own:
+// every run when all is set, else those no session joined for
+// batchRunSettle. The caller holds b.mu, after a plan.
+func (b *batcher) moreRuns(now time.Time, all bool) []batchRun {
+	var more []batchRun
+	for _, g := range b.runs(now) {
+		if all || b.still(g.ids) >= batchRunSettle {
+			more = append(more, batchRun{l: b.startLoad(g.ids, now), group: g.ids, ahead: g.ahead})
+		}
+	}
+	return more
+}
+
+// still is how long no session has joined run (real time). The caller
+// holds b.mu, after a plan.
+func (b *batcher) still(run []string) time.Duration {
+	var last time.Time
+	for _, id := range run {
+		if t := b.joined[id]; t.After(last) {
+			last = t
+		}
+	}
+	return time.Since(last)
 }
 
 // signal wakes the attempts lingering for their page. The caller holds
@@ -503,7 +597,11 @@ func (f *Fulfiller) load(ctx context.Context, lister SessionLister, l *batchLoad
 	pages := (len(group)+batchGroup-1)/batchGroup + 1
 	after := ""
 	var listed []*stripeapi.Session
-	complete := false
+	// complete: the whole range listed; ownListed: the list reached past
+	// the sessions it was planned for (a wider range's first page), so
+	// all of [own, hi] is listed.
+	complete, ownListed := false, false
+	unreadable := 0
 	var reached time.Time // the oldest created time listed so far
 	// A range counts as listed from when its listing began, so it goes
 	// stale no later than the sessions listed in it: one whose cached copy
@@ -516,8 +614,12 @@ func (f *Fulfiller) load(ctx context.Context, lister SessionLister, l *batchLoad
 		defer b.mu.Unlock()
 		b.loads = slices.DeleteFunc(b.loads, func(x *batchLoad) bool { return x == l })
 		switch {
-		case complete:
-			b.listed = append(b.listed, listedRange{lo: l.lo, hi: l.hi, at: began})
+		case complete, ownListed:
+			if complete {
+				b.listed = append(b.listed, listedRange{lo: l.lo, hi: l.hi, at: began})
+			} else {
+				b.listed = append(b.listed, listedRange{lo: reached.Add(time.Second), hi: l.hi, at: began})
+			}
 			// What the list did not return is marked, so it is retrieved
 			// at once rather than listed for again.
 			seen := make(map[string]bool, len(listed))
@@ -547,8 +649,14 @@ func (f *Fulfiller) load(ctx context.Context, lister SessionLister, l *batchLoad
 				reached = s.Created
 			}
 		}
+		unreadable += page.Unreadable
 		if !page.HasMore || page.Last == "" {
-			complete = page.Unreadable == 0
+			complete = unreadable == 0
+			return
+		}
+		if reached.Before(l.own) {
+			// Newest first: everything created from own on came before.
+			ownListed = unreadable == 0
 			return
 		}
 		after = page.Last
@@ -566,10 +674,19 @@ func (f *Fulfiller) plan(rec Record, now time.Time) []string {
 		id string
 		at time.Time
 	}
-	known := b.due
+	known, joined := b.due, b.joined
 	if _, ok := known[self]; !ok && b.queuedSince(rec) {
 		b.grew = time.Now()
 	}
+	b.joined = make(map[string]time.Time, len(joined))
+	seen := func(id string) {
+		if t, ok := joined[id]; ok {
+			b.joined[id] = t
+		} else {
+			b.joined[id] = time.Now()
+		}
+	}
+	seen(self)
 	b.due = map[string]time.Time{self: created}
 	b.rank = map[string]int{self: -1}
 	all := []due{{self, created}}
@@ -595,6 +712,7 @@ func (f *Fulfiller) plan(rec Record, now time.Time) []string {
 				}
 			}
 			b.due[id] = at
+			seen(id)
 			if at.IsZero() {
 				continue
 			}

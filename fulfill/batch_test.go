@@ -358,3 +358,140 @@ func queueSlices(t *testing.T, db store.Store, ids []string, created map[string]
 		}
 	}
 }
+
+// enqueueAll queues ids with their created times, in one transaction.
+func enqueueAll(t *testing.T, db store.Store, ids []string, created map[string]time.Time) {
+	t.Helper()
+	if err := db.Update(func(tx store.Tx) error {
+		for _, id := range ids {
+			if _, err := fulfill.Enqueue(tx, fulfill.Request{SessionID: id, EventID: "evt_" + id, Trigger: fulfill.TriggerEvent,
+				At: time.Now(), SessionCreated: created[id]}); err != nil {
+				return err
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestShortRunListedWiderHoldsWhatComesNext: a run shorter than a page is
+// listed over a wider range below it, in one request — the run's own
+// sessions come first in a list, newest first, so it stops there — and the
+// sessions queued next just below it (a backfill slice's next pages) are
+// served from that list, with no request of their own.
+func TestShortRunListedWiderHoldsWhatComesNext(t *testing.T) {
+	sim := stripesim.New(stripesim.Options{})
+	t.Cleanup(sim.Close)
+	base := time.Now().Add(-6 * time.Hour).Truncate(time.Second)
+	ids, created := paidSessions(sim, base, 300, func(int) int { return 1 })
+	db := openTestDB(t)
+	client := stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: sim.URL()})
+	act := &bodyAction{bodies: map[string][]byte{}, runs: map[string]int{}}
+	f := &fulfill.Fulfiller{DB: ledger(db), Sessions: client, Action: act, MaxAttempts: 3, Concurrency: 4}
+	fulfill.SetBatchWaits(f, 50*time.Millisecond, time.Second)
+	run := func(want int) {
+		t.Helper()
+		wake := make(chan struct{})
+		close(wake)
+		res, err := f.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true})
+		if err != nil || res.Fulfilled != want {
+			t.Fatalf("fulfilled %d of %d: %v", res.Fulfilled, want, err)
+		}
+	}
+	// The newest 20 of 300, 10 s apart: the list reaches 80 below them.
+	enqueueAll(t, db, ids[280:], created)
+	run(20)
+	lists := func() int64 { return sim.Stats().ByEndpoint["GET /v1/checkout/sessions"] }
+	if n := lists(); n != 1 {
+		t.Errorf("a run of 20 took %d list requests, want 1", n)
+	}
+	// The next 40 below them come from that list.
+	enqueueAll(t, db, ids[240:280], created)
+	run(40)
+	st := sim.Stats()
+	if n, r := lists(), st.ByEndpoint["GET /v1/checkout/sessions/:id"]; n != 1 || r != 0 {
+		t.Errorf("the sessions queued next took %d more list requests and %d retrieves, want none", n-1, r)
+	}
+	for _, id := range ids[240:] {
+		if act.runs[id] != 1 {
+			t.Errorf("%s: action ran %d times", id, act.runs[id])
+			continue
+		}
+		want, err := client.GetSession(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(act.bodies[id], want.JSON) {
+			t.Errorf("%s: the action received what a retrieve does not return", id)
+		}
+	}
+}
+
+// TestStillRunListedWhileQueueGrows: a run no session joined for a while
+// is listed although the queue keeps growing elsewhere (another slice still
+// listing), rather than waiting for the whole poll to settle.
+func TestStillRunListedWhileQueueGrows(t *testing.T) {
+	sim := stripesim.New(stripesim.Options{})
+	t.Cleanup(sim.Close)
+	base := time.Now().Add(-6 * time.Hour).Truncate(time.Second)
+	ids, created := paidSessions(sim, base, 200, func(int) int { return 1 })
+	db := openTestDB(t)
+	client := stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: sim.URL()})
+	act := &bodyAction{bodies: map[string][]byte{}, runs: map[string]int{}}
+	f := &fulfill.Fulfiller{DB: ledger(db), Sessions: client, Action: act, MaxAttempts: 3, Concurrency: 4}
+	// A range listed a moment ago lies between the two slices' sessions,
+	// as ranges listed earlier in a backfill do.
+	fulfill.SetBatchWaits(f, 50*time.Millisecond, time.Second)
+	enqueueAll(t, db, ids[100:170], created)
+	wake := make(chan struct{})
+	close(wake)
+	if res, err := f.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true}); err != nil || res.Fulfilled != 70 {
+		t.Fatalf("fulfilled %d of 70: %v", res.Fulfilled, err)
+	}
+	// Now neither quiet nor lingering lists anything within the test.
+	fulfill.SetBatchWaits(f, time.Hour, time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	wake = make(chan struct{}, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = f.Run(ctx, fulfill.RunOptions{Wake: wake})
+	}()
+	// A slice that ended: 30 sessions at the top.
+	enqueueAll(t, db, ids[170:], created)
+	wake <- struct{}{}
+	// Another still queueing below, newest first, a session every 100 ms.
+	deadline := time.Now().Add(20 * time.Second)
+	next := 0
+	for ; time.Now().Before(deadline) && next < 100; next++ {
+		enqueueAll(t, db, ids[99-next:100-next], created)
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+		time.Sleep(100 * time.Millisecond)
+		act.mu.Lock()
+		ran := 0
+		for _, id := range ids[170:] {
+			ran += act.runs[id]
+		}
+		act.mu.Unlock()
+		if ran == 30 {
+			break
+		}
+	}
+	cancel()
+	<-done
+	act.mu.Lock()
+	defer act.mu.Unlock()
+	for _, id := range ids[170:] {
+		if act.runs[id] != 1 {
+			t.Fatalf("%s: action ran %d times while the queue still grew (%d queued below)", id, act.runs[id], next)
+		}
+	}
+	if r := sim.Stats().ByEndpoint["GET /v1/checkout/sessions/:id"]; r != 0 {
+		t.Errorf("%d retrieves, want the run listed", r)
+	}
+}

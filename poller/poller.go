@@ -575,11 +575,14 @@ func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time
 // position, committing each page with the slice's progress. It returns how
 // many pages the slice took.
 func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, horizon time.Time) (int, error) {
+	left := math.Inf(1) // pages still to list, once this pass has listed one
+	top := s.To         // the newest event this pass listed in the slice
+	pages := 0          // pages this pass listed
 	for {
 		if err := ctx.Err(); err != nil {
 			return s.Pages, err
 		}
-		page, err := p.Events.ListEvents(ctx, stripeapi.EventQuery{
+		page, err := p.Events.ListEvents(stripeapi.Behind(ctx, left), stripeapi.EventQuery{
 			Types: p.Types, CreatedGTE: s.From, CreatedLT: s.To, StartingAfter: s.StartingAfter,
 		})
 		if err != nil {
@@ -590,7 +593,12 @@ func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, hor
 		next.Pages++
 		done := !page.HasMore || len(page.Events) == 0
 		if !done {
-			next.StartingAfter = page.Events[len(page.Events)-1].ID
+			if pages++; pages == 1 && s.StartingAfter == "" {
+				top = page.Events[0].Created
+			}
+			last := page.Events[len(page.Events)-1]
+			next.StartingAfter = last.ID
+			left = pagesLeft(s.From, top, last.Created, pages)
 		}
 		if err := p.commit(res, page, "rescan", horizon, func(pos *cursor.Position) bool {
 			return pos.Record(next, done)
@@ -602,6 +610,22 @@ func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, hor
 		}
 		s = next
 	}
+}
+
+// pagesLeft estimates the pages a slice from `from` has still to list, from
+// the pages it listed since `top` and the created time they reached: the
+// slices listed side by side pass it to the Stripe client
+// (stripeapi.Behind), so that the one furthest behind lists next and they
+// end together. It assumes events as dense in the rest of the slice as in
+// what it listed. top is the newest event listed, not the slice's end: the
+// newest slice ends at the horizon, often well after the last event, and
+// counting that stretch made it look further along than it was.
+func pagesLeft(from, top, reached time.Time, pages int) float64 {
+	done, rest := top.Sub(reached), reached.Sub(from)
+	if done <= 0 || pages <= 0 {
+		return math.Inf(1)
+	}
+	return float64(pages) * max(rest.Seconds(), 0) / done.Seconds()
 }
 
 // listConcurrency is how many slices to list at once.

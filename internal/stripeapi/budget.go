@@ -44,7 +44,8 @@ type budget struct {
 	// endpoint finds at most one reservation per endpoint ahead of it at
 	// the global budget: the event list, which pages one request after
 	// the other, is never stuck behind a crowd of prefetched retrieves.
-	turn chan struct{}
+	// Who waits longest is up to Behind (turn.go).
+	turn turn
 
 	mu         sync.Mutex
 	rate       float64   // in force now
@@ -60,7 +61,7 @@ func newBudget(limit float64) *budget {
 	if limit <= 0 || math.IsInf(limit, 1) || math.IsNaN(limit) {
 		limit = math.Inf(1)
 	}
-	b := &budget{limit: limit, rate: limit, ceiling: limit, turn: make(chan struct{}, 1)}
+	b := &budget{limit: limit, rate: limit, ceiling: limit}
 	b.lim = rate.NewLimiter(rate.Limit(limit), burst(limit))
 	return b
 }

@@ -414,12 +414,10 @@ func (t *Transport) observeDate(resp *http.Response) {
 // pace waits until the global budget and the endpoint's both allow a
 // request, or ctx ends, and returns when the request may go.
 func (t *Transport) pace(ctx context.Context, ep *budget) (time.Time, error) {
-	select {
-	case ep.turn <- struct{}{}:
-	case <-ctx.Done():
-		return time.Now(), ctx.Err()
+	if err := ep.turn.acquire(ctx); err != nil {
+		return time.Now(), err
 	}
-	defer func() { <-ep.turn }()
+	defer ep.turn.release()
 	for {
 		now := time.Now()
 		if until := later(t.global.paused(now), ep.paused(now)); !until.IsZero() {
