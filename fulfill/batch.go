@@ -75,6 +75,9 @@ type batcher struct {
 	grew    time.Time
 	joined  map[string]time.Time
 	changed chan struct{}
+	// failedAt is when a load last failed or ended without listing its
+	// run (real time).
+	failedAt time.Time
 	// waiting counts the attempts in batched per session: the sessions
 	// someone is waiting for now, as opposed to all that are due.
 	waiting map[string]int
@@ -335,7 +338,8 @@ type batchRun struct {
 // startLoad registers a load for group, sorted by created, at now. The
 // caller holds b.mu.
 //
-// A run shorter than a page is listed over a wider range than its own:
+// While the queue grows (widen), a run shorter than a page is listed over a
+// wider range than its own:
 // down to where the run's own density of sessions would fill the page.
 // Lists run newest first, so the run's sessions come first in that page
 // whatever the range below holds, and the load stops once it has reached
@@ -345,13 +349,16 @@ type batchRun struct {
 // older than those it queued so far, and a last run listed while its slice
 // still had a page to go was followed by a list of a few sessions just
 // below it (0.4–0.6 s at the end of a backfill's benchmark, a request's
-// latency and the queue's turn). The range stops short of anything
+// latency and the queue's turn). Once the queue stopped growing nothing
+// more is coming, and a wider list would only bring sessions fulfilled
+// long ago (and their line items beyond the first ten, a request each).
+// The range stops short of anything
 // another load covers, a fresh list covered, or a due session outside the
 // run (which has a run of its own), and of an hour below the run.
-func (b *batcher) startLoad(group []string, now time.Time) *batchLoad {
+func (b *batcher) startLoad(group []string, now time.Time, widen bool) *batchLoad {
 	lo, hi := b.due[group[0]], b.due[group[len(group)-1]]
 	l := &batchLoad{lo: lo, hi: hi, own: lo, done: make(chan struct{})}
-	if n := len(group); n < batchGroup {
+	if n := len(group); widen && n < batchGroup {
 		reach := min(hi.Sub(lo)*time.Duration(batchGroup-n)/time.Duration(n), maxWiden)
 		floor := lo.Add(-reach)
 		in := make(map[string]bool, n)
@@ -500,7 +507,7 @@ func (f *Fulfiller) nextStep(rec Record, waited time.Duration) batchStep {
 	quiet := time.Since(b.grew)
 	switch {
 	case len(run) >= batchGroup, (quiet >= settle || waited >= linger || b.still(run) >= batchRunSettle) && len(run) >= 2:
-		step := batchStep{run: b.startLoad(run, now), group: run}
+		step := batchStep{run: b.startLoad(run, now, quiet < settle), group: run}
 		// When the queue stopped growing, what is due will not fill its
 		// pages any further, so every run is listed now, side by side,
 		// rather than each when an attempt of its own comes to it; while
@@ -532,10 +539,16 @@ func (f *Fulfiller) nextStep(rec Record, waited time.Duration) batchStep {
 // every run when all is set, else those no session joined for
 // batchRunSettle. The caller holds b.mu, after a plan.
 func (b *batcher) moreRuns(now time.Time, all bool) []batchRun {
+	if !all && time.Since(b.failedAt) < batchRunSettle {
+		// A list that came back short or failed a moment ago: the
+		// attempts' own tries, which are bounded, go on; runs are not
+		// listed again and again beside them.
+		return nil
+	}
 	var more []batchRun
 	for _, g := range b.runs(now) {
 		if all || b.still(g.ids) >= batchRunSettle {
-			more = append(more, batchRun{l: b.startLoad(g.ids, now), group: g.ids, ahead: g.ahead})
+			more = append(more, batchRun{l: b.startLoad(g.ids, now, !all), group: g.ids, ahead: g.ahead})
 		}
 	}
 	return more
@@ -631,6 +644,9 @@ func (f *Fulfiller) load(ctx context.Context, lister SessionLister, l *batchLoad
 			// Lists run newest first: the seconds after the oldest one
 			// reached are listed completely.
 			b.listed = append(b.listed, listedRange{lo: reached.Add(time.Second), hi: l.hi, at: began})
+			b.failedAt = time.Now()
+		default:
+			b.failedAt = time.Now()
 		}
 		close(l.done)
 		b.signal()
@@ -654,7 +670,7 @@ func (f *Fulfiller) load(ctx context.Context, lister SessionLister, l *batchLoad
 			complete = unreadable == 0
 			return
 		}
-		if reached.Before(l.own) {
+		if !reached.IsZero() && reached.Before(l.own) {
 			// Newest first: everything created from own on came before.
 			ownListed = unreadable == 0
 			return

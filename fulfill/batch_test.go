@@ -389,7 +389,9 @@ func TestShortRunListedWiderHoldsWhatComesNext(t *testing.T) {
 	client := stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: sim.URL()})
 	act := &bodyAction{bodies: map[string][]byte{}, runs: map[string]int{}}
 	f := &fulfill.Fulfiller{DB: ledger(db), Sessions: client, Action: act, MaxAttempts: 3, Concurrency: 4}
-	fulfill.SetBatchWaits(f, 50*time.Millisecond, time.Second)
+	// The queue counts as growing (as in a backfill) throughout: only a
+	// run that stopped growing is listed, and wider.
+	fulfill.SetBatchWaits(f, time.Hour, time.Hour)
 	run := func(want int) {
 		t.Helper()
 		wake := make(chan struct{})
@@ -493,5 +495,36 @@ func TestStillRunListedWhileQueueGrows(t *testing.T) {
 	}
 	if r := sim.Stats().ByEndpoint["GET /v1/checkout/sessions/:id"]; r != 0 {
 		t.Errorf("%d retrieves, want the run listed", r)
+	}
+}
+
+// TestSettledPollListsNoWider: a poll's few sessions, once the queue has
+// stopped growing, are listed over their own range only: a wider one would
+// bring sessions fulfilled long ago, and a request for each one's line
+// items beyond the first ten.
+func TestSettledPollListsNoWider(t *testing.T) {
+	sim := stripesim.New(stripesim.Options{})
+	t.Cleanup(sim.Close)
+	base := time.Now().Add(-6 * time.Hour).Truncate(time.Second)
+	ids, created := paidSessions(sim, base, 102, func(i int) int {
+		if i < 100 {
+			return 11 // more than a list expands
+		}
+		return 1
+	})
+	db := openTestDB(t)
+	client := stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: sim.URL()})
+	act := &bodyAction{bodies: map[string][]byte{}, runs: map[string]int{}}
+	f := &fulfill.Fulfiller{DB: ledger(db), Sessions: client, Action: act, MaxAttempts: 3, Concurrency: 4}
+	enqueueAll(t, db, ids[100:], created)
+	f.Settle()
+	wake := make(chan struct{})
+	close(wake)
+	if res, err := f.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true}); err != nil || res.Fulfilled != 2 {
+		t.Fatalf("fulfilled %d of 2: %v", res.Fulfilled, err)
+	}
+	st := sim.Stats()
+	if l, li := st.ByEndpoint["GET /v1/checkout/sessions"], st.ByEndpoint["GET /v1/checkout/sessions/:id/line_items"]; l != 1 || li != 0 {
+		t.Errorf("%d list requests and %d line-item requests for 2 sessions, want 1 and 0", l, li)
 	}
 }

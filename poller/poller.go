@@ -576,7 +576,7 @@ func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time
 // many pages the slice took.
 func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, horizon time.Time) (int, error) {
 	left := math.Inf(1) // pages still to list, once this pass has listed one
-	top := s.To         // the newest event this pass listed in the slice
+	var top time.Time   // the newest event this pass listed in the slice
 	pages := 0          // pages this pass listed
 	for {
 		if err := ctx.Err(); err != nil {
@@ -593,7 +593,7 @@ func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, hor
 		next.Pages++
 		done := !page.HasMore || len(page.Events) == 0
 		if !done {
-			if pages++; pages == 1 && s.StartingAfter == "" {
+			if pages++; pages == 1 {
 				top = page.Events[0].Created
 			}
 			last := page.Events[len(page.Events)-1]
