@@ -381,14 +381,7 @@ func enqueueAll(t *testing.T, db store.Store, ids []string, created map[string]t
 // sessions queued next just below it (a backfill slice's next pages) are
 // served from that list, with no request of their own.
 func TestShortRunListedWiderHoldsWhatComesNext(t *testing.T) {
-	sim := stripesim.New(stripesim.Options{})
-	t.Cleanup(sim.Close)
-	base := time.Now().Add(-6 * time.Hour).Truncate(time.Second)
-	ids, created := paidSessions(sim, base, 300, func(int) int { return 1 })
-	db := openTestDB(t)
-	client := stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: sim.URL()})
-	act := &bodyAction{bodies: map[string][]byte{}, runs: map[string]int{}}
-	f := &fulfill.Fulfiller{DB: ledger(db), Sessions: client, Action: act, MaxAttempts: 3, Concurrency: 4}
+	sim, ids, created, db, client, act, f := batchRig(t, 300, func(int) int { return 1 })
 	// The queue counts as growing (as in a backfill) throughout: only a
 	// run that stopped growing is listed, and wider.
 	fulfill.SetBatchWaits(f, time.Hour, time.Hour)
@@ -434,14 +427,7 @@ func TestShortRunListedWiderHoldsWhatComesNext(t *testing.T) {
 // is listed although the queue keeps growing elsewhere (another slice still
 // listing), rather than waiting for the whole poll to settle.
 func TestStillRunListedWhileQueueGrows(t *testing.T) {
-	sim := stripesim.New(stripesim.Options{})
-	t.Cleanup(sim.Close)
-	base := time.Now().Add(-6 * time.Hour).Truncate(time.Second)
-	ids, created := paidSessions(sim, base, 200, func(int) int { return 1 })
-	db := openTestDB(t)
-	client := stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: sim.URL()})
-	act := &bodyAction{bodies: map[string][]byte{}, runs: map[string]int{}}
-	f := &fulfill.Fulfiller{DB: ledger(db), Sessions: client, Action: act, MaxAttempts: 3, Concurrency: 4}
+	sim, ids, created, db, _, act, f := batchRig(t, 200, func(int) int { return 1 })
 	// A range listed a moment ago lies between the two slices' sessions,
 	// as ranges listed earlier in a backfill do.
 	fulfill.SetBatchWaits(f, 50*time.Millisecond, time.Second)
@@ -503,19 +489,12 @@ func TestStillRunListedWhileQueueGrows(t *testing.T) {
 // bring sessions fulfilled long ago, and a request for each one's line
 // items beyond the first ten.
 func TestSettledPollListsNoWider(t *testing.T) {
-	sim := stripesim.New(stripesim.Options{})
-	t.Cleanup(sim.Close)
-	base := time.Now().Add(-6 * time.Hour).Truncate(time.Second)
-	ids, created := paidSessions(sim, base, 102, func(i int) int {
+	sim, ids, created, db, _, _, f := batchRig(t, 102, func(i int) int {
 		if i < 100 {
 			return 11 // more than a list expands
 		}
 		return 1
 	})
-	db := openTestDB(t)
-	client := stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: sim.URL()})
-	act := &bodyAction{bodies: map[string][]byte{}, runs: map[string]int{}}
-	f := &fulfill.Fulfiller{DB: ledger(db), Sessions: client, Action: act, MaxAttempts: 3, Concurrency: 4}
 	enqueueAll(t, db, ids[100:], created)
 	f.Settle()
 	wake := make(chan struct{})
@@ -527,4 +506,20 @@ func TestSettledPollListsNoWider(t *testing.T) {
 	if l, li := st.ByEndpoint["GET /v1/checkout/sessions"], st.ByEndpoint["GET /v1/checkout/sessions/:id/line_items"]; l != 1 || li != 0 {
 		t.Errorf("%d list requests and %d line-item requests for 2 sessions, want 1 and 0", l, li)
 	}
+}
+
+// batchRig is a simulated Stripe with n paid sessions (see paidSessions,
+// from six hours ago), a store, and a fulfiller reading them through the
+// Stripe client into a bodyAction.
+func batchRig(t *testing.T, n int, items func(int) int) (*stripesim.Server, []string, map[string]time.Time, store.Store,
+	*stripeapi.Client, *bodyAction, *fulfill.Fulfiller) {
+	t.Helper()
+	sim := stripesim.New(stripesim.Options{})
+	t.Cleanup(sim.Close)
+	ids, created := paidSessions(sim, time.Now().Add(-6*time.Hour).Truncate(time.Second), n, items)
+	db := openTestDB(t)
+	client := stripeapi.New(stripeapi.Config{APIKey: stripesim.DefaultAPIKey, APIBase: sim.URL()})
+	act := &bodyAction{bodies: map[string][]byte{}, runs: map[string]int{}}
+	f := &fulfill.Fulfiller{DB: ledger(db), Sessions: client, Action: act, MaxAttempts: 3, Concurrency: 4}
+	return sim, ids, created, db, client, act, f
 }
