@@ -92,6 +92,11 @@ type batcher struct {
 	takenAt time.Time
 	// settledAt is when a poll last said it listed all it will (Settle).
 	settledAt time.Time
+	// ending holds the poller's word that a slice is near its end (Ending),
+	// until a run there is listed or batchEndFresh passes; endingMu
+	// guards it, so that the poller never waits for a plan.
+	endingMu sync.Mutex
+	ending   []endingHint
 	// aheadLoads are the loads read ahead of the attempts, which no
 	// attempt waits for: Run waits for them before it returns, so that
 	// none makes a request after it (uncounted in the read budget).
@@ -182,6 +187,72 @@ func (f *Fulfiller) Settle() {
 	defer b.mu.Unlock()
 	b.grew, b.settledAt = time.Time{}, f.now()
 	b.signal()
+}
+
+// Ending tells the queue that a slice the poller lists has a page or two
+// left, of events created in [from, to) and listed down to reached: the
+// run of sessions the slice queued so far will grow by those pages at
+// most. Waiting for it to stop growing (batchRunSettle) or for the whole
+// poll to end (Settle) left each slice's last run to be listed after its
+// last page, a request's latency after the poll. Listed now, wider below
+// (see startLoad), the list is in flight beside the last pages and holds
+// what they queue. It does not wait for the queue's plans.
+func (f *Fulfiller) Ending(from, reached, to time.Time) {
+	b := &f.batch
+	b.endingMu.Lock()
+	b.ending = slices.DeleteFunc(b.ending, func(h endingHint) bool { return time.Since(h.at) > batchEndFresh })
+	hi := reached.Add(batchEndSlack)
+	if to.Before(hi) {
+		hi = to // sessions of later slices are theirs
+	}
+	if len(b.ending) < maxEndingHints {
+		b.ending = append(b.ending, endingHint{lo: from.Add(-batchEndSlack), hi: hi, at: time.Now()})
+	}
+	b.endingMu.Unlock()
+	go func() {
+		b.mu.Lock()
+		defer b.mu.Unlock()
+		b.signal()
+	}()
+}
+
+// endingHint is where a slice near its end queues its last sessions,
+// created in [lo, hi], told at a real time.
+type endingHint struct {
+	lo, hi, at time.Time
+}
+
+const (
+	// batchEndSlack: a session is created before the event that
+	// completes it, most often minutes before; a run within this below a
+	// slice's rest is that slice's.
+	batchEndSlack = 10 * time.Minute
+	// batchEndFresh: a hint no run used within this is dropped (the
+	// slice had no run left to list, or its last page came already).
+	batchEndFresh = time.Second
+	// maxEndingHints bounds the hints kept: as many slices as the poller
+	// lists at once, and then some.
+	maxEndingHints = 32
+)
+
+// ends reports whether run lies where a slice is near its end, and uses
+// that hint up: one early list for each, so that a slice whose end was
+// misjudged does not list each page's few sessions on their own. The
+// caller holds b.mu, after a plan.
+func (b *batcher) ends(run []string) bool {
+	b.endingMu.Lock()
+	defer b.endingMu.Unlock()
+	b.ending = slices.DeleteFunc(b.ending, func(h endingHint) bool { return time.Since(h.at) > batchEndFresh })
+	for i, h := range b.ending {
+		if slices.ContainsFunc(run, func(id string) bool {
+			at := b.due[id]
+			return !at.Before(h.lo) && !at.After(h.hi)
+		}) {
+			b.ending = slices.Delete(b.ending, i, i+1)
+			return true
+		}
+	}
+	return false
 }
 
 // queuedSince reports whether rec was queued after the last Settle: a
@@ -421,10 +492,11 @@ func (b *batcher) runs(now time.Time) []plannedRun {
 		all = append(all, due{id, at})
 	}
 	slices.SortFunc(all, func(a, b due) int { return a.at.Compare(b.at) })
+	wide := wideGaps(len(all), func(i int) time.Time { return all[i].at })
 	var cut [][]string
 	var run []string
 	for i, d := range all {
-		if len(run) == batchGroup || len(run) > 0 && b.coveredBetween(all[i-1].at, d.at) {
+		if len(run) == batchGroup || len(run) > 0 && (b.coveredBetween(all[i-1].at, d.at) || wide[i-1]) {
 			cut = append(cut, run)
 			run = nil
 		}
@@ -506,7 +578,7 @@ func (f *Fulfiller) nextStep(rec Record, waited time.Duration) batchStep {
 	}
 	quiet := time.Since(b.grew)
 	switch {
-	case len(run) >= batchGroup, (quiet >= settle || waited >= linger || b.still(run) >= batchRunSettle) && len(run) >= 2:
+	case len(run) >= batchGroup, len(run) >= 2 && (quiet >= settle || waited >= linger || b.still(run) >= batchRunSettle || b.ends(run)):
 		step := batchStep{run: b.startLoad(run, now, quiet < settle), group: run}
 		// When the queue stopped growing, what is due will not fill its
 		// pages any further, so every run is listed now, side by side,
@@ -537,7 +609,7 @@ func (f *Fulfiller) nextStep(rec Record, waited time.Duration) batchStep {
 
 // moreRuns starts the loads of the runs an attempt lists beside its own:
 // every run when all is set, else those no session joined for
-// batchRunSettle. The caller holds b.mu, after a plan.
+// batchRunSettle and those where a slice is near its end. The caller holds b.mu, after a plan.
 func (b *batcher) moreRuns(now time.Time, all bool) []batchRun {
 	if !all && time.Since(b.failedAt) < batchRunSettle {
 		// A list that came back short or failed a moment ago: the
@@ -547,7 +619,7 @@ func (b *batcher) moreRuns(now time.Time, all bool) []batchRun {
 	}
 	var more []batchRun
 	for _, g := range b.runs(now) {
-		if all || b.still(g.ids) >= batchRunSettle {
+		if all || b.still(g.ids) >= batchRunSettle || b.ends(g.ids) {
 			more = append(more, batchRun{l: b.startLoad(g.ids, now, !all), group: g.ids, ahead: g.ahead})
 		}
 	}
@@ -588,6 +660,48 @@ func (b *batcher) covered(t time.Time) bool {
 	return slices.ContainsFunc(b.loads, func(l *batchLoad) bool { return l.covers(t) }) ||
 		slices.ContainsFunc(b.listed, func(r listedRange) bool { return !t.Before(r.lo) && !t.After(r.hi) })
 }
+
+// wideGaps marks the gaps between due sessions, sorted by created (at(i)
+// for i < n), where a run is cut: wide[i] for the gap after session i, when
+// it is more than a hundred times the median of the gaps on either side of
+// it (up to sparseNear each, the larger of the two). Lists return every complete session in their
+// range, queued or not, and at the density those gaps show, such a gap
+// holds a page of sessions no attempt asked for. At the start of a
+// backfill each slice the poller lists queues a cluster at its own end of
+// the range, hours apart: one run across them was listed a page or two at
+// a time from the newest, and returned the clusters below only on later
+// requests. The median is a local one, so that a quiet night between busy
+// days, or a burst of sessions created in one second, does not cut runs
+// where the sessions are merely sparser.
+func wideGaps(n int, at func(int) time.Time) []bool {
+	if n < 3 {
+		return make([]bool, max(n-1, 0))
+	}
+	gaps := make([]time.Duration, n-1)
+	for i := range gaps {
+		gaps[i] = at(i + 1).Sub(at(i))
+	}
+	wide := make([]bool, len(gaps))
+	near := make([]time.Duration, 0, sparseNear)
+	median := func(side []time.Duration) time.Duration {
+		if len(side) == 0 {
+			return 0
+		}
+		near = append(near[:0], side...)
+		slices.Sort(near)
+		return near[(len(near)-1)/2]
+	}
+	for i, g := range gaps {
+		// The denser side must not decide alone: where busy hours meet a
+		// quiet night, the gap is ordinary for the night.
+		m := max(median(gaps[max(0, i-sparseNear):i]), median(gaps[i+1:min(len(gaps), i+1+sparseNear)]), time.Second)
+		wide[i] = m <= time.Duration(math.MaxInt64)/batchGroup && g > m*batchGroup
+	}
+	return wide
+}
+
+// sparseNear is how many gaps on each side give a gap's local median.
+const sparseNear = 8
 
 // coveredBetween reports whether a load in flight or a fresh listed range
 // lies between a and b (a before b): a run that spanned it would list that
@@ -743,10 +857,11 @@ func (f *Fulfiller) plan(rec Record, now time.Time) []string {
 	i := slices.IndexFunc(all, func(d due) bool { return d.id == self })
 	// The run: neighbours not separated from self by a covered range.
 	lo, hi := i, i+1
-	for lo > 0 && !b.coveredBetween(all[lo-1].at, all[lo].at) {
+	wide := wideGaps(len(all), func(i int) time.Time { return all[i].at })
+	for lo > 0 && !b.coveredBetween(all[lo-1].at, all[lo].at) && !wide[lo-1] {
 		lo--
 	}
-	for hi < len(all) && !b.coveredBetween(all[hi-1].at, all[hi].at) {
+	for hi < len(all) && !b.coveredBetween(all[hi-1].at, all[hi].at) && !wide[hi-1] {
 		hi++
 	}
 	// A window of up to batchGroup sessions that holds self: one at an end

@@ -85,3 +85,48 @@ func TestRunsAhead(t *testing.T) {
 		t.Errorf("pace a fresh minute later: %.0f, want about 368", got)
 	}
 }
+
+// TestWideGapsCutOnlyBetweenClusters: runs are cut where a gap is wide for
+// the sessions around it (clusters hours apart), not where sessions are
+// merely sparser (a quiet night between busy hours, spread-out sessions
+// beside a burst created in one second).
+func TestWideGapsCutOnlyBetweenClusters(t *testing.T) {
+	base := time.Date(2026, 11, 1, 0, 0, 0, 0, time.UTC)
+	times := func(gaps ...[2]int) []time.Time { // {count, seconds apart}
+		out := []time.Time{base}
+		for _, g := range gaps {
+			for range g[0] {
+				out = append(out, out[len(out)-1].Add(time.Duration(g[1])*time.Second))
+			}
+		}
+		return out
+	}
+	cuts := func(ts []time.Time) []int {
+		var at []int
+		for i, w := range wideGaps(len(ts), func(i int) time.Time { return ts[i] }) {
+			if w {
+				at = append(at, i)
+			}
+		}
+		return at
+	}
+	// Eight clusters of twelve, 40 minutes apart: cut between each.
+	var clusters [][2]int
+	for c := range 8 {
+		if c > 0 {
+			clusters = append(clusters, [2]int{1, 2400})
+		}
+		clusters = append(clusters, [2]int{11, 10})
+	}
+	if got := cuts(times(clusters...)); len(got) != 7 {
+		t.Errorf("clusters 40 min apart cut at %v, want 7 cuts between them", got)
+	}
+	// Busy day, quiet night, busy day.
+	if got := cuts(times([2]int{50, 10}, [2]int{50, 1200}, [2]int{50, 10})); len(got) != 0 {
+		t.Errorf("a quiet night cut at %v, want no cut", got)
+	}
+	// A burst in one second, then sessions 150 s apart.
+	if got := cuts(times([2]int{80, 0}, [2]int{60, 150})); len(got) != 0 {
+		t.Errorf("sessions beside a burst cut at %v, want no cut", got)
+	}
+}

@@ -3,6 +3,7 @@ package fulfill_test
 import (
 	"bytes"
 	"context"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -522,4 +523,101 @@ func batchRig(t *testing.T, n int, items func(int) int) (*stripesim.Server, []st
 	act := &bodyAction{bodies: map[string][]byte{}, runs: map[string]int{}}
 	f := &fulfill.Fulfiller{DB: ledger(db), Sessions: client, Action: act, MaxAttempts: 3, Concurrency: 4}
 	return sim, ids, created, db, client, act, f
+}
+
+// TestEndingSliceListedWhileQueueGrows: a run the poller says is at the end
+// of its slice (Ending) is listed at once, although sessions keep joining
+// it — it is never still — and the sessions its slice queues last come
+// from that same list.
+func TestEndingSliceListedWhileQueueGrows(t *testing.T) {
+	sim, ids, created, db, _, act, f := batchRig(t, 300, func(int) int { return 1 })
+	// Neither quiet nor lingering lists anything within the test.
+	fulfill.SetBatchWaits(f, time.Hour, time.Hour)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	wake := make(chan struct{}, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = f.Run(ctx, fulfill.RunOptions{Wake: wake})
+	}()
+	ranAll := func(of []string) bool {
+		act.mu.Lock()
+		defer act.mu.Unlock()
+		for _, id := range of {
+			if act.runs[id] == 0 {
+				return false
+			}
+		}
+		return true
+	}
+	// A slice listed newest first has queued 60 sessions; a session joins
+	// its run every 100 ms (never still for batchRunSettle, never a full
+	// page), and the slice says it is near its end.
+	top := ids[200:260]
+	enqueueAll(t, db, top, created)
+	wake <- struct{}{}
+	next := 0
+	for ; next < 30 && !ranAll(top); next++ {
+		if next == 2 {
+			f.Ending(created[ids[170]], created[ids[198]], created[ids[299]].Add(time.Minute))
+		}
+		enqueueAll(t, db, ids[199-next:200-next], created)
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if !ranAll(top) {
+		t.Fatalf("the ending slice's run was not listed while sessions still joined it")
+	}
+	// The slice's last page.
+	enqueueAll(t, db, ids[170:200-next], created)
+	select {
+	case wake <- struct{}{}:
+	default:
+	}
+	for deadline := time.Now().Add(10 * time.Second); !ranAll(ids[170:260]) && time.Now().Before(deadline); {
+		time.Sleep(20 * time.Millisecond)
+	}
+	cancel()
+	<-done
+	act.mu.Lock()
+	defer act.mu.Unlock()
+	for _, id := range ids[170:260] {
+		if act.runs[id] != 1 {
+			t.Errorf("%s: action ran %d times", id, act.runs[id])
+		}
+	}
+	st := sim.Stats()
+	if l, r := st.ByEndpoint["GET /v1/checkout/sessions"], st.ByEndpoint["GET /v1/checkout/sessions/:id"]; l != 1 || r != 0 {
+		t.Errorf("%d list requests and %d retrieves for the slice's 90 sessions, want 1 list", l, r)
+	}
+}
+
+// TestClustersFarApartListedApart: due sessions in two clusters far apart,
+// with many complete sessions between them that nobody queued (the start of
+// a backfill: each slice queues a few at its own end of the range), are
+// listed as two runs, a request each, rather than one run across the gap
+// whose pages bring the sessions between.
+func TestClustersFarApartListedApart(t *testing.T) {
+	sim, ids, created, db, _, act, f := batchRig(t, 500, func(int) int { return 1 })
+	queued := append(slices.Clone(ids[:10]), ids[490:]...)
+	enqueueAll(t, db, queued, created)
+	f.Settle()
+	wake := make(chan struct{})
+	close(wake)
+	if res, err := f.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true}); err != nil || res.Fulfilled != 20 {
+		t.Fatalf("fulfilled %d of 20: %v", res.Fulfilled, err)
+	}
+	for _, id := range queued {
+		if act.runs[id] != 1 {
+			t.Errorf("%s: action ran %d times", id, act.runs[id])
+		}
+	}
+	st := sim.Stats()
+	if l, r := st.ByEndpoint["GET /v1/checkout/sessions"], st.ByEndpoint["GET /v1/checkout/sessions/:id"]; l != 2 || r != 0 {
+		t.Errorf("%d list requests and %d retrieves for two clusters of 10, want 2 lists", l, r)
+	}
 }

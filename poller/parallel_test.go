@@ -408,3 +408,67 @@ func TestDryRunListsInParallelAndWritesNothing(t *testing.T) {
 		return nil
 	})
 }
+
+// TestSlicesCoverTheRangeAndTellTheirEnd: a range cut into as many slices as
+// are listed at once is cut into exactly that many, whatever its length in
+// seconds (rounded down, the last seconds were a slice of their own, a
+// request listed after the others); and each slice of several pages tells
+// once, a page or two before its end, where its events still to come lie.
+func TestSlicesCoverTheRangeAndTellTheirEnd(t *testing.T) {
+	h := newHarness(t)
+	since := t0.Add(-h.poller.Lookback - 4*time.Hour - 3*time.Second)
+	for i := range 1200 {
+		h.paid(since.Add(time.Minute+time.Duration(i)*12*time.Second), 1)
+	}
+	h.poller.SliceLen = 2 * time.Hour // longer than a quarter: the range is cut in four
+	var mu sync.Mutex
+	ranges := map[[2]time.Time]int{}
+	h.poller.Events = &lister{src: h.client, n: 4, hook: func(_ context.Context, q stripeapi.EventQuery) error {
+		if isRescan(q) {
+			mu.Lock()
+			ranges[[2]time.Time{q.CreatedGTE, q.CreatedLT}]++
+			mu.Unlock()
+		}
+		return nil
+	}}
+	type told struct{ from, reached, to time.Time }
+	var ending []told
+	h.poller.Ending = func(from, reached, to time.Time) {
+		mu.Lock()
+		ending = append(ending, told{from, reached, to})
+		mu.Unlock()
+	}
+	if _, err := h.poller.Start(context.Background(), since); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.poller.Poll(context.Background(), true); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(ranges) != 4 {
+		t.Errorf("the re-scan listed %d slices, want 4: %v", len(ranges), ranges)
+	}
+	for r, pages := range ranges {
+		if pages < 3 {
+			t.Errorf("slice %s–%s took %d pages, want several", r[0], r[1], pages)
+		}
+	}
+	if len(ending) != 4 {
+		t.Fatalf("Ending was called %d times, want once for each of the 4 slices: %v", len(ending), ending)
+	}
+	seen := map[time.Time]bool{}
+	for _, e := range ending {
+		if pages, ok := ranges[[2]time.Time{e.from, e.to}]; !ok || pages == 0 {
+			t.Errorf("Ending named %s–%s, not a slice listed", e.from, e.to)
+		}
+		if seen[e.from] {
+			t.Errorf("Ending was called twice for the slice from %s", e.from)
+		}
+		seen[e.from] = true
+		// About a page or two left: a page here spans 100 × 12 s.
+		if left := e.reached.Sub(e.from); left <= 0 || left > 2*100*12*time.Second+time.Minute {
+			t.Errorf("Ending was told with %s of the slice left, want a page or two", left)
+		}
+	}
+}

@@ -141,6 +141,13 @@ type Poller struct {
 	// next one (the fulfiller then
 	// lists at once the sessions it holds back for a fuller page).
 	Settled func()
+	// Ending, when set, is called once per re-scan slice when it has a
+	// page or two left to list (pagesLeft ≤ 2): the slice is [from, to)
+	// and its events still to come were created in [from, reached]. The
+	// fulfiller lists at once the sessions it holds back for a fuller
+	// page there, so that what the last pages queue is already in hand
+	// (see Fulfiller.Ending). It must not block.
+	Ending func(from, reached, to time.Time)
 	// Routes queues a delivery of each listed event to the destinations
 	// (notify, forward) that its type is routed to, once per event id and
 	// destination, in the same commit as the page; malformed events are
@@ -578,6 +585,7 @@ func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, hor
 	left := math.Inf(1) // pages still to list, once this pass has listed one
 	var top time.Time   // the newest event this pass listed in the slice
 	pages := 0          // pages this pass listed
+	told := false       // Ending was called for this slice
 	for {
 		if err := ctx.Err(); err != nil {
 			return s.Pages, err
@@ -607,6 +615,10 @@ func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, hor
 		}
 		if done {
 			return next.Pages, nil
+		}
+		if !told && left <= 2 && p.Ending != nil {
+			told = true
+			p.Ending(s.From, page.Events[len(page.Events)-1].Created, s.To)
 		}
 		s = next
 	}
@@ -668,9 +680,21 @@ func newPlan(pos cursor.Position, horizon time.Time, sliceLen, minRescan time.Du
 	// fewer is cut into n instead. A quiet range costs a request or so per
 	// slice more; a busy one is listed n times sooner.
 	if rest := horizon.Sub(frontier); n > 1 && rest > pl.sliceLen {
-		pl.sliceLen = min(pl.sliceLen, max((rest/time.Duration(n)).Truncate(time.Second), minSlice))
+		// Rounded up to the second: rounded down, the n slices left the
+		// last seconds to a slice of their own, a request for a few
+		// events listed after the others.
+		pl.sliceLen = min(pl.sliceLen, max(ceilSecond(rest/time.Duration(n)), minSlice))
 	}
 	return pl
+}
+
+// ceilSecond rounds d up to a whole second: Stripe's created filters count
+// seconds.
+func ceilSecond(d time.Duration) time.Duration {
+	if t := d.Truncate(time.Second); t < d {
+		return t + time.Second
+	}
+	return d
 }
 
 // next is the next slice to list, if any.

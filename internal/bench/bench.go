@@ -462,6 +462,7 @@ func runDaemon(ctx context.Context, cfg Config, url string, be backend, since ti
 	// What the lister queues wakes every worker: in process, the bench
 	// tells the others at once, which a standby learns at its next look.
 	p.Settled = lister.f.Settle
+	p.Ending = lister.f.Ending
 	p.Wake = func() {
 		for _, in := range workers {
 			select {

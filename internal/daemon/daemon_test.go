@@ -123,6 +123,19 @@ func TestOncePassFulfillsEachPaidSessionOnce(t *testing.T) {
 	}
 }
 
+// TestPollerTellsTheQueue: the daemon wires the poller's word to the queue
+// — a poll that listed all it will (Settled) and a slice near its end
+// (Ending) — without which the queue waits for fuller pages until its
+// timers run out.
+func TestPollerTellsTheQueue(t *testing.T) {
+	sim := stripesim.New(stripesim.Options{})
+	t.Cleanup(sim.Close)
+	d, _ := newDaemon(t, sim)
+	if d.Poller.Settled == nil || d.Poller.Ending == nil {
+		t.Errorf("poller hooks: Settled set %v, Ending set %v; want both", d.Poller.Settled != nil, d.Poller.Ending != nil)
+	}
+}
+
 // TestServeAnswersOnTheSocketAndStops: while Serve runs, the admin socket
 // answers status and fulfils a session on request; the first cancel stops
 // it cleanly.

@@ -106,6 +106,8 @@ func New(d *Daemon, progress func(poller.Progress)) *Daemon {
 	// A poll that has listed all it will lets the queue list the sessions
 	// it holds back for a fuller page at once.
 	d.Poller.Settled = d.Fulfiller.Settle
+	// A slice near its end lets it list there at once, beside its last page.
+	d.Poller.Ending = d.Fulfiller.Ending
 	d.Poller.Progress = func(p poller.Progress) {
 		d.beat()
 		if progress != nil {
