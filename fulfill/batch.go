@@ -202,8 +202,10 @@ func (f *Fulfiller) Ending(from, reached, to time.Time) {
 	b.endingMu.Lock()
 	b.ending = slices.DeleteFunc(b.ending, func(h endingHint) bool { return time.Since(h.at) > batchEndFresh })
 	hi := reached.Add(batchEndSlack)
-	if to.Before(hi) {
-		hi = to // sessions of later slices are theirs
+	if !hi.Before(to) {
+		// The slice ends before to: sessions created from then on
+		// complete in later slices' events.
+		hi = to.Add(-time.Nanosecond)
 	}
 	if len(b.ending) < maxEndingHints {
 		b.ending = append(b.ending, endingHint{lo: from.Add(-batchEndSlack), hi: hi, at: time.Now()})
@@ -664,7 +666,7 @@ func (b *batcher) covered(t time.Time) bool {
 // wideGaps marks the gaps between due sessions, sorted by created (at(i)
 // for i < n), where a run is cut: wide[i] for the gap after session i, when
 // it is more than a hundred times the median of the gaps on either side of
-// it (up to sparseNear each, the larger of the two). Lists return every complete session in their
+// it (up to sparseNear each, at least two, the larger of the two). Lists return every complete session in their
 // range, queued or not, and at the density those gaps show, such a gap
 // holds a page of sessions no attempt asked for. At the start of a
 // backfill each slice the poller lists queues a cluster at its own end of
@@ -693,8 +695,14 @@ func wideGaps(n int, at func(int) time.Time) []bool {
 	}
 	for i, g := range gaps {
 		// The denser side must not decide alone: where busy hours meet a
-		// quiet night, the gap is ordinary for the night.
-		m := max(median(gaps[max(0, i-sparseNear):i]), median(gaps[i+1:min(len(gaps), i+1+sparseNear)]), time.Second)
+		// quiet night, the gap is ordinary for the night. A side of
+		// fewer than two gaps says nothing about a density, so the gap
+		// is not cut: a few due sessions are one run, as before.
+		left, right := gaps[max(0, i-sparseNear):i], gaps[i+1:min(len(gaps), i+1+sparseNear)]
+		if len(left) < 2 || len(right) < 2 {
+			continue
+		}
+		m := max(median(left), median(right), time.Second)
 		wide[i] = m <= time.Duration(math.MaxInt64)/batchGroup && g > m*batchGroup
 	}
 	return wide

@@ -118,8 +118,31 @@ func TestWideGapsCutOnlyBetweenClusters(t *testing.T) {
 		}
 		clusters = append(clusters, [2]int{11, 10})
 	}
-	if got := cuts(times(clusters...)); len(got) != 7 {
-		t.Errorf("clusters 40 min apart cut at %v, want 7 cuts between them", got)
+	if got, want := cuts(times(clusters...)), []int{11, 23, 35, 47, 59, 71, 83}; !slices.Equal(got, want) {
+		t.Errorf("clusters 40 min apart cut at %v, want %v, between them", got, want)
+	}
+	// Two bursts, each created in one second, 200 s apart: clusters too.
+	if got := cuts(times([2]int{5, 0}, [2]int{1, 200}, [2]int{5, 0})); !slices.Equal(got, []int{5}) {
+		t.Errorf("two bursts 200 s apart cut at %v, want [5]", got)
+	}
+	// A few due sessions say nothing about a density: never cut.
+	for n := range 4 {
+		ts := times([2]int{max(n-1, 0), 1})
+		if n == 0 {
+			ts = nil
+		}
+		if n == 3 {
+			ts = times([2]int{1, 1}, [2]int{1, 120})
+		}
+		if got := cuts(ts); len(got) != 0 {
+			t.Errorf("%d sessions cut at %v, want no cut", len(ts), got)
+		}
+	}
+	// Years apart: no overflow, a cut.
+	far := append(times([2]int{5, 10}), base.AddDate(3, 0, 0))
+	far = append(far, far[len(far)-1].Add(10*time.Second), far[len(far)-1].Add(20*time.Second))
+	if got := cuts(far); !slices.Equal(got, []int{5}) {
+		t.Errorf("sessions three years apart cut at %v, want [5]", got)
 	}
 	// Busy day, quiet night, busy day.
 	if got := cuts(times([2]int{50, 10}, [2]int{50, 1200}, [2]int{50, 10})); len(got) != 0 {
@@ -128,5 +151,36 @@ func TestWideGapsCutOnlyBetweenClusters(t *testing.T) {
 	// A burst in one second, then sessions 150 s apart.
 	if got := cuts(times([2]int{80, 0}, [2]int{60, 150})); len(got) != 0 {
 		t.Errorf("sessions beside a burst cut at %v, want no cut", got)
+	}
+}
+
+// TestEndingHintStaysInItsSlice: the poller's word that a slice is near its
+// end lists a run only within that slice (down to a little below it), not
+// the next slice's sessions above it, and only once.
+func TestEndingHintStaysInItsSlice(t *testing.T) {
+	base := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
+	f := &Fulfiller{}
+	b := &f.batch
+	b.due = map[string]time.Time{}
+	var above, inside []string
+	for i := range 5 {
+		id := fmt.Sprintf("cs_in%d", i)
+		b.due[id] = base.Add(time.Duration(i) * time.Minute) // the slice: [base, base+1h)
+		inside = append(inside, id)
+		id = fmt.Sprintf("cs_up%d", i)
+		b.due[id] = base.Add(time.Hour + time.Duration(i)*time.Minute) // the next slice's
+		above = append(above, id)
+	}
+	f.Ending(base, base.Add(55*time.Minute), base.Add(time.Hour))
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.ends(above) {
+		t.Errorf("the next slice's run used the hint")
+	}
+	if !b.ends(inside) {
+		t.Errorf("the slice's own run did not use the hint")
+	}
+	if b.ends(inside) {
+		t.Errorf("a hint was used twice")
 	}
 }

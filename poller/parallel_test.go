@@ -417,8 +417,11 @@ func TestDryRunListsInParallelAndWritesNothing(t *testing.T) {
 func TestSlicesCoverTheRangeAndTellTheirEnd(t *testing.T) {
 	h := newHarness(t)
 	since := t0.Add(-h.poller.Lookback - 4*time.Hour - 3*time.Second)
-	for i := range 1200 {
-		h.paid(since.Add(time.Minute+time.Duration(i)*12*time.Second), 1)
+	// About 6.5 pages a slice: after its fifth page and its sixth, two
+	// or fewer are left, and neither is its last.
+	const every = 5500 * time.Millisecond
+	for i := range 2600 {
+		h.paid(since.Add(time.Minute+time.Duration(i)*every), 1)
 	}
 	h.poller.SliceLen = 2 * time.Hour // longer than a quarter: the range is cut in four
 	var mu sync.Mutex
@@ -466,8 +469,9 @@ func TestSlicesCoverTheRangeAndTellTheirEnd(t *testing.T) {
 			t.Errorf("Ending was called twice for the slice from %s", e.from)
 		}
 		seen[e.from] = true
-		// About a page or two left: a page here spans 100 × 12 s.
-		if left := e.reached.Sub(e.from); left <= 0 || left > 2*100*12*time.Second+time.Minute {
+		// A page or two left, reached being the oldest event listed so
+		// far.
+		if left := e.reached.Sub(e.from); left <= 0 || left > 2*100*every {
 			t.Errorf("Ending was told with %s of the slice left, want a page or two", left)
 		}
 	}
