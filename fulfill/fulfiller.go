@@ -286,7 +286,19 @@ func (f *Fulfiller) act(ctx context.Context, rec Record, st *stages, body []byte
 	if err := st.gate(true).acquire(stop); err != nil {
 		return rec, err
 	}
-	defer st.gate(true).release()
+	// The slot bounds the actions running at once: it is given back as
+	// soon as the action ended, so that its result is recorded beside the
+	// next attempt's start (write lets them share a commit) rather than
+	// before it. The claim on the session is the caller's, and lasts
+	// until the result is recorded.
+	held := true
+	release := func() {
+		if held {
+			held = false
+			st.gate(true).release()
+		}
+	}
+	defer release()
 	rec.Attempts++
 	rec.State, rec.InFlight = StatePending, true
 	// While the attempt runs its queue entry is parked far ahead, so the
@@ -325,6 +337,7 @@ func (f *Fulfiller) act(ctx context.Context, rec Record, st *stages, body []byte
 	)
 	log.Info("running fulfillment action", "attempt", rec.Attempts, "trigger", rec.Trigger, "line_items", rec.LineItems)
 	out, actErr := f.Action.Deliver(ctx, Delivery{Body: body, Env: env, IdempotencyKey: rec.IdempotencyKey()})
+	release()
 	attempt := rec.Attempts
 	rec.InFlight, rec.Lease, rec.Output = false, Lease{}, out.Output
 	var next time.Time
@@ -452,7 +465,7 @@ func (f *Fulfiller) save(rec Record, next time.Time) error {
 func (f *Fulfiller) saveResult(rec Record, attempt int, next time.Time) error {
 	read := rec.Updated
 	rec.Updated = f.now()
-	err := f.DB.Update(func(tx Tx) error {
+	err := write(f.DB, func(tx Tx) error {
 		if f.Sharing.shared() {
 			cur, ok, err := Get(tx, rec.SessionID)
 			if err != nil {
@@ -507,9 +520,11 @@ func (f *Fulfiller) startAttempt(rec *Record, owns string) error {
 	rec.Updated = f.now()
 	park := f.Sharing.park(rec.Updated)
 	var covered, changed *Record
-	var held bool
-	err := f.DB.Update(func(tx Tx) error {
-		covered, changed, held = nil, nil, false
+	// The outcomes that are not failures are noted, not returned: an
+	// error rolls back a shared commit (write) and runs the others again.
+	var held, elsewhere, busy bool
+	err := write(f.DB, func(tx Tx) error {
+		covered, changed, held, elsewhere, busy = nil, nil, false, false, false
 		cur, ok, err := Get(tx, rec.SessionID)
 		if err != nil {
 			return err
@@ -543,8 +558,8 @@ func (f *Fulfiller) startAttempt(rec *Record, owns string) error {
 				// Another instance attempted it since this one looked
 				// (the claim keeps only this process's goroutines apart):
 				// its result stands, and its schedule.
-				covered = &cur
-				return errAttemptedElsewhere
+				covered, elsewhere = &cur, true
+				return nil
 			}
 			if cur.Seq > rec.Seq {
 				rec.Seq = cur.Seq
@@ -559,6 +574,10 @@ func (f *Fulfiller) startAttempt(rec *Record, owns string) error {
 			// Checked whatever fulfill.payment_intents says now: it may
 			// have been on when the PaymentIntent was fulfilled.
 			c, err := f.claimPayment(tx, rec, owns, f.Intents != nil)
+			if errors.Is(err, errPaymentBusy) {
+				busy = true // nothing was written
+				return nil
+			}
 			if err != nil || c != nil {
 				covered = c
 				return err
@@ -576,18 +595,19 @@ func (f *Fulfiller) startAttempt(rec *Record, owns string) error {
 		*rec = *changed
 		return errChanged
 	}
-	if errors.Is(err, errAttemptedElsewhere) {
+	if err == nil && elsewhere {
 		*rec = *covered
-		return err
+		return errAttemptedElsewhere
 	}
 	if err == nil && covered != nil {
 		*rec = *covered
 		return errCovered
 	}
-	if errors.Is(err, errPaymentBusy) {
+	if err == nil && busy {
 		// Nothing was written: the record is still the one read, which
 		// the caller's save of the wait checks it against.
 		rec.Updated, rec.Lease = read, Lease{}
+		return errPaymentBusy
 	}
 	return err
 }

@@ -18,7 +18,9 @@ import (
 func openTestDB(t *testing.T) *boltstore.Store { return storetest.Open(t) }
 
 // ledger is the store as the fulfiller sees it.
-func ledger(db *boltstore.Store) fulfill.DB { return store.As[fulfill.Tx](db) }
+// ledger is the store as the daemon's fulfiller sees a bbolt file: the
+// attempts' starts and results share commits (store.AsGrouped).
+func ledger(db *boltstore.Store) fulfill.DB { return store.AsGrouped[fulfill.Tx](db) }
 
 // racingSource answers like Stripe but, while "on the wire", lets the test
 // record an event the way the poller would, in its own transaction.

@@ -110,3 +110,22 @@ type DB interface {
 	View(fn func(Tx) error) error
 	Update(fn func(Tx) error) error
 }
+
+// batchDB is a DB that can commit writes from several goroutines in one
+// transaction (store.Grouped over bbolt, under storehealth.Guard).
+type batchDB interface {
+	Batch(fn func(Tx) error) error
+}
+
+// write runs fn as Update does, in a transaction it may share with other
+// goroutines' writes when db can. An attempt's start and its result are
+// two durable commits each, one writer at a time: in a backfill of fast
+// actions on a disk whose fsync takes milliseconds, those commits, not
+// Stripe, set the pace. fn may run more than once, as the DB contract
+// above allows already.
+func write(db DB, fn func(Tx) error) error {
+	if b, ok := db.(batchDB); ok {
+		return b.Batch(fn)
+	}
+	return db.Update(fn)
+}

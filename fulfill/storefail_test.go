@@ -37,11 +37,22 @@ func (s *flakyStore) Update(fn func(store.Tx) error) error {
 	return s.Store.Update(fn)
 }
 
-// guarded is the store under a flaky boundary, with writes scored as the
-// daemon scores them.
+// Batch refuses as Update does while failing; otherwise the attempts'
+// writes share commits, as in the daemon.
+func (s *flakyStore) Batch(fn func(store.Tx) error) error {
+	if s.failing.Load() {
+		s.writes.Add(1)
+		return errDiskFull
+	}
+	return s.Store.Batch(fn)
+}
+
+// guarded is the store under a flaky boundary, seen and scored as the
+// daemon sees and scores a bbolt file: the fulfiller's attempts write
+// through Batch (store.AsGrouped), everything else through Update.
 func guarded(db *boltstore.Store, logger *slog.Logger) (*flakyStore, *storehealth.Guard[fulfill.Tx]) {
 	flaky := &flakyStore{Store: db}
-	return flaky, storehealth.New(store.As[fulfill.Tx](flaky), storehealth.NewHealth(logger))
+	return flaky, storehealth.New[fulfill.Tx](store.AsGrouped[fulfill.Tx](flaky), storehealth.NewHealth(logger))
 }
 
 // paidSource answers every retrieve with a paid session and counts them.
@@ -338,7 +349,7 @@ func TestFullDiskWhereEmptyCommitsSucceed(t *testing.T) {
 	disk.full.Store(true)
 	var logs logtest.Buffer
 	logger := slog.New(slog.NewTextHandler(&logs, nil))
-	guard := storehealth.New(store.As[fulfill.Tx](disk), storehealth.NewHealth(logger))
+	guard := storehealth.New[fulfill.Tx](store.AsGrouped[fulfill.Tx](disk), storehealth.NewHealth(logger))
 	src, act := &paidSource{}, &runsAction{}
 	f := &fulfill.Fulfiller{DB: guard, Sessions: src, Action: act, MaxAttempts: 3, Concurrency: 4,
 		Now: func() time.Time { return now }, Logger: logger}
@@ -401,12 +412,22 @@ type fullDisk struct {
 
 var errRollback = errors.New("roll back: the disk is full")
 
-func (s *fullDisk) Update(fn func(store.Tx) error) error {
+func (s *fullDisk) Update(fn func(store.Tx) error) error { return s.commit(s.Store.Update, fn) }
+
+// Batch is Update's full disk for writes that share a commit: the
+// functions run, and the commit they share fails.
+func (s *fullDisk) Batch(fn func(store.Tx) error) error {
+	return s.commit(s.Store.(store.Batcher).Batch, fn)
+}
+
+// commit runs fn through run (Update or Batch); while the disk is full, a
+// transaction that wrote data fails as its commit would.
+func (s *fullDisk) commit(run func(func(store.Tx) error) error, fn func(store.Tx) error) error {
 	if !s.full.Load() {
-		return s.Store.Update(fn)
+		return run(fn)
 	}
 	wrote := false
-	err := s.Store.Update(func(tx store.Tx) error {
+	err := run(func(tx store.Tx) error {
 		if err := fn(writeSpy{Tx: tx, wrote: &wrote}); err != nil {
 			return err
 		}

@@ -47,7 +47,13 @@ func (a *app) newDaemon(db store.Store) *daemon.Daemon {
 	// Every write of the queues and the poller is scored in one Health: a
 	// failing disk pauses the queues and shows in /healthz.
 	health := storehealth.NewHealth(a.log.With("component", "store"))
-	queues := storehealth.New(store.As[fulfill.Tx](db), health)
+	var queues *storehealth.Guard[fulfill.Tx]
+	if b, ok := db.(*boltstore.Store); ok {
+		// One file, one writer: the attempts' writes share commits.
+		queues = storehealth.New[fulfill.Tx](store.AsGrouped[fulfill.Tx](b), health)
+	} else {
+		queues = storehealth.New[fulfill.Tx](store.As[fulfill.Tx](db), health)
+	}
 	stream := storehealth.New(store.As[poller.Tx](db), health)
 	listed := stream
 	var node *cluster.Node

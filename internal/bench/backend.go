@@ -128,6 +128,23 @@ func (s *timedStore) Update(fn func(store.Tx) error) error {
 	return s.Store.Update(fn)
 }
 
+// Batch is the store's, timed, for a store that has it (bbolt): the
+// fulfiller's writes share commits as the daemon's do.
+func (s *timedStore) Batch(fn func(store.Tx) error) error {
+	b, ok := s.Store.(store.Batcher)
+	if !ok {
+		return s.Update(fn)
+	}
+	defer s.took(time.Now())
+	return b.Batch(fn)
+}
+
+// grouped reports whether the store commits batches of writes (bbolt).
+func (s *timedStore) grouped() bool {
+	_, ok := s.Store.(store.Batcher)
+	return ok
+}
+
 func (s *timedStore) took(start time.Time) {
 	s.nanos.Add(int64(time.Since(start)))
 	s.txs.Add(1)

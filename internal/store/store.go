@@ -48,3 +48,31 @@ func (a Typed[T]) View(fn func(T) error) error {
 func (a Typed[T]) Update(fn func(T) error) error {
 	return a.s.Update(func(tx Tx) error { return fn(any(tx).(T)) })
 }
+
+// Batcher is a Store that can commit writes from several goroutines in one
+// transaction (bbolt's Batch: one commit, one fsync, for all of them). fn
+// may run more than once: when another function in the same transaction
+// fails, the others run again without it.
+type Batcher interface {
+	Store
+	Batch(fn func(Tx) error) error
+}
+
+// Grouped is a store seen through T, as Typed is, whose Batch shares a
+// commit with other goroutines' Batch calls. It is asked for by name, for
+// the store itself, never found on a store that wraps another: a wrapper
+// that overrides Update (a fence, a test's failing disk) would be passed
+// by.
+type Grouped[T any] struct {
+	Typed[T]
+	b Batcher
+}
+
+// AsGrouped presents b as As does, with Batch.
+func AsGrouped[T any](b Batcher) Grouped[T] { return Grouped[T]{Typed: As[T](b), b: b} }
+
+// Batch runs fn in a read-write transaction it may share with other
+// goroutines' Batch calls, and returns once it committed.
+func (g Grouped[T]) Batch(fn func(T) error) error {
+	return g.b.Batch(func(tx Tx) error { return fn(any(tx).(T)) })
+}

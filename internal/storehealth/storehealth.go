@@ -69,9 +69,26 @@ func (g *Guard[T]) View(fn func(T) error) error { return g.store.View(fn) }
 // returned wrapped in ErrUnwritable and marks the store as failing; an
 // error fn returned is returned as it is.
 func (g *Guard[T]) Update(fn func(T) error) error {
+	return g.write(g.store.Update, fn)
+}
+
+// Batch runs a read-write transaction that the store may share with other
+// goroutines' Batch calls (store.Grouped), scored as Update is; over a
+// store without Batch it is Update.
+func (g *Guard[T]) Batch(fn func(T) error) error {
+	if b, ok := g.store.(interface{ Batch(func(T) error) error }); ok {
+		return g.write(b.Batch, fn)
+	}
+	return g.write(g.store.Update, fn)
+}
+
+// write runs fn through run (Update or Batch) and scores the result. fn
+// may run more than once (a conflict, a batch run again): what it returned
+// last is what decides.
+func (g *Guard[T]) write(run func(func(T) error) error, fn func(T) error) error {
 	var fnErr error
 	ran := false
-	err := g.store.Update(func(tx T) error {
+	err := run(func(tx T) error {
 		ran = true
 		fnErr = fn(tx)
 		return fnErr
