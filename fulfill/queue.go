@@ -474,12 +474,16 @@ type gate struct {
 
 func (g *gate) size() int { return max(g.limit(), 1) }
 
-// acquire waits for a place, or until ctx ends.
+// acquire waits for a place, or until ctx ends; once ctx has ended it
+// takes none, even a free one (a shutdown starts no more actions).
 func (g *gate) acquire(ctx context.Context) error {
 	if g == nil {
 		return ctx.Err()
 	}
 	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
 		g.mu.Lock()
 		if g.n < g.size() {
 			g.n++

@@ -19,7 +19,15 @@ import (
 // as after a crash, with the same idempotency key.
 type unsaved struct {
 	mu    sync.Mutex
-	saves map[string]func() error
+	saves map[string]keptSave
+	gen   uint64
+}
+
+// keptSave is a kept result's save; gen tells it from one kept later for
+// the same id.
+type keptSave struct {
+	save func() error
+	gen  uint64
 }
 
 // Bounds of the first, in-line retries of a result save: a store that
@@ -42,9 +50,10 @@ func (u *unsaved) save(ctx context.Context, id string, save func() error) error 
 		if try >= resultSaveTries || sleepCtx(ctx, wait) != nil {
 			u.mu.Lock()
 			if u.saves == nil {
-				u.saves = map[string]func() error{}
+				u.saves = map[string]keptSave{}
 			}
-			u.saves[id] = save
+			u.gen++
+			u.saves[id] = keptSave{save: save, gen: u.gen}
 			u.mu.Unlock()
 			return fmt.Errorf("%s: the attempt ended but its result could not be recorded; "+
 				"it is kept in memory and saved when the store takes writes again: %w", id, err)
@@ -54,19 +63,23 @@ func (u *unsaved) save(ctx context.Context, id string, save func() error) error 
 }
 
 // flushOne saves id's kept result, if there is one; found says whether
-// there was.
+// there was. Only the result it saved leaves memory: one kept for id while
+// it saved (a later attempt's, whose result the store refused in turn)
+// stays until it is saved itself.
 func (u *unsaved) flushOne(id string) (found bool, err error) {
 	u.mu.Lock()
-	save, ok := u.saves[id]
+	k, ok := u.saves[id]
 	u.mu.Unlock()
 	if !ok {
 		return false, nil
 	}
-	if err := save(); err != nil {
+	if err := k.save(); err != nil {
 		return true, fmt.Errorf("%s: its last attempt's result is not recorded yet: %w", id, err)
 	}
 	u.mu.Lock()
-	delete(u.saves, id)
+	if cur, ok := u.saves[id]; ok && cur.gen == k.gen {
+		delete(u.saves, id)
+	}
 	u.mu.Unlock()
 	return true, nil
 }
