@@ -74,17 +74,30 @@ func (u *unsaved) flushOne(id string) (found bool, err error) {
 		return false, nil
 	}
 	if err := k.save(); err != nil {
+		if errors.Is(err, ErrClaimLost) {
+			// Another instance took the item over while this one could
+			// not write: its record stands, and this result never will.
+			u.drop(id, k.gen)
+			return true, fmt.Errorf("%s: its last attempt's result is dropped: %w", id, err)
+		}
 		return true, fmt.Errorf("%s: its last attempt's result is not recorded yet: %w", id, err)
 	}
-	u.mu.Lock()
-	if cur, ok := u.saves[id]; ok && cur.gen == k.gen {
-		delete(u.saves, id)
-	}
-	u.mu.Unlock()
+	u.drop(id, k.gen)
 	return true, nil
 }
 
-// flush saves every kept result; it stops at the first that fails.
+// drop forgets id's kept result if it is still the one of generation gen.
+func (u *unsaved) drop(id string, gen uint64) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if cur, ok := u.saves[id]; ok && cur.gen == gen {
+		delete(u.saves, id)
+	}
+}
+
+// flush saves every kept result it can, and says which it could not: one
+// that cannot be saved does not keep the others in memory (at shutdown,
+// a result left unsaved is repeated on the next start).
 func (u *unsaved) flush() error {
 	u.mu.Lock()
 	ids := make([]string, 0, len(u.saves))
@@ -92,12 +105,13 @@ func (u *unsaved) flush() error {
 		ids = append(ids, id)
 	}
 	u.mu.Unlock()
+	var errs []error
 	for _, id := range ids {
 		if _, err := u.flushOne(id); err != nil {
-			return err
+			errs = append(errs, err)
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // len is how many results are kept.

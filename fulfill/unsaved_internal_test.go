@@ -56,3 +56,40 @@ func TestGateTakesNoPlaceAfterShutdown(t *testing.T) {
 		t.Errorf("acquire before shutdown: %v, %d held", err, g.n)
 	}
 }
+
+// TestKeptResultsFlushedPastOneThatFails: a kept result that cannot be
+// saved does not hold back the others, and one whose item another instance
+// took over (its lease ran out while this one could not write) is dropped
+// rather than tried for ever.
+func TestKeptResultsFlushedPastOneThatFails(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	refused := fmt.Errorf("%w: no space left on device", storehealth.ErrUnwritable)
+	u := &unsaved{}
+	writable := false
+	saved := map[string]int{}
+	for _, id := range []string{"cs_a", "cs_b", "cs_c"} {
+		_ = u.save(ctx, id, func() error {
+			switch {
+			case !writable:
+				return refused
+			case id == "cs_a":
+				return refused // still refused: this one's write fails
+			case id == "cs_b":
+				return fmt.Errorf("record result: %w", ErrClaimLost)
+			}
+			saved[id]++
+			return nil
+		})
+	}
+	writable = true
+	if err := u.flush(); err == nil {
+		t.Errorf("flush said every result was saved")
+	}
+	if saved["cs_c"] != 1 {
+		t.Errorf("cs_c saved %d times, want once whatever the others did", saved["cs_c"])
+	}
+	if u.len() != 1 {
+		t.Errorf("%d results still kept, want only the refused one (the one taken over is dropped)", u.len())
+	}
+}
