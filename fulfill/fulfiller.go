@@ -153,9 +153,20 @@ func (f *Fulfiller) fulfill(ctx context.Context, sessionID, trigger, eventID str
 		return Record{}, err
 	}
 	defer release()
-	if kept, err := f.results.flushOne(sessionID); kept && err != nil {
-		// Its action ran; until that is recorded nothing runs it again.
-		return Record{SessionID: sessionID, State: StatePending, InFlight: true}, err
+	if kept, err := f.results.flushOne(sessionID); kept {
+		if err != nil {
+			// Its action ran; until that is recorded nothing runs it again.
+			return Record{SessionID: sessionID, State: StatePending, InFlight: true}, err
+		}
+		// Its kept result is recorded now, and decides what comes next
+		// as any recorded result does (a retry at its time): this
+		// trigger runs nothing.
+		var rec Record
+		err = f.DB.View(func(tx Tx) error {
+			rec, _, err = Get(tx, sessionID)
+			return err
+		})
+		return rec, err
 	}
 	if err := storeWritable(f.DB); err != nil {
 		return Record{}, err

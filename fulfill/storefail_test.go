@@ -473,3 +473,42 @@ func runDaemonQueue(f *fulfill.Fulfiller) (cancel func(), done <-chan error) {
 	}()
 	return stop, out
 }
+
+// failsAction fails every attempt, and fills the disk as it runs.
+type failsAction struct {
+	runsAction
+	disk *flakyStore
+}
+
+func (a *failsAction) Deliver(ctx context.Context, d fulfill.Delivery) (fulfill.Outcome, error) {
+	_, _ = a.runsAction.Deliver(ctx, d)
+	a.disk.failing.Store(true)
+	return fulfill.Outcome{}, errors.New("warehouse API answered 503")
+}
+
+// A failed attempt whose result the store refused is kept; the next trigger
+// records it and runs nothing, as a recorded failure would (its retry comes
+// at its time): it does not start another attempt at once.
+func TestKeptFailureRecordedByTheNextTriggerRunsNothing(t *testing.T) {
+	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
+	db := openTestDB(t)
+	enqueue(t, db, now, "cs_1")
+	flaky, guard := guarded(db, nil)
+	act := &failsAction{disk: flaky}
+	f := &fulfill.Fulfiller{DB: guard, Sessions: &paidSource{}, Action: act, MaxAttempts: 3, Concurrency: 4,
+		Now: func() time.Time { return now }}
+	if _, err := f.Fulfill(context.Background(), "cs_1", fulfill.TriggerManual, ""); err == nil || f.Unsaved() != 1 {
+		t.Fatalf("first attempt: %v, %d kept; want its failure kept in memory", err, f.Unsaved())
+	}
+	flaky.failing.Store(false)
+	rec, err := f.Fulfill(context.Background(), "cs_1", fulfill.TriggerManual, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := act.count("cs_1"); n != 1 {
+		t.Errorf("the action ran %d times, want once: the trigger that recorded the kept failure ran it again", n)
+	}
+	if f.Unsaved() != 0 || rec.Attempts != 1 || rec.LastError == "" || rec.InFlight {
+		t.Errorf("after the trigger: %d kept, record %+v; want the failed attempt recorded", f.Unsaved(), rec)
+	}
+}

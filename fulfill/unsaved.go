@@ -24,10 +24,11 @@ type unsaved struct {
 }
 
 // keptSave is a kept result's save; gen tells it from one kept later for
-// the same id.
+// the same id; saving is set while a flushOne runs it.
 type keptSave struct {
-	save func() error
-	gen  uint64
+	save   func() error
+	gen    uint64
+	saving bool
 }
 
 // Bounds of the first, in-line retries of a result save: a store that
@@ -69,10 +70,22 @@ func (u *unsaved) save(ctx context.Context, id string, save func() error) error 
 func (u *unsaved) flushOne(id string) (found bool, err error) {
 	u.mu.Lock()
 	k, ok := u.saves[id]
+	if ok && k.saving {
+		// Another caller (the worker's flush, an attempt holding the
+		// claim) is saving it: until that ends it is not recorded, and
+		// saving it twice could land it after what comes next.
+		u.mu.Unlock()
+		return true, fmt.Errorf("%s: its last attempt's result is being recorded", id)
+	}
+	if ok {
+		k.saving = true
+		u.saves[id] = k
+	}
 	u.mu.Unlock()
 	if !ok {
 		return false, nil
 	}
+	defer u.doneSaving(id, k.gen)
 	if err := k.save(); err != nil {
 		if errors.Is(err, ErrClaimLost) {
 			// Another instance took the item over while this one could
@@ -84,6 +97,17 @@ func (u *unsaved) flushOne(id string) (found bool, err error) {
 	}
 	u.drop(id, k.gen)
 	return true, nil
+}
+
+// doneSaving clears the saving mark of id's kept result of generation gen,
+// if it is still kept.
+func (u *unsaved) doneSaving(id string, gen uint64) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if cur, ok := u.saves[id]; ok && cur.gen == gen {
+		cur.saving = false
+		u.saves[id] = cur
+	}
 }
 
 // drop forgets id's kept result if it is still the one of generation gen.

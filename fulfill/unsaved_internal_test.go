@@ -93,3 +93,42 @@ func TestKeptResultsFlushedPastOneThatFails(t *testing.T) {
 		t.Errorf("%d results still kept, want only the refused one (the one taken over is dropped)", u.len())
 	}
 }
+
+// TestKeptResultSavedOnceAtATime: while one caller saves a kept result (the
+// worker's flush), another (an attempt of the same item) is told it is not
+// recorded yet, rather than saving it a second time — a second save could
+// land after the attempt that follows it.
+func TestKeptResultSavedOnceAtATime(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	refused := fmt.Errorf("%w: no space left on device", storehealth.ErrUnwritable)
+	u := &unsaved{}
+	entered, release := make(chan struct{}), make(chan struct{})
+	writable, saves := false, 0
+	_ = u.save(ctx, "cs_1", func() error {
+		if !writable {
+			return refused
+		}
+		saves++
+		close(entered)
+		<-release
+		return nil
+	})
+	writable = true
+	done := make(chan error, 1)
+	go func() {
+		_, err := u.flushOne("cs_1")
+		done <- err
+	}()
+	<-entered
+	if found, err := u.flushOne("cs_1"); !found || err == nil {
+		t.Errorf("while it is being saved: found %v, err %v; want found and not recorded yet", found, err)
+	}
+	close(release)
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if saves != 1 || u.len() != 0 {
+		t.Errorf("saved %d times, %d still kept; want once, none", saves, u.len())
+	}
+}
