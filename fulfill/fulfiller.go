@@ -153,18 +153,15 @@ func (f *Fulfiller) fulfill(ctx context.Context, sessionID, trigger, eventID str
 		return Record{}, err
 	}
 	defer release()
-	if kept, err := f.results.flushOne(sessionID); kept {
-		if err != nil {
-			// Its action ran; until that is recorded nothing runs it again.
-			return Record{SessionID: sessionID, State: StatePending, InFlight: true}, err
-		}
-		// Its kept result is recorded now, and decides what comes next
-		// as any recorded result does (a retry at its time): this
-		// trigger runs nothing.
-		var rec Record
-		err = f.DB.View(func(tx Tx) error {
-			rec, _, err = Get(tx, sessionID)
-			return err
+	if kept, err := f.results.flushOne(sessionID); kept && err != nil {
+		// Its action ran; until that is recorded nothing runs it again.
+		// The record as the store has it (in flight) says so.
+		rec := Record{SessionID: sessionID, State: StatePending, InFlight: true}
+		_ = f.DB.View(func(tx Tx) error {
+			if cur, found, gerr := Get(tx, sessionID); gerr == nil && found {
+				rec = cur
+			}
+			return nil
 		})
 		return rec, err
 	}

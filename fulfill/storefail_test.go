@@ -474,7 +474,7 @@ func runDaemonQueue(f *fulfill.Fulfiller) (cancel func(), done <-chan error) {
 	return stop, out
 }
 
-// failsAction fails every attempt, and fills the disk as it runs.
+// failsAction fails every attempt; the first fills the disk as it runs.
 type failsAction struct {
 	runsAction
 	disk *flakyStore
@@ -482,14 +482,17 @@ type failsAction struct {
 
 func (a *failsAction) Deliver(ctx context.Context, d fulfill.Delivery) (fulfill.Outcome, error) {
 	_, _ = a.runsAction.Deliver(ctx, d)
-	a.disk.failing.Store(true)
+	if a.count(strings.TrimPrefix(d.IdempotencyKey, "fulfilld-")) == 1 {
+		a.disk.failing.Store(true)
+	}
 	return fulfill.Outcome{}, errors.New("warehouse API answered 503")
 }
 
 // A failed attempt whose result the store refused is kept; the next trigger
-// records it and runs nothing, as a recorded failure would (its retry comes
-// at its time): it does not start another attempt at once.
-func TestKeptFailureRecordedByTheNextTriggerRunsNothing(t *testing.T) {
+// records it first and then goes on as after any recorded failure: the
+// attempt it starts is the second, not a first one again, and nothing of
+// the kept one is lost.
+func TestKeptFailureRecordedBeforeTheNextAttempt(t *testing.T) {
 	now := time.Date(2026, 11, 20, 12, 0, 0, 0, time.UTC)
 	db := openTestDB(t)
 	enqueue(t, db, now, "cs_1")
@@ -497,18 +500,19 @@ func TestKeptFailureRecordedByTheNextTriggerRunsNothing(t *testing.T) {
 	act := &failsAction{disk: flaky}
 	f := &fulfill.Fulfiller{DB: guard, Sessions: &paidSource{}, Action: act, MaxAttempts: 3, Concurrency: 4,
 		Now: func() time.Time { return now }}
-	if _, err := f.Fulfill(context.Background(), "cs_1", fulfill.TriggerManual, ""); err == nil || f.Unsaved() != 1 {
+	rec, err := f.Fulfill(context.Background(), "cs_1", fulfill.TriggerManual, "")
+	if err == nil || f.Unsaved() != 1 {
 		t.Fatalf("first attempt: %v, %d kept; want its failure kept in memory", err, f.Unsaved())
 	}
+	// Meanwhile a trigger is told, with the record as the store has it.
+	if rec, err = f.Fulfill(context.Background(), "cs_1", fulfill.TriggerManual, ""); err == nil || !rec.InFlight || rec.Attempts != 1 {
+		t.Errorf("a trigger while the result is kept: %+v, %v; want the stored in-flight record and an error", rec, err)
+	}
 	flaky.failing.Store(false)
-	rec, err := f.Fulfill(context.Background(), "cs_1", fulfill.TriggerManual, "")
-	if err != nil {
-		t.Fatal(err)
+	if rec, _ = f.Fulfill(context.Background(), "cs_1", fulfill.TriggerManual, ""); rec.Attempts != 2 || rec.InFlight || rec.LastError == "" {
+		t.Errorf("after the store recovered: %+v; want the second attempt recorded after the first", rec)
 	}
-	if n := act.count("cs_1"); n != 1 {
-		t.Errorf("the action ran %d times, want once: the trigger that recorded the kept failure ran it again", n)
-	}
-	if f.Unsaved() != 0 || rec.Attempts != 1 || rec.LastError == "" || rec.InFlight {
-		t.Errorf("after the trigger: %d kept, record %+v; want the failed attempt recorded", f.Unsaved(), rec)
+	if n := act.count("cs_1"); n != 2 || f.Unsaved() != 0 {
+		t.Errorf("the action ran %d times, %d kept; want 2 and none", n, f.Unsaved())
 	}
 }

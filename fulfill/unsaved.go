@@ -14,7 +14,8 @@ import (
 // the store refused to record (a full disk, an I/O error). Such a result
 // stays in memory, under the item's id, until a write succeeds: meanwhile
 // this process never attempts the item again — its action already ran —
-// and a later trigger saves the kept result instead of running the action.
+// and a later trigger saves the kept result first, then goes on as it would
+// after that result (nothing more for a success).
 // Only a process that ends with results kept repeats them on its next start,
 // as after a crash, with the same idempotency key.
 type unsaved struct {
@@ -24,11 +25,12 @@ type unsaved struct {
 }
 
 // keptSave is a kept result's save; gen tells it from one kept later for
-// the same id; saving is set while a flushOne runs it.
+// the same id; saving is open while a flushOne runs it, and closed when
+// that ends.
 type keptSave struct {
 	save   func() error
 	gen    uint64
-	saving bool
+	saving chan struct{}
 }
 
 // Bounds of the first, in-line retries of a result save: a store that
@@ -70,15 +72,15 @@ func (u *unsaved) save(ctx context.Context, id string, save func() error) error 
 func (u *unsaved) flushOne(id string) (found bool, err error) {
 	u.mu.Lock()
 	k, ok := u.saves[id]
-	if ok && k.saving {
+	if ok && k.saving != nil {
 		// Another caller (the worker's flush, an attempt holding the
 		// claim) is saving it: until that ends it is not recorded, and
 		// saving it twice could land it after what comes next.
 		u.mu.Unlock()
-		return true, fmt.Errorf("%s: its last attempt's result is being recorded", id)
+		return true, fmt.Errorf("%s: %w", id, errBeingRecorded)
 	}
 	if ok {
-		k.saving = true
+		k.saving = make(chan struct{})
 		u.saves[id] = k
 	}
 	u.mu.Unlock()
@@ -104,24 +106,33 @@ func (u *unsaved) flushOne(id string) (found bool, err error) {
 func (u *unsaved) doneSaving(id string, gen uint64) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if cur, ok := u.saves[id]; ok && cur.gen == gen {
-		cur.saving = false
+	if cur, ok := u.saves[id]; ok && cur.gen == gen && cur.saving != nil {
+		close(cur.saving)
+		cur.saving = nil
 		u.saves[id] = cur
 	}
 }
+
+// errBeingRecorded: another caller is saving the kept result right now.
+var errBeingRecorded = errors.New("its last attempt's result is being recorded")
 
 // drop forgets id's kept result if it is still the one of generation gen.
 func (u *unsaved) drop(id string, gen uint64) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if cur, ok := u.saves[id]; ok && cur.gen == gen {
+		if cur.saving != nil {
+			close(cur.saving)
+		}
 		delete(u.saves, id)
 	}
 }
 
 // flush saves every kept result it can, and says which it could not: one
 // that cannot be saved does not keep the others in memory (at shutdown,
-// a result left unsaved is repeated on the next start).
+// a result left unsaved is repeated on the next start). One another caller
+// is saving is waited for and looked at again. One dropped because another
+// instance took its item over is not an error here: it is settled.
 func (u *unsaved) flush() error {
 	u.mu.Lock()
 	ids := make([]string, 0, len(u.saves))
@@ -131,11 +142,29 @@ func (u *unsaved) flush() error {
 	u.mu.Unlock()
 	var errs []error
 	for _, id := range ids {
-		if _, err := u.flushOne(id); err != nil {
-			errs = append(errs, err)
+		for {
+			_, err := u.flushOne(id)
+			if errors.Is(err, errBeingRecorded) {
+				u.waitSaved(id)
+				continue
+			}
+			if err != nil && !errors.Is(err, ErrClaimLost) {
+				errs = append(errs, err)
+			}
+			break
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// waitSaved waits until no caller is saving id's kept result.
+func (u *unsaved) waitSaved(id string) {
+	u.mu.Lock()
+	k, ok := u.saves[id]
+	u.mu.Unlock()
+	if ok && k.saving != nil {
+		<-k.saving
+	}
 }
 
 // len is how many results are kept.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/fulfilld/fulfilld/internal/storehealth"
 )
@@ -124,7 +125,19 @@ func TestKeptResultSavedOnceAtATime(t *testing.T) {
 	if found, err := u.flushOne("cs_1"); !found || err == nil {
 		t.Errorf("while it is being saved: found %v, err %v; want found and not recorded yet", found, err)
 	}
+	// A flush at shutdown waits for that save rather than report it
+	// unsaved.
+	flushed := make(chan error, 1)
+	go func() { flushed <- u.flush() }()
+	select {
+	case err := <-flushed:
+		t.Errorf("flush returned %v while the save was still running", err)
+	case <-time.After(50 * time.Millisecond):
+	}
 	close(release)
+	if err := <-flushed; err != nil {
+		t.Errorf("flush after the save ended: %v, want nil", err)
+	}
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
