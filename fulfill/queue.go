@@ -175,7 +175,14 @@ func (w *worker) probe() bool {
 		return true
 	}
 	if w.kept != nil && w.kept() > 0 {
-		return w.flush() == nil
+		if w.flush() != nil {
+			return false
+		}
+		// Saved, or dropped as another instance's now: only a save
+		// proved a write, so the health it scored decides.
+		if h.Err() == nil {
+			return true
+		}
 	}
 	return h.Probe() == nil
 }

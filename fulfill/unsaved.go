@@ -56,7 +56,9 @@ func (u *unsaved) save(ctx context.Context, id string, save func() error) error 
 				u.saves = map[string]keptSave{}
 			}
 			u.gen++
-			u.saves[id] = keptSave{save: save, gen: u.gen}
+			// A save of an earlier result for id still under way stays
+			// marked: no other caller saves this one beside it.
+			u.saves[id] = keptSave{save: save, gen: u.gen, saving: u.saves[id].saving}
 			u.mu.Unlock()
 			return fmt.Errorf("%s: the attempt ended but its result could not be recorded; "+
 				"it is kept in memory and saved when the store takes writes again: %w", id, err)
@@ -79,15 +81,15 @@ func (u *unsaved) flushOne(id string) (found bool, err error) {
 		u.mu.Unlock()
 		return true, fmt.Errorf("%s: %w", id, errBeingRecorded)
 	}
-	if ok {
-		k.saving = make(chan struct{})
-		u.saves[id] = k
-	}
-	u.mu.Unlock()
 	if !ok {
+		u.mu.Unlock()
 		return false, nil
 	}
-	defer u.doneSaving(id, k.gen)
+	saving := make(chan struct{})
+	k.saving = saving
+	u.saves[id] = k
+	u.mu.Unlock()
+	defer u.doneSaving(id, saving)
 	if err := k.save(); err != nil {
 		if errors.Is(err, ErrClaimLost) {
 			// Another instance took the item over while this one could
@@ -101,16 +103,18 @@ func (u *unsaved) flushOne(id string) (found bool, err error) {
 	return true, nil
 }
 
-// doneSaving clears the saving mark of id's kept result of generation gen,
-// if it is still kept.
-func (u *unsaved) doneSaving(id string, gen uint64) {
+// doneSaving ends the save that saving marks: whatever entry id has now
+// (the one saved, or a later one kept meanwhile) is no longer being saved,
+// and those waiting for it look again. Only the caller that made saving
+// closes it.
+func (u *unsaved) doneSaving(id string, saving chan struct{}) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if cur, ok := u.saves[id]; ok && cur.gen == gen && cur.saving != nil {
-		close(cur.saving)
+	if cur, ok := u.saves[id]; ok && cur.saving == saving {
 		cur.saving = nil
 		u.saves[id] = cur
 	}
+	close(saving)
 }
 
 // errBeingRecorded: another caller is saving the kept result right now.
@@ -121,9 +125,6 @@ func (u *unsaved) drop(id string, gen uint64) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if cur, ok := u.saves[id]; ok && cur.gen == gen {
-		if cur.saving != nil {
-			close(cur.saving)
-		}
 		delete(u.saves, id)
 	}
 }

@@ -145,3 +145,60 @@ func TestKeptResultSavedOnceAtATime(t *testing.T) {
 		t.Errorf("saved %d times, %d still kept; want once, none", saves, u.len())
 	}
 }
+
+// TestResultKeptDuringASaveWaitsForIt: a later result kept for the same id
+// while an earlier one is being saved is not saved beside it (the older
+// could land last), and whoever waits for that save is woken when it ends,
+// then saves the later one.
+func TestResultKeptDuringASaveWaitsForIt(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	refused := fmt.Errorf("%w: no space left on device", storehealth.ErrUnwritable)
+	u := &unsaved{}
+	entered, release := make(chan struct{}), make(chan struct{})
+	writable := false
+	_ = u.save(ctx, "cs_1", func() error {
+		if !writable {
+			return refused
+		}
+		close(entered)
+		<-release
+		return nil
+	})
+	writable = true
+	first := make(chan error, 1)
+	go func() {
+		_, err := u.flushOne("cs_1")
+		first <- err
+	}()
+	<-entered
+	laterSaves := 0
+	tries := 0
+	_ = u.save(ctx, "cs_1", func() error {
+		if tries++; tries == 1 {
+			return refused // kept
+		}
+		laterSaves++
+		return nil
+	})
+	if found, err := u.flushOne("cs_1"); !found || err == nil {
+		t.Errorf("the later result while the earlier is being saved: found %v, err %v; want it not saved beside it", found, err)
+	}
+	flushed := make(chan error, 1)
+	go func() { flushed <- u.flush() }()
+	close(release)
+	if err := <-first; err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-flushed:
+		if err != nil {
+			t.Errorf("flush: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("flush still waits after the earlier save ended")
+	}
+	if laterSaves != 1 || u.len() != 0 {
+		t.Errorf("the later result saved %d times, %d kept; want once, none", laterSaves, u.len())
+	}
+}
