@@ -101,19 +101,7 @@ func TestQueueReadsSessionsInBatches(t *testing.T) {
 	t.Logf("%d sessions: %d list requests, %d retrieves, %d line-item pages; %+v", n, lists, retrieves,
 		st.ByEndpoint["GET /v1/checkout/sessions/:id/line_items"], f.BatchStats())
 
-	for _, id := range ids {
-		if act.runs[id] != 1 {
-			t.Errorf("%s: action ran %d times", id, act.runs[id])
-			continue
-		}
-		want, err := client.GetSession(context.Background(), id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(act.bodies[id], want.JSON) {
-			t.Errorf("%s: the action received\n%.300s\nbut a retrieve returns\n%.300s", id, act.bodies[id], want.JSON)
-		}
-	}
+	ranOnceWithFreshReads(t, act, client, ids)
 }
 
 // TestBackfillListsFullPages: a backfill queues its sessions a page of
@@ -170,18 +158,7 @@ func TestBackfillListsFullPages(t *testing.T) {
 		t.Errorf("%d list requests and %d retrieves for %d sessions, want at most %d in all", lists, retrieves, n, bound)
 	}
 	t.Logf("%d sessions: %d list requests, %d retrieves; %+v", n, lists, retrieves, f.BatchStats())
-	for _, id := range ids {
-		if act.runs[id] != 1 {
-			t.Fatalf("%s: action ran %d times", id, act.runs[id])
-		}
-		want, err := client.GetSession(context.Background(), id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(act.bodies[id], want.JSON) {
-			t.Fatalf("%s: the action received\n%.300s\nbut a retrieve returns\n%.300s", id, act.bodies[id], want.JSON)
-		}
-	}
+	ranOnceWithFreshReads(t, act, client, ids)
 }
 
 // slowAction is an action that takes a while on the fulfiller's clock:
@@ -414,19 +391,7 @@ func TestShortRunListedWiderHoldsWhatComesNext(t *testing.T) {
 	if n, r := lists(), st.ByEndpoint["GET /v1/checkout/sessions/:id"]; n != 1 || r != 0 {
 		t.Errorf("the sessions queued next took %d more list requests and %d retrieves, want none", n-1, r)
 	}
-	for _, id := range ids[240:] {
-		if act.runs[id] != 1 {
-			t.Errorf("%s: action ran %d times", id, act.runs[id])
-			continue
-		}
-		want, err := client.GetSession(context.Background(), id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if !bytes.Equal(act.bodies[id], want.JSON) {
-			t.Errorf("%s: the action received what a retrieve does not return", id)
-		}
-	}
+	ranOnceWithFreshReads(t, act, client, ids[240:])
 }
 
 // TestStillRunListedWhileQueueGrows: a run no session joined for a while
@@ -624,5 +589,24 @@ func TestClustersFarApartListedApart(t *testing.T) {
 	st := sim.Stats()
 	if l, r := st.ByEndpoint["GET /v1/checkout/sessions"], st.ByEndpoint["GET /v1/checkout/sessions/:id"]; l != 2 || r != 0 {
 		t.Errorf("%d list requests and %d retrieves for two clusters of 10, want 2 lists", l, r)
+	}
+}
+
+// ranOnceWithFreshReads checks that each of ids had its action run once,
+// with what a retrieve of the session returns: never an event's snapshot.
+func ranOnceWithFreshReads(t *testing.T, act *bodyAction, client *stripeapi.Client, ids []string) {
+	t.Helper()
+	for _, id := range ids {
+		if act.runs[id] != 1 {
+			t.Errorf("%s: action ran %d times", id, act.runs[id])
+			continue
+		}
+		want, err := client.GetSession(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(act.bodies[id], want.JSON) {
+			t.Errorf("%s: the action received\n%.300s\nbut a retrieve returns\n%.300s", id, act.bodies[id], want.JSON)
+		}
 	}
 }

@@ -14,9 +14,7 @@ import (
 // save that ends afterwards must not drop that one, or its action would
 // run again with nothing to say it ran.
 func TestKeptResultKeptMeanwhileStays(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel() // keep after the first refusal, without waiting
-	refused := fmt.Errorf("%w: no space left on device", storehealth.ErrUnwritable)
+	ctx := keptAtOnce()
 	u := &unsaved{}
 	flushing := false
 	first := func() error {
@@ -63,9 +61,7 @@ func TestGateTakesNoPlaceAfterShutdown(t *testing.T) {
 // took over (its lease ran out while this one could not write) is dropped
 // rather than tried for ever.
 func TestKeptResultsFlushedPastOneThatFails(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	refused := fmt.Errorf("%w: no space left on device", storehealth.ErrUnwritable)
+	ctx := keptAtOnce()
 	u := &unsaved{}
 	writable := false
 	saved := map[string]int{}
@@ -100,28 +96,7 @@ func TestKeptResultsFlushedPastOneThatFails(t *testing.T) {
 // recorded yet, rather than saving it a second time — a second save could
 // land after the attempt that follows it.
 func TestKeptResultSavedOnceAtATime(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	refused := fmt.Errorf("%w: no space left on device", storehealth.ErrUnwritable)
-	u := &unsaved{}
-	entered, release := make(chan struct{}), make(chan struct{})
-	writable, saves := false, 0
-	_ = u.save(ctx, "cs_1", func() error {
-		if !writable {
-			return refused
-		}
-		saves++
-		close(entered)
-		<-release
-		return nil
-	})
-	writable = true
-	done := make(chan error, 1)
-	go func() {
-		_, err := u.flushOne("cs_1")
-		done <- err
-	}()
-	<-entered
+	u, saves, release, done := savingKept()
 	if found, err := u.flushOne("cs_1"); !found || err == nil {
 		t.Errorf("while it is being saved: found %v, err %v; want found and not recorded yet", found, err)
 	}
@@ -141,8 +116,8 @@ func TestKeptResultSavedOnceAtATime(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatal(err)
 	}
-	if saves != 1 || u.len() != 0 {
-		t.Errorf("saved %d times, %d still kept; want once, none", saves, u.len())
+	if *saves != 1 || u.len() != 0 {
+		t.Errorf("saved %d times, %d still kept; want once, none", *saves, u.len())
 	}
 }
 
@@ -151,27 +126,8 @@ func TestKeptResultSavedOnceAtATime(t *testing.T) {
 // could land last), and whoever waits for that save is woken when it ends,
 // then saves the later one.
 func TestResultKeptDuringASaveWaitsForIt(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	refused := fmt.Errorf("%w: no space left on device", storehealth.ErrUnwritable)
-	u := &unsaved{}
-	entered, release := make(chan struct{}), make(chan struct{})
-	writable := false
-	_ = u.save(ctx, "cs_1", func() error {
-		if !writable {
-			return refused
-		}
-		close(entered)
-		<-release
-		return nil
-	})
-	writable = true
-	first := make(chan error, 1)
-	go func() {
-		_, err := u.flushOne("cs_1")
-		first <- err
-	}()
-	<-entered
+	ctx := keptAtOnce()
+	u, _, release, first := savingKept()
 	laterSaves := 0
 	tries := 0
 	_ = u.save(ctx, "cs_1", func() error {
@@ -201,4 +157,41 @@ func TestResultKeptDuringASaveWaitsForIt(t *testing.T) {
 	if laterSaves != 1 || u.len() != 0 {
 		t.Errorf("the later result saved %d times, %d kept; want once, none", laterSaves, u.len())
 	}
+}
+
+// refused is what a full disk makes a result's save return.
+var refused = fmt.Errorf("%w: no space left on device", storehealth.ErrUnwritable)
+
+// keptAtOnce is a context that has ended: a result whose save is refused is
+// kept at once, without the in-line retries.
+func keptAtOnce() context.Context {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	return ctx
+}
+
+// savingKept keeps a refused result for cs_1, then starts flushOne on it
+// and returns while that save runs: it ends when release is closed, and
+// done then says how flushOne ended. saves counts the save's runs once the
+// store took writes.
+func savingKept() (u *unsaved, saves *int, release chan struct{}, done chan error) {
+	u, saves = &unsaved{}, new(int)
+	entered, release, done := make(chan struct{}), make(chan struct{}), make(chan error, 1)
+	writable := false
+	_ = u.save(keptAtOnce(), "cs_1", func() error {
+		if !writable {
+			return refused
+		}
+		*saves++
+		close(entered)
+		<-release
+		return nil
+	})
+	writable = true
+	go func() {
+		_, err := u.flushOne("cs_1")
+		done <- err
+	}()
+	<-entered
+	return u, saves, release, done
 }
