@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -76,6 +77,34 @@ func wait(ctx context.Context, ch <-chan struct{}, what string) error {
 		return ctx.Err()
 	case <-time.After(10 * time.Second):
 		return fmt.Errorf("gave up waiting for %s", what)
+	}
+}
+
+// together is a hook that holds the first n re-scan requests until all n
+// have arrived: a poller gets past them only with n slices in flight at
+// once. seen, when not nil, is told of each re-scan request first.
+func together(n int, what string, seen func()) func(context.Context, stripeapi.EventQuery) error {
+	all := make(chan struct{})
+	var mu sync.Mutex
+	arrived := 0
+	return func(ctx context.Context, q stripeapi.EventQuery) error {
+		if !isRescan(q) {
+			return nil
+		}
+		if seen != nil {
+			seen()
+		}
+		mu.Lock()
+		arrived++
+		if arrived == n {
+			close(all)
+		}
+		first := arrived <= n
+		mu.Unlock()
+		if first {
+			return wait(ctx, all, what)
+		}
+		return nil
 	}
 }
 
@@ -161,28 +190,8 @@ func TestParallelBackfillHandlesEachEventOnce(t *testing.T) {
 	for i := range 250 { // and a busy hour
 		ids = append(ids, h.paid(busy.Add(time.Duration(i)*10*time.Second), 1))
 	}
-	// The first eight re-scan requests wait for one another: the backfill
-	// only gets past them with eight slices in flight at once.
 	const n = 8
-	all := make(chan struct{})
-	var mu sync.Mutex
-	arrived := 0
-	l := &lister{src: h.client, n: n, hook: func(ctx context.Context, q stripeapi.EventQuery) error {
-		if !isRescan(q) {
-			return nil
-		}
-		mu.Lock()
-		arrived++
-		if arrived == n {
-			close(all)
-		}
-		first := arrived <= n
-		mu.Unlock()
-		if first {
-			return wait(ctx, all, "eight re-scan listings at once")
-		}
-		return nil
-	}}
+	l := &lister{src: h.client, n: n, hook: together(n, "eight re-scan listings at once", nil)}
 	h.poller.Events = l
 
 	pres, _ := h.pass(t0.Add(-24 * time.Hour))
@@ -475,4 +484,83 @@ func TestSlicesCoverTheRangeAndTellTheirEnd(t *testing.T) {
 			t.Errorf("Ending was told with %s of the slice left, want a page or two", left)
 		}
 	}
+}
+
+// TestTipListedBesideTheRescan: with Stripe's clock known, a backfill's
+// tip and its re-scan are in flight together — the tip's answer is held
+// until a re-scan request arrives, which a poller that lists the tip first
+// never sends — and each event is still handled once, with the listings in
+// flight never more than the source suggests.
+func TestTipListedBesideTheRescan(t *testing.T) {
+	h := newHarness(t)
+	var ids []string
+	for i := range 120 { // every 10 minutes for 20 hours
+		ids = append(ids, h.paid(t0.Add(-20*time.Hour+time.Duration(i)*10*time.Minute), 1))
+	}
+	tipNew := h.paid(t0.Add(-2*time.Minute), 1) // in the tip's range
+	ids = append(ids, tipNew)
+	rescanning := make(chan struct{})
+	var once sync.Once
+	const n = 4
+	l := &lister{src: h.client, n: n, hook: func(ctx context.Context, q stripeapi.EventQuery) error {
+		if isRescan(q) {
+			once.Do(func() { close(rescanning) })
+			return nil
+		}
+		return wait(ctx, rescanning, "a re-scan request while the tip is in flight")
+	}}
+	h.poller.Events = l
+
+	pres, _ := h.pass(t0.Add(-24 * time.Hour))
+
+	for _, id := range ids {
+		if runs := len(h.action.calls(id)); runs != 1 {
+			t.Errorf("%s: action ran %d times, want once", id, runs)
+		}
+	}
+	if pres.New != len(ids) {
+		t.Errorf("%d new events for %d sessions", pres.New, len(ids))
+	}
+	if _, most := l.stats(); most > n {
+		t.Errorf("%d listings in flight at once, want at most %d (the tip takes a re-scan's place)", most, n)
+	}
+	if pos := h.position(); !pos.Settled.Equal(t0.Add(-h.poller.Lookback)) || pos.Tip.IsZero() {
+		t.Errorf("cursor after the pass: %+v, want complete_until at the horizon and the tip recorded", pos)
+	}
+}
+
+// TestRescanKeepsThePlacesItPlanned: a re-scan planned for four slices at
+// once lists them together even when the source's suggestion drops to two
+// once latencies come in. Listing by the lower number left the slices
+// planned beyond it to wait for others to end, and the last to be listed
+// alone, a slice's worth of pages one after another, at the end.
+func TestRescanKeepsThePlacesItPlanned(t *testing.T) {
+	h := newHarness(t)
+	since, ids, _ := fourSlices(h, [4]int{30, 30, 30, 30})
+	const n = 4
+	l := &dropping{lister: lister{src: h.client, n: n}}
+	l.hook = together(n, "the four slices planned, listed at once", func() { l.requested.Store(true) })
+	h.poller.Events = l
+
+	h.pass(since)
+
+	for _, id := range ids {
+		if runs := len(h.action.calls(id)); runs != 1 {
+			t.Errorf("%s: action ran %d times, want once", id, runs)
+		}
+	}
+}
+
+// dropping is a lister whose suggestion drops to two once the re-scan
+// asked it for a page.
+type dropping struct {
+	lister
+	requested atomic.Bool
+}
+
+func (l *dropping) ListConcurrency() int {
+	if l.requested.Load() {
+		return 2
+	}
+	return l.n
 }

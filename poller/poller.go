@@ -442,40 +442,42 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 	}
 	tipPages := 0
 	defer func() { p.quiet = err == nil && res.New == 0 && tipPages == 1 }()
-	q := stripeapi.EventQuery{Types: p.Types, CreatedGTE: tipFrom}
-	for first := true; ; first = false {
-		page, err := p.Events.ListEvents(ctx, q)
-		if err != nil {
-			return res, fmt.Errorf("list events since %s: %w", tipFrom.UTC().Format(time.RFC3339), err)
-		}
-		if first {
-			// The answer told the clock Stripe's time; had the estimate
-			// run ahead (a host clock that jumped, read without its
-			// monotonic part), the tip and the horizon must not claim
-			// what Stripe has not reached.
-			now = minTime(now, p.now())
-		}
-		last := !page.HasMore
-		tipPages++
-		if err := p.commit(&res, page, "tip", now, func(pos *cursor.Position) bool {
-			if !last {
+	tip := func(ctx context.Context) error {
+		q := stripeapi.EventQuery{Types: p.Types, CreatedGTE: tipFrom}
+		for first := true; ; first = false {
+			page, err := p.Events.ListEvents(ctx, q)
+			if err != nil {
+				return fmt.Errorf("list events since %s: %w", tipFrom.UTC().Format(time.RFC3339), err)
+			}
+			if first {
+				// The answer told the clock Stripe's time; had the estimate
+				// run ahead (a host clock that jumped, read without its
+				// monotonic part), the tip and the horizon must not claim
+				// what Stripe has not reached.
+				now = minTime(now, p.now())
+			}
+			last := !page.HasMore
+			tipPages++
+			if err := p.commit(&res, page, "tip", now, func(pos *cursor.Position) bool {
+				if !last {
+					return false
+				}
+				pos.Tip = now
+				// The listing covered [settledFrom, now) after everything
+				// older than now − lookback could no longer be late: exactly
+				// what the re-scan of that range would have found.
+				if horizon := now.Add(-p.Lookback); tipFrom.Equal(settledFrom) && horizon.After(settledFrom) {
+					return pos.Record(cursor.Slice{From: settledFrom, To: horizon, Pages: tipPages}, true)
+				}
 				return false
+			}); err != nil {
+				return err
 			}
-			pos.Tip = now
-			// The listing covered [settledFrom, now) after everything
-			// older than now − lookback could no longer be late: exactly
-			// what the re-scan of that range would have found.
-			if horizon := now.Add(-p.Lookback); tipFrom.Equal(settledFrom) && horizon.After(settledFrom) {
-				return pos.Record(cursor.Slice{From: settledFrom, To: horizon, Pages: tipPages}, true)
+			if !page.HasMore || len(page.Events) == 0 {
+				return nil
 			}
-			return false
-		}); err != nil {
-			return res, err
+			q.StartingAfter = page.Events[len(page.Events)-1].ID
 		}
-		if !page.HasMore || len(page.Events) == 0 {
-			break
-		}
-		q.StartingAfter = page.Events[len(page.Events)-1].ID
 	}
 
 	// The re-scan: what is now old enough that no late event can still
@@ -487,35 +489,99 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 	if complete {
 		minRescan = 0
 	}
-	if err := p.rescan(ctx, &res, now.Add(-p.Lookback), minRescan); err != nil {
+	_, concurrent := p.Events.(ConcurrentSource)
+	if tipFrom.Equal(settledFrom) || !p.clockKnown() || !concurrent || p.listConcurrency() < 2 {
+		// The tip first: it is the re-scan as well (one call), its
+		// answer is the first word of Stripe's clock, which the horizon
+		// must wait for, or the source lists one page at a time.
+		if err := tip(ctx); err != nil {
+			return res, err
+		}
+		if err := p.rescan(ctx, &res, now.Add(-p.Lookback), minRescan, nil); err != nil {
+			return res, err
+		}
+	} else if err := p.tipAndRescan(ctx, tip, now.Add(-p.Lookback), func(ctx context.Context, horizon time.Time, tipDone <-chan struct{}) error {
+		return p.rescan(ctx, &res, horizon, minRescan, tipDone)
+	}); err != nil {
 		return res, err
 	}
 	res.Position, err = p.load()
 	return res, err
 }
 
+// tipAndRescan runs the tip and the re-scan up to horizon side by side, on
+// a clock that Stripe's answers have set already: the tip lists from
+// now − lookback on and the re-scan below it, so they never list the same
+// range. Waiting for the tip held every slice of a backfill back by a
+// request's latency, with nothing in flight meanwhile. The tip holds one of
+// the re-scan's places until tipDone closes. The first to fail stops the
+// other; it returns once both have, with that failure.
+func (p *Poller) tipAndRescan(ctx context.Context, tip func(context.Context) error, horizon time.Time,
+	rescan func(ctx context.Context, horizon time.Time, tipDone <-chan struct{}) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	tipDone := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		defer close(tipDone)
+		if err := tip(ctx); err != nil {
+			cancel(err)
+		}
+	})
+	wg.Go(func() {
+		if err := rescan(ctx, horizon, tipDone); err != nil {
+			cancel(err)
+		}
+	})
+	wg.Wait()
+	if err := context.Cause(ctx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return ctx.Err()
+}
+
 // errReplan ends a round of the re-scan whose plan no longer holds: the
 // cursor was moved to the retention horizon under it.
 var errReplan = errors.New("re-scan plan overtaken by the retention horizon")
 
+// errClockBack ends a round of the re-scan whose horizon Stripe's clock has
+// not reached: the estimate it came from ran ahead (a host clock that
+// jumped, read without its monotonic part) and an answer since put it
+// back. It stops before committing a page, and the round is planned again
+// up to the horizon Stripe's time gives.
+var errClockBack = errors.New("the re-scan horizon is ahead of Stripe's clock")
+
+// maxClockBacks bounds the rounds planned again for errClockBack in one
+// poll: each takes the clock going back once more.
+const maxClockBacks = 2
+
 // rescan lists [Settled, horizon) once more, in slices, as many at a time as
-// the source suggests.
-func (p *Poller) rescan(ctx context.Context, res *Result, horizon time.Time, minRescan time.Duration) error {
-	for {
+// the source suggests. tipDone, when not nil, is a tip listing alongside,
+// holding one of those places until it closes.
+func (p *Poller) rescan(ctx context.Context, res *Result, horizon time.Time, minRescan time.Duration, tipDone <-chan struct{}) error {
+	for backs := 0; ; {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		if err := p.rescanRound(ctx, res, horizon, minRescan); !errors.Is(err, errReplan) {
+		err := p.rescanRound(ctx, res, horizon, minRescan, tipDone)
+		if errors.Is(err, errClockBack) && backs < maxClockBacks {
+			backs++
+			horizon = minTime(horizon, p.now().Add(-p.Lookback))
+			continue
+		}
+		if !errors.Is(err, errReplan) {
 			return err
 		}
 	}
 }
 
-// rescanRound hands slices to workers, at most ListConcurrency at a time,
-// until the plan has none left or a slice fails. Each worker commits its own
+// rescanRound hands slices to workers, as many at a time as ListConcurrency
+// suggested when it began (one fewer while a tip is listed beside it, until
+// tipDone closes), until the plan has none left or a slice fails. Each
+// worker commits its own
 // pages; the stored position merges them. After a failure no slice starts,
 // the others are cancelled, and the round returns once all have stopped.
-func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time, minRescan time.Duration) error {
+func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time, minRescan time.Duration, tipDone <-chan struct{}) error {
 	pos, err := p.load()
 	if err != nil {
 		return err
@@ -524,7 +590,11 @@ func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time
 	if sliceLen == 0 {
 		sliceLen = time.Hour
 	}
-	plan := newPlan(pos, horizon, sliceLen, minRescan, p.listConcurrency())
+	// The round lists as many slices at once as it planned: a suggestion
+	// that dropped by one as latencies came in left the last slice
+	// planned to wait for another to end, and listed alone at the end.
+	n := p.listConcurrency()
+	plan := newPlan(pos, horizon, sliceLen, minRescan, n)
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
@@ -537,7 +607,11 @@ func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time
 	inFlight := 0
 	var stop error // the first failure
 	for {
-		for stop == nil && inFlight < p.listConcurrency() {
+		places := n
+		if tipDone != nil {
+			places = max(n-1, 1) // the tip's
+		}
+		for stop == nil && inFlight < places {
 			s, ok := plan.next()
 			if !ok {
 				break
@@ -551,7 +625,13 @@ func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time
 		if inFlight == 0 {
 			return stop
 		}
-		r := <-results
+		var r listed
+		select {
+		case r = <-results:
+		case <-tipDone:
+			tipDone = nil // its place is free
+			continue
+		}
 		inFlight--
 		switch {
 		case r.err == nil:
@@ -596,6 +676,9 @@ func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, hor
 		if err != nil {
 			return s.Pages, fmt.Errorf("re-scan events %s to %s: %w",
 				s.From.UTC().Format(time.RFC3339), s.To.UTC().Format(time.RFC3339), err)
+		}
+		if horizon.After(p.now().Add(-p.Lookback)) {
+			return s.Pages, errClockBack
 		}
 		next := s
 		next.Pages++
