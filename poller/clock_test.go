@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"math"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -189,5 +190,103 @@ func TestStartWithACursorNeedsNoStripe(t *testing.T) {
 	h2.poller.Events, h2.poller.Clock = nowhere, poller.ClientClock{Client: nowhere}
 	if _, err := h2.poller.Start(context.Background(), time.Time{}); err == nil {
 		t.Error("a first start with Stripe unreachable succeeded; it cannot know where \"now\" is")
+	}
+}
+
+// TestBackfillBeforeStripesClockIsKnown: a backfill's first pass (run
+// --once) begins before any answer told Stripe's time — it makes no request
+// of its own to learn it — and plans on the host's clock. Whether that
+// clock is days ahead or hours behind, the pass fulfils each paid session
+// once, up to the tip, and ends with complete_until at Stripe's now −
+// lookback, neither past it nor short of it; an event within Stripe's 30
+// days that the host's clock would call aged out is still listed, and the
+// pass is recorded at Stripe's time.
+func TestBackfillBeforeStripesClockIsKnown(t *testing.T) {
+	tests := []struct {
+		name string
+		skew time.Duration // Stripe's clock minus the host's
+	}{
+		{name: "host 3 days ahead", skew: -72 * time.Hour},
+		{name: "host 30m ahead", skew: -30 * time.Minute},
+		{name: "host 2h behind", skew: 2 * time.Hour},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			stripe := stripesim.NewClock(t0.Add(tt.skew))
+			h := newHarness(t, onStripesClock(stripe))
+			since := stripe.Now().Add(-29 * 24 * time.Hour)
+			ids := []string{h.paid(since.Add(time.Hour), 1)} // aged out on a host 3 days ahead
+			for i := range 40 {
+				ids = append(ids, h.paid(stripe.Now().Add(-20*time.Hour+time.Duration(i)*30*time.Minute), 1))
+			}
+			for i := range 400 { // a busy two hours, older than the tip's range on Stripe's clock
+				ids = append(ids, h.paid(stripe.Now().Add(-135*time.Minute+time.Duration(i)*18*time.Second), 1))
+			}
+			ids = append(ids, h.paid(stripe.Now().Add(-2*time.Minute), 1)) // the tip's
+			var tipPages atomic.Int32
+			h.poller.Events = &lister{src: h.client, n: 4, hook: func(_ context.Context, q stripeapi.EventQuery) error {
+				if !isRescan(q) {
+					tipPages.Add(1)
+				}
+				return nil
+			}}
+
+			h.pass(since)
+			ranOnce := func(when string) {
+				t.Helper()
+				for _, id := range ids {
+					if runs := len(h.action.calls(id)); runs != 1 {
+						t.Errorf("%s: %s, action ran %d times, want once", id, when, runs)
+					}
+				}
+			}
+			ranOnce("after the first pass")
+			// On a host clock behind, the tip began two hours back; once
+			// the first answer told Stripe's time, it lists from Stripe's
+			// now − lookback instead of page after page of the re-scan's.
+			if n := tipPages.Load(); n > 2 {
+				t.Errorf("the first pass's tip listed %d pages, want at most 2", n)
+			}
+			if got, horizon := h.position().Settled, stripe.Now().Add(-h.poller.Lookback); got.After(horizon) || horizon.Sub(got) > 2*time.Second {
+				t.Errorf("complete_until %s after the first pass, want Stripe's now − lookback %s", got, horizon)
+			}
+			if at := h.lastPoll().At; at.Sub(stripe.Now()).Abs() > 2*time.Second {
+				t.Errorf("the first pass recorded at %s, want Stripe's time %s", at, stripe.Now())
+			}
+			h.clock.Advance(h.poller.Lookback + time.Minute)
+			stripe.Advance(h.poller.Lookback + time.Minute)
+			h.poll(true)
+
+			ranOnce("after the second")
+			if got, want := h.position().Settled, stripe.Now().Add(-h.poller.Lookback); !got.Equal(want) {
+				t.Errorf("complete_until %s, want Stripe's now − lookback %s", got, want)
+			}
+		})
+	}
+}
+
+// TestAgedOutCursorFoundOnStripesClock: a backfill from 31 days back, begun
+// on a host clock two days behind Stripe's — 29 days on the host's — is
+// found past Stripe's 30-day retention once an answer told Stripe's time,
+// before the re-scan commits: the gap is recorded for the sessions sweep,
+// where listing on would have moved the cursor over it and left the
+// sessions paid in it to nobody.
+func TestAgedOutCursorFoundOnStripesClock(t *testing.T) {
+	stripe := stripesim.NewClock(t0.Add(48 * time.Hour))
+	h := newHarness(t, onStripesClock(stripe))
+	since := stripe.Now().Add(-31 * 24 * time.Hour)
+	id := h.paid(stripe.Now().Add(-5*time.Hour), 1)
+
+	h.pass(since)
+
+	pos := h.position()
+	if pos.AgedOut == nil || !pos.AgedOut.From.Equal(since) {
+		t.Fatalf("cursor after the first pass: %+v, want the aged-out gap from %s recorded", pos, since)
+	}
+	if edge := poller.RetentionEdge(stripe.Now()); pos.AgedOut.To.Sub(edge).Abs() > 2*time.Second {
+		t.Errorf("aged-out gap ends %s, want Stripe's retention edge %s", pos.AgedOut.To, edge)
+	}
+	if runs := len(h.action.calls(id)); runs != 1 {
+		t.Errorf("%s: action ran %d times, want once", id, runs)
 	}
 }

@@ -338,11 +338,18 @@ func agedOut(pos cursor.Position, now time.Time) bool {
 // Poll runs one pass: the tip, then the re-scan. complete forces the re-scan
 // up to now − lookback even when little is ready (for --once).
 func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
-	var res Result
-	err := p.sync(ctx)
+	// No request of its own to learn Stripe's clock first: the pass's
+	// first answers teach it, and what the pass decides before them is
+	// checked against it before anything is committed (see poll).
+	known := p.clockKnown()
 	start, hostStart := p.now(), p.hostNow()
-	if err == nil {
-		res, err = p.poll(ctx, complete)
+	res, err := p.poll(ctx, complete)
+	if !known && p.clockKnown() {
+		start = p.now().Add(-p.hostNow().Sub(hostStart)) // when the pass began, on Stripe's clock
+	}
+	if err == nil && !p.clockKnown() {
+		// No answer carried a Date: sync asks once more, and says so.
+		err = p.sync(ctx)
 	}
 	if err == nil && p.Settled != nil {
 		p.Settled()
@@ -415,7 +422,14 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 		return res, errors.New("poll: the cursor was not started")
 	}
 	now := p.now()
-	if agedOut(pos, now) {
+	var age *ageCheck
+	switch {
+	case !p.clockKnown():
+		// The host's clock may be far off: the re-scan checks the cursor
+		// against Stripe's retention once an answer told Stripe's time,
+		// before it commits a page.
+		age = &ageCheck{began: p.hostNow()}
+	case agedOut(pos, now):
 		if _, err := p.clampStored(now); err != nil {
 			return res, fmt.Errorf("move the cursor to the retention horizon: %w", err)
 		}
@@ -442,6 +456,7 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 	}
 	tipPages := 0
 	defer func() { p.quiet = err == nil && res.New == 0 && tipPages == 1 }()
+	known := age == nil // Stripe's clock, when the pass began
 	tip := func(ctx context.Context) error {
 		q := stripeapi.EventQuery{Types: p.Types, CreatedGTE: tipFrom}
 		for first := true; ; first = false {
@@ -449,14 +464,28 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 			if err != nil {
 				return fmt.Errorf("list events since %s: %w", tipFrom.UTC().Format(time.RFC3339), err)
 			}
-			if first {
+			restart := false
+			switch {
+			case first && known:
 				// The answer told the clock Stripe's time; had the estimate
 				// run ahead (a host clock that jumped, read without its
 				// monotonic part), the tip and the horizon must not claim
 				// what Stripe has not reached.
 				now = minTime(now, p.now())
+			case first:
+				// Begun before Stripe's clock was known, on the host's:
+				// from here on Stripe's time, ahead of the host's or
+				// behind it. Where that moves the tip's start, the tip
+				// lists again from there: on a host far behind it would
+				// have listed from long ago page after page, on one ahead
+				// it missed what came since.
+				now = p.now()
+				if from := maxTime(pos.Tip, pos.Settled, now.Add(-p.Lookback)); !tipFrom.Equal(settledFrom) && from.Sub(tipFrom).Abs() > time.Minute {
+					q = stripeapi.EventQuery{Types: p.Types, CreatedGTE: from}
+					restart = true
+				}
 			}
-			last := !page.HasMore
+			last := !page.HasMore && !restart
 			tipPages++
 			if err := p.commit(&res, page, "tip", now, func(pos *cursor.Position) bool {
 				if !last {
@@ -472,6 +501,9 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 				return false
 			}); err != nil {
 				return err
+			}
+			if restart {
+				continue
 			}
 			if !page.HasMore || len(page.Events) == 0 {
 				return nil
@@ -490,18 +522,17 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 		minRescan = 0
 	}
 	_, concurrent := p.Events.(ConcurrentSource)
-	if tipFrom.Equal(settledFrom) || !p.clockKnown() || !concurrent || p.listConcurrency() < 2 {
-		// The tip first: it is the re-scan as well (one call), its
-		// answer is the first word of Stripe's clock, which the horizon
-		// must wait for, or the source lists one page at a time.
+	if tipFrom.Equal(settledFrom) || !concurrent || p.listConcurrency() < 2 {
+		// The tip first: it is the re-scan as well (one call), or the
+		// source lists one page at a time.
 		if err := tip(ctx); err != nil {
 			return res, err
 		}
-		if err := p.rescan(ctx, &res, now.Add(-p.Lookback), minRescan, nil); err != nil {
+		if err := p.rescan(ctx, &res, now.Add(-p.Lookback), minRescan, nil, age); err != nil {
 			return res, err
 		}
 	} else if err := p.tipAndRescan(ctx, tip, now.Add(-p.Lookback), func(ctx context.Context, horizon time.Time, tipDone <-chan struct{}) error {
-		return p.rescan(ctx, &res, horizon, minRescan, tipDone)
+		return p.rescan(ctx, &res, horizon, minRescan, tipDone, age)
 	}); err != nil {
 		return res, err
 	}
@@ -509,11 +540,13 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 	return res, err
 }
 
-// tipAndRescan runs the tip and the re-scan up to horizon side by side, on
-// a clock that Stripe's answers have set already: the tip lists from
-// now − lookback on and the re-scan below it, so they never list the same
-// range. Waiting for the tip held every slice of a backfill back by a
-// request's latency, with nothing in flight meanwhile. The tip holds one of
+// tipAndRescan runs the tip and the re-scan up to horizon side by side: the
+// tip lists from now − lookback on and the re-scan below it, so they never
+// list the same range. Waiting for the tip held every slice of a backfill
+// back by a request's latency, with nothing in flight meanwhile; so did a
+// request of its own to learn Stripe's clock first. A horizon that the
+// answers show Stripe has not reached stops the re-scan before it commits
+// (errClockBack). The tip holds one of
 // the re-scan's places until tipDone closes. The first to fail stops the
 // other; it returns once both have, with that failure.
 func (p *Poller) tipAndRescan(ctx context.Context, tip func(context.Context) error, horizon time.Time,
@@ -551,25 +584,83 @@ var errReplan = errors.New("re-scan plan overtaken by the retention horizon")
 // up to the horizon Stripe's time gives.
 var errClockBack = errors.New("the re-scan horizon is ahead of Stripe's clock")
 
+// clockNoise is how far a horizon may be off Stripe's clock as its answers
+// tell it without meaning anything: their Date is truncated to the second
+// and was written before the answer crossed the wire. On the host's clock
+// before any answer, a horizon within it of Stripe's is kept as it is;
+// lookback, minutes, is what allows for events listed late.
+const clockNoise = 2 * time.Second
+
 // maxClockBacks bounds the rounds planned again for errClockBack in one
 // poll: each takes the clock going back once more.
 const maxClockBacks = 2
 
+// ageCheck is a pass's check of the cursor against Stripe's 30-day
+// retention when the pass began before Stripe's clock was known: made
+// once, before the re-scan commits its first page, on the clock that
+// page's answer set. On the host's clock a host far ahead would have moved
+// the cursor past events Stripe still lists.
+type ageCheck struct {
+	began time.Time // the host's reading when the pass began
+	mu    sync.Mutex
+	done  bool
+}
+
+// stripeBegan is Stripe's time when the pass began, as its answers have
+// told it since: what its horizon would have been made of on Stripe's
+// clock.
+func (a *ageCheck) stripeBegan(p *Poller) time.Time {
+	return p.now().Add(-p.hostNow().Sub(a.began))
+}
+
+// checkAge makes a's check if no page made it yet: errReplan when it moved
+// the cursor, so that the re-scan is planned again from there.
+func (p *Poller) checkAge(a *ageCheck) error {
+	if a == nil {
+		return nil
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.done {
+		return nil
+	}
+	clamped, err := p.clampStored(p.now())
+	if err != nil {
+		return fmt.Errorf("move the cursor to the retention horizon: %w", err)
+	}
+	a.done = true
+	if clamped {
+		return errReplan
+	}
+	return nil
+}
+
 // rescan lists [Settled, horizon) once more, in slices, as many at a time as
 // the source suggests. tipDone, when not nil, is a tip listing alongside,
 // holding one of those places until it closes.
-func (p *Poller) rescan(ctx context.Context, res *Result, horizon time.Time, minRescan time.Duration, tipDone <-chan struct{}) error {
+func (p *Poller) rescan(ctx context.Context, res *Result, horizon time.Time, minRescan time.Duration, tipDone <-chan struct{}, age *ageCheck) error {
+	extend := age != nil
 	for backs := 0; ; {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		err := p.rescanRound(ctx, res, horizon, minRescan, tipDone)
-		if errors.Is(err, errClockBack) && backs < maxClockBacks {
+		err := p.rescanRound(ctx, res, horizon, minRescan, tipDone, age)
+		switch {
+		case errors.Is(err, errClockBack) && backs < maxClockBacks:
 			backs++
 			horizon = minTime(horizon, p.now().Add(-p.Lookback))
-			continue
-		}
-		if !errors.Is(err, errReplan) {
+		case err == nil && extend:
+			// Planned on the host's clock before Stripe's was known: a
+			// host behind Stripe's left the horizon short of Stripe's
+			// now − lookback. The rest is listed now, as it would have
+			// been on Stripe's clock.
+			extend = false
+			h := age.stripeBegan(p).Add(-p.Lookback)
+			if h.Sub(horizon) <= clockNoise {
+				return nil
+			}
+			horizon = h
+		case !errors.Is(err, errReplan):
 			return err
 		}
 	}
@@ -581,7 +672,7 @@ func (p *Poller) rescan(ctx context.Context, res *Result, horizon time.Time, min
 // worker commits its own
 // pages; the stored position merges them. After a failure no slice starts,
 // the others are cancelled, and the round returns once all have stopped.
-func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time, minRescan time.Duration, tipDone <-chan struct{}) error {
+func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time, minRescan time.Duration, tipDone <-chan struct{}, age *ageCheck) error {
 	pos, err := p.load()
 	if err != nil {
 		return err
@@ -618,7 +709,7 @@ func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time
 			}
 			inFlight++
 			go func() {
-				pages, err := p.listSlice(ctx, res, s, horizon)
+				pages, err := p.listSlice(ctx, res, s, horizon, age)
 				results <- listed{slice: s, pages: pages, err: err}
 			}()
 		}
@@ -661,7 +752,7 @@ func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time
 // listSlice lists one slice of the re-scan page by page from its page
 // position, committing each page with the slice's progress. It returns how
 // many pages the slice took.
-func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, horizon time.Time) (int, error) {
+func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, horizon time.Time, age *ageCheck) (int, error) {
 	left := math.Inf(1) // pages still to list, once this pass has listed one
 	var top time.Time   // the newest event this pass listed in the slice
 	pages := 0          // pages this pass listed
@@ -677,8 +768,11 @@ func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, hor
 			return s.Pages, fmt.Errorf("re-scan events %s to %s: %w",
 				s.From.UTC().Format(time.RFC3339), s.To.UTC().Format(time.RFC3339), err)
 		}
-		if horizon.After(p.now().Add(-p.Lookback)) {
+		if horizon.After(p.now().Add(clockNoise - p.Lookback)) {
 			return s.Pages, errClockBack
+		}
+		if err := p.checkAge(age); err != nil {
+			return s.Pages, err
 		}
 		next := s
 		next.Pages++

@@ -404,6 +404,7 @@ func runDaemon(ctx context.Context, cfg Config, url string, be backend, since ti
 	}
 	var listed atomic.Int64
 	p := &poller.Poller{DB: store.As[poller.Tx](pollDB), Events: lister.client, Types: config.DefaultEventTypes, Lookback: 10 * time.Minute,
+		Clock:    poller.ClientClock{Client: lister.client}, // as the daemon: Stripe's clock, learned from its answers
 		Logger:   log.With("component", "poller"),
 		Progress: func(pr poller.Progress) { listed.Store(int64(pr.Listed)) }}
 
