@@ -2,6 +2,7 @@ package poller_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"math"
 	"sync/atomic"
@@ -194,13 +195,14 @@ func TestStartWithACursorNeedsNoStripe(t *testing.T) {
 }
 
 // TestBackfillBeforeStripesClockIsKnown: a backfill's first pass (run
-// --once) begins before any answer told Stripe's time — it makes no request
-// of its own to learn it — and plans on the host's clock. Whether that
-// clock is days ahead or hours behind, the pass fulfils each paid session
-// once, up to the tip, and ends with complete_until at Stripe's now −
-// lookback, neither past it nor short of it; an event within Stripe's 30
-// days that the host's clock would call aged out is still listed, and the
-// pass is recorded at Stripe's time.
+// --once, with --since as a cluster's recorded backfill gives it) begins
+// before any answer told Stripe's time: it makes no request of its own to
+// learn it, and its tip begins on the host's clock. Whether that clock is
+// days ahead or hours behind, the pass fulfils each paid session once, up
+// to the tip, and ends with complete_until at Stripe's now − lookback,
+// neither past it nor short of it; an event within Stripe's 30 days that
+// the host's clock would call aged out is still listed, and the pass is
+// recorded at Stripe's time.
 func TestBackfillBeforeStripesClockIsKnown(t *testing.T) {
 	tests := []struct {
 		name string
@@ -267,8 +269,8 @@ func TestBackfillBeforeStripesClockIsKnown(t *testing.T) {
 
 // TestAgedOutCursorFoundOnStripesClock: a backfill from 31 days back, begun
 // on a host clock two days behind Stripe's — 29 days on the host's — is
-// found past Stripe's 30-day retention once an answer told Stripe's time,
-// before the re-scan commits: the gap is recorded for the sessions sweep,
+// found past Stripe's 30-day retention once the tip's answer told Stripe's
+// time, before the re-scan: the gap is recorded for the sessions sweep,
 // where listing on would have moved the cursor over it and left the
 // sessions paid in it to nobody.
 func TestAgedOutCursorFoundOnStripesClock(t *testing.T) {
@@ -288,5 +290,60 @@ func TestAgedOutCursorFoundOnStripesClock(t *testing.T) {
 	}
 	if runs := len(h.action.calls(id)); runs != 1 {
 		t.Errorf("%s: action ran %d times, want once", id, runs)
+	}
+}
+
+// TestCronPassOnAWrongHostClock: `run --once` from cron, each run a new
+// process with a cursor and Stripe's clock unknown until its first answer.
+// On a host a little ahead or hours behind, each run lists up to Stripe's
+// now − lookback and from there on in its tip: a session paid just inside
+// the lookback and one Stripe listed late are fulfilled by the run after
+// them, once, and complete_until keeps to Stripe's clock. A dry run on
+// that clock reports each session once.
+func TestCronPassOnAWrongHostClock(t *testing.T) {
+	for _, skew := range []time.Duration{-30 * time.Second, 2 * time.Hour} { // Stripe's minus the host's
+		t.Run(fmt.Sprintf("stripe %s from the host", skew), func(t *testing.T) {
+			stripe := stripesim.NewClock(t0.Add(skew))
+			h := newHarness(t, onStripesClock(stripe))
+			advance := func(d time.Duration) {
+				h.clock.Advance(d)
+				stripe.Advance(d)
+			}
+			h.pass(time.Time{}) // the first start: a cursor at Stripe's now
+			var ids []string
+			for run := range 4 {
+				advance(15 * time.Minute)
+				now := stripe.Now()
+				ids = append(ids,
+					h.paid(now.Add(-h.poller.Lookback+10*time.Second), 1),                            // just inside the lookback
+					h.paid(now.Add(-90*time.Second), 1, stripesim.VisibleAt(now.Add(2*time.Minute))), // listed late
+					h.paid(now.Add(-5*time.Minute), 1))
+				h.newProcess()
+				if run == 3 {
+					h.poller.DryRun = true
+					if _, err := h.poller.Start(t.Context(), time.Time{}); err != nil {
+						t.Fatal(err)
+					}
+					res, _ := h.poll(true)
+					// This run's two visible ones and the last run's late one.
+					if res.New != 3 {
+						t.Errorf("a dry run on the host's clock reported %d new events, want 3", res.New)
+					}
+					h.newProcess()
+				}
+				h.poll(true)
+				if got, want := h.position().Settled, stripe.Now().Add(-h.poller.Lookback); got.Sub(want).Abs() > 2*time.Second {
+					t.Errorf("run %d: complete_until %s, want Stripe's now − lookback %s", run, got, want)
+				}
+			}
+			advance(15 * time.Minute)
+			h.newProcess()
+			h.poll(true)
+			for i, id := range ids {
+				if runs := len(h.action.calls(id)); runs != 1 {
+					t.Errorf("%s (run %d, #%d): action ran %d times, want once", id, i/3, i%3, runs)
+				}
+			}
+		})
 	}
 }

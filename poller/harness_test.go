@@ -63,14 +63,21 @@ func newHarness(t *testing.T, opts ...harnessOpt) *harness {
 	}
 	h.sim = stripesim.New(simOpts)
 	t.Cleanup(h.sim.Close)
-	h.client = stripeapi.New(stripeapi.Config{
+	h.client = h.newClient()
+	h.open(filepath.Join(t.TempDir(), "fulfilld.db"))
+	return h
+}
+
+// newClient is a Stripe client for the simulator, knowing nothing of
+// Stripe's clock yet, as in a process that just started.
+func (h *harness) newClient() *stripeapi.Client {
+	c := stripeapi.New(stripeapi.Config{
 		APIKey: testKey, APIBase: h.sim.URL(), Limits: stripeapi.Limits{Global: 1000, Endpoint: 1000},
 		Now: h.clock.Now,
 	})
-	h.client.Transport.MinBackoff = time.Millisecond
-	h.client.Transport.MaxBackoff = 5 * time.Millisecond
-	h.open(filepath.Join(t.TempDir(), "fulfilld.db"))
-	return h
+	c.Transport.MinBackoff = time.Millisecond
+	c.Transport.MaxBackoff = 5 * time.Millisecond
+	return c
 }
 
 // open (re)opens the store and builds the poller and fulfiller on it, as a
@@ -96,6 +103,14 @@ func (h *harness) open(path string) {
 	if h.intents {
 		h.poller.PaymentIntents, h.ful.Intents = true, h.client
 	}
+}
+
+// newProcess is a restart with a new Stripe client too: Stripe's clock
+// unknown until the first answer.
+func (h *harness) newProcess() {
+	h.t.Helper()
+	h.client = h.newClient()
+	h.restart()
 }
 
 // restart closes the store and opens it again, dropping all in-memory state.

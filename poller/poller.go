@@ -3,9 +3,10 @@
 // status, or an event counted and ignored.
 //
 // A pass has two parts. The tip listing reads everything created since the
-// previous pass (at most events.lookback back). The re-scan then lists, in
+// previous pass (at most events.lookback back). The re-scan lists, in
 // slices, the range between the cursor's settled time and now − lookback
-// once more: an event that became visible late — Stripe's list is only
+// once more, beside the tip once Stripe's clock is known (after the tip's
+// first answer in a process's first pass): an event that became visible late — Stripe's list is only
 // eventually consistent — is caught there. Every page is committed in one
 // store transaction with the events it queued, so the cursor never passes an
 // event that is not durably queued, and a restart re-lists at most the page
@@ -28,6 +29,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/fulfilld/fulfilld/cursor"
@@ -335,12 +337,11 @@ func agedOut(pos cursor.Position, now time.Time) bool {
 	return pos.Settled.Before(RetentionEdge(now).Add(-retentionTolerance))
 }
 
-// Poll runs one pass: the tip, then the re-scan. complete forces the re-scan
+// Poll runs one pass: the tip and the re-scan. complete forces the re-scan
 // up to now − lookback even when little is ready (for --once).
 func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
-	// No request of its own to learn Stripe's clock first: the pass's
-	// first answers teach it, and what the pass decides before them is
-	// checked against it before anything is committed (see poll).
+	// No request of its own to learn Stripe's clock first: the tip's first
+	// answer teaches it, and the re-scan waits for that (see poll).
 	known := p.clockKnown()
 	start, hostStart := p.now(), p.hostNow()
 	res, err := p.poll(ctx, complete)
@@ -421,15 +422,12 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 	if pos.IsZero() {
 		return res, errors.New("poll: the cursor was not started")
 	}
+	// Stripe's clock, when the pass began. Without it the host's stands
+	// in until the tip's first answer, which the re-scan waits for (see
+	// below): the host's may be far off.
+	known := p.clockKnown()
 	now := p.now()
-	var age *ageCheck
-	switch {
-	case !p.clockKnown():
-		// The host's clock may be far off: the re-scan checks the cursor
-		// against Stripe's retention once an answer told Stripe's time,
-		// before it commits a page.
-		age = &ageCheck{began: p.hostNow()}
-	case agedOut(pos, now):
+	if known && agedOut(pos, now) {
 		if _, err := p.clampStored(now); err != nil {
 			return res, fmt.Errorf("move the cursor to the retention horizon: %w", err)
 		}
@@ -456,7 +454,6 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 	}
 	tipPages := 0
 	defer func() { p.quiet = err == nil && res.New == 0 && tipPages == 1 }()
-	known := age == nil // Stripe's clock, when the pass began
 	tip := func(ctx context.Context) error {
 		q := stripeapi.EventQuery{Types: p.Types, CreatedGTE: tipFrom}
 		for first := true; ; first = false {
@@ -464,7 +461,6 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 			if err != nil {
 				return fmt.Errorf("list events since %s: %w", tipFrom.UTC().Format(time.RFC3339), err)
 			}
-			restart := false
 			switch {
 			case first && known:
 				// The answer told the clock Stripe's time; had the estimate
@@ -473,19 +469,21 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 				// what Stripe has not reached.
 				now = minTime(now, p.now())
 			case first:
-				// Begun before Stripe's clock was known, on the host's:
-				// from here on Stripe's time, ahead of the host's or
-				// behind it. Where that moves the tip's start, the tip
-				// lists again from there: on a host far behind it would
-				// have listed from long ago page after page, on one ahead
-				// it missed what came since.
+				// The first word of Stripe's clock (a pass asks for it with
+				// no request of its own): from here on Stripe's time, ahead
+				// of the host's or behind it. Where that moves the tip's
+				// start, this page is dropped unread and the tip lists from
+				// there: begun on a host far behind, it would have listed
+				// from long ago page after page; on one ahead, it would
+				// have missed what came since.
 				now = p.now()
-				if from := maxTime(pos.Tip, pos.Settled, now.Add(-p.Lookback)); !tipFrom.Equal(settledFrom) && from.Sub(tipFrom).Abs() > time.Minute {
+				if from := maxTime(pos.Tip, pos.Settled, now.Add(-p.Lookback)); !tipFrom.Equal(settledFrom) && from.Sub(tipFrom).Abs() > clockNoise {
+					tipFrom, p.tipNarrow = from, from
 					q = stripeapi.EventQuery{Types: p.Types, CreatedGTE: from}
-					restart = true
+					continue
 				}
 			}
-			last := !page.HasMore && !restart
+			last := !page.HasMore
 			tipPages++
 			if err := p.commit(&res, page, "tip", now, func(pos *cursor.Position) bool {
 				if !last {
@@ -501,9 +499,6 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 				return false
 			}); err != nil {
 				return err
-			}
-			if restart {
-				continue
 			}
 			if !page.HasMore || len(page.Events) == 0 {
 				return nil
@@ -522,17 +517,24 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 		minRescan = 0
 	}
 	_, concurrent := p.Events.(ConcurrentSource)
-	if tipFrom.Equal(settledFrom) || !concurrent || p.listConcurrency() < 2 {
-		// The tip first: it is the re-scan as well (one call), or the
-		// source lists one page at a time.
+	if !known || tipFrom.Equal(settledFrom) || !concurrent || p.listConcurrency() < 2 {
+		// The tip first: its first answer is the first word of Stripe's
+		// clock, which the horizon and the retention edge are read on;
+		// it is the re-scan as well (one call); or the source lists one
+		// page at a time.
 		if err := tip(ctx); err != nil {
 			return res, err
 		}
-		if err := p.rescan(ctx, &res, now.Add(-p.Lookback), minRescan, nil, age); err != nil {
+		if !known {
+			if _, err := p.clampStored(p.now()); err != nil {
+				return res, fmt.Errorf("move the cursor to the retention horizon: %w", err)
+			}
+		}
+		if err := p.rescan(ctx, &res, now.Add(-p.Lookback), minRescan, nil); err != nil {
 			return res, err
 		}
 	} else if err := p.tipAndRescan(ctx, tip, now.Add(-p.Lookback), func(ctx context.Context, horizon time.Time, tipDone <-chan struct{}) error {
-		return p.rescan(ctx, &res, horizon, minRescan, tipDone, age)
+		return p.rescan(ctx, &res, horizon, minRescan, tipDone)
 	}); err != nil {
 		return res, err
 	}
@@ -540,13 +542,13 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 	return res, err
 }
 
-// tipAndRescan runs the tip and the re-scan up to horizon side by side: the
-// tip lists from now − lookback on and the re-scan below it, so they never
-// list the same range. Waiting for the tip held every slice of a backfill
-// back by a request's latency, with nothing in flight meanwhile; so did a
-// request of its own to learn Stripe's clock first. A horizon that the
-// answers show Stripe has not reached stops the re-scan before it commits
-// (errClockBack). The tip holds one of
+// tipAndRescan runs the tip and the re-scan up to horizon side by side, on
+// Stripe's clock as earlier answers set it: the tip lists from
+// now − lookback on and the re-scan below it, so they never list the same
+// range. Waiting for the tip held every slice of a backfill back by a
+// request's latency, with nothing in flight meanwhile. A horizon that the
+// first answers show Stripe has not reached stops the re-scan before its
+// first commit (errClockBack). The tip holds one of
 // the re-scan's places until tipDone closes. The first to fail stops the
 // other; it returns once both have, with that failure.
 func (p *Poller) tipAndRescan(ctx context.Context, tip func(context.Context) error, horizon time.Time,
@@ -579,87 +581,36 @@ var errReplan = errors.New("re-scan plan overtaken by the retention horizon")
 
 // errClockBack ends a round of the re-scan whose horizon Stripe's clock has
 // not reached: the estimate it came from ran ahead (a host clock that
-// jumped, read without its monotonic part) and an answer since put it
-// back. It stops before committing a page, and the round is planned again
-// up to the horizon Stripe's time gives.
+// jumped, read without its monotonic part) and the round's first answers
+// put it back. It is checked until the round commits its first page, so it
+// stops a round that committed nothing, and the round is planned again up
+// to the horizon Stripe's time gives. Once a page is committed the horizon
+// stands, as it did when it waited for the tip's first answer: slices in
+// progress are stored with it.
 var errClockBack = errors.New("the re-scan horizon is ahead of Stripe's clock")
 
-// clockNoise is how far a horizon may be off Stripe's clock as its answers
+// clockNoise is how far a time may be off Stripe's clock as its answers
 // tell it without meaning anything: their Date is truncated to the second
-// and was written before the answer crossed the wire. On the host's clock
-// before any answer, a horizon within it of Stripe's is kept as it is;
-// lookback, minutes, is what allows for events listed late.
+// and was written before the answer crossed the wire.
 const clockNoise = 2 * time.Second
 
 // maxClockBacks bounds the rounds planned again for errClockBack in one
 // poll: each takes the clock going back once more.
 const maxClockBacks = 2
 
-// ageCheck is a pass's check of the cursor against Stripe's 30-day
-// retention when the pass began before Stripe's clock was known: made
-// once, before the re-scan commits its first page, on the clock that
-// page's answer set. On the host's clock a host far ahead would have moved
-// the cursor past events Stripe still lists.
-type ageCheck struct {
-	began time.Time // the host's reading when the pass began
-	mu    sync.Mutex
-	done  bool
-}
-
-// stripeBegan is Stripe's time when the pass began, as its answers have
-// told it since: what its horizon would have been made of on Stripe's
-// clock.
-func (a *ageCheck) stripeBegan(p *Poller) time.Time {
-	return p.now().Add(-p.hostNow().Sub(a.began))
-}
-
-// checkAge makes a's check if no page made it yet: errReplan when it moved
-// the cursor, so that the re-scan is planned again from there.
-func (p *Poller) checkAge(a *ageCheck) error {
-	if a == nil {
-		return nil
-	}
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.done {
-		return nil
-	}
-	clamped, err := p.clampStored(p.now())
-	if err != nil {
-		return fmt.Errorf("move the cursor to the retention horizon: %w", err)
-	}
-	a.done = true
-	if clamped {
-		return errReplan
-	}
-	return nil
-}
-
 // rescan lists [Settled, horizon) once more, in slices, as many at a time as
 // the source suggests. tipDone, when not nil, is a tip listing alongside,
 // holding one of those places until it closes.
-func (p *Poller) rescan(ctx context.Context, res *Result, horizon time.Time, minRescan time.Duration, tipDone <-chan struct{}, age *ageCheck) error {
-	extend := age != nil
+func (p *Poller) rescan(ctx context.Context, res *Result, horizon time.Time, minRescan time.Duration, tipDone <-chan struct{}) error {
 	for backs := 0; ; {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		err := p.rescanRound(ctx, res, horizon, minRescan, tipDone, age)
+		err := p.rescanRound(ctx, res, horizon, minRescan, tipDone)
 		switch {
 		case errors.Is(err, errClockBack) && backs < maxClockBacks:
 			backs++
 			horizon = minTime(horizon, p.now().Add(-p.Lookback))
-		case err == nil && extend:
-			// Planned on the host's clock before Stripe's was known: a
-			// host behind Stripe's left the horizon short of Stripe's
-			// now − lookback. The rest is listed now, as it would have
-			// been on Stripe's clock.
-			extend = false
-			h := age.stripeBegan(p).Add(-p.Lookback)
-			if h.Sub(horizon) <= clockNoise {
-				return nil
-			}
-			horizon = h
 		case !errors.Is(err, errReplan):
 			return err
 		}
@@ -672,7 +623,7 @@ func (p *Poller) rescan(ctx context.Context, res *Result, horizon time.Time, min
 // worker commits its own
 // pages; the stored position merges them. After a failure no slice starts,
 // the others are cancelled, and the round returns once all have stopped.
-func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time, minRescan time.Duration, tipDone <-chan struct{}, age *ageCheck) error {
+func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time, minRescan time.Duration, tipDone <-chan struct{}) error {
 	pos, err := p.load()
 	if err != nil {
 		return err
@@ -695,6 +646,7 @@ func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time
 		err   error
 	}
 	results := make(chan listed)
+	var committed atomic.Bool // a page of this round was: its horizon stands
 	inFlight := 0
 	var stop error // the first failure
 	for {
@@ -709,7 +661,7 @@ func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time
 			}
 			inFlight++
 			go func() {
-				pages, err := p.listSlice(ctx, res, s, horizon, age)
+				pages, err := p.listSlice(ctx, res, s, horizon, &committed)
 				results <- listed{slice: s, pages: pages, err: err}
 			}()
 		}
@@ -752,7 +704,7 @@ func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time
 // listSlice lists one slice of the re-scan page by page from its page
 // position, committing each page with the slice's progress. It returns how
 // many pages the slice took.
-func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, horizon time.Time, age *ageCheck) (int, error) {
+func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, horizon time.Time, committed *atomic.Bool) (int, error) {
 	left := math.Inf(1) // pages still to list, once this pass has listed one
 	var top time.Time   // the newest event this pass listed in the slice
 	pages := 0          // pages this pass listed
@@ -768,11 +720,8 @@ func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, hor
 			return s.Pages, fmt.Errorf("re-scan events %s to %s: %w",
 				s.From.UTC().Format(time.RFC3339), s.To.UTC().Format(time.RFC3339), err)
 		}
-		if horizon.After(p.now().Add(clockNoise - p.Lookback)) {
+		if !committed.Load() && horizon.After(p.now().Add(clockNoise-p.Lookback)) {
 			return s.Pages, errClockBack
-		}
-		if err := p.checkAge(age); err != nil {
-			return s.Pages, err
 		}
 		next := s
 		next.Pages++
@@ -785,6 +734,7 @@ func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, hor
 			next.StartingAfter = last.ID
 			left = pagesLeft(s.From, top, last.Created, pages)
 		}
+		committed.Store(true)
 		if err := p.commit(res, page, "rescan", horizon, func(pos *cursor.Position) bool {
 			return pos.Record(next, done)
 		}); err != nil {

@@ -451,6 +451,11 @@ func runDaemon(ctx context.Context, cfg Config, url string, be backend, since ti
 		progressDone.Wait()
 	}()
 
+	// As `run --since` does: --since is resolved on Stripe's clock, which
+	// one request learns before the poller starts (app.stripeNow).
+	if err := lister.client.SyncClock(ctx); err != nil {
+		return out, err
+	}
 	if _, err := p.Start(ctx, since); err != nil {
 		return out, err
 	}
