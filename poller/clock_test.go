@@ -301,7 +301,7 @@ func TestAgedOutCursorFoundOnStripesClock(t *testing.T) {
 // them, once, and complete_until keeps to Stripe's clock. A dry run on
 // that clock reports each session once.
 func TestCronPassOnAWrongHostClock(t *testing.T) {
-	for _, skew := range []time.Duration{-30 * time.Second, 2 * time.Hour} { // Stripe's minus the host's
+	for _, skew := range []time.Duration{-30 * time.Second, 1500 * time.Millisecond, 2 * time.Hour} { // Stripe's minus the host's
 		t.Run(fmt.Sprintf("stripe %s from the host", skew), func(t *testing.T) {
 			stripe := stripesim.NewClock(t0.Add(skew))
 			h := newHarness(t, onStripesClock(stripe))
@@ -314,10 +314,13 @@ func TestCronPassOnAWrongHostClock(t *testing.T) {
 			for run := range 4 {
 				advance(15 * time.Minute)
 				now := stripe.Now()
-				ids = append(ids,
-					h.paid(now.Add(-h.poller.Lookback+10*time.Second), 1),                            // just inside the lookback
+				inside := h.paid(now.Add(-h.poller.Lookback+10*time.Second), 1) // just inside the lookback
+				ids = append(ids, inside,
 					h.paid(now.Add(-90*time.Second), 1, stripesim.VisibleAt(now.Add(2*time.Minute))), // listed late
-					h.paid(now.Add(-5*time.Minute), 1))
+					h.paid(now.Add(-5*time.Minute), 1),
+					// Where a tip begun on a host 1.5 s behind starts: the
+					// re-scan must end there, not list it again.
+					h.paid(now.Add(-h.poller.Lookback-1500*time.Millisecond), 1))
 				h.newProcess()
 				if run == 3 {
 					h.poller.DryRun = true
@@ -325,13 +328,16 @@ func TestCronPassOnAWrongHostClock(t *testing.T) {
 						t.Fatal(err)
 					}
 					res, _ := h.poll(true)
-					// This run's two visible ones and the last run's late one.
-					if res.New != 3 {
-						t.Errorf("a dry run on the host's clock reported %d new events, want 3", res.New)
+					// This run's three visible ones and the last run's late one.
+					if res.New != 4 {
+						t.Errorf("a dry run on the host's clock reported %d new events, want 4", res.New)
 					}
 					h.newProcess()
 				}
 				h.poll(true)
+				if runs := len(h.action.calls(inside)); runs != 1 {
+					t.Errorf("run %d: the session paid just inside the lookback ran %d times in it, want once", run, runs)
+				}
 				if got, want := h.position().Settled, stripe.Now().Add(-h.poller.Lookback); got.Sub(want).Abs() > 2*time.Second {
 					t.Errorf("run %d: complete_until %s, want Stripe's now − lookback %s", run, got, want)
 				}
@@ -341,9 +347,43 @@ func TestCronPassOnAWrongHostClock(t *testing.T) {
 			h.poll(true)
 			for i, id := range ids {
 				if runs := len(h.action.calls(id)); runs != 1 {
-					t.Errorf("%s (run %d, #%d): action ran %d times, want once", id, i/3, i%3, runs)
+					t.Errorf("%s (run %d, #%d): action ran %d times, want once", id, i/4, i%4, runs)
 				}
 			}
 		})
+	}
+}
+
+// TestShortBackfillOnAHostBehind: an hour's backfill whose start the host's
+// clock, two hours behind, puts within the tip's reach is still re-scanned
+// in slices once the tip's first answer told Stripe's time, not listed by
+// the tip one page after another.
+func TestShortBackfillOnAHostBehind(t *testing.T) {
+	stripe := stripesim.NewClock(t0.Add(2 * time.Hour))
+	h := newHarness(t, onStripesClock(stripe))
+	since := stripe.Now().Add(-time.Hour)
+	var ids []string
+	for i := range 300 {
+		ids = append(ids, h.paid(since.Add(time.Duration(i)*10*time.Second), 1))
+	}
+	var tipPages, rescanPages atomic.Int32
+	h.poller.Events = &lister{src: h.client, n: 4, hook: func(_ context.Context, q stripeapi.EventQuery) error {
+		if isRescan(q) {
+			rescanPages.Add(1)
+		} else {
+			tipPages.Add(1)
+		}
+		return nil
+	}}
+
+	h.pass(since)
+
+	if tp, rp := tipPages.Load(), rescanPages.Load(); tp > 2 || rp == 0 {
+		t.Errorf("the tip listed %d pages and the re-scan %d: want the tip at most 2, the rest re-scanned", tp, rp)
+	}
+	for _, id := range ids {
+		if runs := len(h.action.calls(id)); runs != 1 {
+			t.Errorf("%s: action ran %d times, want once", id, runs)
+		}
 	}
 }

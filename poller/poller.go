@@ -5,8 +5,8 @@
 // A pass has two parts. The tip listing reads everything created since the
 // previous pass (at most events.lookback back). The re-scan lists, in
 // slices, the range between the cursor's settled time and now − lookback
-// once more, beside the tip once Stripe's clock is known (after the tip's
-// first answer in a process's first pass): an event that became visible late — Stripe's list is only
+// once more, beside the tip once Stripe's clock is known (after the tip, in a
+// process's first pass): an event that became visible late — Stripe's list is only
 // eventually consistent — is caught there. Every page is committed in one
 // store transaction with the events it queued, so the cursor never passes an
 // event that is not durably queued, and a restart re-lists at most the page
@@ -29,7 +29,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/fulfilld/fulfilld/cursor"
@@ -341,7 +340,7 @@ func agedOut(pos cursor.Position, now time.Time) bool {
 // up to now − lookback even when little is ready (for --once).
 func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
 	// No request of its own to learn Stripe's clock first: the tip's first
-	// answer teaches it, and the re-scan waits for that (see poll).
+	// answer teaches it, and the re-scan waits for the tip (see poll).
 	known := p.clockKnown()
 	start, hostStart := p.now(), p.hostNow()
 	res, err := p.poll(ctx, complete)
@@ -350,7 +349,10 @@ func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
 	}
 	if err == nil && !p.clockKnown() {
 		// No answer carried a Date: sync asks once more, and says so.
-		err = p.sync(ctx)
+		// The pass is done; a failure here is the next pass's.
+		if serr := p.sync(ctx); serr != nil {
+			p.log().Debug("learn stripe's clock after the pass", "err", serr)
+		}
 	}
 	if err == nil && p.Settled != nil {
 		p.Settled()
@@ -423,8 +425,8 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 		return res, errors.New("poll: the cursor was not started")
 	}
 	// Stripe's clock, when the pass began. Without it the host's stands
-	// in until the tip's first answer, which the re-scan waits for (see
-	// below): the host's may be far off.
+	// in until the tip's first answer, and the re-scan waits for the tip
+	// (see below): the host's may be far off.
 	known := p.clockKnown()
 	now := p.now()
 	if known && agedOut(pos, now) {
@@ -438,8 +440,13 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 
 	// The tip: everything since the previous pass, at most lookback back.
 	tipFrom := maxTime(pos.Tip, pos.Settled, now.Add(-p.Lookback))
+	tipPages := 0
 	if p.tipCovered.IsZero() {
-		defer func() { p.tipCovered = tipFrom }() // once this first tip listing is done
+		defer func() { // once this first tip listing is done
+			if tipPages > 0 {
+				p.tipCovered = tipFrom
+			}
+		}()
 	}
 	// One call on a quiet stream: the tip reaches back to complete_until,
 	// so the same answer serves as the re-scan of what is older than
@@ -448,15 +455,16 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 	// and only over a range a quiet stream fills with one page.
 	settledFrom := pos.Settled
 	p.tipNarrow = tipFrom
-	if p.quiet && len(pos.Scans) == 0 && len(pos.Rescanned) == 0 && pos.Settled.Before(tipFrom) &&
-		tipFrom.Sub(pos.Settled) <= maxOneCall {
+	oneCall := p.quiet && len(pos.Scans) == 0 && len(pos.Rescanned) == 0 && pos.Settled.Before(tipFrom) &&
+		tipFrom.Sub(pos.Settled) <= maxOneCall
+	if oneCall {
 		tipFrom = pos.Settled
 	}
-	tipPages := 0
 	defer func() { p.quiet = err == nil && res.New == 0 && tipPages == 1 }()
 	tip := func(ctx context.Context) error {
 		q := stripeapi.EventQuery{Types: p.Types, CreatedGTE: tipFrom}
 		for first := true; ; first = false {
+			sent := p.hostNow()
 			page, err := p.Events.ListEvents(ctx, q)
 			if err != nil {
 				return fmt.Errorf("list events since %s: %w", tipFrom.UTC().Format(time.RFC3339), err)
@@ -475,9 +483,11 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 				// start, this page is dropped unread and the tip lists from
 				// there: begun on a host far behind, it would have listed
 				// from long ago page after page; on one ahead, it would
-				// have missed what came since.
-				now = p.now()
-				if from := maxTime(pos.Tip, pos.Settled, now.Add(-p.Lookback)); !tipFrom.Equal(settledFrom) && from.Sub(tipFrom).Abs() > clockNoise {
+				// have missed what came since. now is when the request
+				// was sent, on Stripe's clock: no later than what the
+				// answer could have listed.
+				now = p.now().Add(-p.hostNow().Sub(sent))
+				if from := maxTime(pos.Tip, pos.Settled, now.Add(-p.Lookback)); !oneCall && from.Sub(tipFrom).Abs() > clockNoise {
 					tipFrom, p.tipNarrow = from, from
 					q = stripeapi.EventQuery{Types: p.Types, CreatedGTE: from}
 					continue
@@ -525,12 +535,18 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 		if err := tip(ctx); err != nil {
 			return res, err
 		}
+		horizon := now.Add(-p.Lookback)
 		if !known {
 			if _, err := p.clampStored(p.now()); err != nil {
 				return res, fmt.Errorf("move the cursor to the retention horizon: %w", err)
 			}
+			// The re-scan ends where the tip began: a tip begun on the
+			// host's clock within clockNoise of Stripe's now − lookback
+			// kept its start, and re-scanning past it would list its
+			// events twice (a dry run would count them twice).
+			horizon = minTime(horizon, tipFrom)
 		}
-		if err := p.rescan(ctx, &res, now.Add(-p.Lookback), minRescan, nil); err != nil {
+		if err := p.rescan(ctx, &res, horizon, minRescan, nil); err != nil {
 			return res, err
 		}
 	} else if err := p.tipAndRescan(ctx, tip, now.Add(-p.Lookback), func(ctx context.Context, horizon time.Time, tipDone <-chan struct{}) error {
@@ -594,6 +610,24 @@ var errClockBack = errors.New("the re-scan horizon is ahead of Stripe's clock")
 // and was written before the answer crossed the wire.
 const clockNoise = 2 * time.Second
 
+// horizonCheck is a round's errClockBack check: made by each page until
+// one passes, and that page is committed, so the horizon stands.
+type horizonCheck struct {
+	mu   sync.Mutex
+	held bool
+}
+
+// passed reports whether a page may be committed: ok decides until one
+// was.
+func (c *horizonCheck) passed(ok func() bool) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.held {
+		c.held = ok()
+	}
+	return c.held
+}
+
 // maxClockBacks bounds the rounds planned again for errClockBack in one
 // poll: each takes the clock going back once more.
 const maxClockBacks = 2
@@ -646,7 +680,7 @@ func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time
 		err   error
 	}
 	results := make(chan listed)
-	var committed atomic.Bool // a page of this round was: its horizon stands
+	var check horizonCheck
 	inFlight := 0
 	var stop error // the first failure
 	for {
@@ -661,7 +695,7 @@ func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time
 			}
 			inFlight++
 			go func() {
-				pages, err := p.listSlice(ctx, res, s, horizon, &committed)
+				pages, err := p.listSlice(ctx, res, s, horizon, &check)
 				results <- listed{slice: s, pages: pages, err: err}
 			}()
 		}
@@ -704,7 +738,7 @@ func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time
 // listSlice lists one slice of the re-scan page by page from its page
 // position, committing each page with the slice's progress. It returns how
 // many pages the slice took.
-func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, horizon time.Time, committed *atomic.Bool) (int, error) {
+func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, horizon time.Time, check *horizonCheck) (int, error) {
 	left := math.Inf(1) // pages still to list, once this pass has listed one
 	var top time.Time   // the newest event this pass listed in the slice
 	pages := 0          // pages this pass listed
@@ -720,7 +754,7 @@ func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, hor
 			return s.Pages, fmt.Errorf("re-scan events %s to %s: %w",
 				s.From.UTC().Format(time.RFC3339), s.To.UTC().Format(time.RFC3339), err)
 		}
-		if !committed.Load() && horizon.After(p.now().Add(clockNoise-p.Lookback)) {
+		if !check.passed(func() bool { return !horizon.After(p.now().Add(clockNoise - p.Lookback)) }) {
 			return s.Pages, errClockBack
 		}
 		next := s
@@ -734,7 +768,6 @@ func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, hor
 			next.StartingAfter = last.ID
 			left = pagesLeft(s.From, top, last.Created, pages)
 		}
-		committed.Store(true)
 		if err := p.commit(res, page, "rescan", horizon, func(pos *cursor.Position) bool {
 			return pos.Record(next, done)
 		}); err != nil {
