@@ -301,7 +301,7 @@ func TestAgedOutCursorFoundOnStripesClock(t *testing.T) {
 // them, once, and complete_until keeps to Stripe's clock. A dry run on
 // that clock reports each session once.
 func TestCronPassOnAWrongHostClock(t *testing.T) {
-	for _, skew := range []time.Duration{-30 * time.Second, 1500 * time.Millisecond, 2 * time.Hour} { // Stripe's minus the host's
+	for _, skew := range []time.Duration{-30 * time.Second, -1500 * time.Millisecond, 1500 * time.Millisecond, 2 * time.Hour} { // Stripe's minus the host's
 		t.Run(fmt.Sprintf("stripe %s from the host", skew), func(t *testing.T) {
 			stripe := stripesim.NewClock(t0.Add(skew))
 			h := newHarness(t, onStripesClock(stripe))
@@ -315,7 +315,10 @@ func TestCronPassOnAWrongHostClock(t *testing.T) {
 				advance(15 * time.Minute)
 				now := stripe.Now()
 				inside := h.paid(now.Add(-h.poller.Lookback+10*time.Second), 1) // just inside the lookback
-				ids = append(ids, inside,
+				// Where a tip begun on a host 1.5 s ahead starts: the
+				// re-scan must reach it.
+				edge := h.paid(now.Add(-h.poller.Lookback+time.Second), 1)
+				ids = append(ids, inside, edge,
 					h.paid(now.Add(-90*time.Second), 1, stripesim.VisibleAt(now.Add(2*time.Minute))), // listed late
 					h.paid(now.Add(-5*time.Minute), 1),
 					// Where a tip begun on a host 1.5 s behind starts: the
@@ -328,15 +331,17 @@ func TestCronPassOnAWrongHostClock(t *testing.T) {
 						t.Fatal(err)
 					}
 					res, _ := h.poll(true)
-					// This run's three visible ones and the last run's late one.
-					if res.New != 4 {
-						t.Errorf("a dry run on the host's clock reported %d new events, want 4", res.New)
+					// This run's four visible ones and the last run's late one.
+					if res.New != 5 {
+						t.Errorf("a dry run on the host's clock reported %d new events, want 5", res.New)
 					}
 					h.newProcess()
 				}
 				h.poll(true)
-				if runs := len(h.action.calls(inside)); runs != 1 {
-					t.Errorf("run %d: the session paid just inside the lookback ran %d times in it, want once", run, runs)
+				for _, id := range []string{inside, edge} {
+					if runs := len(h.action.calls(id)); runs != 1 {
+						t.Errorf("run %d: %s, paid just inside the lookback, ran %d times in it, want once", run, id, runs)
+					}
 				}
 				if got, want := h.position().Settled, stripe.Now().Add(-h.poller.Lookback); got.Sub(want).Abs() > 2*time.Second {
 					t.Errorf("run %d: complete_until %s, want Stripe's now − lookback %s", run, got, want)
@@ -347,7 +352,7 @@ func TestCronPassOnAWrongHostClock(t *testing.T) {
 			h.poll(true)
 			for i, id := range ids {
 				if runs := len(h.action.calls(id)); runs != 1 {
-					t.Errorf("%s (run %d, #%d): action ran %d times, want once", id, i/4, i%4, runs)
+					t.Errorf("%s (run %d, #%d): action ran %d times, want once", id, i/5, i%5, runs)
 				}
 			}
 		})

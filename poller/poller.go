@@ -5,8 +5,8 @@
 // A pass has two parts. The tip listing reads everything created since the
 // previous pass (at most events.lookback back). The re-scan lists, in
 // slices, the range between the cursor's settled time and now − lookback
-// once more, beside the tip once Stripe's clock is known (after the tip, in a
-// process's first pass): an event that became visible late — Stripe's list is only
+// once more, beside the tip once Stripe's clock is known (after the tip
+// while it is not, as in a process's first pass on a stored cursor): an event that became visible late — Stripe's list is only
 // eventually consistent — is caught there. Every page is committed in one
 // store transaction with the events it queued, so the cursor never passes an
 // event that is not durably queued, and a restart re-lists at most the page
@@ -351,7 +351,7 @@ func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
 		// No answer carried a Date: sync asks once more, and says so.
 		// The pass is done; a failure here is the next pass's.
 		if serr := p.sync(ctx); serr != nil {
-			p.log().Debug("learn stripe's clock after the pass", "err", serr)
+			p.log().Warn("could not learn stripe's clock after the pass; the host's stands in", "err", serr)
 		}
 	}
 	if err == nil && p.Settled != nil {
@@ -439,7 +439,8 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 	}
 
 	// The tip: everything since the previous pass, at most lookback back.
-	tipFrom := maxTime(pos.Tip, pos.Settled, now.Add(-p.Lookback))
+	hostFrom := now.Add(-p.Lookback) // on the host's clock when it is not known
+	tipFrom := maxTime(pos.Tip, pos.Settled, hostFrom)
 	tipPages := 0
 	if p.tipCovered.IsZero() {
 		defer func() { // once this first tip listing is done
@@ -540,11 +541,14 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 			if _, err := p.clampStored(p.now()); err != nil {
 				return res, fmt.Errorf("move the cursor to the retention horizon: %w", err)
 			}
-			// The re-scan ends where the tip began: a tip begun on the
-			// host's clock within clockNoise of Stripe's now − lookback
-			// kept its start, and re-scanning past it would list its
-			// events twice (a dry run would count them twice).
-			horizon = minTime(horizon, tipFrom)
+			// A tip begun on the host's clock within clockNoise of
+			// Stripe's now − lookback kept its start: the re-scan ends
+			// there. Past it, it would list the tip's events again (a
+			// dry run would count them twice); short of it, the
+			// seconds between would wait for the next pass.
+			if tipFrom.Equal(hostFrom) {
+				horizon = tipFrom
+			}
 		}
 		if err := p.rescan(ctx, &res, horizon, minRescan, nil); err != nil {
 			return res, err
@@ -598,11 +602,11 @@ var errReplan = errors.New("re-scan plan overtaken by the retention horizon")
 // errClockBack ends a round of the re-scan whose horizon Stripe's clock has
 // not reached: the estimate it came from ran ahead (a host clock that
 // jumped, read without its monotonic part) and the round's first answers
-// put it back. It is checked until the round commits its first page, so it
-// stops a round that committed nothing, and the round is planned again up
-// to the horizon Stripe's time gives. Once a page is committed the horizon
-// stands, as it did when it waited for the tip's first answer: slices in
-// progress are stored with it.
+// put it back. It is checked until a page of the round passes it (that
+// page is then committed), so it stops a round that committed nothing, and
+// the round is planned again up to the horizon Stripe's time gives. Once a
+// page passed, the horizon stands, as it did when it waited for the tip's
+// first answer: slices in progress are stored with it.
 var errClockBack = errors.New("the re-scan horizon is ahead of Stripe's clock")
 
 // clockNoise is how far a time may be off Stripe's clock as its answers
@@ -613,17 +617,18 @@ const clockNoise = 2 * time.Second
 // horizonCheck is a round's errClockBack check: made by each page until
 // one passes, and that page is committed, so the horizon stands.
 type horizonCheck struct {
-	mu   sync.Mutex
-	held bool
+	mu             sync.Mutex
+	held, violated bool
 }
 
-// passed reports whether a page may be committed: ok decides until one
-// was.
+// passed reports whether a page may be committed: ok decides until a page
+// passed or one failed, and that answer stands for the round.
 func (c *horizonCheck) passed(ok func() bool) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if !c.held {
+	if !c.held && !c.violated {
 		c.held = ok()
+		c.violated = !c.held
 	}
 	return c.held
 }
