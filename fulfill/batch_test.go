@@ -503,14 +503,8 @@ func TestEndingSliceListedWhileQueueGrows(t *testing.T) {
 	sim, ids, created, db, _, act, f := batchRig(t, 300, func(int) int { return 1 })
 	// Neither quiet nor lingering lists anything within the test.
 	fulfill.SetBatchWaits(f, time.Hour, time.Hour)
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	wake := make(chan struct{}, 1)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		_, _ = f.Run(ctx, fulfill.RunOptions{Wake: wake})
-	}()
+	poke, stop := working(f)
+	defer stop()
 	ranAll := func(of []string) bool {
 		act.mu.Lock()
 		defer act.mu.Unlock()
@@ -526,17 +520,14 @@ func TestEndingSliceListedWhileQueueGrows(t *testing.T) {
 	// page), and the slice says it is near its end.
 	top := ids[200:260]
 	enqueueAll(t, db, top, created)
-	wake <- struct{}{}
+	poke()
 	next := 0
 	for ; next < 30 && !ranAll(top); next++ {
 		if next == 2 {
 			f.Ending(created[ids[170]], created[ids[198]], created[ids[299]].Add(time.Minute))
 		}
 		enqueueAll(t, db, ids[199-next:200-next], created)
-		select {
-		case wake <- struct{}{}:
-		default:
-		}
+		poke()
 		time.Sleep(100 * time.Millisecond)
 	}
 	if !ranAll(top) {
@@ -544,15 +535,11 @@ func TestEndingSliceListedWhileQueueGrows(t *testing.T) {
 	}
 	// The slice's last page.
 	enqueueAll(t, db, ids[170:200-next], created)
-	select {
-	case wake <- struct{}{}:
-	default:
-	}
+	poke()
 	for deadline := time.Now().Add(10 * time.Second); !ranAll(ids[170:260]) && time.Now().Before(deadline); {
 		time.Sleep(20 * time.Millisecond)
 	}
-	cancel()
-	<-done
+	stop()
 	act.mu.Lock()
 	defer act.mu.Unlock()
 	for _, id := range ids[170:260] {
@@ -581,14 +568,40 @@ func TestClustersFarApartListedApart(t *testing.T) {
 	if res, err := f.Run(context.Background(), fulfill.RunOptions{Wake: wake, UntilIdle: true}); err != nil || res.Fulfilled != 20 {
 		t.Fatalf("fulfilled %d of 20: %v", res.Fulfilled, err)
 	}
-	for _, id := range queued {
+	readInLists(t, sim, act, queued, 2, "two clusters of 10")
+}
+
+// working runs f's queue until stop, which is safe to call twice; poke
+// wakes it.
+func working(f *fulfill.Fulfiller) (poke, stop func()) {
+	ctx, cancel := context.WithCancel(context.Background())
+	wake := make(chan struct{}, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_, _ = f.Run(ctx, fulfill.RunOptions{Wake: wake})
+	}()
+	poke = func() {
+		select {
+		case wake <- struct{}{}:
+		default:
+		}
+	}
+	return poke, func() { cancel(); <-done }
+}
+
+// readInLists checks that each of ids had its action run once, and that
+// the sessions were read in the given number of lists and no retrieve.
+func readInLists(t *testing.T, sim *stripesim.Server, act *bodyAction, ids []string, lists int64, what string) {
+	t.Helper()
+	for _, id := range ids {
 		if act.runs[id] != 1 {
 			t.Errorf("%s: action ran %d times", id, act.runs[id])
 		}
 	}
 	st := sim.Stats()
-	if l, r := st.ByEndpoint["GET /v1/checkout/sessions"], st.ByEndpoint["GET /v1/checkout/sessions/:id"]; l != 2 || r != 0 {
-		t.Errorf("%d list requests and %d retrieves for two clusters of 10, want 2 lists", l, r)
+	if l, r := st.ByEndpoint["GET /v1/checkout/sessions"], st.ByEndpoint["GET /v1/checkout/sessions/:id"]; l != lists || r != 0 {
+		t.Errorf("%d list requests and %d retrieves for %s, want %d lists", l, r, what, lists)
 	}
 }
 
@@ -609,4 +622,40 @@ func ranOnceWithFreshReads(t *testing.T, act *bodyAction, client *stripeapi.Clie
 			t.Errorf("%s: the action received\n%.300s\nbut a retrieve returns\n%.300s", id, act.bodies[id], want.JSON)
 		}
 	}
+}
+
+// TestPausedListingKeepsRunsFilling: while the poller commits pages
+// (Listing) the queue's pause in growth — pages with no paid session for
+// longer than batchSettle — is not taken for the end of the stream: the
+// run waits to fill its page and the 100 sessions take one list. Taken for
+// the end, the pause listed the first 60 on their own and the rest in a
+// second list.
+func TestPausedListingKeepsRunsFilling(t *testing.T) {
+	sim, ids, created, db, _, act, f := batchRig(t, 100, func(int) int { return 1 })
+	poke, stop := working(f)
+	defer stop()
+	enqueueAll(t, db, ids[40:], created)
+	f.Listing()
+	poke()
+	// Pages keep coming for 300 ms, none with a paid session.
+	for range 15 {
+		time.Sleep(20 * time.Millisecond)
+		f.Listing()
+	}
+	enqueueAll(t, db, ids[:40], created)
+	f.Listing()
+	poke()
+	f.Settle()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		act.mu.Lock()
+		n := len(act.runs)
+		act.mu.Unlock()
+		if n == len(ids) {
+			break
+		}
+	}
+	stop()
+	act.mu.Lock()
+	defer act.mu.Unlock()
+	readInLists(t, sim, act, ids, 1, "100 sessions queued with a pause between")
 }

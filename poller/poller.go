@@ -137,6 +137,10 @@ type Poller struct {
 	Logger *slog.Logger
 	// Wake is called after a commit that queued work.
 	Wake func()
+	// Listing, when set, is called after every committed page: a poll is
+	// listing on, and what it queues may grow yet (Fulfiller.Listing). It
+	// must not block.
+	Listing func()
 	// Settled, when set, is called when a poll has listed all it was to
 	// (not after one that failed): what it queued will not grow until the
 	// next one (the fulfiller then
@@ -960,6 +964,9 @@ func (p *Poller) commit(res *Result, page stripeapi.EventPage, phase string, tar
 	}
 	if c.queued+c.notified > 0 && p.Wake != nil {
 		p.Wake()
+	}
+	if p.Listing != nil {
+		p.Listing()
 	}
 	p.resMu.Lock()
 	defer p.resMu.Unlock()

@@ -473,6 +473,7 @@ func runDaemon(ctx context.Context, cfg Config, url string, be backend, since ti
 	// tells the others at once, which a standby learns at its next look.
 	p.Settled = lister.f.Settle
 	p.Ending = lister.f.Ending
+	p.Listing = lister.f.Listing
 	p.Wake = func() {
 		for _, in := range workers {
 			select {

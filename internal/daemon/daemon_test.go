@@ -131,8 +131,8 @@ func TestPollerTellsTheQueue(t *testing.T) {
 	sim := stripesim.New(stripesim.Options{})
 	t.Cleanup(sim.Close)
 	d, _ := newDaemon(t, sim)
-	if d.Poller.Settled == nil || d.Poller.Ending == nil {
-		t.Errorf("poller hooks: Settled set %v, Ending set %v; want both", d.Poller.Settled != nil, d.Poller.Ending != nil)
+	if d.Poller.Settled == nil || d.Poller.Ending == nil || d.Poller.Listing == nil {
+		t.Errorf("poller hooks: Settled set %v, Ending set %v, Listing set %v; want all", d.Poller.Settled != nil, d.Poller.Ending != nil, d.Poller.Listing != nil)
 	}
 }
 

@@ -108,6 +108,8 @@ func New(d *Daemon, progress func(poller.Progress)) *Daemon {
 	d.Poller.Settled = d.Fulfiller.Settle
 	// A slice near its end lets it list there at once, beside its last page.
 	d.Poller.Ending = d.Fulfiller.Ending
+	// A poll still listing keeps it from taking a pause for the end.
+	d.Poller.Listing = d.Fulfiller.Listing
 	d.Poller.Progress = func(p poller.Progress) {
 		d.beat()
 		if progress != nil {
