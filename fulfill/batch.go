@@ -92,9 +92,9 @@ type batcher struct {
 	takenAt time.Time
 	// settledAt is when a poll last said it listed all it will (Settle).
 	settledAt time.Time
-	// pagedAt is when the poller last committed a page (Listing), in
-	// nanoseconds of real time; 0 after Settle. Atomic, so that the
-	// poller never waits for a plan.
+	// pagedAt is when the poller last committed a page (Listing): time
+	// since batchEpoch on the monotonic clock, plus one; 0 after Settle.
+	// Atomic, so that the poller never waits for a plan.
 	pagedAt atomic.Int64
 	// ending holds the poller's word that a slice is near its end (Ending),
 	// until a run there is listed or batchEndFresh passes; endingMu
@@ -201,7 +201,11 @@ func (f *Fulfiller) Settle() {
 // — partial pages, each a list — and left their slices' remainders to
 // lists of a few sessions at the end (28 lists where 24 do, in the
 // benchmark's backfill). It does not wait for the queue's plans.
-func (f *Fulfiller) Listing() { f.batch.pagedAt.Store(time.Now().UnixNano()) }
+func (f *Fulfiller) Listing() { f.batch.pagedAt.Store(int64(time.Since(batchEpoch)) + 1) }
+
+// batchEpoch anchors pagedAt on the monotonic clock: a host clock that
+// steps back must not keep the queue growing.
+var batchEpoch = time.Now()
 
 // quiet is how long the queue has not grown: since a plan last found a due
 // session it did not know, or the poller last committed a page, whichever
@@ -209,7 +213,7 @@ func (f *Fulfiller) Listing() { f.batch.pagedAt.Store(time.Now().UnixNano()) }
 func (b *batcher) quiet() time.Duration {
 	q := time.Since(b.grew)
 	if at := b.pagedAt.Load(); at != 0 {
-		q = min(q, time.Since(time.Unix(0, at)))
+		q = min(q, time.Since(batchEpoch)-time.Duration(at-1))
 	}
 	return q
 }
@@ -604,6 +608,10 @@ func (f *Fulfiller) nextStep(rec Record, waited time.Duration) batchStep {
 		linger = batchLinger
 	}
 	quiet := b.quiet()
+	// A session alone in its run gains nothing from pages that come
+	// without its neighbours: it waits only for the queue to stop
+	// growing, as before the poller told of its pages.
+	grown := time.Since(b.grew)
 	switch {
 	case len(run) >= batchGroup, len(run) >= 2 && (quiet >= settle || waited >= linger || b.still(run) >= batchRunSettle || b.ends(run)):
 		step := batchStep{run: b.startLoad(run, now, quiet < settle), group: run}
@@ -614,7 +622,7 @@ func (f *Fulfiller) nextStep(rec Record, waited time.Duration) batchStep {
 		step.more = b.moreRuns(now, quiet >= settle)
 		b.signal()
 		return step
-	case quiet >= settle || waited >= linger:
+	case len(run) < 2 && (grown >= settle || waited >= linger):
 		// Alone in its run: a list for one session costs what a retrieve
 		// does.
 		return batchStep{}
@@ -626,9 +634,9 @@ func (f *Fulfiller) nextStep(rec Record, waited time.Duration) batchStep {
 	if b.changed == nil {
 		b.changed = make(chan struct{})
 	}
-	wait := min(settle-quiet, linger-waited)
+	wait := min(settle-grown, linger-waited)
 	if len(run) >= 2 {
-		wait = min(wait, batchRunSettle-b.still(run))
+		wait = min(settle-quiet, linger-waited, batchRunSettle-b.still(run))
 	}
 	step.linger, step.changed = max(wait, time.Millisecond), b.changed
 	return step

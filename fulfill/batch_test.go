@@ -629,7 +629,8 @@ func ranOnceWithFreshReads(t *testing.T, act *bodyAction, client *stripeapi.Clie
 // longer than batchSettle — is not taken for the end of the stream: the
 // run waits to fill its page and the 100 sessions take one list. Taken for
 // the end, the pause listed the first 60 on their own and the rest in a
-// second list.
+// second list. A session alone in its run does not wait for the pages: it
+// is retrieved once the queue stopped growing, as before.
 func TestPausedListingKeepsRunsFilling(t *testing.T) {
 	sim, ids, created, db, _, act, f := batchRig(t, 100, func(int) int { return 1 })
 	poke, stop := working(f)
@@ -637,9 +638,10 @@ func TestPausedListingKeepsRunsFilling(t *testing.T) {
 	enqueueAll(t, db, ids[40:], created)
 	f.Listing()
 	poke()
-	// Pages keep coming for 300 ms, none with a paid session.
-	for range 15 {
-		time.Sleep(20 * time.Millisecond)
+	// Pages keep coming for 200 ms (more than batchSettle, less than
+	// batchRunSettle), none with a paid session.
+	for range 20 {
+		time.Sleep(10 * time.Millisecond)
 		f.Listing()
 	}
 	enqueueAll(t, db, ids[:40], created)
@@ -658,4 +660,30 @@ func TestPausedListingKeepsRunsFilling(t *testing.T) {
 	act.mu.Lock()
 	defer act.mu.Unlock()
 	readInLists(t, sim, act, ids, 1, "100 sessions queued with a pause between")
+
+	// One session alone, pages still coming: retrieved within a second,
+	// not after batchLinger (5 s).
+	sim2, ids2, created2, db2, _, act2, f2 := batchRig(t, 1, func(int) int { return 1 })
+	poke2, stop2 := working(f2)
+	defer stop2()
+	enqueueAll(t, db2, ids2, created2)
+	poke2()
+	start := time.Now()
+	for time.Since(start) < 10*time.Second {
+		f2.Listing()
+		act2.mu.Lock()
+		n := act2.runs[ids2[0]]
+		act2.mu.Unlock()
+		if n > 0 {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if took := time.Since(start); took > 2*time.Second {
+		t.Errorf("a session alone in its run, pages coming, waited %s for its read, want well under batchLinger", took)
+	}
+	stop2()
+	if r := sim2.Stats().ByEndpoint["GET /v1/checkout/sessions/:id"]; r != 1 {
+		t.Errorf("%d retrieves for a session alone, want 1", r)
+	}
 }
