@@ -217,6 +217,12 @@ func (p *Poller) now() time.Time {
 	return p.hostNow()
 }
 
+// stripeAt is Stripe's time, as the clock tells it now, at an earlier
+// reading of the host's clock: the time that passed since is the host's.
+func (p *Poller) stripeAt(host time.Time) time.Time {
+	return p.now().Add(-p.hostNow().Sub(host))
+}
+
 // hostNow is the host's time, for what the queues schedule and for
 // durations.
 func (p *Poller) hostNow() time.Time {
@@ -349,7 +355,7 @@ func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
 	start, hostStart := p.now(), p.hostNow()
 	res, err := p.poll(ctx, complete)
 	if !known && p.clockKnown() {
-		start = p.now().Add(-p.hostNow().Sub(hostStart)) // when the pass began, on Stripe's clock
+		start = p.stripeAt(hostStart) // when the pass began, on Stripe's clock
 	}
 	if err == nil && !p.clockKnown() {
 		// No answer carried a Date: sync asks once more, and says so.
@@ -435,7 +441,7 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 	now := p.now()
 	if known && agedOut(pos, now) {
 		if _, err := p.clampStored(now); err != nil {
-			return res, fmt.Errorf("move the cursor to the retention horizon: %w", err)
+			return res, err
 		}
 		if pos, err = p.load(); err != nil {
 			return res, err
@@ -491,7 +497,7 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 				// have missed what came since. now is when the request
 				// was sent, on Stripe's clock: no later than what the
 				// answer could have listed.
-				now = p.now().Add(-p.hostNow().Sub(sent))
+				now = p.stripeAt(sent)
 				if from := maxTime(pos.Tip, pos.Settled, now.Add(-p.Lookback)); !oneCall && from.Sub(tipFrom).Abs() > clockNoise {
 					tipFrom, p.tipNarrow = from, from
 					q = stripeapi.EventQuery{Types: p.Types, CreatedGTE: from}
@@ -543,7 +549,7 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 		horizon := now.Add(-p.Lookback)
 		if !known {
 			if _, err := p.clampStored(p.now()); err != nil {
-				return res, fmt.Errorf("move the cursor to the retention horizon: %w", err)
+				return res, err
 			}
 			// A tip begun on the host's clock within clockNoise of
 			// Stripe's now − lookback kept its start: the re-scan ends
@@ -557,16 +563,19 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 		if err := p.rescan(ctx, &res, horizon, minRescan, nil); err != nil {
 			return res, err
 		}
-	} else if err := p.tipAndRescan(ctx, tip, now.Add(-p.Lookback), func(ctx context.Context, horizon time.Time, tipDone <-chan struct{}) error {
-		return p.rescan(ctx, &res, horizon, minRescan, tipDone)
-	}); err != nil {
-		return res, err
+	} else {
+		horizon := now.Add(-p.Lookback) // read before the tip may move now
+		if err := p.tipAndRescan(ctx, tip, func(ctx context.Context, tipDone <-chan struct{}) error {
+			return p.rescan(ctx, &res, horizon, minRescan, tipDone)
+		}); err != nil {
+			return res, err
+		}
 	}
 	res.Position, err = p.load()
 	return res, err
 }
 
-// tipAndRescan runs the tip and the re-scan up to horizon side by side, on
+// tipAndRescan runs the tip and the re-scan side by side, on
 // Stripe's clock as earlier answers set it: the tip lists from
 // now − lookback on and the re-scan below it, so they never list the same
 // range. Waiting for the tip held every slice of a backfill back by a
@@ -575,8 +584,8 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 // first commit (errClockBack). The tip holds one of
 // the re-scan's places until tipDone closes. The first to fail stops the
 // other; it returns once both have, with that failure.
-func (p *Poller) tipAndRescan(ctx context.Context, tip func(context.Context) error, horizon time.Time,
-	rescan func(ctx context.Context, horizon time.Time, tipDone <-chan struct{}) error) error {
+func (p *Poller) tipAndRescan(ctx context.Context, tip func(context.Context) error,
+	rescan func(ctx context.Context, tipDone <-chan struct{}) error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	tipDone := make(chan struct{})
@@ -588,7 +597,7 @@ func (p *Poller) tipAndRescan(ctx context.Context, tip func(context.Context) err
 		}
 	})
 	wg.Go(func() {
-		if err := rescan(ctx, horizon, tipDone); err != nil {
+		if err := rescan(ctx, tipDone); err != nil {
 			cancel(err)
 		}
 	})
@@ -729,7 +738,7 @@ func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time
 			clamped, err := p.clampStored(p.now())
 			switch {
 			case err != nil:
-				stop = fmt.Errorf("move the cursor to the retention horizon: %w", err)
+				stop = err
 				cancel()
 			case clamped:
 				stop = errReplan
@@ -1174,7 +1183,10 @@ func (p *Poller) clampStored(now time.Time) (bool, error) {
 		}
 		return cursor.Save(tx, pos)
 	})
-	return clamped, err
+	if err != nil {
+		return false, fmt.Errorf("move the cursor to the retention horizon: %w", err)
+	}
+	return clamped, nil
 }
 
 // typeLabel bounds the set of counter keys an odd event can create.
