@@ -42,6 +42,14 @@ func ParseSince(flag, value string, now time.Time) (time.Time, error) {
 
 // parseDays is time.ParseDuration plus a leading whole-days term ("7d",
 // "1d12h"): operators think of backfills in days.
+// SinceIsDuration reports whether a --since style value counts back from
+// now (a duration), rather than naming a time: only then does the clock it
+// is read on matter.
+func SinceIsDuration(value string) bool {
+	_, ok := parseDays(strings.TrimSpace(value))
+	return ok
+}
+
 func parseDays(s string) (time.Duration, bool) {
 	days, rest := 0, s
 	if i := strings.IndexByte(s, 'd'); i > 0 && isDigits(s[:i]) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -390,5 +391,51 @@ func TestShortBackfillOnAHostBehind(t *testing.T) {
 		if runs := len(h.action.calls(id)); runs != 1 {
 			t.Errorf("%s: action ran %d times, want once", id, runs)
 		}
+	}
+}
+
+// TestRunSinceListsFromItsFirstRequest: `run --since 24h` counts its start
+// back on the host's clock and lists from its first request, the re-scan
+// beside the tip before any answer told Stripe's time (the tip's first
+// answer is held until a re-scan request arrives). Whether the host is
+// right, a little off, half an hour ahead or two hours behind, every
+// session paid since Stripe's now − 24h is fulfilled once — on a host ahead,
+// the half hour its own clock would have left out among them — and
+// complete_until ends at Stripe's now − lookback.
+func TestRunSinceListsFromItsFirstRequest(t *testing.T) {
+	for _, skew := range []time.Duration{0, 1500 * time.Millisecond, -30 * time.Minute, 2 * time.Hour} { // Stripe's minus the host's
+		t.Run(fmt.Sprintf("stripe %s from the host", skew), func(t *testing.T) {
+			stripe := stripesim.NewClock(t0.Add(skew))
+			h := newHarness(t, onStripesClock(stripe))
+			asked := stripe.Now().Add(-24 * time.Hour) // what --since 24h means
+			ids := []string{h.paid(asked.Add(30*time.Second), 1), h.paid(asked.Add(20*time.Minute), 1)}
+			for i := range 60 {
+				ids = append(ids, h.paid(asked.Add(time.Hour+time.Duration(i)*20*time.Minute), 1))
+			}
+			ids = append(ids, h.paid(stripe.Now().Add(-2*time.Minute), 1)) // the tip's
+			rescanning := make(chan struct{})
+			var once sync.Once
+			h.poller.Events = &lister{src: h.client, n: 4, hook: func(ctx context.Context, q stripeapi.EventQuery) error {
+				if isRescan(q) {
+					once.Do(func() { close(rescanning) })
+					return nil
+				}
+				return wait(ctx, rescanning, "a re-scan request before the tip's first answer")
+			}}
+
+			if _, err := h.poller.StartOnHostClock(t.Context(), h.clock.Now().Add(-24*time.Hour)); err != nil {
+				t.Fatal(err)
+			}
+			h.poll(true)
+
+			for _, id := range ids {
+				if runs := len(h.action.calls(id)); runs != 1 {
+					t.Errorf("%s: action ran %d times, want once", id, runs)
+				}
+			}
+			if got, horizon := h.position().Settled, stripe.Now().Add(-h.poller.Lookback); got.After(horizon) || horizon.Sub(got) > 2*time.Second {
+				t.Errorf("complete_until %s after the backfill, want Stripe's now − lookback %s", got, horizon)
+			}
+		})
 	}
 }

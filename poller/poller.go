@@ -186,6 +186,9 @@ type Poller struct {
 	// than it that the tip finds new was listed late.
 	quiet     bool
 	tipNarrow time.Time
+	// hostSince is a start Start took on the host's clock
+	// (StartOnHostClock), until the first answer tells Stripe's.
+	hostSince time.Time
 	// group gathers the pages being committed at the same moment into one
 	// transaction.
 	group groupCommit
@@ -295,10 +298,7 @@ func (p *Poller) Start(ctx context.Context, since time.Time) (cursor.Position, e
 			pos = cursor.Position{Settled: since}
 			p.log().Info("no cursor yet: backfilling", "since", since.Format(time.RFC3339))
 		case !since.IsZero() && since.Before(pos.Settled):
-			p.log().Info("backfilling behind the cursor; events already handled are skipped",
-				"since", since.Format(time.RFC3339), "complete_until", pos.Settled.Format(time.RFC3339))
-			pos.Settled = since
-			pos.ResetScan()
+			backfillBehind(p.log(), &pos, since)
 		}
 		if p.clockKnown() {
 			// With an unknown clock the first poll checks the retention
@@ -317,6 +317,72 @@ func (p *Poller) Start(ctx context.Context, since time.Time) (cursor.Position, e
 		return pos, p.DB.View(start)
 	}
 	return pos, p.update(start)
+}
+
+// StartOnHostClock is Start with a since read on the host's clock (run
+// --since, a duration counted back from the host's now or a time), so that
+// a backfill lists from its first request rather than after one that asks
+// Stripe's time. It starts clockNoise earlier, the noise of Stripe's Date;
+// the first answer tells Stripe's time, and a host found ahead of it by
+// more moves the start back by as much before the first poll's re-scan
+// commits anything (that round is planned again: see poll). A host behind
+// lists a little more than asked, which the seen-set and the ledger skip.
+func (p *Poller) StartOnHostClock(ctx context.Context, since time.Time) (cursor.Position, error) {
+	known := p.clockKnown()
+	if !known {
+		since = since.Add(-clockNoise)
+	}
+	pos, err := p.Start(ctx, since)
+	if err == nil && !known {
+		p.hostSince = since
+	}
+	return pos, err
+}
+
+// backfillBehind moves complete_until back to since, so that everything
+// from there is listed again (the seen-set and the ledger skip what was
+// handled).
+func backfillBehind(log *slog.Logger, pos *cursor.Position, since time.Time) {
+	log.Info("backfilling behind the cursor; events already handled are skipped",
+		"since", since.Format(time.RFC3339), "complete_until", pos.Settled.Format(time.RFC3339))
+	pos.Settled = since
+	pos.ResetScan()
+}
+
+// correctSince moves a start taken on the host's clock back by how far the
+// host turned out ahead of Stripe (off), once: a --since 24h counts back
+// from Stripe's now.
+func (p *Poller) correctSince(off time.Duration) error {
+	since := p.hostSince
+	p.hostSince = time.Time{}
+	if since.IsZero() || off <= clockNoise {
+		return nil // within the margin StartOnHostClock's caller took
+	}
+	to := since.Add(-off)
+	move := func(pos *cursor.Position) bool {
+		if !to.Before(pos.Settled) {
+			return false
+		}
+		backfillBehind(p.log(), pos, to)
+		return true
+	}
+	if p.DryRun {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		move(&p.dryPos)
+		return nil
+	}
+	err := p.update(func(tx Tx) error {
+		pos, err := cursor.Load(tx)
+		if err != nil || !move(&pos) {
+			return err
+		}
+		return cursor.Save(tx, pos)
+	})
+	if err != nil {
+		return fmt.Errorf("move the backfill's start to Stripe's clock: %w", err)
+	}
+	return nil
 }
 
 // clampRetention moves a cursor that fell behind Stripe's retention to the
@@ -438,7 +504,7 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 	// in until the tip's first answer, and the re-scan waits for the tip
 	// (see below): the host's may be far off.
 	known := p.clockKnown()
-	now := p.now()
+	now, hostStart := p.now(), p.hostNow()
 	if known && agedOut(pos, now) {
 		if _, err := p.clampStored(now); err != nil {
 			return res, err
@@ -472,6 +538,15 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 		tipFrom = pos.Settled
 	}
 	defer func() { p.quiet = err == nil && res.New == 0 && tipPages == 1 }()
+	_, concurrent := p.Events.(ConcurrentSource)
+	side := !tipFrom.Equal(settledFrom) && concurrent && p.listConcurrency() >= 2
+	// On an unknown clock the re-scan, planned on the host's, lists beside
+	// the tip all the same and commits nothing before the tip's first
+	// answer judged the plan (see clockVerdict).
+	var verdict *clockVerdict
+	if side && !known {
+		verdict = &clockVerdict{decided: make(chan struct{})}
+	}
 	tip := func(ctx context.Context) error {
 		q := stripeapi.EventQuery{Types: p.Types, CreatedGTE: tipFrom}
 		for first := true; ; first = false {
@@ -498,9 +573,34 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 				// was sent, on Stripe's clock: no later than what the
 				// answer could have listed.
 				now = p.stripeAt(sent)
-				if from := maxTime(pos.Tip, pos.Settled, now.Add(-p.Lookback)); !oneCall && from.Sub(tipFrom).Abs() > clockNoise {
+				off := hostFrom.Sub(p.stripeAt(hostStart).Add(-p.Lookback)) // the host ahead by
+				if err := p.correctSince(off); err != nil {
+					return err
+				}
+				from := maxTime(pos.Tip, pos.Settled, now.Add(-p.Lookback))
+				moved := !oneCall && from.Sub(tipFrom).Abs() > clockNoise
+				if moved {
 					tipFrom, p.tipNarrow = from, from
 					q = stripeapi.EventQuery{Types: p.Types, CreatedGTE: from}
+				}
+				if verdict != nil {
+					// The re-scan was planned up to hostFrom, on the host's
+					// clock; it stands if that is within clockNoise of
+					// Stripe's now − lookback, the tip still begins there
+					// and the cursor is inside Stripe's retention.
+					// Otherwise the re-scan is planned again up to where
+					// the tip begins (as when it waited for this answer).
+					clamped, err := p.clampStored(p.now())
+					if err != nil {
+						return err
+					}
+					horizon := now.Add(-p.Lookback)
+					if tipFrom.Equal(hostFrom) {
+						horizon = tipFrom
+					}
+					verdict.decide(off.Abs() <= clockNoise && !moved && !clamped, horizon)
+				}
+				if moved {
 					continue
 				}
 			}
@@ -537,12 +637,11 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 	if complete {
 		minRescan = 0
 	}
-	_, concurrent := p.Events.(ConcurrentSource)
-	if !known || tipFrom.Equal(settledFrom) || !concurrent || p.listConcurrency() < 2 {
-		// The tip first: its first answer is the first word of Stripe's
-		// clock, which the horizon and the retention edge are read on;
-		// it is the re-scan as well (one call); or the source lists one
-		// page at a time.
+	if !side {
+		// The tip first: it is the re-scan as well (one call), or the
+		// source lists one page at a time. On an unknown clock its first
+		// answer is the first word of Stripe's clock, which the horizon
+		// and the retention edge are read on.
 		if err := tip(ctx); err != nil {
 			return res, err
 		}
@@ -560,13 +659,13 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 				horizon = tipFrom
 			}
 		}
-		if err := p.rescan(ctx, &res, horizon, minRescan, nil); err != nil {
+		if err := p.rescan(ctx, &res, horizon, minRescan, nil, nil); err != nil {
 			return res, err
 		}
 	} else {
 		horizon := now.Add(-p.Lookback) // read before the tip may move now
 		if err := p.tipAndRescan(ctx, tip, func(ctx context.Context, tipDone <-chan struct{}) error {
-			return p.rescan(ctx, &res, horizon, minRescan, tipDone)
+			return p.rescan(ctx, &res, horizon, minRescan, tipDone, verdict)
 		}); err != nil {
 			return res, err
 		}
@@ -628,22 +727,64 @@ var errClockBack = errors.New("the re-scan horizon is ahead of Stripe's clock")
 const clockNoise = 2 * time.Second
 
 // horizonCheck is a round's errClockBack check: made by each page until
-// one passes, and that page is committed, so the horizon stands.
+// one passes, and that page is committed, so the horizon stands. A round
+// planned on the host's clock waits for the verdict on it first.
 type horizonCheck struct {
+	verdict        *clockVerdict
 	mu             sync.Mutex
 	held, violated bool
 }
 
-// passed reports whether a page may be committed: ok decides until a page
-// passed or one failed, and that answer stands for the round.
-func (c *horizonCheck) passed(ok func() bool) bool {
+// passed reports whether a page may be committed: the verdict, then ok,
+// decide until a page passed or one failed, and that answer stands for the
+// round.
+func (c *horizonCheck) passed(ctx context.Context, ok func() bool) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if !c.held && !c.violated {
-		c.held = ok()
+		c.held = c.verdict.wait(ctx) && ok()
 		c.violated = !c.held
 	}
 	return c.held
+}
+
+// clockVerdict is the tip's judgement, at its first answer, of a re-scan
+// round planned on the host's clock before Stripe's was known: its pages
+// wait for it before they commit. Planning on the host's clock lets the
+// slices list from the first moment, beside the tip, where waiting for
+// the tip's answer held every one back by a request's latency (each cron
+// --once run and each backfill paid it). The plan stands when the host's
+// clock was within clockNoise of Stripe's; otherwise the round stops
+// before it committed anything and is planned again up to horizon, on
+// Stripe's time, as it was when the re-scan waited for the tip.
+type clockVerdict struct {
+	once    sync.Once
+	decided chan struct{}
+	ok      bool
+	horizon time.Time
+}
+
+// decide gives the verdict, once; the first call stands. A tip that fails
+// before its first answer gives none: it cancels the re-scan instead.
+func (v *clockVerdict) decide(ok bool, horizon time.Time) {
+	v.once.Do(func() {
+		v.ok, v.horizon = ok, horizon
+		close(v.decided)
+	})
+}
+
+// wait waits for the verdict; true when the plan stands (or there is
+// nothing to judge), false when it does not or ctx ended first.
+func (v *clockVerdict) wait(ctx context.Context) bool {
+	if v == nil {
+		return true
+	}
+	select {
+	case <-v.decided:
+		return v.ok
+	case <-ctx.Done():
+		return false
+	}
 }
 
 // maxClockBacks bounds the rounds planned again for errClockBack in one
@@ -653,12 +794,30 @@ const maxClockBacks = 2
 // rescan lists [Settled, horizon) once more, in slices, as many at a time as
 // the source suggests. tipDone, when not nil, is a tip listing alongside,
 // holding one of those places until it closes.
-func (p *Poller) rescan(ctx context.Context, res *Result, horizon time.Time, minRescan time.Duration, tipDone <-chan struct{}) error {
+func (p *Poller) rescan(ctx context.Context, res *Result, horizon time.Time, minRescan time.Duration, tipDone <-chan struct{},
+	verdict *clockVerdict) error {
 	for backs := 0; ; {
 		if err := ctx.Err(); err != nil {
 			return err
 		}
-		err := p.rescanRound(ctx, res, horizon, minRescan, tipDone)
+		err := p.rescanRound(ctx, res, horizon, minRescan, tipDone, verdict)
+		if verdict != nil {
+			// A round that committed a page had the plan stand; one that
+			// committed none may have had nothing to list up to a horizon
+			// the host's clock put too low, so it waits for the verdict.
+			v := verdict
+			verdict = nil // it judges the first round only
+			if !v.wait(ctx) {
+				if cerr := ctx.Err(); cerr != nil {
+					return cerr
+				}
+				if err != nil && !errors.Is(err, errClockBack) {
+					return err
+				}
+				horizon = v.horizon
+				continue
+			}
+		}
 		switch {
 		case errors.Is(err, errClockBack) && backs < maxClockBacks:
 			backs++
@@ -675,7 +834,8 @@ func (p *Poller) rescan(ctx context.Context, res *Result, horizon time.Time, min
 // worker commits its own
 // pages; the stored position merges them. After a failure no slice starts,
 // the others are cancelled, and the round returns once all have stopped.
-func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time, minRescan time.Duration, tipDone <-chan struct{}) error {
+func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time, minRescan time.Duration, tipDone <-chan struct{},
+	verdict *clockVerdict) error {
 	pos, err := p.load()
 	if err != nil {
 		return err
@@ -698,7 +858,7 @@ func (p *Poller) rescanRound(ctx context.Context, res *Result, horizon time.Time
 		err   error
 	}
 	results := make(chan listed)
-	var check horizonCheck
+	check := horizonCheck{verdict: verdict}
 	inFlight := 0
 	var stop error // the first failure
 	for {
@@ -772,7 +932,7 @@ func (p *Poller) listSlice(ctx context.Context, res *Result, s cursor.Slice, hor
 			return s.Pages, fmt.Errorf("re-scan events %s to %s: %w",
 				s.From.UTC().Format(time.RFC3339), s.To.UTC().Format(time.RFC3339), err)
 		}
-		if !check.passed(func() bool { return !horizon.After(p.now().Add(clockNoise - p.Lookback)) }) {
+		if !check.passed(ctx, func() bool { return !horizon.After(p.now().Add(clockNoise - p.Lookback)) }) {
 			return s.Pages, errClockBack
 		}
 		next := s

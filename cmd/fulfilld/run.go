@@ -95,24 +95,34 @@ func (a *app) run(ctx context.Context, f runFlags) error {
 		}
 	}
 	var since time.Time
+	onHost := false // since was counted back on the host's clock
 	if f.since != "" {
-		// Refused before any request on the host's clock; then resolved
-		// on Stripe's, which decides what the stream covers.
-		if _, err := runSince(f.since, a.clock()); err != nil {
+		// Refused before any request on the host's clock.
+		var err error
+		if since, err = runSince(f.since, a.clock()); err != nil {
 			return err
 		}
-		now, err := a.stripeNow(ctx)
-		if err != nil {
-			// Stripe unreachable or the key rejected: Start below fails
-			// on the same error and records it for status.
-			now = a.clock()
-		}
-		if since, err = runSince(f.since, now); err != nil {
-			return err
+		if a.shared() {
+			// Recorded for whichever instance lists: resolved on
+			// Stripe's clock, which decides what the stream covers.
+			now, err := a.stripeNow(ctx)
+			if err != nil {
+				now = a.clock() // the lister's first poll records why
+			}
+			if since, err = runSince(f.since, now); err != nil {
+				return err
+			}
+		} else {
+			// This process lists from its first request: the first
+			// answer tells Stripe's time and moves a duration's start
+			// back if the host was ahead (Poller.StartOnHostClock). A
+			// time is the same on any clock; the first poll checks it
+			// against Stripe's retention.
+			onHost = config.SinceIsDuration(f.since)
 		}
 	}
 	if f.dryRun {
-		return a.dryRun(ctx, since)
+		return a.dryRun(ctx, since, onHost)
 	}
 	db, err := a.openStore(false)
 	if err != nil {
@@ -129,6 +139,10 @@ func (a *app) run(ctx context.Context, f runFlags) error {
 		}
 	case a.shared():
 		// The lister starts the stream when it takes the role.
+	case onHost:
+		if _, err := d.Poller.StartOnHostClock(ctx, since); err != nil {
+			return authHint(err)
+		}
 	default:
 		if _, err := d.Poller.Start(ctx, since); err != nil {
 			return authHint(err)
@@ -160,7 +174,7 @@ func runSince(value string, now time.Time) (time.Time, error) {
 
 // dryRun lists what one pass would handle, reading the store (if there is
 // one) and writing nothing.
-func (a *app) dryRun(ctx context.Context, since time.Time) error {
+func (a *app) dryRun(ctx context.Context, since time.Time, onHost bool) error {
 	var db store.Store
 	var err error
 	if _, serr := os.Stat(a.cfg.Store.Path); serr == nil || a.shared() {
@@ -180,7 +194,11 @@ func (a *app) dryRun(ctx context.Context, since time.Time) error {
 	defer db.Close()
 	p := a.poller(store.As[poller.Tx](db), a.stripeClient())
 	p.DryRun = true
-	if _, err := p.Start(ctx, since); err != nil {
+	start := p.Start
+	if onHost {
+		start = p.StartOnHostClock
+	}
+	if _, err := start(ctx, since); err != nil {
 		return err
 	}
 	res, err := p.Poll(ctx, true)

@@ -451,12 +451,9 @@ func runDaemon(ctx context.Context, cfg Config, url string, be backend, since ti
 		progressDone.Wait()
 	}()
 
-	// As `run --since` does: --since is resolved on Stripe's clock, which
-	// one request learns before the poller starts (app.stripeNow).
-	if err := lister.client.SyncClock(ctx); err != nil {
-		return out, err
-	}
-	if _, err := p.Start(ctx, since); err != nil {
+	// As `run --since 24h` does: the start is counted back on the host's
+	// clock, and the first answers tell Stripe's (Poller.StartOnHostClock).
+	if _, err := p.StartOnHostClock(ctx, since); err != nil {
 		return out, err
 	}
 	// The queue workers: every instance in the daemon path; in the
