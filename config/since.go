@@ -40,8 +40,6 @@ func ParseSince(flag, value string, now time.Time) (time.Time, error) {
 	return time.Time{}, &Error{Key: key, Msg: strconv.Quote(value) + " is neither a duration nor a time; " + sinceAccepted}
 }
 
-// parseDays is time.ParseDuration plus a leading whole-days term ("7d",
-// "1d12h"): operators think of backfills in days.
 // SinceIsDuration reports whether a --since style value counts back from
 // now (a duration), rather than naming a time: only then does the clock it
 // is read on matter.
@@ -49,6 +47,9 @@ func SinceIsDuration(value string) bool {
 	_, ok := parseDays(strings.TrimSpace(value))
 	return ok
 }
+
+// parseDays is time.ParseDuration plus a leading whole-days term ("7d",
+// "1d12h"): operators think of backfills in days.
 
 func parseDays(s string) (time.Duration, bool) {
 	days, rest := 0, s

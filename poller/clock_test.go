@@ -401,10 +401,16 @@ func TestShortBackfillOnAHostBehind(t *testing.T) {
 // right, a little off, half an hour ahead or two hours behind, every
 // session paid since Stripe's now − 24h is fulfilled once — on a host ahead,
 // the half hour its own clock would have left out among them — and
-// complete_until ends at Stripe's now − lookback.
+// complete_until ends at Stripe's now − lookback. So too when an answer
+// (a retrieve of the queue's) told Stripe's time before the first poll.
 func TestRunSinceListsFromItsFirstRequest(t *testing.T) {
-	for _, skew := range []time.Duration{0, 1500 * time.Millisecond, -30 * time.Minute, 2 * time.Hour} { // Stripe's minus the host's
-		t.Run(fmt.Sprintf("stripe %s from the host", skew), func(t *testing.T) {
+	tests := []struct {
+		skew       time.Duration // Stripe's minus the host's
+		learnFirst bool          // Stripe's clock known before the first poll
+	}{{0, false}, {1500 * time.Millisecond, false}, {-30 * time.Minute, false}, {2 * time.Hour, false}, {-30 * time.Minute, true}}
+	for _, tt := range tests {
+		skew := tt.skew
+		t.Run(fmt.Sprintf("stripe %s from the host, known first %v", skew, tt.learnFirst), func(t *testing.T) {
 			stripe := stripesim.NewClock(t0.Add(skew))
 			h := newHarness(t, onStripesClock(stripe))
 			asked := stripe.Now().Add(-24 * time.Hour) // what --since 24h means
@@ -425,6 +431,11 @@ func TestRunSinceListsFromItsFirstRequest(t *testing.T) {
 
 			if _, err := h.poller.StartOnHostClock(t.Context(), h.clock.Now().Add(-24*time.Hour)); err != nil {
 				t.Fatal(err)
+			}
+			if tt.learnFirst {
+				if err := h.client.SyncClock(t.Context()); err != nil {
+					t.Fatal(err)
+				}
 			}
 			h.poll(true)
 

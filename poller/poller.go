@@ -350,12 +350,16 @@ func backfillBehind(log *slog.Logger, pos *cursor.Position, since time.Time) {
 }
 
 // correctSince moves a start taken on the host's clock back by how far the
-// host turned out ahead of Stripe (off), once: a --since 24h counts back
-// from Stripe's now.
+// host turned out ahead of Stripe (off), once Stripe's clock is known: a
+// --since 24h counts back from Stripe's now. Until then (no answer yet, or
+// none with a Date) it waits for a later answer or poll.
 func (p *Poller) correctSince(off time.Duration) error {
 	since := p.hostSince
+	if since.IsZero() || !p.clockKnown() {
+		return nil
+	}
 	p.hostSince = time.Time{}
-	if since.IsZero() || off <= clockNoise {
+	if off <= clockNoise {
 		return nil // within the margin StartOnHostClock's caller took
 	}
 	to := since.Add(-off)
@@ -415,8 +419,9 @@ func agedOut(pos cursor.Position, now time.Time) bool {
 // Poll runs one pass: the tip and the re-scan. complete forces the re-scan
 // up to now − lookback even when little is ready (for --once).
 func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
-	// No request of its own to learn Stripe's clock first: the tip's first
-	// answer teaches it, and the re-scan waits for the tip (see poll).
+	// No request of its own to learn Stripe's clock first: the first
+	// answers teach it, and the re-scan commits nothing before the tip's
+	// first answer judged what was planned on the host's (see poll).
 	known := p.clockKnown()
 	start, hostStart := p.now(), p.hostNow()
 	res, err := p.poll(ctx, complete)
@@ -501,10 +506,25 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 		return res, errors.New("poll: the cursor was not started")
 	}
 	// Stripe's clock, when the pass began. Without it the host's stands
-	// in until the tip's first answer, and the re-scan waits for the tip
-	// (see below): the host's may be far off.
+	// in until the tip's first answer, which judges what was planned on
+	// it before the re-scan commits (see below): the host's may be far
+	// off.
 	known := p.clockKnown()
 	now, hostStart := p.now(), p.hostNow()
+	if known && !p.hostSince.IsZero() {
+		// A start taken on the host's clock whose first poll ended before
+		// its first answer was judged (a failed tip; an answer taught the
+		// clock first, or had no Date): judged now, before anything is
+		// planned on it.
+		if skew, ok := p.Clock.Skew(); ok {
+			if err := p.correctSince(-skew); err != nil {
+				return res, err
+			}
+			if pos, err = p.load(); err != nil {
+				return res, err
+			}
+		}
+	}
 	if known && agedOut(pos, now) {
 		if _, err := p.clampStored(now); err != nil {
 			return res, err
@@ -674,15 +694,16 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 	return res, err
 }
 
-// tipAndRescan runs the tip and the re-scan side by side, on
-// Stripe's clock as earlier answers set it: the tip lists from
-// now − lookback on and the re-scan below it, so they never list the same
-// range. Waiting for the tip held every slice of a backfill back by a
-// request's latency, with nothing in flight meanwhile. A horizon that the
-// first answers show Stripe has not reached stops the re-scan before its
-// first commit (errClockBack). The tip holds one of
-// the re-scan's places until tipDone closes. The first to fail stops the
-// other; it returns once both have, with that failure.
+// tipAndRescan runs the tip and the re-scan side by side: the tip lists
+// from now − lookback on and the re-scan below it, so they never list the
+// same range. Waiting for the tip held every slice of a backfill back by a
+// request's latency, with nothing in flight meanwhile. now is Stripe's as
+// earlier answers set it, or the host's until the tip's first answer
+// judges it (clockVerdict); a horizon that the first answers show Stripe
+// has not reached stops the re-scan before its first commit
+// (errClockBack). The tip holds one of the re-scan's places until tipDone
+// closes. The first to fail stops the other; it returns once both have,
+// with that failure.
 func (p *Poller) tipAndRescan(ctx context.Context, tip func(context.Context) error,
 	rescan func(ctx context.Context, tipDone <-chan struct{}) error) error {
 	ctx, cancel := context.WithCancelCause(ctx)
@@ -801,18 +822,18 @@ func (p *Poller) rescan(ctx context.Context, res *Result, horizon time.Time, min
 			return err
 		}
 		err := p.rescanRound(ctx, res, horizon, minRescan, tipDone, verdict)
-		if verdict != nil {
+		if v := verdict; v != nil {
 			// A round that committed a page had the plan stand; one that
 			// committed none may have had nothing to list up to a horizon
 			// the host's clock put too low, so it waits for the verdict.
-			v := verdict
+			// A failure of its own is the poll's at once.
 			verdict = nil // it judges the first round only
+			if err != nil && !errors.Is(err, errClockBack) && !errors.Is(err, errReplan) {
+				return err
+			}
 			if !v.wait(ctx) {
 				if cerr := ctx.Err(); cerr != nil {
 					return cerr
-				}
-				if err != nil && !errors.Is(err, errClockBack) {
-					return err
 				}
 				horizon = v.horizon
 				continue

@@ -102,23 +102,25 @@ func (a *app) run(ctx context.Context, f runFlags) error {
 		if since, err = runSince(f.since, a.clock()); err != nil {
 			return err
 		}
-		if a.shared() {
-			// Recorded for whichever instance lists: resolved on
-			// Stripe's clock, which decides what the stream covers.
+		// One host backfilling a window well inside Stripe's retention
+		// lists from its first request: the first answer tells Stripe's
+		// time and moves the start back if the host was ahead
+		// (Poller.StartOnHostClock). Otherwise --since is resolved on
+		// Stripe's clock first, which decides what the stream covers:
+		// a window at the retention's edge is refused on it, and
+		// several hosts record the start for whichever lists.
+		onHost = !a.shared() && config.SinceIsDuration(f.since) &&
+			since.After(poller.RetentionEdge(a.clock()).Add(onHostMargin))
+		if !onHost {
 			now, err := a.stripeNow(ctx)
 			if err != nil {
-				now = a.clock() // the lister's first poll records why
+				// Stripe unreachable or the key rejected: the first
+				// poll fails on the same error and records it.
+				now = a.clock()
 			}
 			if since, err = runSince(f.since, now); err != nil {
 				return err
 			}
-		} else {
-			// This process lists from its first request: the first
-			// answer tells Stripe's time and moves a duration's start
-			// back if the host was ahead (Poller.StartOnHostClock). A
-			// time is the same on any clock; the first poll checks it
-			// against Stripe's retention.
-			onHost = config.SinceIsDuration(f.since)
 		}
 	}
 	if f.dryRun {
@@ -156,6 +158,12 @@ func (a *app) run(ctx context.Context, f runFlags) error {
 	}
 	return authHint(d.Serve(ctx))
 }
+
+// onHostMargin: a --since window that begins this far inside Stripe's
+// retention on the host's clock is not asked about first; a host off by
+// more is broken, and the first poll still finds a window past the
+// retention (its events are swept instead).
+const onHostMargin = time.Hour
 
 // runSince resolves run's --since against now, refusing what the event
 // stream can no longer list.
