@@ -524,15 +524,21 @@ func (b *batcher) runs(now time.Time) []plannedRun {
 	}
 	slices.SortFunc(all, func(a, b due) int { return a.at.Compare(b.at) })
 	wide := wideGaps(len(all), func(i int) time.Time { return all[i].at })
+	// Cut from the newest down, so that a run's remainder is its oldest
+	// sessions: a backfill's slices are listed newest first, so their
+	// runs grow at the old end, and a remainder at the new end stopped
+	// growing at once and was listed on its own, ten sessions a list.
 	var cut [][]string
 	var run []string
-	for i, d := range all {
-		if len(run) == batchGroup || len(run) > 0 && (b.coveredBetween(all[i-1].at, d.at) || wide[i-1]) {
+	for i := len(all) - 1; i >= 0; i-- {
+		if len(run) == batchGroup || len(run) > 0 && (b.coveredBetween(all[i].at, all[i+1].at) || wide[i]) {
+			slices.Reverse(run)
 			cut = append(cut, run)
 			run = nil
 		}
-		run = append(run, d.id)
+		run = append(run, all[i].id)
 	}
+	slices.Reverse(run)
 	cut = append(cut, run)
 	var out, ahead []plannedRun
 	for _, r := range cut {
@@ -607,19 +613,27 @@ func (f *Fulfiller) nextStep(rec Record, waited time.Duration) batchStep {
 	if linger <= 0 {
 		linger = batchLinger
 	}
-	quiet := b.quiet()
+	quiet, quietFor := b.quiet(), settle
+	if b.pagedAt.Load() != 0 {
+		// A poll listing on: its answers come a request's latency apart
+		// where its slices are in step (at its start, a gap of 150 ms
+		// between the first pages and the next listed every run there
+		// was, ten sessions each, in the benchmark's backfill), so
+		// quiet counts only when it lasts as long as a run's would.
+		quietFor = max(settle, batchRunSettle)
+	}
 	// A session alone in its run gains nothing from pages that come
 	// without its neighbours: it waits only for the queue to stop
 	// growing, as before the poller told of its pages.
 	grown := time.Since(b.grew)
 	switch {
-	case len(run) >= batchGroup, len(run) >= 2 && (quiet >= settle || waited >= linger || b.still(run) >= batchRunSettle || b.ends(run)):
-		step := batchStep{run: b.startLoad(run, now, quiet < settle), group: run}
+	case len(run) >= batchGroup, len(run) >= 2 && (quiet >= quietFor || waited >= linger || b.still(run) >= batchRunSettle || b.ends(run)):
+		step := batchStep{run: b.startLoad(run, now, quiet < quietFor), group: run}
 		// When the queue stopped growing, what is due will not fill its
 		// pages any further, so every run is listed now, side by side,
 		// rather than each when an attempt of its own comes to it; while
 		// it grows, the runs that stopped growing are.
-		step.more = b.moreRuns(now, quiet >= settle)
+		step.more = b.moreRuns(now, quiet >= quietFor)
 		b.signal()
 		return step
 	case len(run) < 2 && (grown >= settle || waited >= linger):
@@ -636,7 +650,7 @@ func (f *Fulfiller) nextStep(rec Record, waited time.Duration) batchStep {
 	}
 	wait := min(settle-grown, linger-waited)
 	if len(run) >= 2 {
-		wait = min(settle-quiet, linger-waited, batchRunSettle-b.still(run))
+		wait = min(quietFor-quiet, linger-waited, batchRunSettle-b.still(run))
 	}
 	step.linger, step.changed = max(wait, time.Millisecond), b.changed
 	return step

@@ -687,3 +687,35 @@ func TestPausedListingKeepsRunsFilling(t *testing.T) {
 		t.Errorf("%d retrieves for a session alone, want 1", r)
 	}
 }
+
+// TestListingPollsPagesALatencyApart: a poll that told of a page and lists
+// on may take a request's latency for the next (300 ms here: at the start
+// of a backfill every slice waits for its second answer at once). That is
+// not the end of the stream: the 100 sessions queued either side of the
+// wait are read in one list, not the first 60 as they stood and the rest
+// in another.
+func TestListingPollsPagesALatencyApart(t *testing.T) {
+	sim, ids, created, db, _, act, f := batchRig(t, 100, func(int) int { return 1 })
+	poke, stop := working(f)
+	defer stop()
+	enqueueAll(t, db, ids[40:], created)
+	f.Listing()
+	poke()
+	time.Sleep(300 * time.Millisecond)
+	enqueueAll(t, db, ids[:40], created)
+	f.Listing()
+	poke()
+	f.Settle()
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		act.mu.Lock()
+		n := len(act.runs)
+		act.mu.Unlock()
+		if n == len(ids) {
+			break
+		}
+	}
+	stop()
+	act.mu.Lock()
+	defer act.mu.Unlock()
+	readInLists(t, sim, act, ids, 1, "100 sessions queued a poll's latency apart")
+}
