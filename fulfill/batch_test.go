@@ -590,6 +590,27 @@ func working(f *fulfill.Fulfiller) (poke, stop func()) {
 	return poke, func() { cancel(); <-done }
 }
 
+// lastPage queues the last of ids as the poller's last page, says the poll
+// settled, and stops the queue once every one of ids has run (or after
+// 10 s).
+func lastPage(t *testing.T, db store.Store, f *fulfill.Fulfiller, poke, stop func(), last []string, created map[string]time.Time) {
+	t.Helper()
+	enqueueAll(t, db, last, created)
+	f.Listing()
+	poke()
+	f.Settle()
+	act := f.Action.(*bodyAction)
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		act.mu.Lock()
+		n := len(act.runs)
+		act.mu.Unlock()
+		if n == len(created) {
+			break
+		}
+	}
+	stop()
+}
+
 // readInLists checks that each of ids had its action run once, and that
 // the sessions were read in the given number of lists and no retrieve.
 func readInLists(t *testing.T, sim *stripesim.Server, act *bodyAction, ids []string, lists int64, what string) {
@@ -644,19 +665,7 @@ func TestPausedListingKeepsRunsFilling(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 		f.Listing()
 	}
-	enqueueAll(t, db, ids[:40], created)
-	f.Listing()
-	poke()
-	f.Settle()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		act.mu.Lock()
-		n := len(act.runs)
-		act.mu.Unlock()
-		if n == len(ids) {
-			break
-		}
-	}
-	stop()
+	lastPage(t, db, f, poke, stop, ids[:40], created)
 	act.mu.Lock()
 	defer act.mu.Unlock()
 	readInLists(t, sim, act, ids, 1, "100 sessions queued with a pause between")
@@ -702,19 +711,7 @@ func TestListingPollsPagesALatencyApart(t *testing.T) {
 	f.Listing()
 	poke()
 	time.Sleep(300 * time.Millisecond)
-	enqueueAll(t, db, ids[:40], created)
-	f.Listing()
-	poke()
-	f.Settle()
-	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		act.mu.Lock()
-		n := len(act.runs)
-		act.mu.Unlock()
-		if n == len(ids) {
-			break
-		}
-	}
-	stop()
+	lastPage(t, db, f, poke, stop, ids[:40], created)
 	act.mu.Lock()
 	defer act.mu.Unlock()
 	readInLists(t, sim, act, ids, 1, "100 sessions queued a poll's latency apart")
