@@ -50,7 +50,6 @@ func SinceIsDuration(value string) bool {
 
 // parseDays is time.ParseDuration plus a leading whole-days term ("7d",
 // "1d12h"): operators think of backfills in days.
-
 func parseDays(s string) (time.Duration, bool) {
 	days, rest := 0, s
 	if i := strings.IndexByte(s, 'd'); i > 0 && isDigits(s[:i]) {

@@ -40,6 +40,11 @@ type Position struct {
 	// AgedOut is a time the stream could not list because the cursor fell
 	// past Stripe's 30-day retention; a reconciliation sweep covers it.
 	AgedOut *Range `json:"aged_out,omitempty"`
+	// HostSince is a backfill's start counted back on the host's clock
+	// (run --since 24h), until an answer told Stripe's: a host found ahead
+	// moves it back by as much. Kept here, so that a process that ends
+	// before it could judge leaves it to the next.
+	HostSince *time.Time `json:"host_since,omitempty"`
 }
 
 // Range is a span of time.
@@ -77,6 +82,10 @@ func (p Position) Clone() Position {
 	if p.AgedOut != nil {
 		r := *p.AgedOut
 		p.AgedOut = &r
+	}
+	if p.HostSince != nil {
+		t := *p.HostSince
+		p.HostSince = &t
 	}
 	return p
 }

@@ -2,6 +2,7 @@ package poller_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"math"
@@ -402,15 +403,21 @@ func TestShortBackfillOnAHostBehind(t *testing.T) {
 // session paid since Stripe's now − 24h is fulfilled once — on a host ahead,
 // the half hour its own clock would have left out among them — and
 // complete_until ends at Stripe's now − lookback. So too when an answer
-// (a retrieve of the queue's) told Stripe's time before the first poll.
+// (a retrieve of the queue's) told Stripe's time before the first poll,
+// and when the first poll's tip failed and a new process without --since
+// (the next cron run) carries on.
 func TestRunSinceListsFromItsFirstRequest(t *testing.T) {
 	tests := []struct {
 		skew       time.Duration // Stripe's minus the host's
 		learnFirst bool          // Stripe's clock known before the first poll
-	}{{0, false}, {1500 * time.Millisecond, false}, {-30 * time.Minute, false}, {2 * time.Hour, false}, {-30 * time.Minute, true}}
+		failTip    bool          // the first poll's tip fails; a new process polls
+	}{
+		{0, false, false}, {1500 * time.Millisecond, false, false}, {-30 * time.Minute, false, false}, {2 * time.Hour, false, false},
+		{-30 * time.Minute, true, false}, {-30 * time.Minute, false, true},
+	}
 	for _, tt := range tests {
 		skew := tt.skew
-		t.Run(fmt.Sprintf("stripe %s from the host, known first %v", skew, tt.learnFirst), func(t *testing.T) {
+		t.Run(fmt.Sprintf("stripe %s from the host, known first %v, tip fails %v", skew, tt.learnFirst, tt.failTip), func(t *testing.T) {
 			stripe := stripesim.NewClock(t0.Add(skew))
 			h := newHarness(t, onStripesClock(stripe))
 			asked := stripe.Now().Add(-24 * time.Hour) // what --since 24h means
@@ -426,7 +433,10 @@ func TestRunSinceListsFromItsFirstRequest(t *testing.T) {
 					once.Do(func() { close(rescanning) })
 					return nil
 				}
-				return wait(ctx, rescanning, "a re-scan request before the tip's first answer")
+				if err := wait(ctx, rescanning, "a re-scan request before the tip's first answer"); err != nil || !tt.failTip {
+					return err
+				}
+				return errors.New("stripe is unavailable")
 			}}
 
 			if _, err := h.poller.StartOnHostClock(t.Context(), h.clock.Now().Add(-24*time.Hour)); err != nil {
@@ -436,6 +446,12 @@ func TestRunSinceListsFromItsFirstRequest(t *testing.T) {
 				if err := h.client.SyncClock(t.Context()); err != nil {
 					t.Fatal(err)
 				}
+			}
+			if tt.failTip {
+				if _, err := h.poller.Poll(t.Context(), true); err == nil {
+					t.Fatal("the first poll succeeded with its tip failing")
+				}
+				h.newProcess()
 			}
 			h.poll(true)
 

@@ -141,10 +141,10 @@ type Poller struct {
 	// listing on, and what it queues may grow yet (Fulfiller.Listing). It
 	// must not block.
 	Listing func()
-	// Settled, when set, is called when a poll has listed all it was to
-	// (not after one that failed): what it queued will not grow until the
-	// next one (the fulfiller then
-	// lists at once the sessions it holds back for a fuller page).
+	// Settled, when set, is called when a poll ends, whether it listed all
+	// it was to or failed: what it queued will not grow until the next one
+	// (the fulfiller then lists at once the sessions it holds back for a
+	// fuller page, and stops waiting for pages, see Listing).
 	Settled func()
 	// Ending, when set, is called once per re-scan slice when it has a
 	// page or two left to list (pagesLeft ≤ 2): the slice is [from, to)
@@ -186,9 +186,6 @@ type Poller struct {
 	// than it that the tip finds new was listed late.
 	quiet     bool
 	tipNarrow time.Time
-	// hostSince is a start Start took on the host's clock
-	// (StartOnHostClock), until the first answer tells Stripe's.
-	hostSince time.Time
 	// group gathers the pages being committed at the same moment into one
 	// transaction.
 	group groupCommit
@@ -264,6 +261,10 @@ func (p *Poller) log() *slog.Logger {
 // everything created after it is listed, whether or not a cursor exists
 // (the seen-set and the ledger make re-listing safe).
 func (p *Poller) Start(ctx context.Context, since time.Time) (cursor.Position, error) {
+	return p.start(ctx, since, false)
+}
+
+func (p *Poller) start(ctx context.Context, since time.Time, onHost bool) (cursor.Position, error) {
 	var pos cursor.Position
 	if err := p.DB.View(func(tx Tx) (err error) { pos, err = cursor.Load(tx); return err }); err != nil {
 		return pos, err
@@ -298,7 +299,13 @@ func (p *Poller) Start(ctx context.Context, since time.Time) (cursor.Position, e
 			pos = cursor.Position{Settled: since}
 			p.log().Info("no cursor yet: backfilling", "since", since.Format(time.RFC3339))
 		case !since.IsZero() && since.Before(pos.Settled):
-			backfillBehind(p.log(), &pos, since)
+			p.log().Info("backfilling behind the cursor; events already handled are skipped",
+				"since", since.Format(time.RFC3339), "complete_until", pos.Settled.Format(time.RFC3339))
+			pos.Settled = since
+			pos.ResetScan()
+		}
+		if onHost {
+			pos.HostSince = &since
 		}
 		if p.clockKnown() {
 			// With an unknown clock the first poll checks the retention
@@ -328,57 +335,47 @@ func (p *Poller) Start(ctx context.Context, since time.Time) (cursor.Position, e
 // commits anything (that round is planned again: see poll). A host behind
 // lists a little more than asked, which the seen-set and the ledger skip.
 func (p *Poller) StartOnHostClock(ctx context.Context, since time.Time) (cursor.Position, error) {
-	known := p.clockKnown()
-	if !known {
-		since = since.Add(-clockNoise)
+	if p.clockKnown() {
+		return p.Start(ctx, since)
 	}
-	pos, err := p.Start(ctx, since)
-	if err == nil && !known {
-		p.hostSince = since
-	}
-	return pos, err
+	return p.start(ctx, since.Add(-clockNoise), true)
 }
 
-// backfillBehind moves complete_until back to since, so that everything
-// from there is listed again (the seen-set and the ledger skip what was
-// handled).
-func backfillBehind(log *slog.Logger, pos *cursor.Position, since time.Time) {
-	log.Info("backfilling behind the cursor; events already handled are skipped",
-		"since", since.Format(time.RFC3339), "complete_until", pos.Settled.Format(time.RFC3339))
-	pos.Settled = since
-	pos.ResetScan()
-}
-
-// correctSince moves a start taken on the host's clock back by how far the
-// host turned out ahead of Stripe (off), once Stripe's clock is known: a
-// --since 24h counts back from Stripe's now. Until then (no answer yet, or
-// none with a Date) it waits for a later answer or poll.
+// correctSince judges a start taken on the host's clock (HostSince) once
+// Stripe's clock is known, off being how far the host is ahead of it: a
+// --since 24h counts back from Stripe's now. A host ahead by more than
+// clockNoise moves complete_until back by as much; what was listed from
+// the start on stays listed. Until the clock is known (no answer yet, or
+// none with a Date) it is left to a later answer, or process.
 func (p *Poller) correctSince(off time.Duration) error {
-	since := p.hostSince
-	if since.IsZero() || !p.clockKnown() {
+	if !p.clockKnown() {
 		return nil
 	}
-	p.hostSince = time.Time{}
-	if off <= clockNoise {
-		return nil // within the margin StartOnHostClock's caller took
-	}
-	to := since.Add(-off)
-	move := func(pos *cursor.Position) bool {
-		if !to.Before(pos.Settled) {
+	fix := func(pos *cursor.Position) bool {
+		if pos.HostSince == nil {
 			return false
 		}
-		backfillBehind(p.log(), pos, to)
+		since := *pos.HostSince
+		pos.HostSince = nil
+		if to := since.Add(-off); off > clockNoise && to.Before(pos.Settled) {
+			p.log().Info("the backfill's start was counted back on the host's clock, which is ahead of Stripe's: "+
+				"moving it back by as much", "clock_skew_seconds", math.Round(-off.Seconds()), "since", to.Format(time.RFC3339))
+			if since.Before(pos.Settled) {
+				pos.Rescanned = append(pos.Rescanned, cursor.Range{From: since, To: pos.Settled})
+			}
+			pos.Settled = to
+		}
 		return true
 	}
 	if p.DryRun {
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		move(&p.dryPos)
+		fix(&p.dryPos)
 		return nil
 	}
 	err := p.update(func(tx Tx) error {
 		pos, err := cursor.Load(tx)
-		if err != nil || !move(&pos) {
+		if err != nil || !fix(&pos) {
 			return err
 		}
 		return cursor.Save(tx, pos)
@@ -435,7 +432,9 @@ func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
 			p.log().Warn("could not learn stripe's clock after the pass; the host's stands in", "err", serr)
 		}
 	}
-	if err == nil && p.Settled != nil {
+	if p.Settled != nil {
+		// A failed poll queues nothing more either: the queue must not
+		// wait for its pages (Listing) until the next one succeeds.
 		p.Settled()
 	}
 	var skew *float64
@@ -511,10 +510,10 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 	// off.
 	known := p.clockKnown()
 	now, hostStart := p.now(), p.hostNow()
-	if known && !p.hostSince.IsZero() {
-		// A start taken on the host's clock whose first poll ended before
-		// its first answer was judged (a failed tip; an answer taught the
-		// clock first, or had no Date): judged now, before anything is
+	if known && pos.HostSince != nil {
+		// A start taken on the host's clock that no answer judged yet
+		// (the tip failed, an answer taught the clock first or had no
+		// Date, the process ended): judged now, before anything is
 		// planned on it.
 		if skew, ok := p.Clock.Skew(); ok {
 			if err := p.correctSince(-skew); err != nil {
