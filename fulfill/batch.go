@@ -524,22 +524,23 @@ func (b *batcher) runs(now time.Time) []plannedRun {
 	}
 	slices.SortFunc(all, func(a, b due) int { return a.at.Compare(b.at) })
 	wide := wideGaps(len(all), func(i int) time.Time { return all[i].at })
-	// Cut from the newest down, so that a run's remainder is its oldest
-	// sessions: a backfill's slices are listed newest first, so their
-	// runs grow at the old end, and a remainder at the new end stopped
-	// growing at once and was listed on its own, ten sessions a list.
+	// Runs end where a listed range or a wide gap lies between, and are cut
+	// into hundreds from the end that was queued first, so that the
+	// remainder is where the run still grows: a backfill's slices are
+	// listed newest first and grow at the old end (cut from the oldest
+	// up, their newest few were a run that stopped growing at once and
+	// was listed alone, ten sessions a list); a backlog queued oldest
+	// first grows at the new end.
 	var cut [][]string
-	var run []string
-	for i := len(all) - 1; i >= 0; i-- {
-		if len(run) == batchGroup || len(run) > 0 && (b.coveredBetween(all[i].at, all[i+1].at) || wide[i]) {
-			slices.Reverse(run)
-			cut = append(cut, run)
-			run = nil
+	var seg []string
+	for i, d := range all {
+		if len(seg) > 0 && (b.coveredBetween(all[i-1].at, d.at) || wide[i-1]) {
+			cut = append(cut, b.hundreds(seg)...)
+			seg = nil
 		}
-		run = append(run, all[i].id)
+		seg = append(seg, d.id)
 	}
-	slices.Reverse(run)
-	cut = append(cut, run)
+	cut = append(cut, b.hundreds(seg)...)
 	var out, ahead []plannedRun
 	for _, r := range cut {
 		switch {
@@ -575,6 +576,28 @@ func (b *batcher) runs(now time.Time) []plannedRun {
 			break
 		}
 		out = append(out, r)
+	}
+	return out
+}
+
+// hundreds cuts a run of due sessions, sorted by created, into pieces of
+// up to batchGroup from the end queued first (the newest when it was
+// queued before the oldest). The caller holds b.mu, after a plan.
+func (b *batcher) hundreds(run []string) [][]string {
+	if len(run) <= batchGroup {
+		return [][]string{run}
+	}
+	first, okf := b.rank[run[0]]
+	last, okl := b.rank[run[len(run)-1]]
+	var out [][]string
+	if okf && okl && last < first {
+		for end := len(run); end > 0; end -= batchGroup {
+			out = append(out, slices.Clone(run[max(0, end-batchGroup):end]))
+		}
+		return out
+	}
+	for start := 0; start < len(run); start += batchGroup {
+		out = append(out, slices.Clone(run[start:min(len(run), start+batchGroup)]))
 	}
 	return out
 }
@@ -628,7 +651,7 @@ func (f *Fulfiller) nextStep(rec Record, waited time.Duration) batchStep {
 	grown := time.Since(b.grew)
 	switch {
 	case len(run) >= batchGroup, len(run) >= 2 && (quiet >= quietFor || waited >= linger || b.still(run) >= batchRunSettle || b.ends(run)):
-		step := batchStep{run: b.startLoad(run, now, quiet < quietFor), group: run}
+		step := batchStep{run: b.startLoad(run, now, b.growing()), group: run}
 		// When the queue stopped growing, what is due will not fill its
 		// pages any further, so every run is listed now, side by side,
 		// rather than each when an attempt of its own comes to it; while
@@ -669,10 +692,23 @@ func (b *batcher) moreRuns(now time.Time, all bool) []batchRun {
 	var more []batchRun
 	for _, g := range b.runs(now) {
 		if all || b.still(g.ids) >= batchRunSettle || b.ends(g.ids) {
-			more = append(more, batchRun{l: b.startLoad(g.ids, now, !all), group: g.ids, ahead: g.ahead})
+			more = append(more, batchRun{l: b.startLoad(g.ids, now, !all && b.growing()), group: g.ids, ahead: g.ahead})
 		}
 	}
 	return more
+}
+
+// growing reports whether sessions joined the queue within batchSettle:
+// only then is a short run listed wider (see startLoad). A poll whose pages
+// bring none (a live stream's, a latency apart) has nothing coming below
+// the run, and a wider list would bring sessions fulfilled long ago. The
+// caller holds b.mu.
+func (b *batcher) growing() bool {
+	settle := b.settle
+	if settle <= 0 {
+		settle = batchSettle
+	}
+	return time.Since(b.grew) < settle
 }
 
 // still is how long no session has joined run (real time). The caller

@@ -185,40 +185,55 @@ func TestEndingHintStaysInItsSlice(t *testing.T) {
 	}
 }
 
-// TestRunsCutFromTheNewest: a slice listed newest first queues its
-// sessions from its top down, so its run grows at the old end. With 110
-// due and an attempt waiting for one of the newest, the run planned is
+// TestRunsCutFromTheEndQueuedFirst: a slice listed newest first queues
+// its sessions from its top down, so its run grows at the old end. With
+// 110 due and an attempt waiting for one of the newest, the run planned is
 // the newest hundred, and none is listed beside another attempt's while
 // the slice grows; cut from the oldest, the newest ten — which joined first
-// and stopped growing at once — were a run of their own, listed alone.
-func TestRunsCutFromTheNewest(t *testing.T) {
+// and stopped growing at once — were a run of their own, listed alone. A
+// backlog queued oldest first is cut from the oldest: its full hundred
+// first.
+func TestRunsCutFromTheEndQueuedFirst(t *testing.T) {
 	now := time.Date(2026, 11, 30, 12, 0, 0, 0, time.UTC)
 	base := now.Add(-6 * time.Hour)
-	b := &batcher{due: map[string]time.Time{}, joined: map[string]time.Time{}, rank: map[string]int{},
-		waiting: map[string]int{}, cache: map[string]cachedSession{}}
-	var ids []string
-	for i := range 110 {
-		id := fmt.Sprintf("cs_%03d", i)
-		ids = append(ids, id)
-		b.due[id] = base.Add(time.Duration(i) * 10 * time.Second)
-		b.rank[id] = 109 - i // queued newest first
-		b.joined[id] = time.Now()
-		if i >= 100 {
-			b.joined[id] = time.Now().Add(-time.Second) // the slice's first page
+	newBatcher := func(newestFirst bool) (*batcher, []string) {
+		b := &batcher{due: map[string]time.Time{}, joined: map[string]time.Time{}, rank: map[string]int{},
+			waiting: map[string]int{}, cache: map[string]cachedSession{}}
+		var ids []string
+		for i := range 110 {
+			id := fmt.Sprintf("cs_%03d", i)
+			ids = append(ids, id)
+			b.due[id] = base.Add(time.Duration(i) * 10 * time.Second)
+			b.rank[id] = i
+			if newestFirst {
+				b.rank[id] = 109 - i
+			}
+			b.joined[id] = time.Now().Add(time.Minute) // still joining
+			if i >= 100 {
+				b.joined[id] = time.Now().Add(-time.Second) // the slice's first page
+			}
 		}
+		return b, ids
 	}
-	b.waiting[ids[105]] = 1
-
 	span := func(runs []plannedRun) (got [][2]string) {
 		for _, r := range runs {
 			got = append(got, [2]string{r.ids[0], r.ids[len(r.ids)-1]})
 		}
 		return got
 	}
+
+	b, ids := newBatcher(true)
+	b.waiting[ids[105]] = 1
 	if runs := b.runs(now); len(runs) != 1 || !slices.Equal(runs[0].ids, ids[10:]) {
-		t.Errorf("runs %v, want the newest hundred, %s…%s", span(runs), ids[10], ids[109])
+		t.Errorf("queued newest first: runs %v, want the newest hundred, %s…%s", span(runs), ids[10], ids[109])
 	}
 	if more := b.moreRuns(now, false); len(more) != 0 {
 		t.Errorf("%d runs listed beside an attempt while the slice grows (the first of %d sessions), want none", len(more), len(more[0].group))
+	}
+
+	b, ids = newBatcher(false)
+	b.waiting[ids[5]] = 1
+	if runs := b.runs(now); len(runs) != 1 || !slices.Equal(runs[0].ids, ids[:100]) {
+		t.Errorf("queued oldest first: runs %v, want the oldest hundred, %s…%s", span(runs), ids[0], ids[99])
 	}
 }
