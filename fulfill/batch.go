@@ -917,10 +917,10 @@ func (f *Fulfiller) plan(rec Record, now time.Time) []string {
 			return err
 		}
 		for i, id := range ids {
+			b.rank[id] = i
 			if id == self {
 				continue
 			}
-			b.rank[id] = i
 			at, ok := known[id]
 			if !ok {
 				rec, found, err := Get(tx, id)

@@ -405,19 +405,22 @@ func TestShortBackfillOnAHostBehind(t *testing.T) {
 // complete_until ends at Stripe's now − lookback. So too when an answer
 // (a retrieve of the queue's) told Stripe's time before the first poll,
 // and when the first poll's tip failed and a new process without --since
-// (the next cron run) carries on.
+// (the next cron run) carries on — even on a host clock fixed in between,
+// which no longer shows how far ahead it was when it counted.
 func TestRunSinceListsFromItsFirstRequest(t *testing.T) {
 	tests := []struct {
 		skew       time.Duration // Stripe's minus the host's
 		learnFirst bool          // Stripe's clock known before the first poll
 		failTip    bool          // the first poll's tip fails; a new process polls
+		fixClock   bool          // and the host's clock is set right before it
 	}{
-		{0, false, false}, {1500 * time.Millisecond, false, false}, {-30 * time.Minute, false, false}, {2 * time.Hour, false, false},
-		{-30 * time.Minute, true, false}, {-30 * time.Minute, false, true},
+		{0, false, false, false}, {1500 * time.Millisecond, false, false, false}, {-30 * time.Minute, false, false, false},
+		{2 * time.Hour, false, false, false}, {-30 * time.Minute, true, false, false}, {-30 * time.Minute, false, true, false},
+		{-30 * time.Minute, false, true, true},
 	}
 	for _, tt := range tests {
 		skew := tt.skew
-		t.Run(fmt.Sprintf("stripe %s from the host, known first %v, tip fails %v", skew, tt.learnFirst, tt.failTip), func(t *testing.T) {
+		t.Run(fmt.Sprintf("stripe %s from the host, known first %v, tip fails %v, fixed %v", skew, tt.learnFirst, tt.failTip, tt.fixClock), func(t *testing.T) {
 			stripe := stripesim.NewClock(t0.Add(skew))
 			h := newHarness(t, onStripesClock(stripe))
 			asked := stripe.Now().Add(-24 * time.Hour) // what --since 24h means
@@ -436,6 +439,10 @@ func TestRunSinceListsFromItsFirstRequest(t *testing.T) {
 				if err := wait(ctx, rescanning, "a re-scan request before the tip's first answer"); err != nil || !tt.failTip {
 					return err
 				}
+				// The tip fails once a re-scan answer told Stripe's clock.
+				for deadline := time.Now().Add(5 * time.Second); !h.client.Clock.Synced() && time.Now().Before(deadline); {
+					time.Sleep(time.Millisecond)
+				}
 				return errors.New("stripe is unavailable")
 			}}
 
@@ -451,6 +458,9 @@ func TestRunSinceListsFromItsFirstRequest(t *testing.T) {
 				if _, err := h.poller.Poll(t.Context(), true); err == nil {
 					t.Fatal("the first poll succeeded with its tip failing")
 				}
+				if tt.fixClock {
+					h.clock.Set(stripe.Now())
+				}
 				h.newProcess()
 			}
 			h.poll(true)
@@ -464,5 +474,24 @@ func TestRunSinceListsFromItsFirstRequest(t *testing.T) {
 				t.Errorf("complete_until %s after the backfill, want Stripe's now − lookback %s", got, horizon)
 			}
 		})
+	}
+}
+
+// TestShortSinceOnAHostAhead: `run --once --since 5m` on a host half an
+// hour ahead fulfils the five minutes, counted on Stripe's clock, in its
+// own pass: the tip lists from the start the first answer moved back, not
+// from one in Stripe's future.
+func TestShortSinceOnAHostAhead(t *testing.T) {
+	stripe := stripesim.NewClock(t0.Add(-30 * time.Minute))
+	h := newHarness(t, onStripesClock(stripe))
+	ids := []string{h.paid(stripe.Now().Add(-4*time.Minute), 1), h.paid(stripe.Now().Add(-time.Minute), 1)}
+	if _, err := h.poller.StartOnHostClock(t.Context(), h.clock.Now().Add(-5*time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	h.poll(true)
+	for _, id := range ids {
+		if runs := len(h.action.calls(id)); runs != 1 {
+			t.Errorf("%s: action ran %d times in the pass, want once", id, runs)
+		}
 	}
 }

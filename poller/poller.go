@@ -186,6 +186,11 @@ type Poller struct {
 	// than it that the tip finds new was listed late.
 	quiet     bool
 	tipNarrow time.Time
+	// sinceAt is the host's reading (with its monotonic part) at which
+	// this process counted the start it stored as HostSince, sinceSet:
+	// judged in this process, the skew at that moment counts, not one a
+	// clock step since has changed.
+	sinceAt, sinceSet time.Time
 	// group gathers the pages being committed at the same moment into one
 	// transaction.
 	group groupCommit
@@ -304,7 +309,9 @@ func (p *Poller) start(ctx context.Context, since time.Time, onHost bool) (curso
 			pos.Settled = since
 			pos.ResetScan()
 		}
-		if onHost {
+		if onHost && pos.Settled.Equal(since) {
+			// Only a start that is complete_until is judged: a later
+			// one moved nothing, and an unjudged earlier one stands.
 			pos.HostSince = &since
 		}
 		if p.clockKnown() {
@@ -338,52 +345,86 @@ func (p *Poller) StartOnHostClock(ctx context.Context, since time.Time) (cursor.
 	if p.clockKnown() {
 		return p.Start(ctx, since)
 	}
-	return p.start(ctx, since.Add(-clockNoise), true)
+	p.sinceAt, p.sinceSet = p.hostNow(), since.Add(-clockNoise)
+	return p.start(ctx, p.sinceSet, true)
 }
 
 // correctSince judges a start taken on the host's clock (HostSince) once
-// Stripe's clock is known, off being how far the host is ahead of it: a
-// --since 24h counts back from Stripe's now. A host ahead by more than
-// clockNoise moves complete_until back by as much; what was listed from
-// the start on stays listed. Until the clock is known (no answer yet, or
-// none with a Date) it is left to a later answer, or process.
-func (p *Poller) correctSince(off time.Duration) error {
+// Stripe's clock is known: a --since 24h counts back from Stripe's now. A
+// host that was ahead of Stripe by more than clockNoise when it counted
+// moves complete_until back by as much; what was listed from the start on
+// stays listed. In the process that counted, that is the skew at the
+// moment it did; in a later one (the first ended before an answer judged
+// it), the larger of the skew now and the one the last poll recorded, as
+// a clock fixed in between must not hide how far ahead it was. Until the
+// clock is known (no answer yet, or none with a Date) it is left to a
+// later answer, or process. It returns complete_until as it leaves it.
+func (p *Poller) correctSince() (time.Time, error) {
+	var settled time.Time
 	if !p.clockKnown() {
-		return nil
+		pos, err := p.load()
+		return pos.Settled, err
 	}
-	fix := func(pos *cursor.Position) bool {
+	var skew time.Duration // none without a Clock: the host's is Stripe's
+	if p.Clock != nil {
+		skew, _ = p.Clock.Skew()
+	}
+	fix := func(pos *cursor.Position, recorded *float64) bool {
+		settled = pos.Settled
 		if pos.HostSince == nil {
 			return false
 		}
 		since := *pos.HostSince
 		pos.HostSince = nil
+		off := -skew // how far the host is ahead
+		switch {
+		case !p.sinceAt.IsZero() && since.Equal(p.sinceSet):
+			off = p.sinceAt.Sub(p.stripeAt(p.sinceAt))
+		case recorded != nil:
+			off = max(off, -time.Duration(*recorded*float64(time.Second)))
+		}
 		if to := since.Add(-off); off > clockNoise && to.Before(pos.Settled) {
-			p.log().Info("the backfill's start was counted back on the host's clock, which is ahead of Stripe's: "+
-				"moving it back by as much", "clock_skew_seconds", math.Round(-off.Seconds()), "since", to.Format(time.RFC3339))
+			p.log().Info("the backfill's start was counted back on the host's clock, which was ahead of Stripe's: "+
+				"moving it back by as much", "ahead_seconds", math.Round(off.Seconds()), "since", to.Format(time.RFC3339))
 			if since.Before(pos.Settled) {
 				pos.Rescanned = append(pos.Rescanned, cursor.Range{From: since, To: pos.Settled})
 			}
 			pos.Settled = to
 		}
+		settled = pos.Settled
 		return true
 	}
 	if p.DryRun {
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		fix(&p.dryPos)
-		return nil
+		fix(&p.dryPos, nil)
+		return settled, nil
 	}
 	err := p.update(func(tx Tx) error {
 		pos, err := cursor.Load(tx)
-		if err != nil || !fix(&pos) {
+		if err != nil {
+			return err
+		}
+		last, err := cursor.LoadPoll(tx)
+		if err != nil || !fix(&pos, last.ClockSkew) {
 			return err
 		}
 		return cursor.Save(tx, pos)
 	})
 	if err != nil {
-		return fmt.Errorf("move the backfill's start to Stripe's clock: %w", err)
+		return settled, fmt.Errorf("move the backfill's start to Stripe's clock: %w", err)
 	}
-	return nil
+	return settled, nil
+}
+
+// lastSkewed reports whether the last poll recorded the host's clock off
+// Stripe's by more than clockNoise.
+func (p *Poller) lastSkewed() (bool, error) {
+	var last cursor.Poll
+	if err := p.DB.View(func(tx Tx) (err error) { last, err = cursor.LoadPoll(tx); return err }); err != nil {
+		return false, err
+	}
+	return last.ClockSkew != nil && math.Abs(*last.ClockSkew) > clockNoise.Seconds(), nil
 }
 
 // clampRetention moves a cursor that fell behind Stripe's retention to the
@@ -515,13 +556,11 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 		// (the tip failed, an answer taught the clock first or had no
 		// Date, the process ended): judged now, before anything is
 		// planned on it.
-		if skew, ok := p.Clock.Skew(); ok {
-			if err := p.correctSince(-skew); err != nil {
-				return res, err
-			}
-			if pos, err = p.load(); err != nil {
-				return res, err
-			}
+		if _, err := p.correctSince(); err != nil {
+			return res, err
+		}
+		if pos, err = p.load(); err != nil {
+			return res, err
 		}
 	}
 	if known && agedOut(pos, now) {
@@ -564,7 +603,16 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 	// answer judged the plan (see clockVerdict).
 	var verdict *clockVerdict
 	if side && !known {
-		verdict = &clockVerdict{decided: make(chan struct{})}
+		// Unless the last poll found the host off Stripe by more than
+		// clockNoise: then a plan on the host's clock would only be
+		// dropped, and the re-scan waits for the tip's first answer.
+		skewed, err := p.lastSkewed()
+		if err != nil {
+			return res, err
+		}
+		if side = !skewed; side {
+			verdict = &clockVerdict{decided: make(chan struct{})}
+		}
 	}
 	tip := func(ctx context.Context) error {
 		q := stripeapi.EventQuery{Types: p.Types, CreatedGTE: tipFrom}
@@ -593,10 +641,13 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 				// answer could have listed.
 				now = p.stripeAt(sent)
 				off := hostFrom.Sub(p.stripeAt(hostStart).Add(-p.Lookback)) // the host ahead by
-				if err := p.correctSince(off); err != nil {
-					return err
+				settled := pos.Settled
+				if pos.HostSince != nil {
+					if settled, err = p.correctSince(); err != nil {
+						return err
+					}
 				}
-				from := maxTime(pos.Tip, pos.Settled, now.Add(-p.Lookback))
+				from := maxTime(pos.Tip, settled, now.Add(-p.Lookback))
 				moved := !oneCall && from.Sub(tipFrom).Abs() > clockNoise
 				if moved {
 					tipFrom, p.tipNarrow = from, from
