@@ -909,7 +909,7 @@ func (f *Fulfiller) plan(rec Record, now time.Time) []string {
 	}
 	seen(self)
 	b.due = map[string]time.Time{self: created}
-	b.rank = map[string]int{self: -1}
+	b.rank = map[string]int{} // self's is its place among the due, when it is there
 	all := []due{{self, created}}
 	_ = f.DB.View(func(tx Tx) error {
 		ids, err := tx.Due(SessionQueue, now, batchLookahead, nil)

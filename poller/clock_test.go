@@ -495,3 +495,34 @@ func TestShortSinceOnAHostAhead(t *testing.T) {
 		}
 	}
 }
+
+// TestSecondSinceKeepsTheFirstStart: `run --since 24h` on a host half an
+// hour ahead gets no answer at all; the operator then runs `run --since 2h`
+// in a new process. The first window's start, counted on the same clock,
+// is still the one judged: the whole 24 hours since Stripe's now − 24h are
+// fulfilled, not only what the 2h start would have moved.
+func TestSecondSinceKeepsTheFirstStart(t *testing.T) {
+	stripe := stripesim.NewClock(t0.Add(-30 * time.Minute))
+	h := newHarness(t, onStripesClock(stripe))
+	ids := []string{h.paid(stripe.Now().Add(-24*time.Hour+time.Minute), 1), h.paid(stripe.Now().Add(-23*time.Hour-40*time.Minute), 1),
+		h.paid(stripe.Now().Add(-3*time.Hour), 1)}
+	h.poller.Events = &lister{src: h.client, n: 4, hook: func(context.Context, stripeapi.EventQuery) error {
+		return errors.New("stripe is unreachable")
+	}}
+	if _, err := h.poller.StartOnHostClock(t.Context(), h.clock.Now().Add(-24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.poller.Poll(t.Context(), true); err == nil {
+		t.Fatal("a poll with every request failing succeeded")
+	}
+	h.newProcess()
+	if _, err := h.poller.StartOnHostClock(t.Context(), h.clock.Now().Add(-2*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	h.poll(true)
+	for _, id := range ids {
+		if runs := len(h.action.calls(id)); runs != 1 {
+			t.Errorf("%s: action ran %d times, want once", id, runs)
+		}
+	}
+}

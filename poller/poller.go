@@ -309,9 +309,9 @@ func (p *Poller) start(ctx context.Context, since time.Time, onHost bool) (curso
 			pos.Settled = since
 			pos.ResetScan()
 		}
-		if onHost && pos.Settled.Equal(since) {
-			// Only a start that is complete_until is judged: a later
-			// one moved nothing, and an unjudged earlier one stands.
+		if onHost && (pos.HostSince == nil || since.Before(*pos.HostSince)) {
+			// The earliest start counted on the host that no answer
+			// judged yet: a later one asks for less.
 			pos.HostSince = &since
 		}
 		if p.clockKnown() {
@@ -376,14 +376,18 @@ func (p *Poller) correctSince() (time.Time, error) {
 		}
 		since := *pos.HostSince
 		pos.HostSince = nil
-		off := -skew // how far the host is ahead
-		switch {
-		case !p.sinceAt.IsZero() && since.Equal(p.sinceSet):
-			off = p.sinceAt.Sub(p.stripeAt(p.sinceAt))
-		case recorded != nil:
+		// How far the host was ahead when it counted: the most that any
+		// reading says (a larger one only lists more, which dedupe makes
+		// harmless), never past Stripe's retention.
+		off := -skew
+		if !p.sinceAt.IsZero() {
+			off = max(off, p.sinceAt.Sub(p.stripeAt(p.sinceAt)))
+		}
+		if recorded != nil {
 			off = max(off, -time.Duration(*recorded*float64(time.Second)))
 		}
-		if to := since.Add(-off); off > clockNoise && to.Before(pos.Settled) {
+		to := maxTime(since.Add(-off), RetentionEdge(p.now()))
+		if off > clockNoise && to.Before(pos.Settled) {
 			p.log().Info("the backfill's start was counted back on the host's clock, which was ahead of Stripe's: "+
 				"moving it back by as much", "ahead_seconds", math.Round(off.Seconds()), "since", to.Format(time.RFC3339))
 			if since.Before(pos.Settled) {
@@ -395,9 +399,13 @@ func (p *Poller) correctSince() (time.Time, error) {
 		return true
 	}
 	if p.DryRun {
+		var last cursor.Poll
+		if err := p.DB.View(func(tx Tx) (err error) { last, err = cursor.LoadPoll(tx); return err }); err != nil {
+			return settled, err
+		}
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		fix(&p.dryPos, nil)
+		fix(&p.dryPos, last.ClockSkew)
 		return settled, nil
 	}
 	err := p.update(func(tx Tx) error {
@@ -465,6 +473,16 @@ func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
 	res, err := p.poll(ctx, complete)
 	if !known && p.clockKnown() {
 		start = p.stripeAt(hostStart) // when the pass began, on Stripe's clock
+	}
+	if !p.sinceSet.IsZero() && p.clockKnown() {
+		// A start this process counted on the host's clock is judged here
+		// if the poll ended before it could (a failed tip, a shutdown):
+		// its own reading of the skew at that moment is the one that
+		// counts, and the next process would not have it.
+		if _, cerr := p.correctSince(); cerr != nil && err == nil {
+			err = cerr
+		}
+		p.sinceAt, p.sinceSet = time.Time{}, time.Time{}
 	}
 	if err == nil && !p.clockKnown() {
 		// No answer carried a Date: sync asks once more, and says so.
@@ -668,7 +686,7 @@ func (p *Poller) poll(ctx context.Context, complete bool) (res Result, err error
 					if tipFrom.Equal(hostFrom) {
 						horizon = tipFrom
 					}
-					verdict.decide(off.Abs() <= clockNoise && !moved && !clamped, horizon)
+					verdict.decide(off.Abs() <= clockNoise && !moved && !clamped && settled.Equal(pos.Settled), horizon)
 				}
 				if moved {
 					continue
