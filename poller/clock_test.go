@@ -489,11 +489,7 @@ func TestShortSinceOnAHostAhead(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.poll(true)
-	for _, id := range ids {
-		if runs := len(h.action.calls(id)); runs != 1 {
-			t.Errorf("%s: action ran %d times in the pass, want once", id, runs)
-		}
-	}
+	h.ranOnce(ids)
 }
 
 // TestSecondSinceKeepsTheFirstStart: `run --since 24h` on a host half an
@@ -502,10 +498,7 @@ func TestShortSinceOnAHostAhead(t *testing.T) {
 // is still the one judged: the whole 24 hours since Stripe's now − 24h are
 // fulfilled, not only what the 2h start would have moved.
 func TestSecondSinceKeepsTheFirstStart(t *testing.T) {
-	stripe := stripesim.NewClock(t0.Add(-30 * time.Minute))
-	h := newHarness(t, onStripesClock(stripe))
-	ids := []string{h.paid(stripe.Now().Add(-24*time.Hour+time.Minute), 1), h.paid(stripe.Now().Add(-23*time.Hour-40*time.Minute), 1),
-		h.paid(stripe.Now().Add(-3*time.Hour), 1)}
+	h, _, ids := aDayOnAHostAhead(t)
 	h.poller.Events = &lister{src: h.client, n: 4, hook: func(context.Context, stripeapi.EventQuery) error {
 		return errors.New("stripe is unreachable")
 	}}
@@ -520,9 +513,82 @@ func TestSecondSinceKeepsTheFirstStart(t *testing.T) {
 		t.Fatal(err)
 	}
 	h.poll(true)
+	h.ranOnce(ids)
+}
+
+// TestCancelledFirstPollJudgesItsStart: `run --since 24h` on a host half an
+// hour ahead is stopped during its first poll, after a re-scan answer told
+// Stripe's clock but before the tip's; the host's clock is then set right
+// and the next cron run (a new process, no --since) polls. The first
+// process judged its start as it stopped, by the skew when it counted it,
+// so the next run fulfils the whole 24 hours since Stripe's now − 24h.
+func TestCancelledFirstPollJudgesItsStart(t *testing.T) {
+	h, stripe, ids := aDayOnAHostAhead(t)
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	client := h.client
+	h.poller.Events = &lister{src: client, n: 4, hook: func(hctx context.Context, q stripeapi.EventQuery) error {
+		if isRescan(q) {
+			return nil
+		}
+		for deadline := time.Now().Add(5 * time.Second); !client.Clock.Synced() && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+		cancel() // the operator stops it
+		<-hctx.Done()
+		return hctx.Err()
+	}}
+	if _, err := h.poller.StartOnHostClock(t.Context(), h.clock.Now().Add(-24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.poller.Poll(ctx, true); err == nil {
+		t.Fatal("a poll stopped during its tip succeeded")
+	}
+	if !client.Clock.Synced() {
+		t.Fatal("no re-scan answer told Stripe's clock before the stop")
+	}
+	h.clock.Set(stripe.Now())
+	h.newProcess()
+	h.poll(true)
+	h.ranOnce(ids)
+}
+
+// TestCorrectedStartPastRetentionIsSwept: a start counted on a host half an
+// hour ahead, 29 days 23 hours back, and polled an hour and a half later
+// (Stripe was unreachable), is 30 minutes past Stripe's retention once
+// corrected: that gap is recorded for the sessions sweep, not dropped at
+// the edge.
+func TestCorrectedStartPastRetentionIsSwept(t *testing.T) {
+	stripe := stripesim.NewClock(t0.Add(-30 * time.Minute))
+	h := newHarness(t, onStripesClock(stripe))
+	if _, err := h.poller.StartOnHostClock(t.Context(), h.clock.Now().Add(-poller.Retention+time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Advance(90 * time.Minute)
+	stripe.Advance(90 * time.Minute)
+	h.poll(true)
+	pos := h.position()
+	if want := poller.RetentionEdge(stripe.Now()).Add(-29 * time.Minute); pos.AgedOut == nil || pos.AgedOut.From.After(want) {
+		t.Errorf("cursor after the pass: aged-out gap %+v, want one from %s or earlier for the sweep", pos.AgedOut, want)
+	}
+}
+
+// aDayOnAHostAhead is a store on a host half an hour ahead of Stripe, with
+// sessions paid a minute after Stripe's now − 24h, 20 minutes later (both
+// before the host's now − 24h) and 3 hours ago.
+func aDayOnAHostAhead(t *testing.T) (*harness, *stripesim.Clock, []string) {
+	stripe := stripesim.NewClock(t0.Add(-30 * time.Minute))
+	h := newHarness(t, onStripesClock(stripe))
+	return h, stripe, []string{h.paid(stripe.Now().Add(-24*time.Hour+time.Minute), 1),
+		h.paid(stripe.Now().Add(-23*time.Hour-40*time.Minute), 1), h.paid(stripe.Now().Add(-3*time.Hour), 1)}
+}
+
+// ranOnce checks that each of ids had its action run once.
+func (h *harness) ranOnce(ids []string) {
+	h.t.Helper()
 	for _, id := range ids {
 		if runs := len(h.action.calls(id)); runs != 1 {
-			t.Errorf("%s: action ran %d times, want once", id, runs)
+			h.t.Errorf("%s: action ran %d times, want once", id, runs)
 		}
 	}
 }

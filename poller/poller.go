@@ -187,9 +187,10 @@ type Poller struct {
 	quiet     bool
 	tipNarrow time.Time
 	// sinceAt is the host's reading (with its monotonic part) at which
-	// this process counted the start it stored as HostSince, sinceSet:
-	// judged in this process, the skew at that moment counts, not one a
-	// clock step since has changed.
+	// this process counted a start it stored (sinceSet): judged in this
+	// process, the skew at that moment counts, not one a clock step since
+	// has changed (an earlier process's start still stored is judged by
+	// it too: it only lists more).
 	sinceAt, sinceSet time.Time
 	// group gathers the pages being committed at the same moment into one
 	// transaction.
@@ -353,12 +354,15 @@ func (p *Poller) StartOnHostClock(ctx context.Context, since time.Time) (cursor.
 // Stripe's clock is known: a --since 24h counts back from Stripe's now. A
 // host that was ahead of Stripe by more than clockNoise when it counted
 // moves complete_until back by as much; what was listed from the start on
-// stays listed. In the process that counted, that is the skew at the
-// moment it did; in a later one (the first ended before an answer judged
-// it), the larger of the skew now and the one the last poll recorded, as
-// a clock fixed in between must not hide how far ahead it was. Until the
-// clock is known (no answer yet, or none with a Date) it is left to a
-// later answer, or process. It returns complete_until as it leaves it.
+// stays listed. How far ahead is the best reading there is — the skew at
+// the moment this process counted (sinceAt), else the skew now — and the
+// larger readings (the other of those, the last poll's recorded skew, as
+// a clock fixed in between must not hide it) only lengthen the window up
+// to Stripe's retention edge: a stale reading must not make a window
+// Stripe no longer lists, which the best one leaves to the sweep
+// (clampRetention). Until the clock is known (no answer yet, or none with
+// a Date) it is left to a later answer, or process. It returns
+// complete_until as it leaves it.
 func (p *Poller) correctSince() (time.Time, error) {
 	var settled time.Time
 	if !p.clockKnown() {
@@ -376,17 +380,18 @@ func (p *Poller) correctSince() (time.Time, error) {
 		}
 		since := *pos.HostSince
 		pos.HostSince = nil
-		// How far the host was ahead when it counted: the most that any
-		// reading says (a larger one only lists more, which dedupe makes
-		// harmless), never past Stripe's retention.
-		off := -skew
+		best := -skew // how far the host was ahead when it counted
 		if !p.sinceAt.IsZero() {
-			off = max(off, p.sinceAt.Sub(p.stripeAt(p.sinceAt)))
+			best = p.sinceAt.Sub(p.stripeAt(p.sinceAt))
 		}
+		off := max(best, -skew)
 		if recorded != nil {
 			off = max(off, -time.Duration(*recorded*float64(time.Second)))
 		}
-		to := maxTime(since.Add(-off), RetentionEdge(p.now()))
+		to := since.Add(-best)
+		if extra := since.Add(-off); extra.Before(to) {
+			to = minTime(to, maxTime(extra, RetentionEdge(p.now())))
+		}
 		if off > clockNoise && to.Before(pos.Settled) {
 			p.log().Info("the backfill's start was counted back on the host's clock, which was ahead of Stripe's: "+
 				"moving it back by as much", "ahead_seconds", math.Round(off.Seconds()), "since", to.Format(time.RFC3339))
@@ -479,10 +484,13 @@ func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
 		// if the poll ended before it could (a failed tip, a shutdown):
 		// its own reading of the skew at that moment is the one that
 		// counts, and the next process would not have it.
-		if _, cerr := p.correctSince(); cerr != nil && err == nil {
-			err = cerr
+		if _, cerr := p.correctSince(); cerr != nil {
+			if err == nil {
+				err = cerr
+			}
+		} else {
+			p.sinceAt, p.sinceSet = time.Time{}, time.Time{}
 		}
-		p.sinceAt, p.sinceSet = time.Time{}, time.Time{}
 	}
 	if err == nil && !p.clockKnown() {
 		// No answer carried a Date: sync asks once more, and says so.
