@@ -440,7 +440,7 @@ func TestRunSinceListsFromItsFirstRequest(t *testing.T) {
 					return err
 				}
 				// The tip fails once a re-scan answer told Stripe's clock.
-				for deadline := time.Now().Add(5 * time.Second); !h.client.Clock.Synced() && time.Now().Before(deadline); {
+				for deadline := time.Now().Add(10 * time.Second); !h.client.Clock.Synced() && time.Now().Before(deadline); {
 					time.Sleep(time.Millisecond)
 				}
 				return errors.New("stripe is unavailable")
@@ -531,7 +531,7 @@ func TestCancelledFirstPollJudgesItsStart(t *testing.T) {
 		if isRescan(q) {
 			return nil
 		}
-		for deadline := time.Now().Add(5 * time.Second); !client.Clock.Synced() && time.Now().Before(deadline); {
+		for deadline := time.Now().Add(10 * time.Second); !client.Clock.Synced() && time.Now().Before(deadline); {
 			time.Sleep(time.Millisecond)
 		}
 		cancel() // the operator stops it

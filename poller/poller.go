@@ -354,12 +354,11 @@ func (p *Poller) StartOnHostClock(ctx context.Context, since time.Time) (cursor.
 // Stripe's clock is known: a --since 24h counts back from Stripe's now. A
 // host that was ahead of Stripe by more than clockNoise when it counted
 // moves complete_until back by as much; what was listed from the start on
-// stays listed. How far ahead is the best reading there is — the skew at
-// the moment this process counted (sinceAt), else the skew now — and the
-// larger readings (the other of those, the last poll's recorded skew, as
-// a clock fixed in between must not hide it) only lengthen the window up
-// to Stripe's retention edge: a stale reading must not make a window
-// Stripe no longer lists, which the best one leaves to the sweep
+// stays listed. How far ahead is the largest reading there is: the skew at
+// the moment this process counted (sinceAt), the skew now, and the last
+// poll's recorded one, as a clock fixed in between must not hide it (a
+// stale one only lengthens the window, which dedupe makes harmless). What
+// that puts past Stripe's retention is recorded for the sessions sweep
 // (clampRetention). Until the clock is known (no answer yet, or none with
 // a Date) it is left to a later answer, or process. It returns
 // complete_until as it leaves it.
@@ -380,25 +379,23 @@ func (p *Poller) correctSince() (time.Time, error) {
 		}
 		since := *pos.HostSince
 		pos.HostSince = nil
-		best := -skew // how far the host was ahead when it counted
+		off := -skew // how far the host was ahead when it counted, at the most
 		if !p.sinceAt.IsZero() {
-			best = p.sinceAt.Sub(p.stripeAt(p.sinceAt))
+			off = max(off, p.sinceAt.Sub(p.stripeAt(p.sinceAt)))
 		}
-		off := max(best, -skew)
 		if recorded != nil {
 			off = max(off, -time.Duration(*recorded*float64(time.Second)))
 		}
-		to := since.Add(-best)
-		if extra := since.Add(-off); extra.Before(to) {
-			to = minTime(to, maxTime(extra, RetentionEdge(p.now())))
-		}
-		if off > clockNoise && to.Before(pos.Settled) {
+		if to := since.Add(-off); off > clockNoise && to.Before(pos.Settled) {
 			p.log().Info("the backfill's start was counted back on the host's clock, which was ahead of Stripe's: "+
 				"moving it back by as much", "ahead_seconds", math.Round(off.Seconds()), "since", to.Format(time.RFC3339))
 			if since.Before(pos.Settled) {
 				pos.Rescanned = append(pos.Rescanned, cursor.Range{From: since, To: pos.Settled})
 			}
 			pos.Settled = to
+			// What lies past Stripe's retention now is recorded for the
+			// sessions sweep at once, whichever path judged it.
+			p.clampRetention(pos, p.now())
 		}
 		settled = pos.Settled
 		return true
