@@ -401,8 +401,8 @@ func (p *Poller) correctSince() (time.Time, error) {
 		return true
 	}
 	if p.DryRun {
-		var last cursor.Poll
-		if err := p.DB.View(func(tx Tx) (err error) { last, err = cursor.LoadPoll(tx); return err }); err != nil {
+		last, err := p.lastPoll()
+		if err != nil {
 			return settled, err
 		}
 		p.mu.Lock()
@@ -430,11 +430,14 @@ func (p *Poller) correctSince() (time.Time, error) {
 // lastSkewed reports whether the last poll recorded the host's clock off
 // Stripe's by more than clockNoise.
 func (p *Poller) lastSkewed() (bool, error) {
-	var last cursor.Poll
-	if err := p.DB.View(func(tx Tx) (err error) { last, err = cursor.LoadPoll(tx); return err }); err != nil {
-		return false, err
-	}
-	return last.ClockSkew != nil && math.Abs(*last.ClockSkew) > clockNoise.Seconds(), nil
+	last, err := p.lastPoll()
+	return last.ClockSkew != nil && math.Abs(*last.ClockSkew) > clockNoise.Seconds(), err
+}
+
+// lastPoll is how the last poll went, as recorded.
+func (p *Poller) lastPoll() (last cursor.Poll, err error) {
+	err = p.DB.View(func(tx Tx) (err error) { last, err = cursor.LoadPoll(tx); return err })
+	return last, err
 }
 
 // clampRetention moves a cursor that fell behind Stripe's retention to the
