@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/internal/logtest"
+	"github.com/fulfilld/fulfilld/internal/status"
 	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/stripeapi"
 	"github.com/fulfilld/fulfilld/internal/stripesim"
@@ -508,12 +510,35 @@ func TestSecondSinceKeepsTheFirstStart(t *testing.T) {
 	if _, err := h.poller.Poll(t.Context(), true); err == nil {
 		t.Fatal("a poll with every request failing succeeded")
 	}
+	start := h.clock.Now().Add(-24*time.Hour - 2*time.Second).UTC().Format(time.RFC3339)
+	if shown := h.shownStart(); shown != start {
+		t.Errorf("status shows the unjudged start as %q, want %s", shown, start)
+	}
 	h.newProcess()
 	if _, err := h.poller.StartOnHostClock(t.Context(), h.clock.Now().Add(-2*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	h.poll(true)
 	h.ranOnce(ids)
+	if shown := h.shownStart(); shown != "" {
+		t.Errorf("status still shows a start on the host's clock (%s) after a poll judged it", shown)
+	}
+}
+
+// shownStart is the unjudged `run --since` start as status reports it, in
+// JSON and in text ("" when there is none, and then no text line).
+func (h *harness) shownStart() string {
+	h.t.Helper()
+	st, err := status.Read(h.db, h.clock.Now())
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var text strings.Builder
+	st.WriteText(&text)
+	if line := strings.Contains(text.String(), "backfill start"); line != (st.Cursor.HostSince != "") {
+		h.t.Errorf("status --json host_since %q, but the text's backfill start line shown %v:\n%s", st.Cursor.HostSince, line, text.String())
+	}
+	return st.Cursor.HostSince
 }
 
 // TestCancelledFirstPollJudgesItsStart: `run --since 24h` on a host half an

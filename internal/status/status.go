@@ -119,6 +119,9 @@ type cursorStatus struct {
 	Rescan         *cursor.Slice `json:"rescan,omitempty"` // the oldest slice in progress
 	RescanSlices   int           `json:"rescan_slices_in_progress"`
 	SeenEvents     int           `json:"seen_events"`
+	// HostSince is a `run --since` start counted on the host's clock that
+	// no answer from Stripe has judged yet (cursor.Position.HostSince).
+	HostSince string `json:"host_since,omitempty"`
 }
 
 type pollStatus struct {
@@ -216,6 +219,9 @@ func Read(db Store, now time.Time) (*Report, error) {
 			}
 			if !pos.Tip.IsZero() {
 				st.Cursor.Tip = pos.Tip.UTC().Format(time.RFC3339)
+			}
+			if pos.HostSince != nil {
+				st.Cursor.HostSince = pos.HostSince.UTC().Format(time.RFC3339)
 			}
 		}
 		if st.Cursor.SeenEvents, err = cursor.SeenCount(tx); err != nil {
@@ -317,6 +323,10 @@ func (st *Report) WriteText(w io.Writer) {
 		if r := st.Cursor.Rescan; r != nil {
 			fmt.Fprintf(tw, "re-scan in progress\t%d slice(s); the oldest %s → %s (%d pages done)\n", st.Cursor.RescanSlices,
 				r.From.UTC().Format(time.RFC3339), r.To.UTC().Format(time.RFC3339), r.Pages)
+		}
+		if st.Cursor.HostSince != "" {
+			fmt.Fprintf(tw, "backfill start	%s on this host's clock, not yet checked against Stripe's (moved back at the next poll that reaches Stripe if the host is ahead)\n",
+				st.Cursor.HostSince)
 		}
 	} else {
 		fmt.Fprintf(tw, "cursor\tnot started (run `fulfilld run`)\n")
