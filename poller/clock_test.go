@@ -2,6 +2,7 @@ package poller_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -518,6 +519,9 @@ func TestSecondSinceKeepsTheFirstStart(t *testing.T) {
 	if _, err := h.poller.StartOnHostClock(t.Context(), h.clock.Now().Add(-2*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
+	if shown := h.shownStart(); shown != start {
+		t.Errorf("after a second, shorter --since, status shows the unjudged start as %q, want the first, %s", shown, start)
+	}
 	h.poll(true)
 	h.ranOnce(ids)
 	if shown := h.shownStart(); shown != "" {
@@ -533,12 +537,24 @@ func (h *harness) shownStart() string {
 	if err != nil {
 		h.t.Fatal(err)
 	}
+	raw, err := json.Marshal(st)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	var fields struct {
+		Cursor struct {
+			HostSince string `json:"host_since"`
+		} `json:"cursor"`
+	}
+	if err := json.Unmarshal(raw, &fields); err != nil {
+		h.t.Fatal(err)
+	}
 	var text strings.Builder
 	st.WriteText(&text)
-	if line := strings.Contains(text.String(), "backfill start"); line != (st.Cursor.HostSince != "") {
-		h.t.Errorf("status --json host_since %q, but the text's backfill start line shown %v:\n%s", st.Cursor.HostSince, line, text.String())
+	if line := strings.Contains(text.String(), "backfill start"); line != (fields.Cursor.HostSince != "") {
+		h.t.Errorf("status --json host_since %q, but the text's backfill start line shown %v:\n%s", fields.Cursor.HostSince, line, text.String())
 	}
-	return st.Cursor.HostSince
+	return fields.Cursor.HostSince
 }
 
 // TestCancelledFirstPollJudgesItsStart: `run --since 24h` on a host half an

@@ -119,8 +119,11 @@ type cursorStatus struct {
 	Rescan         *cursor.Slice `json:"rescan,omitempty"` // the oldest slice in progress
 	RescanSlices   int           `json:"rescan_slices_in_progress"`
 	SeenEvents     int           `json:"seen_events"`
-	// HostSince is a `run --since` start counted on the host's clock that
-	// no answer from Stripe has judged yet (cursor.Position.HostSince).
+	// HostSince is a `run --since` start counted on the clock of the host
+	// that ran it, which no answer from Stripe has judged yet
+	// (cursor.Position.HostSince): complete_until moves back by that
+	// host's lead if it was ahead. Shown only while it is not after
+	// complete_until: a later start has moved nothing.
 	HostSince string `json:"host_since,omitempty"`
 }
 
@@ -220,7 +223,7 @@ func Read(db Store, now time.Time) (*Report, error) {
 			if !pos.Tip.IsZero() {
 				st.Cursor.Tip = pos.Tip.UTC().Format(time.RFC3339)
 			}
-			if pos.HostSince != nil {
+			if pos.HostSince != nil && !pos.HostSince.After(pos.Settled) {
 				st.Cursor.HostSince = pos.HostSince.UTC().Format(time.RFC3339)
 			}
 		}
@@ -325,7 +328,8 @@ func (st *Report) WriteText(w io.Writer) {
 				r.From.UTC().Format(time.RFC3339), r.To.UTC().Format(time.RFC3339), r.Pages)
 		}
 		if st.Cursor.HostSince != "" {
-			fmt.Fprintf(tw, "backfill start	%s on this host's clock, not yet checked against Stripe's (moved back at the next poll that reaches Stripe if the host is ahead)\n",
+			fmt.Fprintf(tw, "backfill start\t%s, counted on the clock of the host that ran `run --since` and not yet checked "+
+				"against Stripe's: if that host was more than 2 s ahead, complete until moves back by as much at the first answer from Stripe\n",
 				st.Cursor.HostSince)
 		}
 	} else {
