@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/fulfilld/fulfilld/internal/metrics/metricstest"
 	"github.com/fulfilld/fulfilld/internal/stripesim"
 )
 
@@ -131,7 +132,7 @@ func TestRepairModeDaemon(t *testing.T) {
 	p, base := hh.startHTTP("run")
 	defer p.ended()
 	repaired := func() bool {
-		v, _ := sample(scrape(t, base), "fulfilld_deliveries", map[string]string{"destination": "repair", "state": "sent"})
+		v, _ := metricstest.Sample(scrape(t, base), "fulfilld_deliveries", map[string]string{"destination": "repair", "state": "sent"})
 		return v == 1
 	}
 	if !waitFor(30*time.Second, repaired, p.done) {
@@ -142,7 +143,7 @@ func TestRepairModeDaemon(t *testing.T) {
 		t.Errorf("the handler answered %v, want %s once", recv.answered, missed)
 	}
 	recv.mu.Unlock()
-	if v, ok := sample(scrape(t, base), "fulfilld_dead_letters", map[string]string{"kind": "repair"}); !ok || v != 0 {
+	if v, ok := metricstest.Sample(scrape(t, base), "fulfilld_dead_letters", map[string]string{"kind": "repair"}); !ok || v != 0 {
 		t.Errorf("fulfilld_dead_letters{kind=repair} = %v (present %v), want 0", v, ok)
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/fulfilld/fulfilld/internal/metrics/metricstest"
 	"github.com/fulfilld/fulfilld/internal/stripesim"
 )
 
@@ -135,34 +136,6 @@ func scrape(t *testing.T, base string) map[string]*dto.MetricFamily {
 		t.Fatalf("/metrics does not parse as the Prometheus text format: %v", err)
 	}
 	return mfs
-}
-
-// sample is the value of the one series of name whose labels include want.
-func sample(mfs map[string]*dto.MetricFamily, name string, want map[string]string) (v float64, ok bool) {
-	for _, m := range mfs[name].GetMetric() {
-		labels := map[string]string{}
-		for _, lp := range m.GetLabel() {
-			labels[lp.GetName()] = lp.GetValue()
-		}
-		match := true
-		for k, w := range want {
-			match = match && labels[k] == w
-		}
-		if !match {
-			continue
-		}
-		switch {
-		case m.Gauge != nil:
-			return m.GetGauge().GetValue(), true
-		case m.Counter != nil:
-			return m.GetCounter().GetValue(), true
-		case m.Untyped != nil:
-			return m.GetUntyped().GetValue(), true
-		case m.Histogram != nil:
-			return float64(m.GetHistogram().GetSampleCount()), true
-		}
-	}
-	return 0, false
 }
 
 // TestSystemdNotify: under systemd (Type=notify, WatchdogSec) the daemon
@@ -414,15 +387,15 @@ func TestMetricsAfterBackfill(t *testing.T) {
 	// wait for a scrape that has both.
 	settled := func() bool {
 		mfs = scrape(t, base)
-		fulfilled, _ := sample(mfs, "fulfilld_fulfillments", map[string]string{"state": "fulfilled"})
-		listed, _ := sample(mfs, "fulfilld_stripe_requests_total", map[string]string{"endpoint": "GET /v1/events"})
+		fulfilled, _ := metricstest.Sample(mfs, "fulfilld_fulfillments", map[string]string{"state": "fulfilled"})
+		listed, _ := metricstest.Sample(mfs, "fulfilld_stripe_requests_total", map[string]string{"endpoint": "GET /v1/events"})
 		// Sessions are read in batches (a list) or one by one (a retrieve).
-		retrieved, _ := sample(mfs, "fulfilld_stripe_requests_total", map[string]string{"endpoint": "GET /v1/checkout/sessions/:id"})
-		batched, _ := sample(mfs, "fulfilld_stripe_requests_total", map[string]string{"endpoint": "GET /v1/checkout/sessions"})
+		retrieved, _ := metricstest.Sample(mfs, "fulfilld_stripe_requests_total", map[string]string{"endpoint": "GET /v1/checkout/sessions/:id"})
+		batched, _ := metricstest.Sample(mfs, "fulfilld_stripe_requests_total", map[string]string{"endpoint": "GET /v1/checkout/sessions"})
 		// The unpaid session settles on its own read (a list keeps only
 		// paid ones): wait for it too, and for the queue to empty.
-		awaiting, _ := sample(mfs, "fulfilld_fulfillments", map[string]string{"state": "awaiting_payment"})
-		queued, _ := sample(mfs, "fulfilld_queue_depth", nil)
+		awaiting, _ := metricstest.Sample(mfs, "fulfilld_fulfillments", map[string]string{"state": "awaiting_payment"})
+		queued, _ := metricstest.Sample(mfs, "fulfilld_queue_depth", nil)
 		return fulfilled == paid && awaiting == 1 && queued == 0 && listed > 0 && retrieved+batched >= 1
 	}
 	if !waitFor(30*time.Second, settled, daemon.done) {
@@ -451,7 +424,7 @@ func TestMetricsAfterBackfill(t *testing.T) {
 		{"fulfilld_store_scrape_error", nil, func(v float64) bool { return v == 0 }, "0"},
 	}
 	for _, c := range checks {
-		if v, ok := sample(mfs, c.name, c.labels); !ok || !c.ok(v) {
+		if v, ok := metricstest.Sample(mfs, c.name, c.labels); !ok || !c.ok(v) {
 			t.Errorf("%s%v = %v (present %v), want %s", c.name, c.labels, v, ok, c.want)
 		}
 	}
@@ -467,7 +440,7 @@ func TestMetricsAfterBackfill(t *testing.T) {
 	// The same numbers as status, read through the socket.
 	st, _ := hh.status()
 	for _, state := range []string{"pending", "awaiting_payment", "fulfilled", "failed", "payment_failed", "expired"} {
-		if v, _ := sample(mfs, "fulfilld_fulfillments", map[string]string{"state": state}); int(v) != st.Fulfillments[state] {
+		if v, _ := metricstest.Sample(mfs, "fulfilld_fulfillments", map[string]string{"state": state}); int(v) != st.Fulfillments[state] {
 			t.Errorf("fulfilld_fulfillments{state=%q} = %v; status says %d", state, v, st.Fulfillments[state])
 		}
 	}

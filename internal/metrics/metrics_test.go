@@ -17,6 +17,7 @@ import (
 	"github.com/fulfilld/fulfilld/cursor"
 	"github.com/fulfilld/fulfilld/fulfill"
 	"github.com/fulfilld/fulfilld/internal/metrics"
+	"github.com/fulfilld/fulfilld/internal/metrics/metricstest"
 	"github.com/fulfilld/fulfilld/internal/store"
 	"github.com/fulfilld/fulfilld/internal/store/boltstore"
 	"github.com/fulfilld/fulfilld/internal/store/storetest"
@@ -59,39 +60,6 @@ func gather(t *testing.T, r *prometheus.Registry) map[string]*dto.MetricFamily {
 		out[mf.GetName()] = mf
 	}
 	return out
-}
-
-// value is the one series of name whose labels include want; ok is false
-// when there is none.
-func value(mfs map[string]*dto.MetricFamily, name string, want map[string]string) (v float64, ok bool) {
-	mf := mfs[name]
-	if mf == nil {
-		return 0, false
-	}
-	for _, m := range mf.GetMetric() {
-		labels := map[string]string{}
-		for _, lp := range m.GetLabel() {
-			labels[lp.GetName()] = lp.GetValue()
-		}
-		match := true
-		for k, w := range want {
-			if labels[k] != w {
-				match = false
-			}
-		}
-		if !match {
-			continue
-		}
-		switch {
-		case m.Gauge != nil:
-			return m.GetGauge().GetValue(), true
-		case m.Counter != nil:
-			return m.GetCounter().GetValue(), true
-		case m.Histogram != nil:
-			return float64(m.GetHistogram().GetSampleCount()), true
-		}
-	}
-	return 0, false
 }
 
 // TestStoreGauges: the series read from the store say what `fulfilld status`
@@ -182,7 +150,7 @@ func TestStoreGauges(t *testing.T) {
 
 	mfs := gather(t, m.Registry)
 	for _, st := range fulfill.States {
-		if got, ok := value(mfs, "fulfilld_fulfillments", map[string]string{"state": string(st)}); !ok || got != float64(sum.Sessions[st]) {
+		if got, ok := metricstest.Sample(mfs, "fulfilld_fulfillments", map[string]string{"state": string(st)}); !ok || got != float64(sum.Sessions[st]) {
 			t.Errorf("fulfilld_fulfillments{state=%q} = %v (present %v); Summarize says %d", st, got, ok, sum.Sessions[st])
 		}
 	}
@@ -218,7 +186,7 @@ func TestStoreGauges(t *testing.T) {
 		{"fulfilld_action_duration_seconds", map[string]string{"action": "fulfill", "outcome": "error"}, 1},
 	}
 	for _, c := range checks {
-		got, ok := value(mfs, c.name, c.labels)
+		got, ok := metricstest.Sample(mfs, c.name, c.labels)
 		if !ok || math.Abs(got-c.want) > 1e-6 {
 			t.Errorf("%s%v = %v (present %v), want %v", c.name, c.labels, got, ok, c.want)
 		}
@@ -245,7 +213,7 @@ func TestEmptyStore(t *testing.T) {
 	m := metrics.New(db, func() time.Time { return now })
 	mfs := gather(t, m.Registry)
 	for _, st := range fulfill.States {
-		if got, ok := value(mfs, "fulfilld_fulfillments", map[string]string{"state": string(st)}); !ok || got != 0 {
+		if got, ok := metricstest.Sample(mfs, "fulfilld_fulfillments", map[string]string{"state": string(st)}); !ok || got != 0 {
 			t.Errorf("fulfilld_fulfillments{state=%q} = %v (present %v), want 0", st, got, ok)
 		}
 	}
@@ -255,7 +223,7 @@ func TestEmptyStore(t *testing.T) {
 			t.Errorf("%s is exposed before the cursor started", name)
 		}
 	}
-	if got, ok := value(mfs, "fulfilld_store_scrape_error", nil); !ok || got != 0 {
+	if got, ok := metricstest.Sample(mfs, "fulfilld_store_scrape_error", nil); !ok || got != 0 {
 		t.Errorf("fulfilld_store_scrape_error = %v (present %v), want 0", got, ok)
 	}
 }
@@ -266,7 +234,7 @@ func TestStoreUnreadable(t *testing.T) {
 	t.Parallel()
 	m := metrics.New(unreadable{}, func() time.Time { return now })
 	mfs := gather(t, m.Registry)
-	if got, ok := value(mfs, "fulfilld_store_scrape_error", nil); !ok || got != 1 {
+	if got, ok := metricstest.Sample(mfs, "fulfilld_store_scrape_error", nil); !ok || got != 1 {
 		t.Errorf("fulfilld_store_scrape_error = %v (present %v) with a garbled cursor, want 1", got, ok)
 	}
 }
