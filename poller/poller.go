@@ -187,11 +187,11 @@ type Poller struct {
 	quiet     bool
 	tipNarrow time.Time
 	// sinceAt is the host's reading (with its monotonic part) at which
-	// this process counted a start it stored (sinceSet): judged in this
-	// process, the skew at that moment counts, not one a clock step since
-	// has changed (an earlier process's start still stored is judged by
-	// it too: it only lists more).
-	sinceAt, sinceSet time.Time
+	// this process counted a start it stored; zero once that start is
+	// judged. Judged in this process, the skew at that moment counts, not
+	// one a clock step since has changed (an earlier process's start still
+	// stored is judged by it too: it only lists more).
+	sinceAt time.Time
 	// group gathers the pages being committed at the same moment into one
 	// transaction.
 	group groupCommit
@@ -346,8 +346,8 @@ func (p *Poller) StartOnHostClock(ctx context.Context, since time.Time) (cursor.
 	if p.clockKnown() {
 		return p.Start(ctx, since)
 	}
-	p.sinceAt, p.sinceSet = p.hostNow(), since.Add(-clockNoise)
-	return p.start(ctx, p.sinceSet, true)
+	p.sinceAt = p.hostNow()
+	return p.start(ctx, since.Add(-clockNoise), true)
 }
 
 // correctSince judges a start taken on the host's clock (HostSince) once
@@ -479,7 +479,7 @@ func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
 	if !known && p.clockKnown() {
 		start = p.stripeAt(hostStart) // when the pass began, on Stripe's clock
 	}
-	if !p.sinceSet.IsZero() && p.clockKnown() {
+	if !p.sinceAt.IsZero() && p.clockKnown() {
 		// A start this process counted on the host's clock is judged here
 		// if the poll ended before it could (a failed tip, a shutdown):
 		// its own reading of the skew at that moment is the one that
@@ -489,7 +489,7 @@ func (p *Poller) Poll(ctx context.Context, complete bool) (Result, error) {
 				err = cerr
 			}
 		} else {
-			p.sinceAt, p.sinceSet = time.Time{}, time.Time{}
+			p.sinceAt = time.Time{}
 		}
 	}
 	if err == nil && !p.clockKnown() {
