@@ -45,8 +45,9 @@ func Prune(tx Tx, before time.Time, limit int, forget bool) (pruned int, more bo
 			err = fmt.Errorf("unknown kind %q", s.Kind)
 		}
 		if err != nil {
-			// A record that cannot be read is passed over, not retried at
-			// every run: everything behind it would never be pruned.
+			// A record that cannot be read, or an entry whose record is
+			// not there, is passed over, not retried at every run:
+			// everything behind it would never be pruned.
 			if derr := tx.DropSettled(s); derr != nil {
 				return pruned, false, fmt.Errorf("prune %s %s: %w", s.Kind, s.ID, errors.Join(err, derr))
 			}
@@ -60,10 +61,18 @@ func Prune(tx Tx, before time.Time, limit int, forget bool) (pruned int, more bo
 // The tombstones. Each is written back (Pruned set), which takes it out of
 // the settled index: a record is pruned once.
 
+// errNotSettled: a settled entry whose record is not there, or no longer
+// settled (an entry left behind): pruning it would cut down a record on
+// its way.
+var errNotSettled = errors.New("no settled record under this entry")
+
 func pruneSession(tx Tx, id string, forget bool) error {
 	rec, ok, err := Get(tx, id)
-	if err != nil || !ok {
+	if err != nil {
 		return err
+	}
+	if !ok || !rec.Ended() || rec.Pruned {
+		return errNotSettled
 	}
 	if forget && (rec.State == StateExpired || rec.State == StatePaymentFailed || rec.State == StateOwned) {
 		return tx.DeleteSession(id)
@@ -75,8 +84,11 @@ func pruneSession(tx Tx, id string, forget bool) error {
 
 func pruneDelivery(tx Tx, key string, forget bool) error {
 	n, ok, err := tx.EventDelivery(key)
-	if err != nil || !ok {
+	if err != nil {
 		return err
+	}
+	if !ok || (n.State != DeliverySent && n.State != DeliveryFailed) || n.Pruned {
+		return errNotSettled
 	}
 	if forget {
 		return tx.DeleteEventDelivery(key)
@@ -87,8 +99,11 @@ func pruneDelivery(tx Tx, key string, forget bool) error {
 
 func prunePaymentIntent(tx Tx, id string, forget bool) error {
 	pi, ok, err := tx.PaymentIntent(id)
-	if err != nil || !ok {
+	if err != nil {
 		return err
+	}
+	if !ok || pi.Pruned {
+		return errNotSettled
 	}
 	if forget {
 		return tx.DeletePaymentIntent(id)
@@ -117,7 +132,9 @@ func PruneSettled(ctx context.Context, db DB, before time.Time, forget bool) (in
 			return err
 		})
 		total += n
-		if err != nil || !more {
+		// A batch that pruned nothing passed over what it could not
+		// prune: the next pass, not this one, tries again.
+		if err != nil || !more || n == 0 {
 			return total, err
 		}
 	}

@@ -24,6 +24,9 @@ type Settled struct {
 	Kind string
 	ID   string
 	At   time.Time // when it settled, as the index has it
+	// Ref is the backend's own name for the entry, if it needs one to
+	// drop it (DropSettled); opaque to everyone else.
+	Ref []byte
 }
 
 // Counts are the kept counters: what status, /metrics and /healthz show,
@@ -84,7 +87,10 @@ type Tx interface {
 	// first, at most limit (0: all).
 	Failed(kind string, limit int) ([]string, error)
 	// SettledBefore lists records that settled before the given time,
-	// oldest first, at most limit, and whether there are more.
+	// oldest first, at most limit, and whether there are more. A backend
+	// may index a record as settled up to an hour later than it did
+	// (bbolt does, to keep its logs append-only): retention then prunes
+	// it that much late, never early.
 	SettledBefore(before time.Time, limit int) ([]Settled, bool, error)
 	// DeleteSession, DeleteEventDelivery and DeletePaymentIntent remove a
 	// record for good, with its counts and index entries: retention's end

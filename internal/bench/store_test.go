@@ -72,9 +72,19 @@ func TestRunStoreSmall(t *testing.T) {
 	edge := end.Add(-cfg.Retention)
 	var tomb, full int
 	err = db.View(func(tx *bbolt.Tx) error {
-		// Full records in sessions, tombstones in a bucket of their own.
+		// Records on their way in sessions, settled ones in session_log
+		// (the record names itself), tombstones in a bucket of their own.
 		each := func(fn func(k, v []byte) error) error {
 			if err := tx.Bucket([]byte("sessions")).ForEach(fn); err != nil {
+				return err
+			}
+			if err := tx.Bucket([]byte("session_log")).ForEach(func(_, v []byte) error {
+				r, err := boltstore.DecodeSession("", v)
+				if err != nil {
+					return err
+				}
+				return fn([]byte(r.SessionID), v)
+			}); err != nil {
 				return err
 			}
 			return tx.Bucket([]byte("tombstones")).ForEach(fn)

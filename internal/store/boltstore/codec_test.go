@@ -105,7 +105,7 @@ func TestKeptOutputReadsBackIdentical(t *testing.T) {
 			{"notifications", dl.Key(), dl, deflateMark},
 			{"payment_intents", pi.ID, pi, intentMark},
 		} {
-			raw := tx.Bucket([]byte(c.bucket)).Get([]byte(c.key))
+			raw := storedAs(t, tx, c.bucket, c.key)
 			plain, _ := json.Marshal(c.v)
 			if raw[0] != c.mark {
 				t.Errorf("%s/%s kept as %.10q, want mark %#x", c.bucket, c.key, raw, c.mark)
@@ -159,6 +159,7 @@ func format4Store(t *testing.T, path string, recs []fulfill.Record, dls []fulfil
 	}
 	// The records as format 4 encoded them, and its format number.
 	if err := db.db.Update(func(tx *bbolt.Tx) error {
+		asFormat7(t, tx)
 		plain := func(bucket string, key string, v any) error {
 			raw, err := json.Marshal(v)
 			if err != nil {
@@ -333,10 +334,10 @@ func TestFormat4StoreKeepsWorking(t *testing.T) {
 	}
 	check(db, "after a write")
 	if err := db.db.View(func(tx *bbolt.Tx) error {
-		if v := tx.Bucket([]byte("sessions")).Get([]byte("cs_done")); v[0] != deflateMark {
+		if v := storedAs(t, tx, "sessions", "cs_done"); v[0] != deflateMark {
 			t.Errorf("cs_done written after the upgrade is not compressed: %.20q", v)
 		}
-		if v := tx.Bucket([]byte("payment_intents")).Get([]byte("pi_1")); v[0] != intentMark {
+		if v := storedAs(t, tx, "payment_intents", "pi_1"); v[0] != intentMark {
 			t.Errorf("pi_1 written after the upgrade is not in its binary form: %.20q", v)
 		}
 		if v := tx.Bucket([]byte("sessions")).Get([]byte("cs_dead")); v[0] != '{' {

@@ -41,7 +41,9 @@ func Compact(path string, wait time.Duration) (Sizes, error) {
 
 	tmp := path + ".compact"
 	_ = os.Remove(tmp) // a leftover of a compaction that was cut off
-	dst, err := bbolt.Open(tmp, info.Mode().Perm(), &bbolt.Options{Timeout: wait})
+	// A file from before format 8 had 4 KiB pages: the copy gets this
+	// binary's.
+	dst, err := bbolt.Open(tmp, info.Mode().Perm(), &bbolt.Options{Timeout: wait, PageSize: pageSize})
 	if err != nil {
 		return sz, fmt.Errorf("compact: create %s: %w", tmp, err)
 	}

@@ -88,11 +88,31 @@ func exportSessions(t *Tx, fn func(Item) error) error {
 			return err
 		}
 	}
-	return nil
+	return exportLog(t, sessionKind, func(id string, v []byte) (Item, error) {
+		var r fulfill.Record
+		err := decodeRecord(v, &r)
+		return Item{Kind: ItemSession, Key: id, Put: func(tx store.Tx) error { return tx.PutSession(r) }}, err
+	}, fn)
+}
+
+// exportLog exports the settled records of a kind's log (format 8): item
+// makes one from a record's id and value.
+func exportLog(t *Tx, k *ledgerKind, item func(id string, v []byte) (Item, error), fn func(Item) error) error {
+	return each(t, k.log, func(key, v []byte) error {
+		id, _, err := k.read(v)
+		if err != nil {
+			return fmt.Errorf("export: %s/%x cannot be read: %w", k.log, key, err)
+		}
+		it, err := item(id, v)
+		if err != nil {
+			return fmt.Errorf("export: %s/%x cannot be read: %w", k.log, key, err)
+		}
+		return fn(it)
+	})
 }
 
 func exportDeliveries(t *Tx, fn func(Item) error) error {
-	return each(t, bucketDeliveries, func(k, v []byte) error {
+	if err := each(t, bucketDeliveries, func(k, v []byte) error {
 		n, err := DecodeEventDelivery(v)
 		if err != nil {
 			return fmt.Errorf("export: delivery %s cannot be read: %w", k, err)
@@ -101,17 +121,30 @@ func exportDeliveries(t *Tx, fn func(Item) error) error {
 			return fmt.Errorf("export: delivery %s records itself as %s", k, n.Key())
 		}
 		return fn(Item{Kind: ItemDelivery, Key: string(k), Put: func(tx store.Tx) error { return tx.PutEventDelivery(n) }})
-	})
+	}); err != nil {
+		return err
+	}
+	return exportLog(t, deliveryKind, func(key string, v []byte) (Item, error) {
+		n, err := DecodeEventDelivery(v)
+		return Item{Kind: ItemDelivery, Key: key, Put: func(tx store.Tx) error { return tx.PutEventDelivery(n) }}, err
+	}, fn)
 }
 
 func exportIntents(t *Tx, fn func(Item) error) error {
-	return each(t, bucketIntents, func(k, v []byte) error {
+	if err := each(t, bucketIntents, func(k, v []byte) error {
 		pi, err := DecodePaymentIntent(string(k), v)
 		if err != nil {
 			return fmt.Errorf("export: payment intent %s cannot be read: %w", k, err)
 		}
 		return fn(Item{Kind: ItemPaymentIntent, Key: string(k), Put: func(tx store.Tx) error { return tx.PutPaymentIntent(pi) }})
-	})
+	}); err != nil {
+		return err
+	}
+	return exportLog(t, intentKind, func(id string, v []byte) (Item, error) {
+		_, rec, _ := intentOfLog(v)
+		pi, err := DecodePaymentIntent(id, rec)
+		return Item{Kind: ItemPaymentIntent, Key: id, Put: func(tx store.Tx) error { return tx.PutPaymentIntent(pi) }}, err
+	}, fn)
 }
 
 func exportQueues(t *Tx, fn func(Item) error) error {

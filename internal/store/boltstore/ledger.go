@@ -16,9 +16,11 @@ import (
 // the same transaction, the counters (fulfill_counts) and two indexes:
 //   - failed_index: dead letters, by kind and time, so status lists the
 //     latest few without reading the rest;
-//   - settled_index: records in a final state and not yet pruned, oldest
-//     first, so retention finds what is old enough without reading what is
-//     not.
+//   - the settled records' logs (logs.go): records in a final state and
+//     not yet pruned, by when they settled, so retention finds what is old
+//     enough without reading what is not. settled_index, which format 7
+//     kept for this, keeps the entries of records it wrote until they are
+//     written again or pruned.
 
 // Index kinds, one byte each in the index keys.
 var kindByte = map[string]byte{
@@ -47,35 +49,25 @@ func settledKey(at time.Time, kind byte, id string) []byte {
 	return append(append(timeKey(at), kind), id...)
 }
 
-// reindex moves a record's counts and index entries from what it was (had
-// says whether it existed) to what it is now.
+// reindex moves a record's counts and failed-index entry from what it was
+// (had says whether it existed) to what it is now. Its settled entry is
+// its caller's: a session's is its place in session_log, a delivery's or
+// PaymentIntent's is resettle's.
 func (t *Tx) reindex(kind string, id string, old indexed, had bool, cur indexed) error {
 	k := kindByte[kind]
-	counts, failed, settled := t.b(bucketCounts), t.b(bucketFailed), t.b(bucketSettled)
+	counts, failed := t.b(bucketCounts), t.b(bucketFailed)
 	for c, n := range ledgerindex.Deltas(old, had, cur) {
 		if err := addUint(counts, []byte(c), n); err != nil {
 			return err
 		}
 	}
-	if had {
-		if old.Failed {
-			if err := failed.Delete(failedKey(k, old.At, id)); err != nil {
-				return err
-			}
-		}
-		if old.Settled {
-			if err := settled.Delete(settledKey(old.At, k, id)); err != nil {
-				return err
-			}
+	if had && old.Failed {
+		if err := failed.Delete(failedKey(k, old.At, id)); err != nil {
+			return err
 		}
 	}
 	if cur.Failed {
 		if err := failed.Put(failedKey(k, cur.At, id), nil); err != nil {
-			return err
-		}
-	}
-	if cur.Settled {
-		if err := settled.Put(settledKey(cur.At, k, id), nil); err != nil {
 			return err
 		}
 	}
@@ -85,74 +77,83 @@ func (t *Tx) reindex(kind string, id string, old indexed, had bool, cur indexed)
 // Session implements fulfill.Tx.
 func (t *Tx) Session(id string) (fulfill.Record, bool, error) {
 	r, where, err := t.session(id)
-	return r, where != nil, err
+	return r, where.bucket != nil, err
 }
 
-// session reads a session's record and names the bucket it is in: sessions
-// (a record in full, or a tombstone written before format 6) or
-// tombstones; nil when it has none.
-func (t *Tx) session(id string) (fulfill.Record, []byte, error) {
-	where := bucketSessions
-	raw := t.b(where).Get([]byte(id))
+// session reads a session's record and says where it is: sessions (on its
+// way; or settled, or a tombstone, as an older format left it),
+// session_log or tombstones.
+func (t *Tx) session(id string) (fulfill.Record, place, error) {
+	if raw := t.b(bucketSessions).Get([]byte(id)); raw != nil {
+		r, err := DecodeSession(id, raw)
+		if err != nil {
+			return fulfill.Record{}, place{}, fmt.Errorf("read record of %s: %w", id, err)
+		}
+		return r, place{bucketSessions, []byte(id)}, nil
+	}
+	var r fulfill.Record
+	key, err := t.findLogged(sessionKind, id, func(v []byte) (bool, error) {
+		r = fulfill.Record{}
+		err := decodeRecord(v, &r)
+		return r.SessionID == id, err
+	})
+	if err != nil || key != nil {
+		return r, place{sessionKind.log, key}, err
+	}
+	// A file older than format 6, opened read-only, has no tombstones
+	// bucket: its tombstones are all in sessions.
+	tombs := t.b(bucketTombstones)
+	if tombs == nil {
+		return fulfill.Record{}, place{}, nil
+	}
+	raw := tombs.Get([]byte(id))
 	if raw == nil {
-		// A file older than format 6, opened read-only, has no
-		// tombstones bucket: its tombstones are all in sessions.
-		where = bucketTombstones
-		tombs := t.b(where)
-		if tombs == nil {
-			return fulfill.Record{}, nil, nil
-		}
-		if raw = tombs.Get([]byte(id)); raw == nil {
-			return fulfill.Record{}, nil, nil
-		}
+		return fulfill.Record{}, place{}, nil
 	}
-	r, err := DecodeSession(id, raw)
-	if err != nil {
-		return fulfill.Record{}, nil, fmt.Errorf("read record of %s: %w", id, err)
+	if r, err = DecodeSession(id, raw); err != nil {
+		return fulfill.Record{}, place{}, fmt.Errorf("read record of %s: %w", id, err)
 	}
-	return r, where, nil
+	return r, place{bucketTombstones, []byte(id)}, nil
 }
 
-// PutSession implements fulfill.Tx. A pruned record (a tombstone) is kept
-// in a compact binary form, in a bucket of its own: tombstones are most of
-// what a store holds after a year, and a record in full that shrank to one
-// where it stood left its page mostly empty (sessions took 1,461 MiB at
-// the end of a simulated year, 714 once compacted). Apart, full records
-// come and go and tombstones only come, and neither leaves pages behind.
+// PutSession implements fulfill.Tx. Where a record goes depends on what
+// it is:
+//   - on its way (queued, in flight, retrying): sessions, as plain JSON. It
+//     is rewritten within moments: compressing it, with the dictionary
+//     read into the compressor each time, took more CPU than the rest of
+//     queueing a session (40 µs of it at the local ceiling);
+//   - settled: compressed, at the end of session_log (logs.go);
+//   - pruned: a tombstone, in a compact binary form, in a bucket of its
+//     own: tombstones are most of what a store holds after a year, and
+//     they only come, so their pages stay full.
 func (t *Tx) PutSession(r fulfill.Record) error {
 	old, was, err := t.session(r.SessionID)
 	if err != nil {
 		return err
 	}
-	var raw []byte
+	cur := sessionIndexed(r)
+	var value, logValue []byte
 	to := bucketSessions
-	if r.Pruned {
+	switch {
+	case r.Pruned:
 		// Index it as it will read back: what a tombstone keeps.
-		to, raw = bucketTombstones, encodeTombstone(r)
-		if r, err = decodeTombstone(r.SessionID, raw); err != nil {
+		to, value = bucketTombstones, encodeTombstone(r)
+		if r, err = decodeTombstone(r.SessionID, value); err != nil {
 			return err
 		}
-	} else if !sessionIndexed(r).Settled {
-		// A record on its way (queued, in flight, retrying) is
-		// rewritten within moments: compressing it, with the dictionary
-		// read into the compressor each time, took more CPU than the
-		// rest of queueing a session (40 µs of it at the local ceiling).
-		// Only what stays, a record in a final state, is compressed.
-		if raw, err = json.Marshal(r); err != nil {
-			return err
-		}
-	} else if raw, err = encodeRecord(r); err != nil {
+		cur = sessionIndexed(r)
+	case cur.Settled:
+		logValue, err = encodeRecord(r)
+	default:
+		value, err = json.Marshal(r)
+	}
+	if err != nil {
 		return err
 	}
-	if err := t.b(to).Put([]byte(r.SessionID), raw); err != nil {
-		return fmt.Errorf("write record of %s: %w", r.SessionID, err)
+	if err := t.place(sessionKind, r.SessionID, was, sessionIndexed(old), cur, to, value, logValue); err != nil {
+		return err
 	}
-	if was != nil && !bytes.Equal(was, to) {
-		if err := t.b(was).Delete([]byte(r.SessionID)); err != nil {
-			return fmt.Errorf("write record of %s: %w", r.SessionID, err)
-		}
-	}
-	return t.reindex(fulfill.KindSession, r.SessionID, sessionIndexed(old), was != nil, sessionIndexed(r))
+	return t.reindex(fulfill.KindSession, r.SessionID, sessionIndexed(old), was.found(), cur)
 }
 
 // DecodeSession reads a session record as the sessions bucket holds it
@@ -190,13 +191,10 @@ func DecodePaymentIntent(id string, raw []byte) (fulfill.PaymentIntent, error) {
 // DeleteSession implements fulfill.Tx.
 func (t *Tx) DeleteSession(id string) error {
 	old, was, err := t.session(id)
-	if err != nil || was == nil {
+	if err != nil {
 		return err
 	}
-	if err := t.b(was).Delete([]byte(id)); err != nil {
-		return err
-	}
-	return t.reindex(fulfill.KindSession, id, sessionIndexed(old), true, indexed{})
+	return t.remove(sessionKind, id, was, sessionIndexed(old))
 }
 
 // A tombstone: tombstoneMark, then the state, object and owner as
@@ -341,14 +339,31 @@ func decodeIntent(id string, b []byte) (fulfill.PaymentIntent, error) {
 	return pi, nil
 }
 
+// delivery reads a delivery and says where it is: notifications (on its
+// way or pruned; settled, as format 7 left it) or delivery_log.
+func (t *Tx) delivery(key string) (fulfill.EventDelivery, place, error) {
+	var n fulfill.EventDelivery
+	if raw := t.b(bucketDeliveries).Get([]byte(key)); raw != nil {
+		if err := decodeRecord(raw, &n); err != nil {
+			return fulfill.EventDelivery{}, place{}, fmt.Errorf("read delivery %s: %w", key, err)
+		}
+		return n, place{bucketDeliveries, []byte(key)}, nil
+	}
+	at, err := t.findLogged(deliveryKind, key, func(v []byte) (bool, error) {
+		n = fulfill.EventDelivery{}
+		err := decodeRecord(v, &n)
+		return n.Key() == key, err
+	})
+	if err != nil || at == nil {
+		return fulfill.EventDelivery{}, place{}, err
+	}
+	return n, place{deliveryKind.log, at}, nil
+}
+
 // EventDelivery implements fulfill.Tx.
 func (t *Tx) EventDelivery(key string) (fulfill.EventDelivery, bool, error) {
-	var n fulfill.EventDelivery
-	ok, err := t.getRecord(bucketDeliveries, []byte(key), &n)
-	if err != nil {
-		return fulfill.EventDelivery{}, false, fmt.Errorf("read delivery %s: %w", key, err)
-	}
-	return n, ok, nil
+	n, where, err := t.delivery(key)
+	return n, where.found(), err
 }
 
 // PutEventDelivery implements fulfill.Tx. A record that cannot be read
@@ -358,63 +373,81 @@ func (t *Tx) PutEventDelivery(n fulfill.EventDelivery) error {
 	if err != nil {
 		return err
 	}
-	old, had, err := t.EventDelivery(key)
+	old, was, err := t.delivery(key)
 	if err != nil {
-		had = false
+		// Written over where it is found: under its key.
+		old, was = fulfill.EventDelivery{}, place{}
 	}
-	if err := t.putRecord(bucketDeliveries, []byte(key), n); err != nil {
-		return fmt.Errorf("write delivery %s: %w", key, err)
+	raw, err := encodeRecord(n)
+	if err != nil {
+		return err
 	}
-	return t.reindex(fulfill.KindDelivery, key, deliveryIndexed(old), had, deliveryIndexed(n))
+	if err := t.place(deliveryKind, key, was, deliveryIndexed(old), deliveryIndexed(n), bucketDeliveries, raw, raw); err != nil {
+		return err
+	}
+	return t.reindex(fulfill.KindDelivery, key, deliveryIndexed(old), was.found(), deliveryIndexed(n))
+}
+
+// intent reads a PaymentIntent's status and says where it is:
+// payment_intents (pruned; or settled, as format 7 left it) or intent_log.
+func (t *Tx) intent(id string) (fulfill.PaymentIntent, place, error) {
+	if raw := t.b(bucketIntents).Get([]byte(id)); raw != nil {
+		pi, err := DecodePaymentIntent(id, raw)
+		if err != nil {
+			return fulfill.PaymentIntent{}, place{}, fmt.Errorf("read %s/%s: %w", bucketIntents, id, err)
+		}
+		return pi, place{bucketIntents, []byte(id)}, nil
+	}
+	var pi fulfill.PaymentIntent
+	at, err := t.findLogged(intentKind, id, func(v []byte) (bool, error) {
+		got, rec, err := intentOfLog(v)
+		if err != nil || got != id {
+			return false, err
+		}
+		pi, err = DecodePaymentIntent(id, rec)
+		return true, err
+	})
+	if err != nil || at == nil {
+		return fulfill.PaymentIntent{}, place{}, err
+	}
+	return pi, place{intentKind.log, at}, nil
 }
 
 // PaymentIntent implements fulfill.Tx.
 func (t *Tx) PaymentIntent(id string) (fulfill.PaymentIntent, bool, error) {
-	raw := t.b(bucketIntents).Get([]byte(id))
-	if raw == nil {
-		return fulfill.PaymentIntent{}, false, nil
-	}
-	pi, err := DecodePaymentIntent(id, raw)
-	if err != nil {
-		return fulfill.PaymentIntent{}, false, fmt.Errorf("read %s/%s: %w", bucketIntents, id, err)
-	}
-	return pi, true, nil
+	pi, where, err := t.intent(id)
+	return pi, where.found(), err
 }
 
 // PutPaymentIntent implements fulfill.Tx.
 func (t *Tx) PutPaymentIntent(pi fulfill.PaymentIntent) error {
-	old, had, err := t.PaymentIntent(pi.ID)
+	old, was, err := t.intent(pi.ID)
 	if err != nil {
-		had = false
+		old, was = fulfill.PaymentIntent{}, place{} // see PutEventDelivery
 	}
-	if err := t.b(bucketIntents).Put([]byte(pi.ID), encodeIntent(pi)); err != nil {
-		return fmt.Errorf("write %s/%s: %w", bucketIntents, pi.ID, err)
+	raw := encodeIntent(pi)
+	if err := t.place(intentKind, pi.ID, was, intentIndexed(old), intentIndexed(pi), bucketIntents, raw, intentLogValue(pi.ID, raw)); err != nil {
+		return err
 	}
-	return t.reindex(fulfill.KindPaymentIntent, pi.ID, intentIndexed(old), had, intentIndexed(pi))
+	return t.reindex(fulfill.KindPaymentIntent, pi.ID, intentIndexed(old), was.found(), intentIndexed(pi))
 }
 
 // DeleteEventDelivery implements fulfill.Tx.
 func (t *Tx) DeleteEventDelivery(key string) error {
-	old, had, err := t.EventDelivery(key)
-	if err != nil || !had {
+	old, was, err := t.delivery(key)
+	if err != nil {
 		return err
 	}
-	if err := t.b(bucketDeliveries).Delete([]byte(key)); err != nil {
-		return err
-	}
-	return t.reindex(fulfill.KindDelivery, key, deliveryIndexed(old), true, indexed{})
+	return t.remove(deliveryKind, key, was, deliveryIndexed(old))
 }
 
 // DeletePaymentIntent implements fulfill.Tx.
 func (t *Tx) DeletePaymentIntent(id string) error {
-	old, had, err := t.PaymentIntent(id)
-	if err != nil || !had {
+	old, was, err := t.intent(id)
+	if err != nil {
 		return err
 	}
-	if err := t.b(bucketIntents).Delete([]byte(id)); err != nil {
-		return err
-	}
-	return t.reindex(fulfill.KindPaymentIntent, id, intentIndexed(old), true, indexed{})
+	return t.remove(intentKind, id, was, intentIndexed(old))
 }
 
 // Counts implements fulfill.Tx: kept counters, not a scan.
@@ -445,33 +478,17 @@ func (t *Tx) Failed(kind string, limit int) ([]string, error) {
 	return ids, nil
 }
 
-// SettledBefore implements fulfill.Tx, from the settled index.
-func (t *Tx) SettledBefore(before time.Time, limit int) ([]fulfill.Settled, bool, error) {
-	var out []fulfill.Settled
-	edge := timeKey(before)
-	c := t.b(bucketSettled).Cursor()
-	for k, _ := c.First(); k != nil && bytes.Compare(k[:8], edge) < 0; k, _ = c.Next() {
-		if len(out) >= limit {
-			return out, true, nil
-		}
-		out = append(out, fulfill.Settled{Kind: byteKind[k[8]], ID: string(k[9:]), At: keyTime(k)})
-	}
-	return out, false, nil
-}
-
-// DropSettled implements fulfill.Tx.
-func (t *Tx) DropSettled(s fulfill.Settled) error {
-	k, ok := kindByte[s.Kind]
-	if !ok {
-		return fmt.Errorf("no record kind %q", s.Kind)
-	}
-	return t.b(bucketSettled).Delete(settledKey(s.At, k, s.ID))
-}
-
 // recount rebuilds every counter and index from the records: the upgrade
-// of a file written before they were kept.
+// of a file written before they were kept, and a test's check that what is
+// kept is what the records say. The logs' indexes are rebuilt from the
+// logs; a settled record under its id (as format 7 left it) gets its entry
+// in settled_index.
 func (t *Tx) recount() error {
-	for _, name := range [][]byte{bucketCounts, bucketFailed, bucketSettled} {
+	rebuilt := [][]byte{bucketCounts, bucketFailed, bucketSettled}
+	for _, k := range ledgerKinds {
+		rebuilt = append(rebuilt, k.index)
+	}
+	for _, name := range rebuilt {
 		if t.tx.Bucket(name) != nil {
 			if err := t.tx.DeleteBucket(name); err != nil {
 				return err
@@ -481,13 +498,25 @@ func (t *Tx) recount() error {
 			return err
 		}
 	}
+	count := func(k *ledgerKind, id string, x indexed, logged []byte) error {
+		if logged != nil {
+			if err := t.reindexLog(k, id, nil, bytes.Clone(logged)); err != nil {
+				return err
+			}
+		} else if x.Settled {
+			if err := t.b(bucketSettled).Put(settledKey(x.At, k.mark, id), nil); err != nil {
+				return err
+			}
+		}
+		return t.reindex(k.name, id, indexed{}, false, x)
+	}
 	for _, b := range [][]byte{bucketSessions, bucketTombstones} {
 		if err := t.b(b).ForEach(func(k, v []byte) error {
 			r, err := DecodeSession(string(k), v)
 			if err != nil {
 				return fmt.Errorf("record of %s: %w", k, err)
 			}
-			return t.reindex(fulfill.KindSession, string(k), indexed{}, false, sessionIndexed(r))
+			return count(sessionKind, string(k), sessionIndexed(r), nil)
 		}); err != nil {
 			return err
 		}
@@ -497,7 +526,7 @@ func (t *Tx) recount() error {
 		if err != nil {
 			return fmt.Errorf("delivery %s: %w", k, err)
 		}
-		return t.reindex(fulfill.KindDelivery, string(k), indexed{}, false, deliveryIndexed(n))
+		return count(deliveryKind, string(k), deliveryIndexed(n), nil)
 	}); err != nil {
 		return err
 	}
@@ -506,9 +535,20 @@ func (t *Tx) recount() error {
 		if err != nil {
 			return fmt.Errorf("payment intent %s: %w", k, err)
 		}
-		return t.reindex(fulfill.KindPaymentIntent, string(k), indexed{}, false, intentIndexed(pi))
+		return count(intentKind, string(k), intentIndexed(pi), nil)
 	}); err != nil {
 		return err
+	}
+	for _, kind := range ledgerKinds {
+		if err := t.b(kind.log).ForEach(func(k, v []byte) error {
+			id, x, err := kind.read(v)
+			if err != nil {
+				return fmt.Errorf("%s/%x: %w", kind.log, k, err)
+			}
+			return count(kind, id, x, k)
+		}); err != nil {
+			return err
+		}
 	}
 	for name, b := range queues {
 		if err := putUint(t.b(bucketCounts), queueCount(fulfill.Queue(name)), uint64(t.b(b.index).Stats().KeyN)); err != nil {
