@@ -36,11 +36,11 @@ func Prune(tx Tx, before time.Time, limit int, forget bool) (pruned int, more bo
 	for _, s := range due {
 		switch s.Kind {
 		case KindSession:
-			err = pruneSession(tx, s.ID, forget)
+			err = pruneSession(tx, s.ID, before, forget)
 		case KindDelivery:
-			err = pruneDelivery(tx, s.ID, forget)
+			err = pruneDelivery(tx, s.ID, before, forget)
 		case KindPaymentIntent:
-			err = prunePaymentIntent(tx, s.ID, forget)
+			err = prunePaymentIntent(tx, s.ID, before, forget)
 		default:
 			err = fmt.Errorf("unknown kind %q", s.Kind)
 		}
@@ -61,17 +61,17 @@ func Prune(tx Tx, before time.Time, limit int, forget bool) (pruned int, more bo
 // The tombstones. Each is written back (Pruned set), which takes it out of
 // the settled index: a record is pruned once.
 
-// errNotSettled: a settled entry whose record is not there, or no longer
-// settled (an entry left behind): pruning it would cut down a record on
-// its way.
+// errNotSettled: a settled entry whose record is not there, no longer
+// settled, or settled again since (an entry left behind): pruning it would
+// cut down a record on its way, or one before its time.
 var errNotSettled = errors.New("no settled record under this entry")
 
-func pruneSession(tx Tx, id string, forget bool) error {
+func pruneSession(tx Tx, id string, before time.Time, forget bool) error {
 	rec, ok, err := Get(tx, id)
 	if err != nil {
 		return err
 	}
-	if !ok || !rec.Ended() || rec.Pruned {
+	if !ok || !rec.Ended() || rec.Pruned || !rec.Updated.Before(before) {
 		return errNotSettled
 	}
 	if forget && (rec.State == StateExpired || rec.State == StatePaymentFailed || rec.State == StateOwned) {
@@ -82,12 +82,12 @@ func pruneSession(tx Tx, id string, forget bool) error {
 		FulfilledAt: rec.FulfilledAt, Pruned: true})
 }
 
-func pruneDelivery(tx Tx, key string, forget bool) error {
+func pruneDelivery(tx Tx, key string, before time.Time, forget bool) error {
 	n, ok, err := tx.EventDelivery(key)
 	if err != nil {
 		return err
 	}
-	if !ok || (n.State != DeliverySent && n.State != DeliveryFailed) || n.Pruned {
+	if !ok || (n.State != DeliverySent && n.State != DeliveryFailed) || n.Pruned || !n.Updated.Before(before) {
 		return errNotSettled
 	}
 	if forget {
@@ -97,12 +97,12 @@ func pruneDelivery(tx Tx, key string, forget bool) error {
 		Attempts: n.Attempts, Created: n.Created, Updated: n.Updated, SentAt: n.SentAt, Pruned: true})
 }
 
-func prunePaymentIntent(tx Tx, id string, forget bool) error {
+func prunePaymentIntent(tx Tx, id string, before time.Time, forget bool) error {
 	pi, ok, err := tx.PaymentIntent(id)
 	if err != nil {
 		return err
 	}
-	if !ok || pi.Pruned {
+	if !ok || pi.Pruned || !pi.At.Before(before) {
 		return errNotSettled
 	}
 	if forget {

@@ -118,7 +118,16 @@ func TestRunStoreSmall(t *testing.T) {
 		}); err != nil {
 			return err
 		}
-		return tx.Bucket([]byte("notifications")).ForEach(func(k, v []byte) error {
+		// Deliveries on their way or pruned under their keys, settled ones
+		// in delivery_log.
+		deliveries := 0
+		defer func() {
+			if deliveries == 0 {
+				t.Error("no notification in the store")
+			}
+		}()
+		check := func(k, v []byte) error {
+			deliveries++
 			n, err := boltstore.DecodeEventDelivery(v)
 			if err != nil {
 				return err
@@ -130,7 +139,11 @@ func TestRunStoreSmall(t *testing.T) {
 				t.Errorf("notification %s is past retention but not a tombstone", k)
 			}
 			return nil
-		})
+		}
+		if err := tx.Bucket([]byte("notifications")).ForEach(check); err != nil {
+			return err
+		}
+		return tx.Bucket([]byte("delivery_log")).ForEach(check)
 	})
 	if err != nil {
 		t.Fatal(err)

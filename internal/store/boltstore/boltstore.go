@@ -117,6 +117,7 @@ func allBuckets() [][]byte {
 	for _, k := range ledgerKinds {
 		bs = append(bs, k.log, k.index)
 	}
+	bs = append(bs, bucketUnreadable)
 	return bs
 }
 

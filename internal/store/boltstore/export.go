@@ -55,7 +55,7 @@ func (s *Store) Export(fn func(Item) error) error {
 	return s.db.View(func(tx *bbolt.Tx) error {
 		t := &Tx{tx: tx}
 		for _, step := range []func(*Tx, func(Item) error) error{
-			exportSessions, exportDeliveries, exportIntents, exportQueues, exportSeen,
+			exportUnreadable, exportSessions, exportDeliveries, exportIntents, exportQueues, exportSeen,
 			exportEventCounts, exportBad, exportUsage, exportSingles,
 		} {
 			if err := step(t, fn); err != nil {
@@ -93,6 +93,17 @@ func exportSessions(t *Tx, fn func(Item) error) error {
 		err := decodeRecord(v, &r)
 		return Item{Kind: ItemSession, Key: id, Put: func(tx store.Tx) error { return tx.PutSession(r) }}, err
 	}, fn)
+}
+
+// exportUnreadable refuses a file with log values retention set apart
+// because they did not read: see Export.
+func exportUnreadable(t *Tx, _ func(Item) error) error {
+	if b := t.b(bucketUnreadable); b != nil {
+		if k, _ := b.Cursor().First(); k != nil {
+			return fmt.Errorf("export: %d records cannot be read (kept in %s, first %x)", b.Stats().KeyN, bucketUnreadable, k)
+		}
+	}
+	return nil
 }
 
 // exportLog exports the settled records of a kind's log (format 8): item

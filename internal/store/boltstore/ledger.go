@@ -51,8 +51,8 @@ func settledKey(at time.Time, kind byte, id string) []byte {
 
 // reindex moves a record's counts and failed-index entry from what it was
 // (had says whether it existed) to what it is now. Its settled entry is
-// its caller's: a session's is its place in session_log, a delivery's or
-// PaymentIntent's is resettle's.
+// its place in its kind's log (logs.go), or settled_index's entry for
+// what format 7 wrote, which place and unplace move.
 func (t *Tx) reindex(kind string, id string, old indexed, had bool, cur indexed) error {
 	k := kindByte[kind]
 	counts, failed := t.b(bucketCounts), t.b(bucketFailed)
@@ -97,8 +97,11 @@ func (t *Tx) session(id string) (fulfill.Record, place, error) {
 		err := decodeRecord(v, &r)
 		return r.SessionID == id, err
 	})
-	if err != nil || key != nil {
-		return r, place{sessionKind.log, key}, err
+	if err != nil {
+		return fulfill.Record{}, place{}, err
+	}
+	if key != nil {
+		return r, place{sessionKind.log, key}, nil
 	}
 	// A file older than format 6, opened read-only, has no tombstones
 	// bucket: its tombstones are all in sessions.
@@ -344,8 +347,10 @@ func decodeIntent(id string, b []byte) (fulfill.PaymentIntent, error) {
 func (t *Tx) delivery(key string) (fulfill.EventDelivery, place, error) {
 	var n fulfill.EventDelivery
 	if raw := t.b(bucketDeliveries).Get([]byte(key)); raw != nil {
+		// Where it is, even when it does not read: a write over it goes
+		// there, or takes it out.
 		if err := decodeRecord(raw, &n); err != nil {
-			return fulfill.EventDelivery{}, place{}, fmt.Errorf("read delivery %s: %w", key, err)
+			return fulfill.EventDelivery{}, place{bucketDeliveries, []byte(key)}, fmt.Errorf("read delivery %s: %w", key, err)
 		}
 		return n, place{bucketDeliveries, []byte(key)}, nil
 	}
@@ -374,9 +379,15 @@ func (t *Tx) PutEventDelivery(n fulfill.EventDelivery) error {
 		return err
 	}
 	old, was, err := t.delivery(key)
+	had := err == nil && was.found()
 	if err != nil {
-		// Written over where it is found: under its key.
-		old, was = fulfill.EventDelivery{}, place{}
+		// Counted as absent; one under its key that does not read is
+		// replaced (one in the log under its hash stays, for retention
+		// to set apart).
+		old = fulfill.EventDelivery{}
+		if !bytes.Equal(was.bucket, bucketDeliveries) {
+			was = place{}
+		}
 	}
 	raw, err := encodeRecord(n)
 	if err != nil {
@@ -385,7 +396,7 @@ func (t *Tx) PutEventDelivery(n fulfill.EventDelivery) error {
 	if err := t.place(deliveryKind, key, was, deliveryIndexed(old), deliveryIndexed(n), bucketDeliveries, raw, raw); err != nil {
 		return err
 	}
-	return t.reindex(fulfill.KindDelivery, key, deliveryIndexed(old), was.found(), deliveryIndexed(n))
+	return t.reindex(fulfill.KindDelivery, key, deliveryIndexed(old), had, deliveryIndexed(n))
 }
 
 // intent reads a PaymentIntent's status and says where it is:
@@ -393,8 +404,8 @@ func (t *Tx) PutEventDelivery(n fulfill.EventDelivery) error {
 func (t *Tx) intent(id string) (fulfill.PaymentIntent, place, error) {
 	if raw := t.b(bucketIntents).Get([]byte(id)); raw != nil {
 		pi, err := DecodePaymentIntent(id, raw)
-		if err != nil {
-			return fulfill.PaymentIntent{}, place{}, fmt.Errorf("read %s/%s: %w", bucketIntents, id, err)
+		if err != nil { // see delivery
+			return fulfill.PaymentIntent{}, place{bucketIntents, []byte(id)}, fmt.Errorf("read %s/%s: %w", bucketIntents, id, err)
 		}
 		return pi, place{bucketIntents, []byte(id)}, nil
 	}
@@ -422,14 +433,18 @@ func (t *Tx) PaymentIntent(id string) (fulfill.PaymentIntent, bool, error) {
 // PutPaymentIntent implements fulfill.Tx.
 func (t *Tx) PutPaymentIntent(pi fulfill.PaymentIntent) error {
 	old, was, err := t.intent(pi.ID)
-	if err != nil {
-		old, was = fulfill.PaymentIntent{}, place{} // see PutEventDelivery
+	had := err == nil && was.found()
+	if err != nil { // see PutEventDelivery
+		old = fulfill.PaymentIntent{}
+		if !bytes.Equal(was.bucket, bucketIntents) {
+			was = place{}
+		}
 	}
 	raw := encodeIntent(pi)
 	if err := t.place(intentKind, pi.ID, was, intentIndexed(old), intentIndexed(pi), bucketIntents, raw, intentLogValue(pi.ID, raw)); err != nil {
 		return err
 	}
-	return t.reindex(fulfill.KindPaymentIntent, pi.ID, intentIndexed(old), was.found(), intentIndexed(pi))
+	return t.reindex(fulfill.KindPaymentIntent, pi.ID, intentIndexed(old), had, intentIndexed(pi))
 }
 
 // DeleteEventDelivery implements fulfill.Tx.

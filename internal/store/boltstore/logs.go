@@ -48,6 +48,11 @@ import (
 // entries at the end, and what is written after still reaches the front in
 // its time. A record's settled time is kept to the second.
 //
+// A log value that cannot be read is not deleted when retention passes
+// it over (DropSettled): its id is not known, and it may be what keeps a
+// session from running again. It moves to unreadable_log, where a lookup
+// under its hash still finds it, and fails, as it did in the log.
+//
 // Records format 7 wrote stay where they are, their settled entries in
 // settled_index, until they are written again or pruned; retention reads
 // settled_index beside the logs.
@@ -92,6 +97,18 @@ var (
 
 	ledgerKinds = []*ledgerKind{sessionKind, deliveryKind, intentKind}
 )
+
+// bucketUnreadable holds log values retention could not read: kind byte +
+// log key → the value as it was.
+var bucketUnreadable = []byte("unreadable_log")
+
+func unreadableKey(k *ledgerKind, key []byte) []byte { return append([]byte{k.mark}, key...) }
+
+// unreadable reports whether retention set k's log value at key apart.
+func (t *Tx) unreadable(k *ledgerKind, key []byte) bool {
+	b := t.b(bucketUnreadable)
+	return b != nil && b.Get(unreadableKey(k, key)) != nil
+}
 
 func kindNamed(name string) *ledgerKind {
 	for _, k := range ledgerKinds {
@@ -144,11 +161,26 @@ var indexHash = func(id string) uint64 {
 
 func indexKey(id string) []byte { return binary.BigEndian.AppendUint64(nil, indexHash(id)) }
 
+// logEnd is the last key of a log written by a clock not ahead of this
+// host's by more than settleSlack. Entries past it (a clock that ran
+// ahead for a while) stay at the very end; what is written after them goes
+// just before them, in order, which fills pages as an append does.
+func logEnd(c *bbolt.Cursor) []byte {
+	var ahead [8]byte
+	binary.BigEndian.PutUint64(ahead[:], (logSecond(time.Now().Add(settleSlack))+1)<<24)
+	if k, _ := c.Seek(ahead[:]); k == nil {
+		k, _ = c.Last()
+		return k
+	}
+	k, _ := c.Prev()
+	return k
+}
+
 // logPut writes value at the end of a log, or at its time when that is
 // more than settleSlack before the end (see above), and returns its key.
 func (t *Tx) logPut(name []byte, at time.Time, value []byte) ([]byte, error) {
 	b := t.b(name)
-	last, _ := b.Cursor().Last()
+	last := logEnd(b.Cursor())
 	sec := logSecond(at)
 	if last != nil {
 		if end := keySecond(last); sec < end && sec+uint64(settleSlack/time.Second) >= end {
@@ -213,7 +245,11 @@ func (t *Tx) findLogged(k *ledgerKind, id string, match func(v []byte) (bool, er
 	for _, key := range t.indexedKeys(k, id) {
 		v := log.Get(key)
 		if v == nil {
-			continue // a record DropSettled took away
+			if t.unreadable(k, key) {
+				return nil, fmt.Errorf("read %s/%x (under the hash of %s): a record that cannot be read (set apart in %s)",
+					k.log, key, id, bucketUnreadable)
+			}
+			continue // a record DropSettled moved under its id
 		}
 		ok, err := match(v)
 		if err != nil {
@@ -228,13 +264,13 @@ func (t *Tx) findLogged(k *ledgerKind, id string, match func(v []byte) (bool, er
 }
 
 // reindexLog sets the log key k's index has for id: from old (nil: none)
-// to cur (nil: none). Keys of other ids with the same hash stay; keys whose
-// record is gone go.
+// to cur (nil: none). Keys of other ids with the same hash stay (set apart
+// as unreadable too); keys whose record moved under its id go.
 func (t *Tx) reindexLog(k *ledgerKind, id string, old, cur []byte) error {
 	idx, log := t.b(k.index), t.b(k.log)
 	var v []byte
 	for _, key := range t.indexedKeys(k, id) {
-		if !bytes.Equal(key, old) && log.Get(key) != nil {
+		if !bytes.Equal(key, old) && (log.Get(key) != nil || t.unreadable(k, key)) {
 			v = append(v, key...)
 		}
 	}
@@ -284,24 +320,32 @@ func (t *Tx) remove(k *ledgerKind, id string, was place, old indexed) error {
 	return t.reindex(k.name, id, old, true, indexed{})
 }
 
-// place puts a record of kind k where it goes now, after taking it out of
-// where it was: at the end of its log when it is settled (logValue), else
-// under its id in the bucket to (value).
+// place puts a record of kind k where it goes now — at the end of its log
+// when it is settled (logValue), else under its id in the bucket to
+// (value) — then takes it out of where it was: a write that failed half-way
+// leaves two copies, never none.
 func (t *Tx) place(k *ledgerKind, id string, was place, old indexed, cur indexed, to []byte, value, logValue []byte) error {
-	if err := t.unplace(k, id, was, old); err != nil {
-		return err
-	}
-	if !cur.Settled {
-		if err := t.b(to).Put([]byte(id), value); err != nil {
-			return fmt.Errorf("write %s/%s: %w", to, id, err)
+	if cur.Settled {
+		key, err := t.logPut(k.log, cur.At, logValue)
+		if err != nil {
+			return err
 		}
-		return nil
+		if err := t.reindexLog(k, id, nil, key); err != nil {
+			return err
+		}
+		return t.unplace(k, id, was, old)
 	}
-	key, err := t.logPut(k.log, cur.At, logValue)
-	if err != nil {
-		return err
+	if err := t.b(to).Put([]byte(id), value); err != nil {
+		return fmt.Errorf("write %s/%s: %w", to, id, err)
 	}
-	return t.reindexLog(k, id, nil, key)
+	if bytes.Equal(was.bucket, to) {
+		// Written over where it was.
+		was.bucket = nil
+		if old.Settled {
+			return t.b(bucketSettled).Delete(settledKey(old.At, k.mark, id))
+		}
+	}
+	return t.unplace(k, id, was, old)
 }
 
 // SettledBefore implements fulfill.Tx: the fronts of the three logs and of
@@ -373,7 +417,8 @@ func (t *Tx) SettledBefore(before time.Time, limit int) ([]fulfill.Settled, bool
 // DropSettled implements fulfill.Tx. An entry of a log is the record
 // itself: one that reads moves under its id, where it is still found and
 // retention no longer looks (unless a record is there already, which is
-// the one its id reads); one that does not read goes.
+// the one its id reads); one that does not read is set apart in
+// unreadable_log, where lookups under its hash still fail on it.
 func (t *Tx) DropSettled(s fulfill.Settled) error {
 	k := kindNamed(s.Kind)
 	if k == nil {
@@ -387,18 +432,20 @@ func (t *Tx) DropSettled(s fulfill.Settled) error {
 	if v == nil {
 		return nil
 	}
+	id, _, err := k.read(v)
+	if err != nil || id == "" {
+		if err := t.b(bucketUnreadable).Put(unreadableKey(k, s.Ref), v); err != nil {
+			return err
+		}
+		return log.Delete(s.Ref)
+	}
+	if byID := t.b(k.byID); byID.Get([]byte(id)) == nil {
+		if err := byID.Put([]byte(id), k.fromLog(v)); err != nil {
+			return err
+		}
+	}
 	if err := log.Delete(s.Ref); err != nil {
 		return err
 	}
-	id, _, err := k.read(v)
-	if err != nil || id == "" {
-		return nil
-	}
-	if err := t.reindexLog(k, id, s.Ref, nil); err != nil {
-		return err
-	}
-	if byID := t.b(k.byID); byID.Get([]byte(id)) == nil {
-		return byID.Put([]byte(id), k.fromLog(v))
-	}
-	return nil
+	return t.reindexLog(k, id, s.Ref, nil)
 }

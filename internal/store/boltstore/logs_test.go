@@ -120,7 +120,17 @@ func settledIDs(t *testing.T, db *Store, edge time.Time) []string {
 // them all, and never runs a session twice; the kept counts equal a
 // recount throughout.
 func TestFormat7StoreUpgraded(t *testing.T) {
-	db, path := openTemp(t)
+	// Format 7 made its files of 4 KiB pages.
+	path := filepath.Join(t.TempDir(), "fulfilld.db")
+	raw, err := bbolt.Open(path, 0o600, &bbolt.Options{PageSize: 4096})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+	db, err := Open(path, false, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
 	at := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
 	old := []fulfill.Record{
 		{SessionID: "cs_done", State: fulfill.StateFulfilled, Attempts: 1, Output: "shipped to Jane", Created: at, Updated: at, FulfilledAt: at},
@@ -174,6 +184,9 @@ func TestFormat7StoreUpgraded(t *testing.T) {
 	if err != nil {
 		t.Fatalf("a format 7 file opened read-only: %v", err)
 	}
+	if got := ro.db.Info().PageSize; got != 4096 {
+		t.Fatalf("the format 7 file has %d-byte pages, want 4096", got)
+	}
 	readsBack(ro, "format 7, read-only")
 	if got, want := settledIDs(t, ro, at.Add(time.Hour)), []string{"cs_done", "cs_expired", "cs_dead", "notify:evt_1", "pi_1"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("format 7, read-only: settled %v, want %v", got, want)
@@ -223,6 +236,31 @@ func TestFormat7StoreUpgraded(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	// Compacted, the file has this binary's pages, and reads the same.
+	db.Close()
+	if _, err := Compact(path, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if db, err = Open(path, false, time.Second); err != nil {
+		t.Fatal(err)
+	}
+	if got := db.db.Info().PageSize; got != pageSize {
+		t.Errorf("compacted with %d-byte pages, want %d", got, pageSize)
+	}
+	if got := settledIDs(t, db, at.Add(time.Hour)); len(got) != 0 {
+		t.Errorf("compacted: %v settled again", got)
+	}
+	if err := db.View(func(tx store.Tx) error {
+		for _, id := range []string{"cs_done", "cs_new", "cs_tomb"} {
+			if r, ok, err := tx.Session(id); err != nil || !ok || !r.Pruned || r.State != fulfill.StateFulfilled {
+				t.Errorf("compacted: %s reads back %+v %t %v, want a fulfilled tombstone", id, r, ok, err)
+			}
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	recounts(t, db)
 }
 
 // recounts checks the kept counts and indexes against a recount of the
@@ -232,11 +270,26 @@ func recounts(t *testing.T, db *Store) {
 	type kept struct {
 		counts  fulfill.Counts
 		settled []string
+		indexes map[string]string
 	}
 	read := func() (k kept) {
 		if err := db.View(func(tx store.Tx) (err error) {
 			k.counts, err = tx.Counts()
 			return err
+		}); err != nil {
+			t.Fatal(err)
+		}
+		k.indexes = map[string]string{}
+		if err := db.db.View(func(tx *bbolt.Tx) error {
+			for _, kind := range ledgerKinds {
+				if err := tx.Bucket(kind.index).ForEach(func(key, v []byte) error {
+					k.indexes[string(kind.index)+string(key)] = string(v)
+					return nil
+				}); err != nil {
+					return err
+				}
+			}
+			return nil
 		}); err != nil {
 			t.Fatal(err)
 		}
@@ -293,70 +346,91 @@ func TestLogOrderUnderAClock(t *testing.T) {
 
 // TestLogPagesFillWhole: a log written in the order records settle fills
 // its pages whole, whatever the ids, where a bucket keyed by id fills them
-// two-thirds; PaymentIntents listed newest first still go at its end.
+// two-thirds; PaymentIntents listed newest first still go at its end. So it
+// does after a session settled while the host's clock was a year ahead:
+// that one stays at the log's end, and what comes after goes just before
+// it, in order.
 func TestLogPagesFillWhole(t *testing.T) {
-	db, _ := openTemp(t)
-	at := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
-	rng := rand.New(rand.NewPCG(1, 2))
-	output := func() string {
-		var b strings.Builder
-		for b.Len() < 2048 {
-			fmt.Fprintf(&b, "label %08x for order ORD-%d shipped to %x\n", rng.Uint32(), rng.IntN(1e6), rng.Uint64())
-		}
-		return b.String()
-	}
-	for i := range 300 {
-		now := at.Add(time.Duration(i) * time.Second)
-		mustUpdate(t, db, func(tx store.Tx) error {
-			for j := range 10 {
-				id := fmt.Sprintf("cs_%016x", rng.Uint64())
-				if err := tx.PutSession(fulfill.Record{SessionID: id, State: fulfill.StateFulfilled, Attempts: 1, Output: output(),
-					Created: now, Updated: now, FulfilledAt: now}); err != nil {
-					return err
-				}
-				// A page of events, newest first.
-				if err := tx.PutPaymentIntent(fulfill.PaymentIntent{ID: fmt.Sprintf("pi_%016x", rng.Uint64()), Status: "succeeded",
-					At: now.Add(-time.Duration(j) * time.Minute)}); err != nil {
-					return err
-				}
+	for _, ahead := range []bool{false, true} {
+		t.Run(fmt.Sprintf("a clock ahead before %t", ahead), func(t *testing.T) {
+			db, _ := openTemp(t)
+			at := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+			if ahead {
+				mustUpdate(t, db, func(tx store.Tx) error {
+					return tx.PutSession(fulfill.Record{SessionID: "cs_future", State: fulfill.StateExpired, Updated: at.AddDate(1, 0, 0)})
+				})
 			}
-			return nil
+			rng := rand.New(rand.NewPCG(1, 2))
+			output := func() string {
+				var b strings.Builder
+				for b.Len() < 2048 {
+					fmt.Fprintf(&b, "label %08x for order ORD-%d shipped to %x\n", rng.Uint32(), rng.IntN(1e6), rng.Uint64())
+				}
+				return b.String()
+			}
+			for i := range 300 {
+				now := at.Add(time.Duration(i) * time.Second)
+				mustUpdate(t, db, func(tx store.Tx) error {
+					for j := range 10 {
+						id := fmt.Sprintf("cs_%016x", rng.Uint64())
+						if err := tx.PutSession(fulfill.Record{SessionID: id, State: fulfill.StateFulfilled, Attempts: 1, Output: output(),
+							Created: now, Updated: now, FulfilledAt: now}); err != nil {
+							return err
+						}
+						// A page of events, newest first.
+						if err := tx.PutPaymentIntent(fulfill.PaymentIntent{ID: fmt.Sprintf("pi_%016x", rng.Uint64()), Status: "succeeded",
+							At: now.Add(-time.Duration(j) * time.Minute)}); err != nil {
+							return err
+						}
+					}
+					return nil
+				})
+			}
+			if err := db.db.View(func(tx *bbolt.Tx) error {
+				for _, name := range [][]byte{sessionKind.log, intentKind.log} {
+					st := tx.Bucket(name).Stats()
+					fill := float64(st.LeafInuse) / float64(st.LeafAlloc)
+					t.Logf("%s: %d keys, %d leaf pages, %.2f full", name, st.KeyN, st.LeafPageN, fill)
+					if fill < 0.85 {
+						t.Errorf("%s pages %.2f full, want at least 0.85", name, fill)
+					}
+				}
+				return nil
+			}); err != nil {
+				t.Fatal(err)
+			}
 		})
-	}
-	if err := db.db.View(func(tx *bbolt.Tx) error {
-		for _, name := range [][]byte{sessionKind.log, intentKind.log} {
-			st := tx.Bucket(name).Stats()
-			fill := float64(st.LeafInuse) / float64(st.LeafAlloc)
-			t.Logf("%s: %d keys, %d leaf pages, %.2f full", name, st.KeyN, st.LeafPageN, fill)
-			if fill < 0.85 {
-				t.Errorf("%s pages %.2f full, want at least 0.85", name, fill)
-			}
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
 	}
 }
 
 // TestPruneLeavesARecordOnItsWay: a settled entry left behind by a record
 // that moved on (one format 7 wrote beside a record that did not read, and
-// was written over) is dropped by retention, and the record it names, on
-// its way again, is not cut down to a tombstone.
+// was written over) is dropped by retention, and the record it names — on
+// its way again, or settled again since — is not cut down to a tombstone
+// before its own time.
 func TestPruneLeavesARecordOnItsWay(t *testing.T) {
 	db, _ := openTemp(t)
 	at := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
 	wait := fulfill.Record{SessionID: "cs_wait", State: fulfill.StatePending, Trigger: fulfill.TriggerEvent, Output: "first try", Updated: at}
+	// Settled again since its entry: due an hour after the edge asked for.
+	again := fulfill.Record{SessionID: "cs_again", State: fulfill.StateFulfilled, Attempts: 2, Output: "shipped", Created: at,
+		Updated: at.Add(2 * time.Hour), FulfilledAt: at.Add(2 * time.Hour)}
 	pending := fulfill.EventDelivery{Destination: fulfill.DestNotify, EventID: "evt_1", State: fulfill.DeliveryPending, Updated: at,
 		Event: []byte(`{"id":"evt_1"}`)}
 	mustUpdate(t, db, func(tx store.Tx) error {
 		if err := tx.PutSession(wait); err != nil {
 			return err
 		}
+		if err := tx.PutSession(again); err != nil {
+			return err
+		}
 		return tx.PutEventDelivery(pending)
 	})
 	if err := db.db.Update(func(tx *bbolt.Tx) error {
-		if err := tx.Bucket(bucketSettled).Put(settledKey(at, 's', "cs_wait"), nil); err != nil {
-			return err
+		for _, id := range []string{"cs_wait", "cs_again"} {
+			if err := tx.Bucket(bucketSettled).Put(settledKey(at, 's', id), nil); err != nil {
+				return err
+			}
 		}
 		return tx.Bucket(bucketSettled).Put(settledKey(at, 'n', pending.Key()), nil)
 	}); err != nil {
@@ -367,13 +441,18 @@ func TestPruneLeavesARecordOnItsWay(t *testing.T) {
 		pruned, _, err = fulfill.Prune(tx, at.Add(time.Hour), 10, false)
 		return err
 	})
+	if again := settledIDs(t, db, at.Add(3*time.Hour)); !reflect.DeepEqual(again, []string{"cs_again"}) {
+		t.Errorf("after retention: %v due by its own time, want [cs_again]", again)
+	}
 	if pruned != 0 || len(settledIDs(t, db, at.Add(time.Hour))) != 0 {
 		t.Errorf("pruned %d; left %v; want 0 and the entries dropped", pruned, settledIDs(t, db, at.Add(time.Hour)))
 	}
 	if err := db.View(func(tx store.Tx) error {
-		r, _, err := tx.Session("cs_wait")
-		if err != nil || !reflect.DeepEqual(r, wait) {
-			t.Errorf("cs_wait reads back %+v (%v), want it untouched", r, err)
+		for _, want := range []fulfill.Record{wait, again} {
+			r, _, err := tx.Session(want.SessionID)
+			if err != nil || !reflect.DeepEqual(r, want) {
+				t.Errorf("%s reads back %+v (%v), want it untouched", want.SessionID, r, err)
+			}
 		}
 		n, _, err := tx.EventDelivery(pending.Key())
 		if err != nil || n.Pruned || len(n.Event) == 0 {
@@ -382,5 +461,155 @@ func TestPruneLeavesARecordOnItsWay(t *testing.T) {
 		return nil
 	}); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestUnreadableSettledSessionNotRunAgain: a fulfilled session whose
+// settled record cannot be read keeps failing closed (a lookup error),
+// before retention passes it over and after, and the export that would
+// carry the store elsewhere refuses it rather than leave it behind.
+func TestUnreadableSettledSessionNotRunAgain(t *testing.T) {
+	db, _ := openTemp(t)
+	at := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	mustUpdate(t, db, func(tx store.Tx) error {
+		return tx.PutSession(fulfill.Record{SessionID: "cs_paid", State: fulfill.StateFulfilled, Attempts: 1, Output: "shipped",
+			Created: at, Updated: at, FulfilledAt: at})
+	})
+	if err := db.db.Update(func(tx *bbolt.Tx) error {
+		k, _ := tx.Bucket(sessionKind.log).Cursor().First()
+		if k == nil {
+			return fmt.Errorf("cs_paid is not in %s", sessionKind.log)
+		}
+		return tx.Bucket(sessionKind.log).Put(bytes.Clone(k), []byte("{not json"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	enqueue := func(when string) {
+		t.Helper()
+		var queued bool
+		err := db.Update(func(tx store.Tx) (err error) {
+			queued, err = fulfill.Enqueue(tx, fulfill.Request{SessionID: "cs_paid", EventID: "evt_again",
+				Trigger: fulfill.TriggerEvent, At: at.Add(2 * time.Hour)})
+			return err
+		})
+		if queued {
+			t.Errorf("%s: cs_paid, already fulfilled, was queued again (lookup error: %v)", when, err)
+		}
+	}
+	enqueue("before retention")
+	mustUpdate(t, db, func(tx store.Tx) error {
+		_, _, err := fulfill.Prune(tx, at.Add(time.Hour), 10, false)
+		return err
+	})
+	enqueue("after retention")
+	if err := db.Export(func(Item) error { return nil }); err == nil || !strings.Contains(err.Error(), "cannot be read") {
+		t.Errorf("export with an unreadable record: %v, want it refused", err)
+	}
+	if err := db.View(func(tx store.Tx) error {
+		if due, _, _ := tx.SettledBefore(at.Add(time.Hour), 10); len(due) != 0 {
+			t.Errorf("retention still finds %+v", due)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestSettledWriteRepairsUnreadableDelivery: a delivery that does not read
+// counts as absent, and writing it sent (to delivery_log) takes the
+// unreadable one out from under its key, where lookups would find it first.
+func TestSettledWriteRepairsUnreadableDelivery(t *testing.T) {
+	db, _ := openTemp(t)
+	at := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	pending := fulfill.EventDelivery{Destination: fulfill.DestNotify, EventID: "evt_1", State: fulfill.DeliveryPending, Updated: at,
+		Event: []byte(`{"id":"evt_1"}`)}
+	mustUpdate(t, db, func(tx store.Tx) error { return tx.PutEventDelivery(pending) })
+	if err := db.db.Update(func(tx *bbolt.Tx) error {
+		return tx.Bucket(bucketDeliveries).Put([]byte(pending.Key()), []byte("{not json"))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	sent := pending
+	sent.State, sent.Event, sent.Attempts, sent.SentAt, sent.Updated = fulfill.DeliverySent, nil, 1, at.Add(time.Minute), at.Add(time.Minute)
+	mustUpdate(t, db, func(tx store.Tx) error { return tx.PutEventDelivery(sent) })
+	if err := db.View(func(tx store.Tx) error {
+		got, ok, err := tx.EventDelivery(sent.Key())
+		if err != nil || !ok || got.State != fulfill.DeliverySent {
+			t.Errorf("after writing it sent: %+v %t %v; want the sent record (repaired)", got, ok, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestExportCarriesTheLogs: Export carries the settled records of all
+// three logs, not only what is under an id (migrate-store's tests need a
+// PostgreSQL server; this one does not).
+func TestExportCarriesTheLogs(t *testing.T) {
+	src, _ := openTemp(t)
+	dst, _ := openTemp(t)
+	at := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	rec := fulfill.Record{SessionID: "cs_done", State: fulfill.StateFulfilled, Attempts: 1, Output: "shipped", Created: at, Updated: at, FulfilledAt: at}
+	dl := fulfill.EventDelivery{Destination: fulfill.DestNotify, EventID: "evt_1", State: fulfill.DeliverySent, Attempts: 1, Created: at, Updated: at, SentAt: at}
+	pi := fulfill.PaymentIntent{ID: "pi_1", Status: "succeeded", EventID: "evt_2", At: at}
+	mustUpdate(t, src, func(tx store.Tx) error {
+		if err := tx.PutSession(rec); err != nil {
+			return err
+		}
+		if err := tx.PutEventDelivery(dl); err != nil {
+			return err
+		}
+		return tx.PutPaymentIntent(pi)
+	})
+	if err := src.Export(func(it Item) error { return dst.Update(it.Put) }); err != nil {
+		t.Fatal(err)
+	}
+	if err := dst.View(func(tx store.Tx) error {
+		if _, ok, err := tx.Session(rec.SessionID); !ok || err != nil {
+			t.Errorf("session not carried: %t %v", ok, err)
+		}
+		if _, ok, err := tx.EventDelivery(dl.Key()); !ok || err != nil {
+			t.Errorf("delivery not carried: %t %v", ok, err)
+		}
+		if _, ok, err := tx.PaymentIntent(pi.ID); !ok || err != nil {
+			t.Errorf("PaymentIntent not carried: %t %v", ok, err)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLogSequenceWraps: the sequence in a log key wraps; a key it meets
+// again within one second is passed over, and both records stay.
+func TestLogSequenceWraps(t *testing.T) {
+	db, _ := openTemp(t)
+	at := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	put := func(id string) {
+		t.Helper()
+		mustUpdate(t, db, func(tx store.Tx) error {
+			return tx.PutSession(fulfill.Record{SessionID: id, State: fulfill.StateExpired, Updated: at})
+		})
+	}
+	put("cs_first") // sequence 1
+	if err := db.db.Update(func(tx *bbolt.Tx) error {
+		return tx.Bucket(sessionKind.log).SetSequence(seqMask + 1) // the next is 1 again, in the same second
+	}); err != nil {
+		t.Fatal(err)
+	}
+	put("cs_second")
+	for _, id := range []string{"cs_first", "cs_second"} {
+		if err := db.View(func(tx store.Tx) error {
+			if r, ok, err := tx.Session(id); err != nil || !ok || r.SessionID != id {
+				t.Errorf("%s reads back %+v %t %v", id, r, ok, err)
+			}
+			return nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := settledIDs(t, db, at.Add(time.Second)); !reflect.DeepEqual(got, []string{"cs_first", "cs_second"}) {
+		t.Errorf("settled %v, want both in the order written", got)
 	}
 }

@@ -59,10 +59,17 @@ func TestTombstonesApart(t *testing.T) {
 	where := func(id string) (inSessions, inTombstones bool) {
 		t.Helper()
 		if err := db.db.View(func(tx *bbolt.Tx) error {
-			_, where, err := (&Tx{tx: tx}).session(id)
-			inSessions = bytes.Equal(where.bucket, bucketSessions) || bytes.Equal(where.bucket, sessionKind.log) || err != nil
+			inLog, err := (&Tx{tx: tx}).findLogged(sessionKind, id, func(v []byte) (bool, error) {
+				got, _, err := sessionKind.read(v)
+				return got == id, err
+			})
+			inSessions = tx.Bucket(bucketSessions).Get([]byte(id)) != nil
+			if inLog != nil && inSessions {
+				t.Errorf("%s both in sessions and in %s", id, sessionKind.log)
+			}
+			inSessions = inSessions || inLog != nil
 			inTombstones = tx.Bucket(bucketTombstones).Get([]byte(id)) != nil
-			return nil
+			return err
 		}); err != nil {
 			t.Fatal(err)
 		}
