@@ -499,6 +499,14 @@ func (t *Tx) Failed(kind string, limit int) ([]string, error) {
 // logs; a settled record under its id (as format 7 left it) gets its entry
 // in settled_index.
 func (t *Tx) recount() error {
+	// The indexes lead lookups to values set apart as unreadable; a
+	// rebuild from the logs would lose them, and their sessions would
+	// read as absent.
+	if b := t.b(bucketUnreadable); b != nil {
+		if k, _ := b.Cursor().First(); k != nil {
+			return fmt.Errorf("recount: %s holds records that cannot be read: restore the store from a backup first", bucketUnreadable)
+		}
+	}
 	rebuilt := [][]byte{bucketCounts, bucketFailed, bucketSettled}
 	for _, k := range ledgerKinds {
 		rebuilt = append(rebuilt, k.index)

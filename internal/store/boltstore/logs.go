@@ -178,7 +178,8 @@ func logEnd(c *bbolt.Cursor) []byte {
 
 // logPut writes value at the end of a log, or at its time when that is
 // more than settleSlack before the end (see above), and returns its key.
-func (t *Tx) logPut(name []byte, at time.Time, value []byte) ([]byte, error) {
+func (t *Tx) logPut(k *ledgerKind, at time.Time, value []byte) ([]byte, error) {
+	name := k.log
 	b := t.b(name)
 	last := logEnd(b.Cursor())
 	sec := logSecond(at)
@@ -193,10 +194,12 @@ func (t *Tx) logPut(name []byte, at time.Time, value []byte) ([]byte, error) {
 		if err != nil {
 			return nil, err
 		}
-		var k [8]byte
-		binary.BigEndian.PutUint64(k[:], sec<<24|seq&seqMask)
-		if key = k[:]; b.Get(key) == nil {
-			break // a wrapped sequence may meet a key of the same second
+		var seqKey [8]byte
+		binary.BigEndian.PutUint64(seqKey[:], sec<<24|seq&seqMask)
+		// A wrapped sequence may meet a key of the same second, in the
+		// log or set apart (whose lookups must keep failing on it).
+		if key = seqKey[:]; b.Get(key) == nil && !t.unreadable(k, key) {
+			break
 		}
 	}
 	switch {
@@ -239,28 +242,34 @@ func (t *Tx) indexedKeys(k *ledgerKind, id string) [][]byte {
 
 // findLogged finds id's record in k's log: match reads a value (into the
 // caller's record) and says whether it is id's. The key is nil when there
-// is none.
+// is none; then a value under the hash that does not read is an error, as
+// it may be id's.
 func (t *Tx) findLogged(k *ledgerKind, id string, match func(v []byte) (bool, error)) ([]byte, error) {
 	log := t.b(k.log)
+	var unread error
 	for _, key := range t.indexedKeys(k, id) {
 		v := log.Get(key)
 		if v == nil {
-			if t.unreadable(k, key) {
-				return nil, fmt.Errorf("read %s/%x (under the hash of %s): a record that cannot be read (set apart in %s)",
+			if t.unreadable(k, key) && unread == nil {
+				unread = fmt.Errorf("read %s/%x (under the hash of %s): a record that cannot be read (set apart in %s)",
 					k.log, key, id, bucketUnreadable)
 			}
 			continue // a record DropSettled moved under its id
 		}
 		ok, err := match(v)
 		if err != nil {
-			// Its id cannot be read: it may be another's.
-			return nil, fmt.Errorf("read %s/%x (under the hash of %s): %w", k.log, key, id, err)
+			// Its id cannot be read: it may be this one's, unless this
+			// one's is found under the same hash.
+			if unread == nil {
+				unread = fmt.Errorf("read %s/%x (under the hash of %s): %w", k.log, key, id, err)
+			}
+			continue
 		}
 		if ok {
 			return bytes.Clone(key), nil
 		}
 	}
-	return nil, nil
+	return nil, unread
 }
 
 // reindexLog sets the log key k's index has for id: from old (nil: none)
@@ -326,7 +335,7 @@ func (t *Tx) remove(k *ledgerKind, id string, was place, old indexed) error {
 // leaves two copies, never none.
 func (t *Tx) place(k *ledgerKind, id string, was place, old indexed, cur indexed, to []byte, value, logValue []byte) error {
 	if cur.Settled {
-		key, err := t.logPut(k.log, cur.At, logValue)
+		key, err := t.logPut(k, cur.At, logValue)
 		if err != nil {
 			return err
 		}

@@ -357,7 +357,8 @@ func TestLogPagesFillWhole(t *testing.T) {
 			at := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
 			if ahead {
 				mustUpdate(t, db, func(tx store.Tx) error {
-					return tx.PutSession(fulfill.Record{SessionID: "cs_future", State: fulfill.StateExpired, Updated: at.AddDate(1, 0, 0)})
+					// A year ahead of this host's clock, whenever the test runs.
+					return tx.PutSession(fulfill.Record{SessionID: "cs_future", State: fulfill.StateExpired, Updated: time.Now().AddDate(1, 0, 0)})
 				})
 			}
 			rng := rand.New(rand.NewPCG(1, 2))
@@ -611,5 +612,34 @@ func TestLogSequenceWraps(t *testing.T) {
 	}
 	if got := settledIDs(t, db, at.Add(time.Second)); !reflect.DeepEqual(got, []string{"cs_first", "cs_second"}) {
 		t.Errorf("settled %v, want both in the order written", got)
+	}
+}
+
+// TestUnreadableKeyNotReused: a log key whose value was set apart as
+// unreadable is not handed out again when the sequence wraps: the
+// unreadable session's lookup would then find another record, report it
+// absent, and run it again.
+func TestUnreadableKeyNotReused(t *testing.T) {
+	db, _ := openTemp(t)
+	at := time.Date(2026, 6, 1, 12, 0, 0, 0, time.UTC)
+	mustUpdate(t, db, func(tx store.Tx) error {
+		return tx.PutSession(fulfill.Record{SessionID: "cs_paid", State: fulfill.StateFulfilled, Attempts: 1, Created: at, Updated: at, FulfilledAt: at})
+	})
+	db.db.Update(func(tx *bbolt.Tx) error {
+		k, _ := tx.Bucket(sessionKind.log).Cursor().First()
+		return tx.Bucket(sessionKind.log).Put(append([]byte(nil), k...), []byte("{not json"))
+	})
+	mustUpdate(t, db, func(tx store.Tx) error { _, _, err := fulfill.Prune(tx, at.Add(time.Hour), 10, false); return err })
+	db.db.Update(func(tx *bbolt.Tx) error { return tx.Bucket(sessionKind.log).SetSequence(seqMask + 1) })
+	mustUpdate(t, db, func(tx store.Tx) error {
+		return tx.PutSession(fulfill.Record{SessionID: "cs_other", State: fulfill.StateExpired, Updated: at})
+	})
+	var queued bool
+	err := db.Update(func(tx store.Tx) (err error) {
+		queued, err = fulfill.Enqueue(tx, fulfill.Request{SessionID: "cs_paid", EventID: "evt_again", Trigger: fulfill.TriggerEvent, At: at.Add(2 * time.Hour)})
+		return err
+	})
+	if queued {
+		t.Errorf("cs_paid queued again (err %v)", err)
 	}
 }
